@@ -1,0 +1,116 @@
+"""Bake the app image: hash every input, reuse an image with the same hash, else build.
+
+The context sent to the builder is made from the same file list that was hashed, so the
+inputs hash names exactly what went in."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.bake.base import ensure_base
+from kiln.bake.context import hash_context, list_context, read_dockerignore
+from kiln.bake.git import git_state
+from kiln.bake.inputs import app_inputs_hash, render_dockerfile
+from kiln.bake.secrets import is_allowed, secret_reason
+from kiln.errors import BuildError, SecretInContext
+from kiln.output import Output
+from kiln.providers.base import Images
+from kiln.spec.loader import LoadedSpec
+
+GENERATED_DOCKERFILE = ".kiln.Dockerfile"
+
+
+@dataclass(frozen=True)
+class BakedImage:
+    id: str  # sha256:… image id, the digest a release records
+    tag: str
+    inputs_hash: str
+    commit: str | None
+    dirty: bool
+    built: bool  # False when an image with the same inputs already existed
+
+
+def image_repo(app: str) -> str:
+    return f"kiln/{app}"
+
+
+def bake(images: Images, loaded: LoadedSpec, out: Output, scratch: Path) -> BakedImage:
+    spec = loaded.spec
+    root = (loaded.root / spec.build.context).resolve()
+    if not root.is_dir():
+        raise BuildError(f"build context {root} does not exist.", "Fix build.context in kiln.yaml.")
+    paths = list_context(root, read_dockerignore(root))
+    _refuse_secrets(root, paths, spec.build.allow_secrets)
+    dockerfile = _dockerfile_text(root, spec.build.dockerfile, spec.build.steps)
+    base = ensure_base(images, spec.build.base, out, scratch)
+    files = hash_context(root, paths)
+    inputs = app_inputs_hash(files, dockerfile, spec.build.args, base.id)
+    git = git_state(root)
+    tag = f"{image_repo(spec.app)}:{inputs[:16]}"
+
+    found = images.find_image({"kiln.inputs": inputs})
+    if found:
+        return BakedImage(found, tag, inputs, git.commit, git.dirty, built=False)
+
+    labels = {
+        "kiln.app": spec.app,
+        "kiln.inputs": inputs,
+        "kiln.base": base.id,
+        "kiln.spec": loaded.digest,
+        "kiln.commit": git.commit or "",
+        "kiln.dirty": "true" if git.dirty else "false",
+    }
+    context = _context_tar(root, paths, dockerfile)
+    with out.working(f"Baking {tag} from {len(paths)} files") as update:
+        image = images.build(context, GENERATED_DOCKERFILE, tag, {**spec.build.args, "KILN_BASE": base.id},
+                             labels, update)
+    out.done(f"Baked {tag} ({image[:19]})")
+    return BakedImage(image, tag, inputs, git.commit, git.dirty, built=True)
+
+
+def _refuse_secrets(root: Path, paths: list[str], allow: tuple[str, ...]) -> None:
+    found = []
+    for rel in paths:
+        if is_allowed(rel, allow):
+            continue
+        with open(root / rel, "rb") as fh:
+            reason = secret_reason(rel, fh.read(65536))
+        if reason:
+            found.append(f"{rel} {reason}")
+    if found:
+        listing = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+        raise SecretInContext(
+            f"refusing to bake files that look like secrets: {listing}.",
+            "Keep secrets out of the image (add them to .dockerignore and pass them at run time), "
+            "or, if they are not secret, list them under build.allow_secrets in kiln.yaml.",
+        )
+
+
+def _dockerfile_text(root: Path, dockerfile: str | None, steps: tuple[str, ...]) -> str:
+    if not dockerfile:
+        return render_dockerfile(steps)
+    path = root / dockerfile
+    if not path.is_file():
+        raise BuildError(f"build.dockerfile: {path} does not exist.", "Fix the path (it is relative to build.context).")
+    return path.read_text()
+
+
+def _context_tar(root: Path, paths: list[str], dockerfile: str) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for rel in paths:
+            info = tar.gettarinfo(str(root / rel), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            with open(root / rel, "rb") as fh:
+                tar.addfile(info, fh)
+        data = dockerfile.encode()
+        info = tarfile.TarInfo(GENERATED_DOCKERFILE)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf

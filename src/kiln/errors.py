@@ -1,0 +1,86 @@
+"""One exception tree for everything kiln reports to a user.
+
+    KilnError                    exit 1, one clear sentence + what to do
+    ├── SpecError                exit 2, "kiln.yaml:LINE: key.path: problem"
+    ├── UsageError               exit 2, a wrong argument (unknown environment, release…)
+    ├── EngineError              the Docker engine failed or is unreachable
+    │   └── PortInUse            the router's public port is taken by someone else
+    ├── BuildError               a base or app image could not be baked
+    │   └── SecretInContext      the build context holds something that looks like a secret
+    ├── LedgerError              the ledger database cannot be opened or migrated
+    ├── RouterError              HAProxy's runtime API refused a command
+    └── RolloutError             a rollout was aborted; the previous release keeps serving
+
+The CLI catches KilnError, prints `message` (and `hint`), and exits with `exit_code`;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} {self.hint}"
+
+
+class SpecIssue:
+    """One problem found in a spec file, pointing at a line and a key path."""
+
+    __slots__ = ("file", "line", "path", "problem")
+
+    def __init__(self, file: str, line: int | None, path: str, problem: str) -> None:
+        self.file, self.line, self.path, self.problem = file, line, path, problem
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.problem}" if self.path else f"{where}: {self.problem}"
+
+    def __repr__(self) -> str:
+        return f"SpecIssue({str(self)!r})"
+
+
+class SpecError(KilnError):
+    exit_code = 2
+
+    def __init__(self, issues: list[SpecIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+class UsageError(KilnError):
+    exit_code = 2
+
+
+class EngineError(KilnError):
+    pass
+
+
+class PortInUse(EngineError):
+    pass
+
+
+class BuildError(KilnError):
+    pass
+
+
+class SecretInContext(BuildError):
+    pass
+
+
+class LedgerError(KilnError):
+    pass
+
+
+class RouterError(KilnError):
+    pass
+
+
+class RolloutError(KilnError):
+    pass

@@ -1,0 +1,73 @@
+"""The ledger's tables. Releases are append-only: a row is written once and never updated.
+Changes to these models ship with an Alembic migration in migrations/versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Table(DeclarativeBase):
+    pass
+
+
+class ReleaseRow(Table):
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("app", "env", "number", name="uq_release_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app: Mapped[str] = mapped_column(String(64))
+    env: Mapped[str] = mapped_column(String(64))
+    number: Mapped[int] = mapped_column(Integer)
+    image: Mapped[str] = mapped_column(String(128))  # sha256:… image id
+    image_tag: Mapped[str] = mapped_column(String(256))
+    inputs_hash: Mapped[str] = mapped_column(String(64))
+    config: Mapped[str] = mapped_column(Text)  # resolved config, canonical JSON
+    config_digest: Mapped[str] = mapped_column(String(64))
+    spec_digest: Mapped[str] = mapped_column(String(64))
+    commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dirty: Mapped[bool] = mapped_column(default=False)
+    note: Mapped[str] = mapped_column(String(256), default="")  # e.g. "rollback to v1"
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class RolloutRow(Table):
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_app_env", "app", "env"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app: Mapped[str] = mapped_column(String(64))
+    env: Mapped[str] = mapped_column(String(64))
+    from_release: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_release: Mapped[int] = mapped_column(Integer)
+    strategy: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # running, succeeded, aborted
+    reason: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class StepRow(Table):
+    __tablename__ = "rollout_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16))  # started, done, failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column()
+
+
+class EventRow(Table):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_app_env", "app", "env"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app: Mapped[str] = mapped_column(String(64))
+    env: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column()

@@ -1,0 +1,25 @@
+"""Health probes from kiln to an instance: an HTTP GET or a TCP connect. Side effects only."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+
+
+def http_ok(address: str, port: int, path: str, timeout: float) -> bool:
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "kiln-healthcheck"})
+        return 200 <= conn.getresponse().status < 400
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def tcp_ok(address: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,77 @@
+"""What kiln asks of a place that runs instances, as plain values and small protocols.
+
+Capabilities, not one fat interface: an Images provider bakes and finds images, a Runtime
+provider runs containers on networks. The Docker provider has both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+LABEL_PREFIX = "kiln."
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to start one container. Built by pure code, run by a provider."""
+
+    name: str
+    image: str
+    network: str
+    labels: dict[str, str]
+    command: tuple[str, ...] | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    writable: tuple[str, ...] = ()  # tmpfs mounts
+    user: str | None = None
+    read_only: bool = True
+    cap_add: tuple[str, ...] = ()
+    no_new_privileges: bool = True
+    stop_grace_period: float = 10.0
+    health_command: tuple[str, ...] | None = None  # run by the engine for command healthchecks
+    health_interval: float = 1.0
+    health_timeout: float = 2.0
+    publish: dict[int, tuple[str, int]] = field(default_factory=dict)  # container port -> (host ip, port)
+    binds: dict[str, str] = field(default_factory=dict)  # host path -> container path
+    restart: bool = False  # restart with the engine (the router); instances are replaced instead
+
+
+@dataclass(frozen=True)
+class ContainerFacts:
+    """One container as observed."""
+
+    id: str
+    name: str
+    image: str  # image id, sha256:…
+    labels: dict[str, str]
+    state: str  # created, running, exited, dead…
+    health: str | None  # engine health status, when the container has a healthcheck
+    ip: str | None  # address on the container's kiln network
+    exit_code: int | None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def label(self, key: str) -> str | None:
+        return self.labels.get(LABEL_PREFIX + key)
+
+
+class Images(Protocol):
+    def image_id(self, ref: str) -> str | None: ...
+    def find_image(self, labels: dict[str, str]) -> str | None: ...
+    def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str: ...
+    def build(self, context: BinaryIO, dockerfile: str, tag: str, args: dict[str, str],
+              labels: dict[str, str], on_line: Callable[[str], None]) -> str: ...
+
+
+class Runtime(Protocol):
+    def ensure_network(self, name: str, labels: dict[str, str]) -> None: ...
+    def remove_network(self, name: str) -> None: ...
+    def start(self, spec: ContainerSpec) -> ContainerFacts: ...
+    def containers(self, labels: dict[str, str]) -> list[ContainerFacts]: ...
+    def container(self, name: str) -> ContainerFacts | None: ...
+    def logs(self, name: str, tail: int = 20) -> str: ...
+    def stop(self, name: str, grace: float) -> None: ...
+    def remove(self, name: str) -> None: ...

@@ -1,0 +1,214 @@
+"""The Docker provider: images, networks and containers through the Docker Engine API.
+
+Every engine failure becomes an EngineError naming what failed and what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from kiln.errors import BuildError, EngineError, PortInUse
+from kiln.providers.base import ContainerFacts, ContainerSpec
+
+_NS = 1_000_000_000
+
+
+@contextlib.contextmanager
+def _engine(action: str) -> Iterator[None]:
+    try:
+        yield
+    except APIError as exc:
+        text = exc.explanation if isinstance(exc.explanation, str) else str(exc)
+        if "port is already allocated" in text or "address already in use" in text:
+            raise PortInUse(f"{action}: the port is already taken ({text}).",
+                            "Free the port or choose another 'port' for this environment in kiln.yaml.") from None
+        raise EngineError(f"{action}: the Docker engine said: {text}") from None
+    except DockerException as exc:
+        raise EngineError(f"{action}: {exc}") from None
+
+
+class DockerProvider:
+    def __init__(self, extra_labels: dict[str, str] | None = None) -> None:
+        self.extra_labels = dict(extra_labels or {})
+        try:
+            self.client = docker.from_env(timeout=120)
+            self.client.ping()
+        except DockerException as exc:
+            raise EngineError(
+                f"cannot reach the Docker engine ({_short(exc)}).",
+                "Start it (`systemctl start docker`, or `dockerd &`), or point DOCKER_HOST at a running engine.",
+            ) from None
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    def versions(self) -> dict[str, str]:
+        with _engine("reading the engine version"):
+            return {"docker": self.client.version().get("Version", "?")}
+
+    # --- images -------------------------------------------------------------------------
+
+    def image_id(self, ref: str) -> str | None:
+        try:
+            return self.client.images.get(ref).id
+        except ImageNotFound:
+            return None
+        except DockerException as exc:
+            raise EngineError(f"looking up image {ref}: {_short(exc)}") from None
+
+    def find_image(self, labels: dict[str, str]) -> str | None:
+        with _engine("listing images"):
+            found = self.client.images.list(filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+        return found[0].id if found else None
+
+    def remove_image(self, ref: str) -> None:
+        with contextlib.suppress(ImageNotFound), _engine(f"removing image {ref}"):
+            self.client.images.remove(ref, force=True)
+
+    def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str:
+        repo, _, version = tag.partition(":")
+        label_changes = [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()]
+        with _engine(f"importing {tag}"):
+            self.api.import_image_from_file(str(tarball), repository=repo, tag=version,
+                                            changes=changes + label_changes)
+        image = self.image_id(tag)
+        if image is None:
+            raise BuildError(f"the engine did not create {tag} from {tarball}")
+        return image
+
+    def build(self, context: BinaryIO, dockerfile: str, tag: str, args: dict[str, str],
+              labels: dict[str, str], on_line: Callable[[str], None]) -> str:
+        tail: list[str] = []
+        with _engine(f"building {tag}"):
+            for chunk in self.api.build(fileobj=context, custom_context=True, encoding="identity",
+                                        dockerfile=dockerfile, tag=tag, buildargs=args, labels=labels,
+                                        rm=True, forcerm=True, decode=True):
+                if "error" in chunk:
+                    detail = "\n".join(tail[-8:])
+                    raise BuildError(f"the build failed: {chunk['error'].strip()}",
+                                     f"Last output:\n{detail}" if detail else None)
+                line = (chunk.get("stream") or "").rstrip()
+                if line:
+                    tail = (tail + [line])[-20:]
+                    on_line(line)
+        image = self.image_id(tag)
+        if image is None:
+            raise BuildError(f"the build of {tag} finished without an image")
+        return image
+
+    # --- networks -------------------------------------------------------------------------
+
+    def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+        with _engine(f"creating network {name}"):
+            if not self.client.networks.list(names=[name]):
+                self.client.networks.create(name, driver="bridge", labels={**labels, **self.extra_labels})
+
+    def remove_network(self, name: str) -> None:
+        with _engine(f"removing network {name}"):
+            for net in self.client.networks.list(names=[name]):
+                with contextlib.suppress(NotFound):
+                    net.remove()
+
+    # --- containers -----------------------------------------------------------------------
+
+    def start(self, spec: ContainerSpec) -> ContainerFacts:
+        kwargs: dict = {
+            "name": spec.name,
+            "labels": {**spec.labels, **self.extra_labels},
+            "network": spec.network,
+            "environment": spec.environment,
+            "read_only": spec.read_only,
+            "tmpfs": {path: "rw,nosuid,nodev,size=64m" for path in spec.writable},
+            "cap_drop": ["ALL"],
+            "cap_add": list(spec.cap_add) or None,
+            "security_opt": ["no-new-privileges:true"] if spec.no_new_privileges else None,
+            "init": True,
+            "stop_signal": "SIGTERM",
+            "detach": True,
+        }
+        if spec.command:
+            kwargs["command"] = list(spec.command)
+        if spec.user:
+            kwargs["user"] = spec.user
+        if spec.health_command:
+            kwargs["healthcheck"] = {
+                "test": ["CMD", *spec.health_command],
+                "interval": int(spec.health_interval * _NS),
+                "timeout": int(spec.health_timeout * _NS),
+                "retries": 1,
+            }
+        if spec.publish:
+            kwargs["ports"] = {f"{cport}/tcp": hostport for cport, hostport in spec.publish.items()}
+        if spec.binds:
+            kwargs["volumes"] = {host: {"bind": inner, "mode": "rw"} for host, inner in spec.binds.items()}
+        if spec.restart:
+            kwargs["restart_policy"] = {"Name": "unless-stopped"}
+        with _engine(f"creating container {spec.name}"):
+            container = self.client.containers.create(spec.image, **kwargs)
+        try:
+            with _engine(f"starting container {spec.name}"):
+                container.start()
+        except EngineError:
+            with contextlib.suppress(DockerException):
+                container.remove(force=True)
+            raise
+        facts = self.container(spec.name)
+        assert facts is not None
+        return facts
+
+    def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
+        with _engine("listing containers"):
+            found = self.client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+        return [_facts(c.attrs) for c in found]
+
+    def container(self, name: str) -> ContainerFacts | None:
+        try:
+            return _facts(self.api.inspect_container(name))
+        except NotFound:
+            return None
+        except DockerException as exc:
+            raise EngineError(f"inspecting container {name}: {_short(exc)}") from None
+
+    def logs(self, name: str, tail: int = 20) -> str:
+        try:
+            return self.api.logs(name, tail=tail).decode(errors="replace").strip()
+        except DockerException:
+            return ""
+
+    def stop(self, name: str, grace: float) -> None:
+        with contextlib.suppress(NotFound), _engine(f"stopping container {name}"):
+            self.api.stop(name, timeout=max(1, round(grace)))
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(NotFound), _engine(f"removing container {name}"):
+            self.api.remove_container(name, force=True, v=True)
+
+
+def _facts(attrs: dict) -> ContainerFacts:
+    state = attrs.get("State", {})
+    config = attrs.get("Config", {})
+    networks = attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
+    ip = next((n.get("IPAddress") for name, n in networks.items() if name.startswith("kiln-") and n.get("IPAddress")), None)
+    health = (state.get("Health") or {}).get("Status")
+    return ContainerFacts(
+        id=attrs["Id"],
+        name=attrs["Name"].lstrip("/"),
+        image=attrs["Image"],
+        labels=config.get("Labels") or {},
+        state=state.get("Status", "unknown"),
+        health=health,
+        ip=ip,
+        exit_code=state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None,
+    )
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text.split("(Caused by")[0].strip()[:300]

@@ -1,0 +1,224 @@
+"""Runs plans: observe facts, plan, run the first step, repeat until the plan is empty.
+
+The only rollout code with side effects. Every action is written to the ledger before it
+starts and again when it ends, so a rollout can be read back (and, later, resumed)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from kiln import probe
+from kiln.errors import RolloutError
+from kiln.ledger.store import Ledger, Release
+from kiln.output import Output
+from kiln.providers.base import ContainerFacts, Runtime
+from kiln.rollout.instances import instance_spec, new_instance_name
+from kiln.rollout.plan import (
+    Action, AwaitHealthy, Desired, Instance, Remove, Route, Start, Task, Unroute, plan,
+)
+from kiln.router.haproxy import Router
+from kiln.spec.resolve import EnvConfig, ServiceConfig
+
+_SERVING = ("UP", "no check")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A release the executor may start instances of."""
+
+    release: Release
+    cfg: EnvConfig
+
+    @classmethod
+    def of(cls, release: Release) -> Target:
+        return cls(release, EnvConfig.model_validate(release.config))
+
+    def desired(self, surge: int | None = None) -> Desired:
+        svc = self.cfg.public_service
+        return Desired(self.release.number, {s.name: s.replicas for s in self.cfg.services},
+                       svc.name if svc else None, surge)
+
+
+class Executor:
+    def __init__(self, runtime: Runtime, router: Router, ledger: Ledger, out: Output, rollout_id: int) -> None:
+        self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
+        self.rollout_id = rollout_id
+        self.targets: dict[int, Target] = {}
+        cfg = router.cfg
+        self.selector = {"kiln.app": cfg.app, "kiln.env": cfg.env, "kiln.role": "instance"}
+        self.routed = cfg.public_service.name if cfg.public_service else None
+
+    # --- observe ------------------------------------------------------------------------
+
+    def containers(self) -> list[ContainerFacts]:
+        return self.runtime.containers(self.selector)
+
+    def observe(self) -> list[Instance]:
+        servers = self.router.servers()
+        facts = []
+        for c in self.containers():
+            service, release = c.label("service") or "?", int(c.label("release") or 0)
+            server = servers.get(c.name)
+            if service == self.routed:
+                ready = server is not None and server.status in _SERVING
+            else:
+                ready = c.running and self._healthy_now(c)
+            facts.append(Instance(c.name, service, release, c.running, ready, in_router=server is not None))
+        return facts
+
+    # --- converge -----------------------------------------------------------------------
+
+    def converged(self, target: Target) -> bool:
+        return not plan(target.desired(), self.observe())
+
+    def converge(self, target: Target, surge: int | None = None, strict: bool = True) -> None:
+        """Bring the environment to `target`. With `strict`, a new instance that dies aborts."""
+        self.targets[target.release.number] = target
+        desired = target.desired(surge)
+        budget = 4 * (sum(desired.replicas.values()) + len(self.containers())) + 8
+        for _ in range(budget):
+            facts = self.observe()
+            if strict:
+                for i in facts:
+                    if i.release == desired.release and not i.running:
+                        raise RolloutError(f"instance {i.name} exited.{self._log_hint(i.name)}")
+            steps = plan(desired, facts)
+            if not steps:
+                return
+            self._run_step(steps[0])
+        raise RolloutError(f"the environment did not converge to v{desired.release} after {budget} steps.")
+
+    def _run_step(self, step: list[Task]) -> None:
+        if len(step) == 1:
+            self._run_task(step[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(step))) as pool:
+            results = [pool.submit(self._run_task, task) for task in step]
+        errors = [f.exception() for f in results if f.exception() is not None]
+        if errors:
+            raise errors[0]  # type: ignore[misc]
+
+    def _run_task(self, task: Task) -> None:
+        for action in task:
+            self._run_action(action)
+
+    def _run_action(self, action: Action) -> None:
+        if isinstance(action, Start):
+            self._start(action)
+            return
+        kind, target = type(action).__name__, action.name
+        self.ledger.record_step(self.rollout_id, kind, target, "started")
+        try:
+            detail = self._do(action)
+        except Exception as exc:
+            self.ledger.record_step(self.rollout_id, kind, target, "failed", str(exc))
+            raise
+        self.ledger.record_step(self.rollout_id, kind, target, "done", detail)
+
+    def _start(self, action: Start) -> None:
+        t = self.targets[action.release]
+        svc = t.cfg.service(action.service)
+        name = new_instance_name(t.cfg, svc.name, action.release)
+        # Recorded before it exists, so an interrupted rollout knows what it may have made.
+        self.ledger.record_step(self.rollout_id, "Start", name, "started")
+        self.runtime.start(instance_spec(t.cfg, svc, action.release, t.release.image, name))
+        self.ledger.record_step(self.rollout_id, "Start", name, "done")
+        self.out.step(f"started {name}")
+
+    def _do(self, action: Action) -> str:
+        if isinstance(action, AwaitHealthy):
+            took = self._await_healthy(action.name)
+            return f"healthy after {took:.2f}s"
+        if isinstance(action, Route):
+            facts, svc = self._instance(action.name)
+            if action.name not in self.router.servers():
+                assert facts.ip and svc.port and svc.healthcheck
+                self.router.add(action.name, facts.ip, svc.port, svc.healthcheck.interval)
+            self.out.step(f"{action.name} receives traffic")
+            return ""
+        if isinstance(action, Unroute):
+            _, svc = self._instance(action.name)
+            waited = self.router.drain_and_remove(action.name, svc.drain_timeout)
+            self.out.step(f"{action.name} drained ({waited:.2f}s)")
+            return f"drained in {waited:.2f}s"
+        if isinstance(action, Remove):
+            grace = self._grace(action.name)
+            self.runtime.stop(action.name, grace)
+            self.runtime.remove(action.name)
+            self.out.step(f"removed {action.name}")
+            return ""
+        raise AssertionError(action)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _instance(self, name: str) -> tuple[ContainerFacts, ServiceConfig]:
+        facts = self.runtime.container(name)
+        if facts is None:
+            raise RolloutError(f"instance {name} disappeared during the rollout.")
+        release = int(facts.label("release") or 0)
+        target = self.targets.get(release)
+        cfg = target.cfg if target else self.router.cfg
+        return facts, cfg.service(facts.label("service") or "")
+
+    def _grace(self, name: str) -> float:
+        try:
+            return self._instance(name)[1].stop_grace_period
+        except (RolloutError, KeyError):
+            return 10.0
+
+    def _healthy_now(self, c: ContainerFacts) -> bool:
+        try:
+            svc = self.router.cfg.service(c.label("service") or "")
+        except KeyError:
+            return False
+        return _check(svc, c)
+
+    def _await_healthy(self, name: str) -> float:
+        facts, svc = self._instance(name)
+        hc = svc.healthcheck
+        start = time.monotonic()
+        deadline = start + (hc.deadline if hc else 0)
+        while True:
+            facts = self.runtime.container(name) or facts
+            if not facts.running:
+                code = f" with code {facts.exit_code}" if facts.exit_code is not None else ""
+                raise RolloutError(f"new instance {name} exited{code} before it became healthy.{self._log_hint(name)}")
+            if _check(svc, facts):
+                return time.monotonic() - start
+            if time.monotonic() > deadline:
+                what = _describe(svc)
+                raise RolloutError(f"new instance {name} did not pass its healthcheck ({what}) within "
+                                   f"{hc.deadline if hc else 0:g}s.{self._log_hint(name)}")
+            time.sleep(min(hc.interval if hc else 0.5, 0.25))
+
+    def _log_hint(self, name: str) -> str:
+        logs = self.runtime.logs(name, tail=5)
+        return f" Its last output:\n{logs}" if logs else ""
+
+
+def _check(svc: ServiceConfig, c: ContainerFacts) -> bool:
+    hc = svc.healthcheck
+    if not c.running:
+        return False
+    if hc is None:
+        return True
+    if hc.kind == "command":
+        return c.health == "healthy"
+    if not c.ip or svc.port is None:
+        return False
+    if hc.kind == "http":
+        return probe.http_ok(c.ip, svc.port, hc.http or "/", hc.timeout)
+    return probe.tcp_ok(c.ip, svc.port, hc.timeout)
+
+
+def _describe(svc: ServiceConfig) -> str:
+    hc = svc.healthcheck
+    if hc is None:
+        return "running"
+    if hc.kind == "http":
+        return f"HTTP GET {hc.http} on port {svc.port}"
+    if hc.kind == "tcp":
+        return f"TCP connect to port {svc.port}"
+    return "command " + " ".join(hc.command or ())

@@ -1,0 +1,51 @@
+"""HAProxy's static configuration for one environment. Pure: rendered once when the router
+starts; from then on servers come and go through the runtime API, never by reload."""
+
+from __future__ import annotations
+
+from kiln.spec.resolve import EnvConfig
+
+SOCKET_DIR = "/run/kiln"
+SOCKET_NAME = "admin.sock"
+
+
+def backend_name(service: str) -> str:
+    return f"svc-{service}"
+
+
+def render_config(cfg: EnvConfig) -> str:
+    svc = cfg.public_service
+    lines = [
+        "# written by kiln; servers are managed at run time through the admin socket",
+        "global",
+        "    maxconn 20000",
+        f"    stats socket {SOCKET_DIR}/{SOCKET_NAME} mode 600 level admin",
+        "    stats timeout 30s",
+        "    hard-stop-after 30s",
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "    timeout http-keep-alive 10s",
+        "    timeout queue 10s",
+        # A request whose server vanished is replayed on another one: this is what makes an
+        # abrupt instance death cost no request.
+        "    retries 3",
+        "    option redispatch 1",
+        "    retry-on conn-failure empty-response response-timeout",
+        "",
+        "frontend public",
+        f"    bind :{cfg.port}",
+        "    http-request return status 200 content-type text/plain string ok if { path /_kiln/router }",
+    ]
+    if svc is None:
+        lines.append("    http-request return status 503 content-type text/plain string \"no public service\"")
+        return "\n".join(lines) + "\n"
+    lines += [f"    default_backend {backend_name(svc.name)}", "", f"backend {backend_name(svc.name)}",
+              "    balance roundrobin"]
+    hc = svc.healthcheck
+    if hc is not None and hc.kind == "http":
+        lines += [f"    option httpchk GET {hc.http}", "    http-check expect status 200-399"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,128 @@
+"""The router of one environment: an HAProxy container that alone publishes a port.
+
+kiln starts it once per environment; from then on servers come and go through its runtime
+API. It restarts with the engine and keeps serving when no kiln process runs."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import socket
+import time
+from pathlib import Path
+
+from kiln.errors import PortInUse, RouterError
+from kiln.providers.base import ContainerFacts, ContainerSpec, Runtime
+from kiln.router.config import SOCKET_DIR, SOCKET_NAME, backend_name, render_config
+from kiln.router.runtime import RuntimeClient, ServerStat, add_server, drain_server, remove_server
+from kiln.spec.models import Base
+from kiln.spec.resolve import EnvConfig
+
+ROUTER_BASE = Base(packages=("haproxy",))
+ROUTER_PORT = 8080  # inside the router container; published on the environment's bind:port
+
+
+def router_name(app: str, env: str) -> str:
+    return f"kiln-{app}-{env}-router"
+
+
+def network_name(app: str, env: str) -> str:
+    return f"kiln-{app}-{env}"
+
+
+class Router:
+    def __init__(self, runtime: Runtime, cfg: EnvConfig, state_dir: Path) -> None:
+        self.runtime = runtime
+        self.cfg = cfg
+        self.dir = state_dir
+        self.name = router_name(cfg.app, cfg.env)
+        self.client = RuntimeClient(state_dir / SOCKET_NAME)
+        svc = cfg.public_service
+        self.backend = backend_name(svc.name) if svc else None
+
+    def _config_text(self) -> str:
+        return render_config(self.cfg.model_copy(update={"port": ROUTER_PORT}))
+
+    def labels(self) -> dict[str, str]:
+        return {"kiln.app": self.cfg.app, "kiln.env": self.cfg.env, "kiln.role": "router"}
+
+    def facts(self) -> ContainerFacts | None:
+        return self.runtime.container(self.name)
+
+    def ensure(self, image: str) -> bool:
+        """Start the router unless one with the same config is running. True if it was started."""
+        text = self._config_text()
+        digest = hashlib.sha256(f"{text}{self.cfg.bind}:{self.cfg.port}".encode()).hexdigest()[:16]
+        current = self.facts()
+        if current and current.running and current.labels.get("kiln.router.config") == digest:
+            return False
+        if current:
+            # A changed port or config needs a new router; this briefly interrupts the environment.
+            self.runtime.remove(self.name)
+        _check_port_free(self.cfg.bind, self.cfg.port)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "haproxy.cfg").write_text(text)
+        self.runtime.start(ContainerSpec(
+            name=self.name,
+            image=image,
+            network=network_name(self.cfg.app, self.cfg.env),
+            labels={**self.labels(), "kiln.router.config": digest},
+            command=("haproxy", "-W", "-db", "-f", f"{SOCKET_DIR}/haproxy.cfg"),
+            writable=("/tmp", "/run/haproxy"),
+            publish={ROUTER_PORT: (self.cfg.bind, self.cfg.port)},
+            binds={str(self.dir): SOCKET_DIR},
+            stop_grace_period=5,
+            restart=True,
+        ))
+        self._wait_ready()
+        return True
+
+    def _wait_ready(self, timeout: float = 15.0) -> None:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.ask("show info")
+                return
+            except RouterError:
+                facts = self.facts()
+                if time.monotonic() > end or (facts and not facts.running):
+                    state = facts.state if facts else "missing"
+                    raise RouterError(f"the router {self.name} did not come up (container {state}).",
+                                      f"See `docker logs {self.name}`.") from None
+                time.sleep(0.1)
+
+    def servers(self) -> dict[str, ServerStat]:
+        if not self.backend:
+            return {}
+        return {s.name: s for s in self.client.stats() if s.backend == self.backend}
+
+    def add(self, server: str, address: str, port: int, check_interval: float) -> None:
+        assert self.backend
+        self.client.run(add_server(self.backend, server, address, port, max(100, int(check_interval * 1000))))
+
+    def drain_and_remove(self, server: str, drain_timeout: float) -> float:
+        """No new requests, wait for in-flight ones (bounded), then delete. Returns the wait."""
+        assert self.backend
+        start = time.monotonic()
+        self.client.run(drain_server(self.backend, server))
+        while time.monotonic() - start < drain_timeout:
+            if self.client.in_flight(self.backend).get(server, 0) == 0:
+                break
+            time.sleep(0.05)
+        waited = time.monotonic() - start
+        self.client.run(remove_server(self.backend, server))
+        return waited
+
+
+def _check_port_free(bind: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((bind, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} on {bind} is already in use by another program.",
+                                "Stop that program, or choose another 'port' for this environment in kiln.yaml.") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise PortInUse(f"cannot listen on {bind}: no such address on this host.",
+                                "Fix 'bind' for this environment in kiln.yaml.") from None
+            raise

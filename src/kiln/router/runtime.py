@@ -1,0 +1,120 @@
+"""HAProxy's runtime API: commands as data, one small client that sends them.
+
+The functions that build commands are pure and golden-tested; RuntimeClient is the only code
+that talks to the socket."""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.errors import RouterError
+
+
+@dataclass(frozen=True)
+class ServerStat:
+    backend: str
+    name: str
+    status: str  # UP, DOWN, MAINT, DRAIN, "no check"…
+    current_sessions: int  # scur
+    queued: int  # qcur
+    total: int  # stot
+    weight: int
+    address: str
+
+
+def add_server(backend: str, server: str, address: str, port: int, inter_ms: int) -> list[str]:
+    """A dynamic server starts in maintenance: add it, start its checks, then let traffic in."""
+    return [
+        f"add server {backend}/{server} {address}:{port} check inter {inter_ms} fall 2 rise 1",
+        f"enable health {backend}/{server}",
+        f"enable server {backend}/{server}",
+    ]
+
+
+def drain_server(backend: str, server: str) -> list[str]:
+    return [f"set server {backend}/{server} state drain"]
+
+
+def remove_server(backend: str, server: str) -> list[str]:
+    """Only a server in maintenance can be deleted; sessions still attached are cut first."""
+    return [
+        f"set server {backend}/{server} state maint",
+        f"shutdown sessions server {backend}/{server}",
+        f"del server {backend}/{server}",
+    ]
+
+
+def parse_stat(text: str) -> list[ServerStat]:
+    """`show stat` CSV -> one ServerStat per server (frontends and backend totals skipped)."""
+    body = text.lstrip("# ")
+    out = []
+    for row in csv.DictReader(io.StringIO(body)):
+        if row.get("svname") in ("FRONTEND", "BACKEND") or not row.get("pxname"):
+            continue
+        out.append(ServerStat(row["pxname"], row["svname"], row.get("status", ""), _int(row.get("scur")),
+                              _int(row.get("qcur")), _int(row.get("stot")), _int(row.get("weight")),
+                              row.get("addr", "")))
+    return out
+
+
+def parse_conns(text: str) -> dict[str, int]:
+    """`show servers conn BACKEND` -> server name -> connections carrying a request now (used_cur).
+
+    This, not scur, tells when a drained server's in-flight work is done: scur also counts
+    client sessions that are merely attached to it."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("#"):
+        return {}
+    header = lines[0].lstrip("# ").split()
+    out = {}
+    for line in lines[1:]:
+        fields = dict(zip(header, line.split(), strict=False))
+        if "bkname/svname" in fields and "used_cur" in fields:
+            out[fields["bkname/svname"].split("/", 1)[1]] = _int(fields["used_cur"])
+    return out
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+_OK_REPLIES = ("", "New server registered.", "Server deleted.")
+
+
+class RuntimeClient:
+    def __init__(self, socket_path: Path, timeout: float = 5.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def ask(self, command: str) -> str:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(str(self.socket_path))
+                sock.sendall(command.encode() + b"\n")
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+        except OSError as exc:
+            raise RouterError(f"cannot reach HAProxy's admin socket {self.socket_path}: {exc}.",
+                              "Is the router running? `kiln status` shows it; `kiln deploy` starts it.") from None
+        return b"".join(chunks).decode(errors="replace").strip()
+
+    def run(self, commands: list[str]) -> None:
+        for command in commands:
+            reply = self.ask(command)
+            if reply not in _OK_REPLIES:
+                raise RouterError(f"HAProxy refused `{command}`: {reply}")
+
+    def stats(self) -> list[ServerStat]:
+        return parse_stat(self.ask("show stat"))
+
+    def in_flight(self, backend: str) -> dict[str, int]:
+        return parse_conns(self.ask(f"show servers conn {backend}"))

@@ -1,0 +1,41 @@
+"""Where kiln keeps its state, from the environment. Read once, passed in a Context."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.errors import UsageError
+
+
+def _default_home() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "kiln"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path  # KILN_HOME: ledger, router configs and sockets, scratch space
+    ledger_url: str  # KILN_LEDGER_URL: sqlite (default) or postgresql+psycopg://…
+    extra_labels: dict[str, str] = field(default_factory=dict)  # KILN_EXTRA_LABELS: k=v,k=v
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        home = Path(env["KILN_HOME"]).expanduser() if env.get("KILN_HOME") else _default_home()
+        url = env.get("KILN_LEDGER_URL") or f"sqlite:///{home / 'ledger.db'}"
+        return cls(home=home, ledger_url=url, extra_labels=_parse_labels(env.get("KILN_EXTRA_LABELS", "")))
+
+    def router_dir(self, app: str, env: str) -> Path:
+        return self.home / "routers" / f"{app}-{env}"
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"KILN_EXTRA_LABELS: {item!r} is not key=value.", "Write it as kiln.test=1,team=web.")
+        labels[key] = value
+    return labels

@@ -1,0 +1,43 @@
+"""Checks that span several parts of a spec; each problem carries the key path it is about."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from kiln.spec.models import Spec
+
+Path = tuple[str | int, ...]
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_NAME_HINT = "use lowercase letters, digits and '-', starting with a letter, at most 31 characters"
+
+
+def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
+    if not _NAME.match(spec.app):
+        yield ("app",), f"{spec.app!r} is not a valid name; {_NAME_HINT}"
+    for name in spec.services:
+        if not _NAME.match(name):
+            yield ("services", name), f"service name {name!r} is not valid; {_NAME_HINT}"
+    for name, env in spec.environments.items():
+        if not _NAME.match(name):
+            yield ("environments", name), f"environment name {name!r} is not valid; {_NAME_HINT}"
+        for svc in env.services:
+            if svc not in spec.services:
+                known = ", ".join(spec.services)
+                yield ("environments", name, "services", svc), f"no such service; services are: {known}"
+
+    public = [n for n, s in spec.services.items() if s.public]
+    with_port = [n for n, s in spec.services.items() if s.port is not None]
+    if len(public) > 1:
+        yield ("services", public[1], "public"), f"only one service can be public ({', '.join(public)} are)"
+    elif public and spec.services[public[0]].port is None:
+        yield ("services", public[0], "port"), "a public service needs a 'port'"
+    elif not public and len(with_port) > 1:
+        yield ("services",), f"several services have a port ({', '.join(with_port)}); mark one 'public: true'"
+
+    seen: dict[tuple[str, int], str] = {}
+    for name, env in spec.environments.items():
+        key = (env.bind, env.port)
+        if key in seen:
+            yield ("environments", name, "port"), f"port {env.port} is already used by environment {seen[key]}"
+        seen[key] = name

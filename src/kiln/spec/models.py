@@ -1,0 +1,128 @@
+"""The kiln.yaml schema. These models are both the validation and the reference documentation
+(`kiln init` and docs/spec.md are written from the field descriptions)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from kiln.spec.durations import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Base(Model):
+    """The OS image kiln bakes from Debian's packages with debootstrap (no registry needed)."""
+
+    suite: str = Field("bookworm", description="Debian release to bootstrap")
+    packages: tuple[str, ...] = Field((), description="Debian packages to include, e.g. python3")
+    mirror: str = Field("http://deb.debian.org/debian", description="Debian mirror (plain HTTP works)")
+
+
+class Build(Model):
+    """How the app image is baked."""
+
+    context: str = Field(".", description="build context, relative to kiln.yaml")
+    dockerfile: str | None = Field(None, description="a Dockerfile in the context; FROM kiln-base is the baked base")
+    steps: tuple[str, ...] = Field((), description="Dockerfile instructions run on top of the base, instead of a Dockerfile")
+    base: Base = Field(default_factory=Base, description="the base image to bake from")
+    args: dict[str, str] = Field(default_factory=dict, description="build arguments")
+    allow_secrets: tuple[str, ...] = Field((), description="glob patterns of context files that look like secrets but may be baked")
+
+    @model_validator(mode="after")
+    def _one_recipe(self) -> Build:
+        if self.dockerfile and self.steps:
+            raise ValueError("give either 'dockerfile' or 'steps', not both")
+        if not self.dockerfile and not self.steps:
+            raise ValueError("give a 'dockerfile' (a path in the context) or a list of 'steps'")
+        return self
+
+
+class HealthCheck(Model):
+    """How kiln decides an instance is ready: one of http, tcp or command."""
+
+    http: str | None = Field(None, description="HTTP path that must answer 2xx, e.g. /health")
+    tcp: bool = Field(False, description="the service port accepts a TCP connection")
+    command: tuple[str, ...] | None = Field(None, description="command run inside the instance; exit 0 is healthy")
+    interval: Duration = Field(1.0, description="time between checks")
+    timeout: Duration = Field(2.0, description="time one check may take")
+    deadline: Duration = Field(60.0, description="time a new instance has to become healthy before the rollout aborts")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HealthCheck:
+        kinds = [k for k, v in (("http", self.http), ("tcp", self.tcp), ("command", self.command)) if v]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of 'http: /path', 'tcp: true' or 'command: [...]'")
+        if self.http is not None and not self.http.startswith("/"):
+            raise ValueError(f"http path must start with '/', e.g. /{self.http}")
+        return self
+
+    @property
+    def kind(self) -> Literal["http", "tcp", "command"]:
+        return "http" if self.http else "tcp" if self.tcp else "command"
+
+
+class Service(Model):
+    """One process type of the app; every instance runs the same image."""
+
+    command: tuple[str, ...] | None = Field(None, description="argv to run; default: the image's CMD")
+    port: int | None = Field(None, ge=1, le=65535, description="port the service listens on inside the instance")
+    public: bool = Field(False, description="receives the environment's public traffic (needed only with several ports)")
+    replicas: int = Field(1, ge=0, le=256, description="number of instances")
+    healthcheck: HealthCheck | None = Field(None, description="readiness check; default: tcp when a port is set")
+    environment: dict[str, str] = Field(default_factory=dict, description="environment variables")
+    writable: tuple[str, ...] = Field(("/tmp",), description="paths mounted as tmpfs; the rest of the filesystem is read-only")
+    user: str | None = Field(None, description="user to run as, e.g. 65534 (nobody)")
+    read_only: bool = Field(True, description="read-only root filesystem (relaxation: false)")
+    cap_add: tuple[str, ...] = Field((), description="Linux capabilities to keep (all are dropped by default)")
+    no_new_privileges: bool = Field(True, description="forbid privilege escalation (relaxation: false)")
+    stop_grace_period: Duration = Field(10.0, description="time between SIGTERM and SIGKILL")
+    drain_timeout: Duration = Field(5.0, description="longest wait for in-flight requests when an instance leaves the router")
+
+    @model_validator(mode="after")
+    def _health_needs_port(self) -> Service:
+        hc = self.healthcheck
+        if hc is not None and hc.kind in ("http", "tcp") and self.port is None:
+            raise ValueError(f"a {hc.kind} healthcheck needs 'port' to be set")
+        for path in self.writable:
+            if not path.startswith("/"):
+                raise ValueError(f"writable path {path!r} must be absolute, e.g. /{path}")
+        return self
+
+
+class ServiceOverride(Model):
+    """What an environment may change for one service."""
+
+    replicas: int | None = Field(None, ge=0, le=256)
+    environment: dict[str, str] = Field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+
+
+class Environment(Model):
+    """One environment: only what differs from the shared definition."""
+
+    port: int = Field(..., ge=1, le=65535, description="public port of the environment's router")
+    bind: str = Field("127.0.0.1", description="address the router listens on (loopback unless told otherwise)")
+    services: dict[str, ServiceOverride] = Field(default_factory=dict, description="per-service overrides")
+
+
+class Spec(Model):
+    """A whole kiln.yaml."""
+
+    app: str = Field(..., description="application name")
+    build: Build
+    services: dict[str, Service] = Field(..., min_length=1)
+    environments: dict[str, Environment] = Field(..., min_length=1)
+
+    @property
+    def public_service(self) -> str | None:
+        for name, svc in self.services.items():
+            if svc.public:
+                return name
+        ports = [n for n, s in self.services.items() if s.port is not None]
+        return ports[0] if ports else None

@@ -1,0 +1,116 @@
+"""Resolve a spec for one environment: the shared definition with the environment's overlay
+applied. The result is what a release records, so it holds plain values only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import BaseModel, ConfigDict
+
+from kiln.errors import UsageError
+from kiln.spec.models import HealthCheck, Spec
+
+
+class Resolved(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceConfig(Resolved):
+    name: str
+    command: tuple[str, ...] | None
+    port: int | None
+    public: bool
+    replicas: int
+    healthcheck: HealthCheck | None
+    environment: dict[str, str]
+    writable: tuple[str, ...]
+    user: str | None
+    read_only: bool
+    cap_add: tuple[str, ...]
+    no_new_privileges: bool
+    stop_grace_period: float
+    drain_timeout: float
+
+    @property
+    def relaxations(self) -> list[str]:
+        """Hardening defaults this service gives up, as the spec asked."""
+        out = []
+        if not self.read_only:
+            out.append("read_only: false")
+        if not self.no_new_privileges:
+            out.append("no_new_privileges: false")
+        out += [f"cap_add: {cap}" for cap in self.cap_add]
+        return out
+
+
+class EnvConfig(Resolved):
+    app: str
+    env: str
+    port: int
+    bind: str
+    services: tuple[ServiceConfig, ...]
+
+    def service(self, name: str) -> ServiceConfig:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)
+
+    @property
+    def public_service(self) -> ServiceConfig | None:
+        return next((s for s in self.services if s.public), None)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "") else self.bind
+        return f"http://{host}:{self.port}"
+
+    def digest(self) -> str:
+        return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()
+
+
+def canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def pick_env(spec: Spec, env: str | None) -> str:
+    """The environment a command works on: the one named, or the only/first declared one."""
+    if env is None:
+        return next(iter(spec.environments))
+    if env not in spec.environments:
+        raise UsageError(
+            f"unknown environment {env!r}.",
+            f"Environments in kiln.yaml: {', '.join(spec.environments)}.",
+        )
+    return env
+
+
+def resolve(spec: Spec, env: str) -> EnvConfig:
+    overlay = spec.environments[env]
+    public = spec.public_service
+    services = []
+    for name, svc in spec.services.items():
+        over = overlay.services.get(name)
+        hc = svc.healthcheck
+        if hc is None and svc.port is not None:
+            hc = HealthCheck(tcp=True)
+        services.append(
+            ServiceConfig(
+                name=name,
+                command=over.command if over and over.command is not None else svc.command,
+                port=svc.port,
+                public=name == public,
+                replicas=over.replicas if over and over.replicas is not None else svc.replicas,
+                healthcheck=hc,
+                environment={**svc.environment, **(over.environment if over else {})},
+                writable=svc.writable,
+                user=svc.user,
+                read_only=svc.read_only,
+                cap_add=svc.cap_add,
+                no_new_privileges=svc.no_new_privileges,
+                stop_grace_period=svc.stop_grace_period,
+                drain_timeout=svc.drain_timeout,
+            )
+        )
+    return EnvConfig(app=spec.app, env=env, port=overlay.port, bind=overlay.bind, services=tuple(services))

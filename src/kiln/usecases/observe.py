@@ -1,0 +1,44 @@
+"""kiln status and kiln releases: what runs, and what was released."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.context import Context
+from kiln.errors import RouterError
+from kiln.router.haproxy import router_name
+from kiln.spec.resolve import EnvConfig
+from kiln.usecases.deploy import router_for
+
+
+def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
+    release = ctx.ledger.current_release(cfg.app, cfg.env)
+    containers = ctx.docker.containers({"kiln.app": cfg.app, "kiln.env": cfg.env})
+    router = next((c for c in containers if c.name == router_name(cfg.app, cfg.env)), None)
+    servers: dict[str, str] = {}
+    if router and router.running:
+        try:
+            servers = {name: s.status for name, s in router_for(ctx, cfg).servers().items()}
+        except RouterError:
+            servers = {}
+    instances = []
+    for c in sorted((c for c in containers if c.label("role") == "instance"), key=lambda c: c.name):
+        if c.name in servers:
+            health = "healthy" if servers[c.name] in ("UP", "no check") else servers[c.name].lower()
+        elif not c.running:
+            health = f"exited ({c.exit_code})" if c.exit_code is not None else c.state
+        else:
+            health = c.health or "running"
+        instances.append({"id": c.name, "service": c.label("service"), "release": int(c.label("release") or 0),
+                          "health": health, "in_router": c.name in servers, "container": c.id[:12]})
+    served = EnvConfig.model_validate(release.config) if release else cfg
+    return {
+        "app": cfg.app,
+        "env": cfg.env,
+        "url": served.url,
+        "release": {"number": release.number, "image": release.image, "commit": release.commit,
+                    "created_at": release.created_at.isoformat() + "Z"} if release else None,
+        "router": {"state": router.state if router else "absent", "name": router_name(cfg.app, cfg.env)},
+        "instances": instances,
+        "relaxations": {s.name: s.relaxations for s in served.services if s.relaxations},
+    }
