@@ -4,11 +4,14 @@ Boundaries open on first use, so `kiln validate` needs neither Docker nor a data
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from kiln.ledger.store import Ledger
 from kiln.output import Output
-from kiln.providers.docker import DockerProvider
 from kiln.settings import Settings
+
+if TYPE_CHECKING:  # imported on first use: SQLAlchemy and the Docker SDK cost ~0.4 s to import
+    from kiln.ledger.store import Ledger
+    from kiln.providers.docker import DockerProvider
 
 
 @dataclass
@@ -21,11 +24,15 @@ class Context:
     @property
     def docker(self) -> DockerProvider:
         if self._docker is None:
+            from kiln.providers.docker import DockerProvider
+
             self._docker = DockerProvider(self.settings.extra_labels)
         return self._docker
 
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
+            from kiln.ledger.store import Ledger
+
             self._ledger = Ledger(self.settings.ledger_url)
         return self._ledger

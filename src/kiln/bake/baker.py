@@ -51,7 +51,7 @@ def bake(images: Images, loaded: LoadedSpec, out: Output, scratch: Path) -> Bake
     git = git_state(root)
     tag = f"{image_repo(spec.app)}:{inputs[:16]}"
 
-    found = images.find_image({"kiln.inputs": inputs})
+    found = images.find_image(tag, {"kiln.inputs": inputs})
     if found:
         return BakedImage(found, tag, inputs, git.commit, git.dirty, built=False)
 

@@ -37,7 +37,7 @@ def base_tag(inputs_hash: str) -> str:
 def ensure_base(images: Images, base: Base, out: Output, scratch: Path) -> BaseImage:
     inputs = base_inputs_hash(base)
     tag = base_tag(inputs)
-    found = images.find_image({"kiln.base.inputs": inputs})
+    found = images.find_image(tag, {"kiln.base.inputs": inputs})
     if found:
         return BaseImage(found, tag, inputs, built=False)
     if not process.which("debootstrap"):

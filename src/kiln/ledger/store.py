@@ -11,19 +11,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from kiln.errors import LedgerError
 from kiln.ledger.schema import EventRow, ReleaseRow, RolloutRow, StepRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The newest migration's revision (a unit test checks it against migrations/versions). Knowing it
+# here spares importing Alembic, ~0.3 s, on every command once the schema is current.
+SCHEMA_HEAD = "0001"
 
 
 def now() -> datetime:
@@ -91,14 +90,23 @@ class Ledger:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrate()
 
-    def _migrate(self) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        head = ScriptDirectory.from_config(config).get_current_head()
+    def schema_revision(self) -> str | None:
         try:
+            with self.engine.connect() as conn:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except (OperationalError, ProgrammingError):
+            return None  # a new database: no version table yet
+
+    def _migrate(self) -> None:
+        try:
+            if self.schema_revision() == SCHEMA_HEAD:
+                return
+            from alembic import command
+            from alembic.config import Config
+
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
             with self.engine.begin() as conn:
-                if MigrationContext.configure(conn).get_current_revision() == head:
-                    return
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
         except OperationalError as exc:

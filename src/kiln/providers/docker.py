@@ -63,9 +63,11 @@ class DockerProvider:
         except DockerException as exc:
             raise EngineError(f"looking up image {ref}: {_short(exc)}") from None
 
-    def find_image(self, labels: dict[str, str]) -> str | None:
+    def find_image(self, tag: str, labels: dict[str, str]) -> str | None:
+        """The image tagged `tag`, if it carries `labels` (children inherit labels, tags not)."""
         with _engine("listing images"):
-            found = self.client.images.list(filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+            found = self.client.images.list(filters={"reference": tag,
+                                                     "label": [f"{k}={v}" for k, v in labels.items()]})
         return found[0].id if found else None
 
     def remove_image(self, ref: str) -> None:

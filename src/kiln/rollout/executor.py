@@ -21,7 +21,10 @@ from kiln.rollout.plan import (
 from kiln.router.haproxy import Router
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
-_SERVING = ("UP", "no check")
+def _serving(status: str) -> bool:
+    # "UP 1/2" is UP and on its way down; still serving. A new server starts DOWN until its
+    # first check passes.
+    return status.startswith("UP") or status == "no check"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Executor:
             service, release = c.label("service") or "?", int(c.label("release") or 0)
             server = servers.get(c.name)
             if service == self.routed:
-                ready = server is not None and server.status in _SERVING
+                ready = server is not None and _serving(server.status)
             else:
                 ready = c.running and self._healthy_now(c)
             facts.append(Instance(c.name, service, release, c.running, ready, in_router=server is not None))
@@ -136,8 +139,9 @@ class Executor:
             if action.name not in self.router.servers():
                 assert facts.ip and svc.port and svc.healthcheck
                 self.router.add(action.name, facts.ip, svc.port, svc.healthcheck.interval)
+            took = self._await_routed(action.name, svc)
             self.out.step(f"{action.name} receives traffic")
-            return ""
+            return f"up in the router after {took:.2f}s"
         if isinstance(action, Unroute):
             _, svc = self._instance(action.name)
             waited = self.router.drain_and_remove(action.name, svc.drain_timeout)
@@ -192,6 +196,19 @@ class Executor:
                 raise RolloutError(f"new instance {name} did not pass its healthcheck ({what}) within "
                                    f"{hc.deadline if hc else 0:g}s.{self._log_hint(name)}")
             time.sleep(min(hc.interval if hc else 0.5, 0.25))
+
+    def _await_routed(self, name: str, svc: ServiceConfig) -> float:
+        """Until the router's own check has passed: only then does the instance take traffic."""
+        start = time.monotonic()
+        limit = svc.healthcheck.deadline if svc.healthcheck else 30.0
+        while True:
+            server = self.router.servers().get(name)
+            if server and _serving(server.status):
+                return time.monotonic() - start
+            if time.monotonic() - start > limit:
+                status = server.status if server else "missing"
+                raise RolloutError(f"the router's check of {name} did not pass within {limit:g}s (status {status}).")
+            time.sleep(0.05)
 
     def _log_hint(self, name: str) -> str:
         logs = self.runtime.logs(name, tail=5)

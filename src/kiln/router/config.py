@@ -18,7 +18,7 @@ def render_config(cfg: EnvConfig) -> str:
     lines = [
         "# written by kiln; servers are managed at run time through the admin socket",
         "global",
-        "    maxconn 20000",
+        "    maxconn 4096",
         f"    stats socket {SOCKET_DIR}/{SOCKET_NAME} mode 600 level admin",
         "    stats timeout 30s",
         "    hard-stop-after 30s",

@@ -28,6 +28,7 @@ class Outcome:
 def deploy(ctx: Context, loaded: LoadedSpec, env: str) -> Outcome:
     cfg = resolve(loaded.spec, env)
     image = bake(ctx.docker, loaded, ctx.out, ctx.settings.home / "tmp")
+    router = prepare(ctx, cfg)
     current = ctx.ledger.current_release(cfg.app, env)
     if current and current.image == image.id and current.config_digest == cfg.digest():
         release = current
@@ -37,7 +38,7 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str) -> Outcome:
             config=cfg.model_dump(mode="json"), config_digest=cfg.digest(), spec_digest=loaded.digest,
             commit=image.commit, dirty=image.dirty)
         ctx.out.step(f"Recorded release v{release.number} of {cfg.app}/{env}")
-    return roll_out(ctx, release, current)
+    return roll_out(ctx, router, release, current)
 
 
 def rollback(ctx: Context, app: str, env: str, to: int | None) -> Outcome:
@@ -54,26 +55,32 @@ def rollback(ctx: Context, app: str, env: str, to: int | None) -> Outcome:
     if target.image == current.image and target.config_digest == current.config_digest:
         ctx.out.done(f"v{current.number} already runs the same image and config as v{number}")
         return Outcome(current, changed=False)
+    router = prepare(ctx, EnvConfig.model_validate(target.config))
     release = ctx.ledger.record_release(
         app=app, env=env, image=target.image, image_tag=target.image_tag, inputs_hash=target.inputs_hash,
         config=target.config, config_digest=target.config_digest, spec_digest=target.spec_digest,
         commit=target.commit, dirty=target.dirty, note=f"rollback to v{number}")
     ctx.out.step(f"Recorded release v{release.number} (rollback to v{number})")
-    return roll_out(ctx, release, current)
+    return roll_out(ctx, router, release, current)
 
 
 def router_for(ctx: Context, cfg: EnvConfig) -> Router:
     return Router(ctx.docker, cfg, ctx.settings.router_dir(cfg.app, cfg.env))
 
 
-def roll_out(ctx: Context, release: Release, previous: Release | None) -> Outcome:
-    target = Target.of(release)
-    cfg = target.cfg
+def prepare(ctx: Context, cfg: EnvConfig) -> Router:
+    """The environment's network and router, before any release is recorded for it."""
     router = router_for(ctx, cfg)
     router_image = ensure_base(ctx.docker, ROUTER_BASE, ctx.out, ctx.settings.home / "tmp")
     ctx.docker.ensure_network(network_name(cfg.app, cfg.env), {"kiln.app": cfg.app, "kiln.env": cfg.env})
     if router.ensure(router_image.id):
         ctx.out.step(f"Router listening on {cfg.url}")
+    return router
+
+
+def roll_out(ctx: Context, router: Router, release: Release, previous: Release | None) -> Outcome:
+    target = Target.of(release)
+    cfg = target.cfg
 
     if previous and previous.number == release.number:
         probe_only = Executor(ctx.docker, router, ctx.ledger, ctx.out, rollout_id=0)
