@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -39,9 +40,10 @@ class DockerProvider:
         try:
             self.client = docker.from_env(timeout=120)
             self.client.ping()
-        except DockerException as exc:
+        except DockerException:
+            where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
             raise EngineError(
-                f"cannot reach the Docker engine ({_short(exc)}).",
+                f"cannot reach the Docker engine at {where}.",
                 "Start it (`systemctl start docker`, or `dockerd &`), or point DOCKER_HOST at a running engine.",
             ) from None
 

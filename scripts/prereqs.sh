@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install and start what kiln needs on Debian (run as root): Docker's engine (docker.io),
+# debootstrap, HAProxy (its binary checks rendered configs in tests), wrk, git; then start
+# dockerd if no engine answers, and install kiln into ./.venv. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1;36m›\033[0m %s\n' "$*" >&2; }
+
+need=()
+for pair in dockerd:docker.io debootstrap:debootstrap haproxy:haproxy wrk:wrk git:git curl:curl ip:iproute2; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
+done
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv python3-pip)
+if ((${#need[@]})); then
+  say "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  say "starting dockerd"
+  if [ -d /run/systemd/system ] && systemctl start docker 2>/dev/null; then :; else
+    nohup dockerd >/var/log/kiln-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/kiln-dockerd.log" >&2; exit 1; }
+fi
+
+if [ ! -x .venv/bin/kiln ] || [ pyproject.toml -nt .venv/.installed ]; then
+  say "installing kiln into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test]'
+  touch .venv/.installed
+fi
+ln -sf "$PWD/.venv/bin/kiln" /usr/local/bin/kiln
