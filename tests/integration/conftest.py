@@ -1,0 +1,137 @@
+"""Integration fixtures: a real dockerd, the real kiln CLI, HAProxy in its router container, wrk.
+
+Every container and network a test creates carries the label kiln.test=<session id> (through
+KILN_EXTRA_LABELS) and is removed by label when the test's app is torn down."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
+SESSION = uuid.uuid4().hex[:8]
+TEST_LABEL = f"kiln.test={SESSION}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"integration tests need a running dockerd (scripts/test.sh starts one): {exc}")
+    if shutil.which("wrk") is None:
+        pytest.fail("integration tests need wrk (scripts/prereqs.sh installs it)")
+    yield client
+    _remove_labelled(client, {"kiln.test": SESSION})
+
+
+def _remove_labelled(client: docker.DockerClient, labels: dict[str, str]) -> None:
+    selector = [f"{k}={v}" for k, v in labels.items()]
+    for c in client.containers.list(all=True, filters={"label": selector}):
+        c.remove(force=True, v=True)
+    for n in client.networks.list(filters={"label": selector}):
+        n.remove()
+    for v in client.volumes.list(filters={"label": selector}):
+        v.remove(force=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class App:
+    """A private copy of examples/hello with its own name, ports and kiln home."""
+
+    dir: Path
+    name: str
+    ports: dict[str, int]
+    home: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.dir / "kiln.yaml"
+
+    def url(self, env: str = "production") -> str:
+        return f"http://127.0.0.1:{self.ports[env]}"
+
+    def kiln(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KILN_HOME": str(self.home), "KILN_EXTRA_LABELS": TEST_LABEL}
+        env.pop("KILN_LEDGER_URL", None)
+        proc = subprocess.run([sys.executable, "-m", "kiln", *args, "-f", str(self.spec)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kiln {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def kiln_json(self, *args: str) -> object:
+        return json.loads(self.kiln(*args, "--json").stdout)
+
+    def set_message(self, message: str) -> None:
+        path = self.dir / "app.py"
+        path.write_text(re.sub(r'^MESSAGE = .*$', f"MESSAGE = {message!r}", path.read_text(), flags=re.M))
+
+
+def make_app(root: Path) -> App:
+    name = "t" + uuid.uuid4().hex[:7]
+    target = root / name
+    shutil.copytree(EXAMPLE, target)
+    ports = {"production": free_port(), "staging": free_port()}
+    text = (target / "kiln.yaml").read_text()
+    text = text.replace("app: hello", f"app: {name}")
+    text = text.replace("port: 8080", f"port: {ports['production']}").replace("port: 8081", f"port: {ports['staging']}")
+    (target / "kiln.yaml").write_text(text)
+    return App(target, name, ports, root / "home")
+
+
+@pytest.fixture(scope="module")
+def app(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> App:
+    made = make_app(tmp_path_factory.mktemp("app"))
+    yield made
+    _remove_labelled(engine, {"kiln.test": SESSION, "kiln.app": made.name})
+
+
+@dataclass(frozen=True)
+class Load:
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    rps: float
+    text: str
+
+
+class Wrk:
+    """wrk sending keep-alive load for a fixed time; read the result after it ends."""
+
+    def __init__(self, url: str, seconds: int, connections: int = 16) -> None:
+        self.proc = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", url],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def result(self) -> Load:
+        out, _ = self.proc.communicate(timeout=120)
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        return Load(requests, int(non.group(1)) if non else 0,
+                    sum(int(g) for g in sock.groups()) if sock else 0, rps, out)
