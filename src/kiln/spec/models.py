@@ -28,7 +28,7 @@ class Build(Model):
     """How the app image is baked."""
 
     context: str = Field(".", description="build context, relative to kiln.yaml")
-    dockerfile: str | None = Field(None, description="a Dockerfile in the context; FROM kiln-base is the baked base")
+    dockerfile: str | None = Field(None, description="a Dockerfile in the context; start it with `ARG KILN_BASE` and `FROM ${KILN_BASE}`")
     steps: tuple[str, ...] = Field((), description="Dockerfile instructions run on top of the base, instead of a Dockerfile")
     base: Base = Field(default_factory=Base, description="the base image to bake from")
     args: dict[str, str] = Field(default_factory=dict, description="build arguments")
@@ -98,9 +98,9 @@ class Service(Model):
 class ServiceOverride(Model):
     """What an environment may change for one service."""
 
-    replicas: int | None = Field(None, ge=0, le=256)
-    environment: dict[str, str] = Field(default_factory=dict)
-    command: tuple[str, ...] | None = None
+    replicas: int | None = Field(None, ge=0, le=256, description="number of instances in this environment")
+    environment: dict[str, str] = Field(default_factory=dict, description="variables added to (or replacing) the service's")
+    command: tuple[str, ...] | None = Field(None, description="argv to run in this environment")
 
 
 class Environment(Model):
@@ -114,10 +114,10 @@ class Environment(Model):
 class Spec(Model):
     """A whole kiln.yaml."""
 
-    app: str = Field(..., description="application name")
-    build: Build
-    services: dict[str, Service] = Field(..., min_length=1)
-    environments: dict[str, Environment] = Field(..., min_length=1)
+    app: str = Field(..., description="application name: lowercase letters, digits and '-'")
+    build: Build = Field(..., description="how the app image is baked (see build)")
+    services: dict[str, Service] = Field(..., min_length=1, description="process types of the app, by name (see services.NAME)")
+    environments: dict[str, Environment] = Field(..., min_length=1, description="where it runs, by name; the first is the default (see environments.NAME)")
 
     @property
     def public_service(self) -> str | None:

@@ -1,0 +1,74 @@
+"""The kiln.yaml reference, written from the same models that validate it, so the two cannot
+drift apart. `python -m kiln.spec.reference > docs/spec.md`; a unit test checks it is current."""
+
+from __future__ import annotations
+
+import types
+import typing
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from kiln.spec.models import Base, Build, Environment, HealthCheck, Service, ServiceOverride, Spec
+
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("top level", Spec),
+    ("build", Build),
+    ("build.base", Base),
+    ("services.NAME", Service),
+    ("services.NAME.healthcheck", HealthCheck),
+    ("environments.NAME", Environment),
+    ("environments.NAME.services.NAME", ServiceOverride),
+]
+
+
+def _type_name(ann: typing.Any) -> str:
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    if origin is tuple:
+        return f"list of {_type_name(args[0])}"
+    if origin is dict:
+        return f"mapping of {_type_name(args[1])}"
+    if typing.get_origin(ann) is typing.Annotated:
+        return _type_name(args[0])
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return "mapping"
+    return {str: "string", int: "integer", bool: "boolean", float: "duration"}.get(ann, str(ann))
+
+
+def _default(field: typing.Any) -> str:
+    if field.is_required():
+        return "**required**"
+    if field.default_factory is not None:
+        value = field.default_factory()
+        return "" if value in ({}, ()) or isinstance(value, BaseModel) else f"`{value}`"
+    if field.default is PydanticUndefined or field.default is None:
+        return ""
+    value = field.default
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return f"`{value}`"
+
+
+def render() -> str:
+    out = ["# kiln.yaml reference", "",
+           "Generated from `src/kiln/spec/models.py` by `python -m kiln.spec.reference`; do not edit by hand.",
+           "Durations are written like `500ms`, `2s`, `1m30s` or a number of seconds.", ""]
+    for title, model in SECTIONS:
+        out += [f"## {title}", "", (model.__doc__ or "").strip(), "", "| key | type | default | meaning |",
+                "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if field.metadata and any(getattr(m, "func", None) for m in field.metadata):
+                ann = float
+            out.append(f"| `{name}` | {_type_name(ann)} | {_default(field)} | {field.description or ''} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render())

@@ -1,0 +1,51 @@
+"""The ledger on a real PostgreSQL server (scripts/test.sh starts one and sets
+KILN_TEST_POSTGRES_URL). Each test works in a schema of its own, dropped afterwards."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from kiln.ledger.store import SCHEMA_HEAD, Ledger
+
+URL = os.environ.get("KILN_TEST_POSTGRES_URL")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not URL, reason="KILN_TEST_POSTGRES_URL is not set (scripts/test.sh sets it)")]
+
+
+@pytest.fixture
+def pg_url() -> str:
+    assert URL
+    db = "kiln_" + uuid.uuid4().hex[:8]
+    admin = create_engine(URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{db}"'))
+    yield URL.rsplit("/", 1)[0] + "/" + db
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{db}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_postgres_ledger_records_releases_and_rollouts(pg_url: str) -> None:
+    ledger = Ledger(pg_url)
+    assert ledger.schema_revision() == SCHEMA_HEAD
+    common = dict(image_tag="kiln/a:1", inputs_hash="h", config={"port": 1}, config_digest="d",
+                  spec_digest="s", commit=None, dirty=False)
+    v1 = ledger.record_release(app="a", env="prod", image="sha256:1", **common)
+    v2 = ledger.record_release(app="a", env="prod", image="sha256:2", **common)
+    other = ledger.record_release(app="a", env="staging", image="sha256:9", **common)
+    assert (v1.number, v2.number, other.number) == (1, 2, 1)
+
+    ok = ledger.start_rollout("a", "prod", None, 1, "rolling")
+    ledger.finish_rollout(ok.id, "succeeded")
+    bad = ledger.start_rollout("a", "prod", 1, 2, "rolling")
+    ledger.record_step(bad.id, "Start", "kiln-a-prod-web-v2-abc", "started")
+    ledger.finish_rollout(bad.id, "aborted", "instance exited")
+    assert ledger.current_release("a", "prod").number == 1
+    assert [r.number for r in ledger.releases("a", "prod")] == [2, 1]
+    assert ledger.releases("a", "prod")[0].config == {"port": 1}
+    assert ledger.steps(bad.id)[0]["target"] == "kiln-a-prod-web-v2-abc"
+    assert Ledger(pg_url).schema_revision() == SCHEMA_HEAD  # a second open finds it current
