@@ -15,18 +15,19 @@ curl -fsS "$URL/"
 # A new release under load: a copy of the example with a changed message, deployed while wrk
 # hammers the router. Every request must succeed.
 DEMO=$(mktemp -d)
-trap 'rm -rf "$DEMO"' EXIT
+LOAD=$(mktemp)
+trap 'rm -rf "$DEMO" "$LOAD"' EXIT
 cp -r examples/hello/. "$DEMO/"
 sed -i "s/^MESSAGE = .*/MESSAGE = \"hello again, $(date +%s)\"/" "$DEMO/app.py"
-wrk -t2 -c16 -d12s "$URL/" >"$DEMO/wrk.txt" 2>&1 &
+wrk -t2 -c16 -d12s "$URL/" >"$LOAD" 2>&1 &
 WRK=$!
 sleep 1
 kiln deploy -f "$DEMO/kiln.yaml"
 wait "$WRK"
 echo
 echo "Load during the redeploy (wrk):"
-sed -n '/requests in/p;/Non-2xx/p;/Socket errors/p;/Requests\/sec/p' "$DEMO/wrk.txt"
-if grep -qE 'Non-2xx|Socket errors' "$DEMO/wrk.txt"; then echo "some requests failed" >&2; exit 1; fi
+sed -n '/requests in/p;/Non-2xx/p;/Socket errors/p;/Requests\/sec/p' "$LOAD"
+if grep -qE 'Non-2xx|Socket errors' "$LOAD"; then echo "some requests failed" >&2; exit 1; fi
 echo "0 failed requests."
 echo
 kiln releases -f "$SPEC"
