@@ -49,6 +49,7 @@ class Executor:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
         self.rollout_id = rollout_id
         self.targets: dict[int, Target] = {}
+        self.started: set[str] = set()  # instances this executor created
         cfg = router.cfg
         self.selector = {"kiln.app": cfg.app, "kiln.env": cfg.env, "kiln.role": "instance"}
         self.routed = cfg.public_service.name if cfg.public_service else None
@@ -77,7 +78,8 @@ class Executor:
         return not plan(target.desired(), self.observe())
 
     def converge(self, target: Target, surge: int | None = None, strict: bool = True) -> None:
-        """Bring the environment to `target`. With `strict`, a new instance that dies aborts."""
+        """Bring the environment to `target`. With `strict`, an instance this rollout started that
+        dies aborts it; instances that died before (say, in an engine restart) are replaced."""
         self.targets[target.release.number] = target
         desired = target.desired(surge)
         budget = 4 * (sum(desired.replicas.values()) + len(self.containers())) + 8
@@ -85,7 +87,7 @@ class Executor:
             facts = self.observe()
             if strict:
                 for i in facts:
-                    if i.release == desired.release and not i.running:
+                    if i.name in self.started and not i.running:
                         raise RolloutError(f"instance {i.name} exited.{self._log_hint(i.name)}")
             steps = plan(desired, facts)
             if not steps:
@@ -126,6 +128,7 @@ class Executor:
         name = new_instance_name(t.cfg, svc.name, action.release)
         # Recorded before it exists, so an interrupted rollout knows what it may have made.
         self.ledger.record_step(self.rollout_id, "Start", name, "started")
+        self.started.add(name)
         self.runtime.start(instance_spec(t.cfg, svc, action.release, t.release.image, name))
         self.ledger.record_step(self.rollout_id, "Start", name, "done")
         self.out.step(f"started {name}")

@@ -23,10 +23,10 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
             servers = {}
     instances = []
     for c in sorted((c for c in containers if c.label("role") == "instance"), key=lambda c: c.name):
-        if c.name in servers:
-            health = "healthy" if servers[c.name] in ("UP", "no check") else servers[c.name].lower()
-        elif not c.running:
+        if not c.running:
             health = f"exited ({c.exit_code})" if c.exit_code is not None else c.state
+        elif c.name in servers:
+            health = "healthy" if servers[c.name].startswith("UP") else servers[c.name].lower()
         else:
             health = c.health or "running"
         instances.append({"id": c.name, "service": c.label("service"), "release": int(c.label("release") or 0),
