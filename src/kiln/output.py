@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.status import Status
 
 
@@ -22,19 +23,19 @@ class Output:
 
     def step(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(f"[bold cyan]›[/] {message}")
+            self.err.print(f"[bold cyan]›[/] {escape(message)}")
 
     def done(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(f"[bold green]✓[/] {message}")
+            self.err.print(f"[bold green]✓[/] {escape(message)}")
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[bold yellow]![/] {message}")
+        self.err.print(f"[bold yellow]![/] {escape(message)}")
 
     def error(self, message: str, hint: str | None = None) -> None:
-        self.err.print(f"[bold red]error:[/] {message}", markup=True)
+        self.err.print(f"[bold red]error:[/] {escape(message)}")
         if hint:
-            self.err.print(f"  {hint}")
+            self.err.print(f"  {hint}", markup=False)
 
     @contextmanager
     def working(self, message: str) -> Iterator[Any]:
@@ -45,7 +46,7 @@ class Output:
             return
         with self.err.status(message) as status:
             def update(detail: str) -> None:
-                status.update(f"{message} [dim]{detail[:100]}[/]")
+                status.update(f"{escape(message)} [dim]{escape(detail[:100])}[/]")
             yield update
 
     def print(self, renderable: Any = "") -> None:

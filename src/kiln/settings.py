@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.errors import UsageError
 
 
-def _default_home() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+def _default_home(env: Mapping[str, str]) -> Path:
+    home = env.get("HOME") or str(Path.home())
+    state = env.get("XDG_STATE_HOME") or str(Path(home) / ".local" / "state")
     return Path(state) / "kiln"
 
 
@@ -21,9 +23,9 @@ class Settings:
     extra_labels: dict[str, str] = field(default_factory=dict)  # KILN_EXTRA_LABELS: k=v,k=v
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        home = Path(env["KILN_HOME"]).expanduser() if env.get("KILN_HOME") else _default_home()
+        home = Path(env["KILN_HOME"]).expanduser() if env.get("KILN_HOME") else _default_home(env)
         url = env.get("KILN_LEDGER_URL") or f"sqlite:///{home / 'ledger.db'}"
         return cls(home=home, ledger_url=url, extra_labels=_parse_labels(env.get("KILN_EXTRA_LABELS", "")))
 

@@ -69,7 +69,6 @@ def test_validate_reports_wrong_type_with_line_and_exit_2(runs):
     assert "Traceback" not in r.stderr + r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="bug: output.py Output.error prints the message as Rich markup")
 def test_validate_reports_values_that_look_like_markup(runs):
     r = runs["markup"]
     assert "Traceback" not in r.stderr

@@ -59,7 +59,6 @@ def test_env_files_without_values_and_examples_are_allowed(path, head):
     assert secret_reason(path, head) is None
 
 
-@pytest.mark.xfail(strict=True, reason=r"bug: secrets.py _ENV_ASSIGNMENT's '\s*' after '=' crosses the newline")
 def test_env_file_with_only_empty_values_is_allowed():
     assert secret_reason(".env", b"API_KEY=\nOTHER=\n") is None
 

@@ -22,22 +22,18 @@ def test_kiln_home_expands_user(monkeypatch, tmp_path):
     assert Settings.from_env({"KILN_HOME": "~/kiln-state"}).home == tmp_path / "kiln-state"
 
 
-def test_default_home_is_under_xdg_state(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    s = Settings.from_env({})
+def test_default_home_is_under_xdg_state(tmp_path):
+    s = Settings.from_env({"XDG_STATE_HOME": str(tmp_path / "state")})
     assert s.home == tmp_path / "state" / "kiln"
     assert s.ledger_url == f"sqlite:///{tmp_path / 'state' / 'kiln' / 'ledger.db'}"
 
 
-def test_default_home_without_xdg(monkeypatch, tmp_path):
-    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert Settings.from_env({}).home == tmp_path / ".local" / "state" / "kiln"
+def test_default_home_without_xdg(tmp_path):
+    assert Settings.from_env({"HOME": str(tmp_path)}).home == tmp_path / ".local" / "state" / "kiln"
 
 
-def test_empty_kiln_home_means_default(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    assert Settings.from_env({"KILN_HOME": ""}).home == tmp_path / "kiln"
+def test_empty_kiln_home_means_default(tmp_path):
+    assert Settings.from_env({"KILN_HOME": "", "XDG_STATE_HOME": str(tmp_path)}).home == tmp_path / "kiln"
 
 
 def test_ledger_url_from_env(tmp_path):

@@ -6,7 +6,6 @@ names exactly what was baked.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import re
@@ -31,18 +30,46 @@ def read_dockerignore(root: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def _segment_regex(seg: str) -> str:
+    """One path segment of a Go filepath.Match pattern; nothing in it matches '/'."""
+    out, i = "", 0
+    while i < len(seg):
+        ch = seg[i]
+        if ch == "*":
+            out += "[^/]*"
+        elif ch == "?":
+            out += "[^/]"
+        elif ch == "[":
+            close = seg.find("]", i + 2 if seg[i + 1:i + 2] in ("!", "^") else i + 1)
+            if close == -1:
+                out += re.escape(ch)
+            else:
+                body = seg[i + 1:close]
+                negate = body[:1] in ("!", "^")
+                body = body[1:] if negate else body
+                out += f"[{'^/' if negate else ''}{body.replace(chr(92), chr(92) * 2)}]"
+                i = close
+        elif ch == "\\" and i + 1 < len(seg):
+            i += 1
+            out += re.escape(seg[i])
+        else:
+            out += re.escape(ch)
+        i += 1
+    return out
+
+
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """Docker's rules: Go filepath.Match per segment, plus '**' for any number of segments."""
-    pattern = os.path.normpath(pattern.strip("/")).replace(os.sep, "/")
+    """Docker's rules: Go filepath.Match per segment, plus '**' for any number of segments.
+    A pattern also excludes everything below a directory it matches."""
+    segments = os.path.normpath(pattern.strip("/")).replace(os.sep, "/").split("/")
     out = ""
-    for i, seg in enumerate(pattern.split("/")):
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
         if seg == "**":
-            out += "(?:.*/)?" if i == 0 else "(?:/.*)?"
-            continue
-        part = fnmatch.translate(seg).removeprefix("(?s:").removesuffix(")\\Z")
-        part = part.replace(".*", "[^/]*")
-        out += ("/" if out and not out.endswith("/") and not out.endswith("?") else "") + part
-    return re.compile(f"^{out}(?:/.*)?$")
+            out += ".*" if last else "(?:[^/]+/)*"
+        else:
+            out += _segment_regex(seg) + ("" if last else "/")
+    return re.compile(f"^{out}(?:/.*)?$", re.S)
 
 
 def is_ignored(path: str, patterns: list[str]) -> bool:

@@ -8,18 +8,18 @@ from collections.abc import Iterator
 from kiln.spec.models import Spec
 
 Path = tuple[str | int, ...]
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 _NAME_HINT = "use lowercase letters, digits and '-', starting with a letter, at most 31 characters"
 
 
 def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
-    if not _NAME.match(spec.app):
+    if not _NAME.fullmatch(spec.app):
         yield ("app",), f"{spec.app!r} is not a valid name; {_NAME_HINT}"
     for name in spec.services:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             yield ("services", name), f"service name {name!r} is not valid; {_NAME_HINT}"
     for name, env in spec.environments.items():
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             yield ("environments", name), f"environment name {name!r} is not valid; {_NAME_HINT}"
         for svc in env.services:
             if svc not in spec.services:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -26,8 +27,8 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"{value!r} is not a duration; write it like 2s, 500ms or 1m30s")
     else:
         raise ValueError("expected a duration such as 2s, 500ms or 1m")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite number of seconds, 0 or more")
     return seconds
 
 
