@@ -19,6 +19,19 @@ def get(url: str) -> str:
         return resp.read().decode()
 
 
+def under_load(app: App, command: str, seconds: int, at_least: int) -> None:
+    """Run `kiln COMMAND` while wrk sends keep-alive load through the router; no request may fail."""
+    load = Wrk(app.url(), seconds=seconds)
+    time.sleep(1.5)
+    app.kiln(command)
+    result = load.result()
+    print(f"\n{command} under load: {result.requests} requests, {result.rps:.0f}/s, "
+          f"{result.non_2xx} non-2xx, {result.socket_errors} socket errors")
+    assert result.requests >= at_least, result.text
+    assert result.non_2xx == 0, result.text
+    assert result.socket_errors == 0, result.text
+
+
 def test_first_deploy_serves(app: App) -> None:
     app.kiln("deploy")
     st = app.kiln_json("status")
@@ -32,15 +45,7 @@ def test_first_deploy_serves(app: App) -> None:
 
 def test_redeploy_under_load_fails_no_request(app: App) -> None:
     app.set_message("second release")
-    load = Wrk(app.url(), seconds=10)
-    time.sleep(1.5)
-    app.kiln("deploy")
-    result = load.result()
-    print(f"\nredeploy under load: {result.requests} requests, {result.rps:.0f}/s, "
-          f"{result.non_2xx} non-2xx, {result.socket_errors} socket errors")
-    assert result.requests > 2000, result.text
-    assert result.non_2xx == 0, result.text
-    assert result.socket_errors == 0, result.text
+    under_load(app, "deploy", seconds=10, at_least=2000)
 
     releases = app.kiln_json("releases")
     assert [r["number"] for r in releases] == [2, 1]
@@ -62,13 +67,7 @@ def test_second_bake_and_deploy_do_nothing(app: App) -> None:
 
 def test_rollback_under_load_restores_previous_digest(app: App) -> None:
     v1 = app.kiln_json("releases")[-1]
-    load = Wrk(app.url(), seconds=8)
-    time.sleep(1.5)
-    app.kiln("rollback")
-    result = load.result()
-    print(f"\nrollback under load: {result.requests} requests, {result.non_2xx} non-2xx, "
-          f"{result.socket_errors} socket errors")
-    assert result.requests > 1000 and result.non_2xx == 0 and result.socket_errors == 0, result.text
+    under_load(app, "rollback", seconds=8, at_least=1000)
     st = app.kiln_json("status")
     assert st["release"]["image"] == v1["image"]
     assert st["release"]["number"] == 3
