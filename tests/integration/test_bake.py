@@ -6,7 +6,6 @@ import subprocess
 
 import docker
 import pytest
-
 from conftest import App
 
 pytestmark = pytest.mark.integration

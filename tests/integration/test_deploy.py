@@ -8,7 +8,6 @@ import urllib.request
 
 import docker
 import pytest
-
 from conftest import App, Wrk
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,13 @@ import pytest
 from kiln.errors import RouterError
 from kiln.router.config import backend_name, render_config
 from kiln.router.runtime import (
-    RuntimeClient, ServerStat, add_server, drain_server, parse_conns, parse_stat, remove_server,
+    RuntimeClient,
+    ServerStat,
+    add_server,
+    drain_server,
+    parse_conns,
+    parse_stat,
+    remove_server,
 )
 from kiln.spec.loader import parse_spec
 from kiln.spec.resolve import resolve

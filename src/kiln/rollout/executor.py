@@ -16,10 +16,20 @@ from kiln.output import Output
 from kiln.providers.base import ContainerFacts, Runtime
 from kiln.rollout.instances import instance_spec, new_instance_name
 from kiln.rollout.plan import (
-    Action, AwaitHealthy, Desired, Instance, Remove, Route, Start, Task, Unroute, plan,
+    Action,
+    AwaitHealthy,
+    Desired,
+    Instance,
+    Remove,
+    Route,
+    Start,
+    Task,
+    Unroute,
+    plan,
 )
 from kiln.router.haproxy import Router
 from kiln.spec.resolve import EnvConfig, ServiceConfig
+
 
 def _serving(status: str) -> bool:
     # "UP 1/2" is UP and on its way down; still serving. A new server starts DOWN until its

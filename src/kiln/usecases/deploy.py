@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiln.bake.base import ensure_base
 from kiln.bake.baker import bake
+from kiln.bake.base import ensure_base
 from kiln.context import Context
 from kiln.errors import KilnError, RolloutError, UsageError
 from kiln.ledger.store import Release
