@@ -17,5 +17,5 @@ su postgres -c "psql -qAtc \"SELECT 1 FROM pg_roles WHERE rolname='kiln'\"" | gr
 export KILN_TEST_POSTGRES_URL=postgresql+psycopg://kiln:kiln@127.0.0.1/postgres
 
 .venv/bin/kiln base build -f examples/hello/kiln.yaml   # cached after the first run
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests
 exec .venv/bin/python -m pytest tests "$@"
