@@ -7,6 +7,7 @@ scripts/prereqs.sh
 
 # PostgreSQL, for the ledger's PostgreSQL tests.
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
 read -r PG_VERSION PG_CLUSTER < <(pg_lsclusters -h | awk 'NR==1 {print $1, $2}')

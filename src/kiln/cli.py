@@ -217,15 +217,17 @@ def releases(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = 
     _, cfg = _env_config(file, env)
     ctx = _ctx()
     rels = ctx.ledger.releases(cfg.app, cfg.env, limit)
-    current = ctx.ledger.current_release(cfg.app, cfg.env)
+    states = ctx.ledger.release_states(cfg.app, cfg.env)
     if json:
-        ctx.out.json([r.summary() for r in rels])
+        ctx.out.json([{**r.summary(), "state": states.get(r.number, "recorded")} for r in rels])
         return
-    table = Table("", "release", "image", "commit", "created", "note")
+    table = Table("", "release", "state", "image", "commit", "created", "note")
     for r in rels:
-        mark = "▶" if current and r.number == current.number else ""
+        state = states.get(r.number, "recorded")
+        mark = "▶" if state == "serving" else ""
         commit = (r.commit or "-")[:12] + ("+dirty" if r.dirty else "")
-        table.add_row(mark, f"v{r.number}", r.image[7:19], commit, r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.note)
+        table.add_row(mark, f"v{r.number}", state, r.image[7:19], commit,
+                      r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.note)
     ctx.out.print(table)
 
 

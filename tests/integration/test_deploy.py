@@ -132,4 +132,5 @@ def test_destroy_leaves_no_container(app: App, engine: docker.DockerClient) -> N
     selector = [f"kiln.app={app.name}", "kiln.env=production"]
     assert engine.containers.list(all=True, filters={"label": selector}) == []
     assert engine.networks.list(names=[f"kiln-{app.name}-production"]) == []
-    assert [r["number"] for r in app.kiln_json("releases")] == [4, 3, 2, 1]  # history stays (v4 was aborted)
+    releases = app.kiln_json("releases")  # the history stays
+    assert [(r["number"], r["state"]) for r in releases] == [(4, "aborted"), (3, "serving"), (2, "served"), (1, "served")]

@@ -164,3 +164,14 @@ def test_unusable_url_is_a_ledger_error(tmp_path):
 
     with pytest.raises(LedgerError):
         Ledger("notadialect://x")
+
+
+def test_release_states_tell_what_became_of_each_release(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'states.db'}")
+    common = dict(image_tag="t", inputs_hash="h", config={}, config_digest="d", spec_digest="s", commit=None, dirty=False)
+    for n in range(4):
+        ledger.record_release(app="a", env="e", image=f"sha256:{n}", **common)
+    for to, state in ((1, "succeeded"), (2, "succeeded"), (3, "aborted")):
+        ledger.finish_rollout(ledger.start_rollout("a", "e", None, to, "rolling").id, state)
+    ledger.start_rollout("a", "e", 2, 4, "rolling")
+    assert ledger.release_states("a", "e") == {1: "served", 2: "serving", 3: "aborted", 4: "rolling out"}

@@ -154,6 +154,24 @@ class Ledger:
                               .order_by(RolloutRow.id.desc()).limit(1))
         return self.release(app, env, number) if number is not None else None
 
+    def release_states(self, app: str, env: str) -> dict[int, str]:
+        """What became of each release: serving, served (earlier), aborted, rolling out."""
+        with self.session() as s:
+            rows = s.execute(select(RolloutRow.to_release, RolloutRow.state)
+                             .where(RolloutRow.app == app, RolloutRow.env == env).order_by(RolloutRow.id)).all()
+        states: dict[int, str] = {}
+        for number, state in rows:
+            if state == "succeeded":
+                states[number] = "served"
+            elif state == "running" and states.get(number) != "served":
+                states[number] = "rolling out"
+            elif state == "aborted" and number not in states:
+                states[number] = "aborted"
+        current = self.current_release(app, env)
+        if current is not None:
+            states[current.number] = "serving"
+        return states
+
     # --- rollouts -----------------------------------------------------------------------
 
     def start_rollout(self, app: str, env: str, from_release: int | None, to_release: int, strategy: str) -> Rollout:

@@ -6,6 +6,7 @@ starts and again when it ends, so a rollout can be read back (and, later, resume
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from kiln.rollout.plan import (
     Unroute,
     plan,
 )
-from kiln.router.haproxy import Router
+from kiln.router.base import Traffic
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
 
@@ -55,8 +56,10 @@ class Target:
 
 
 class Executor:
-    def __init__(self, runtime: Runtime, router: Router, ledger: Ledger, out: Output, rollout_id: int) -> None:
+    def __init__(self, runtime: Runtime, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
+                 probe: Callable[[ServiceConfig, ContainerFacts], bool] | None = None) -> None:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
+        self.probe = probe or health_check
         self.rollout_id = rollout_id
         self.targets: dict[int, Target] = {}
         self.started: set[str] = set()  # instances this executor created
@@ -190,7 +193,7 @@ class Executor:
             svc = self.router.cfg.service(c.label("service") or "")
         except KeyError:
             return False
-        return _check(svc, c)
+        return self.probe(svc, c)
 
     def _await_healthy(self, name: str) -> float:
         facts, svc = self._instance(name)
@@ -202,7 +205,7 @@ class Executor:
             if not facts.running:
                 code = f" with code {facts.exit_code}" if facts.exit_code is not None else ""
                 raise RolloutError(f"new instance {name} exited{code} before it became healthy.{self._log_hint(name)}")
-            if _check(svc, facts):
+            if self.probe(svc, facts):
                 return time.monotonic() - start
             if time.monotonic() > deadline:
                 what = _describe(svc)
@@ -228,7 +231,8 @@ class Executor:
         return f" Its last output:\n{logs}" if logs else ""
 
 
-def _check(svc: ServiceConfig, c: ContainerFacts) -> bool:
+def health_check(svc: ServiceConfig, c: ContainerFacts) -> bool:
+    """The service's readiness check against one instance, right now."""
     hc = svc.healthcheck
     if not c.running:
         return False

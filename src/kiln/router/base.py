@@ -1,0 +1,16 @@
+"""What the rollout executor needs from a router: the servers it has, add one, take one out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from kiln.router.runtime import ServerStat
+from kiln.spec.resolve import EnvConfig
+
+
+class Traffic(Protocol):
+    cfg: EnvConfig
+
+    def servers(self) -> dict[str, ServerStat]: ...
+    def add(self, server: str, address: str, port: int, check_interval: float) -> None: ...
+    def drain_and_remove(self, server: str, drain_timeout: float) -> float: ...
