@@ -7,7 +7,7 @@ import math
 import pytest
 
 from kiln.errors import KilnError, SpecError
-from kiln.spec.durations import format_duration, parse_duration
+from kiln.spec.durations import parse_duration
 from kiln.spec.loader import parse_spec
 
 # Line numbers below refer to this text (line 1 is "app: shop").
@@ -351,7 +351,3 @@ def test_parse_duration_rejects_other_types(value):
 def test_parse_duration_rejects_nan():
     with pytest.raises(ValueError):
         parse_duration(math.nan)
-
-
-def test_format_duration():
-    assert [format_duration(s) for s in (0.25, 0.5, 1.0, 2.5, 90.0)] == ["250ms", "500ms", "1s", "2.5s", "90s"]

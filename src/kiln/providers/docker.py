@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from requests.exceptions import RequestException
 
 from kiln.errors import BuildError, EngineError, PortInUse
 from kiln.providers.base import ContainerFacts, ContainerSpec
@@ -32,6 +33,9 @@ def _engine(action: str) -> Iterator[None]:
         raise EngineError(f"{action}: the Docker engine said: {text}") from None
     except DockerException as exc:
         raise EngineError(f"{action}: {exc}") from None
+    except RequestException as exc:
+        raise EngineError(f"{action}: lost the connection to the Docker engine ({type(exc).__name__}).",
+                          "Check that dockerd is running, then run the command again.") from None
 
 
 class DockerProvider:
@@ -51,10 +55,6 @@ class DockerProvider:
     def api(self) -> docker.APIClient:
         return self.client.api
 
-    def versions(self) -> dict[str, str]:
-        with _engine("reading the engine version"):
-            return {"docker": self.client.version().get("Version", "?")}
-
     # --- images -------------------------------------------------------------------------
 
     def image_id(self, ref: str) -> str | None:
@@ -71,10 +71,6 @@ class DockerProvider:
             found = self.client.images.list(filters={"reference": tag,
                                                      "label": [f"{k}={v}" for k, v in labels.items()]})
         return found[0].id if found else None
-
-    def remove_image(self, ref: str) -> None:
-        with contextlib.suppress(ImageNotFound), _engine(f"removing image {ref}"):
-            self.client.images.remove(ref, force=True)
 
     def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str:
         repo, _, version = tag.partition(":")

@@ -31,8 +31,3 @@ def parse_duration(value: object) -> float:
         raise ValueError("a duration must be a finite number of seconds, 0 or more")
     return seconds
 
-
-def format_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    return f"{seconds:g}s"
