@@ -158,7 +158,7 @@ def deploy(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
 def rollback(
     file: SpecFile = DEFAULT_SPEC,
     env: EnvOpt = None,
-    to: Annotated[Optional[int], typer.Option("--to", help="Release number (default: the one before the current).")] = None,
+    to: Annotated[Optional[int], typer.Option("--to", help="Release number (default: the release that served before the current one).")] = None,
     json: JsonOpt = False,
 ) -> None:
     """Put an earlier release's exact image and resolved config back in service (zero downtime).

@@ -45,8 +45,15 @@ def rollback(ctx: Context, app: str, env: str, to: int | None) -> Outcome:
     current = ctx.ledger.current_release(app, env)
     if current is None:
         raise UsageError(f"{app}/{env} has no release in service, so there is nothing to roll back.")
-    number = to if to is not None else current.number - 1
-    target = ctx.ledger.release(app, env, number) if number > 0 else None
+    if to is None:
+        # The release that served before the current one; aborted releases never served.
+        states = ctx.ledger.release_states(app, env)
+        earlier = [n for n, state in states.items() if state == "served" and n < current.number]
+        if not earlier:
+            raise UsageError(f"{app}/{env} has no earlier release that served, so there is nothing to roll back to.")
+        to = max(earlier)
+    number = to
+    target = ctx.ledger.release(app, env, number)
     if target is None:
         raise UsageError(f"{app}/{env} has no release v{number}.", "`kiln releases` lists them.")
     if ctx.docker.image_id(target.image) is None:
