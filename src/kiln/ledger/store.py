@@ -160,16 +160,17 @@ class Ledger:
             rows = s.execute(select(RolloutRow.to_release, RolloutRow.state)
                              .where(RolloutRow.app == app, RolloutRow.env == env).order_by(RolloutRow.id)).all()
         states: dict[int, str] = {}
+        current = None  # the last successful rollout's release, as in current_release()
         for number, state in rows:
             if state == "succeeded":
                 states[number] = "served"
+                current = number
             elif state == "running" and states.get(number) != "served":
                 states[number] = "rolling out"
             elif state == "aborted" and number not in states:
                 states[number] = "aborted"
-        current = self.current_release(app, env)
         if current is not None:
-            states[current.number] = "serving"
+            states[current] = "serving"
         return states
 
     # --- rollouts -----------------------------------------------------------------------

@@ -32,12 +32,6 @@ from kiln.router.base import Traffic
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
 
-def _serving(status: str) -> bool:
-    # "UP 1/2" is UP and on its way down; still serving. A new server starts DOWN until its
-    # first check passes.
-    return status.startswith("UP") or status == "no check"
-
-
 @dataclass(frozen=True)
 class Target:
     """A release the executor may start instances of."""
@@ -79,7 +73,7 @@ class Executor:
             service, release = c.label("service") or "?", int(c.label("release") or 0)
             server = servers.get(c.name)
             if service == self.routed:
-                ready = server is not None and _serving(server.status)
+                ready = server is not None and server.serving
             else:
                 ready = c.running and self._healthy_now(c)
             facts.append(Instance(c.name, service, release, c.running, ready, in_router=server is not None))
@@ -219,7 +213,7 @@ class Executor:
         limit = svc.healthcheck.deadline if svc.healthcheck else 30.0
         while True:
             server = self.router.servers().get(name)
-            if server and _serving(server.status):
+            if server and server.serving:
                 return time.monotonic() - start
             if time.monotonic() - start > limit:
                 status = server.status if server else "missing"

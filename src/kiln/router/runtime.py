@@ -25,6 +25,12 @@ class ServerStat:
     weight: int
     address: str
 
+    @property
+    def serving(self) -> bool:
+        # "UP 1/2" is UP and on its way down: still serving. A new server is DOWN until its
+        # first check passes; "no check" serves without checks.
+        return self.status.startswith("UP") or self.status == "no check"
+
 
 def add_server(backend: str, server: str, address: str, port: int, inter_ms: int) -> list[str]:
     """A dynamic server starts in maintenance: add it, start its checks, then let traffic in."""

@@ -30,12 +30,13 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str) -> Outcome:
     image = bake(ctx.docker, loaded, ctx.out, ctx.settings.home / "tmp")
     router = prepare(ctx, cfg)
     current = ctx.ledger.current_release(cfg.app, env)
-    if current and current.image == image.id and current.config_digest == cfg.digest():
+    config_digest = cfg.digest()
+    if current and current.image == image.id and current.config_digest == config_digest:
         release = current
     else:
         release = ctx.ledger.record_release(
             app=cfg.app, env=env, image=image.id, image_tag=image.tag, inputs_hash=image.inputs_hash,
-            config=cfg.model_dump(mode="json"), config_digest=cfg.digest(), spec_digest=loaded.digest,
+            config=cfg.model_dump(mode="json"), config_digest=config_digest, spec_digest=loaded.digest,
             commit=image.commit, dirty=image.dirty)
         ctx.out.step(f"Recorded release v{release.number} of {cfg.app}/{env}")
     return roll_out(ctx, router, release, current)
@@ -52,22 +53,21 @@ def rollback(ctx: Context, app: str, env: str, to: int | None) -> Outcome:
         if not earlier:
             raise UsageError(f"{app}/{env} has no earlier release that served, so there is nothing to roll back to.")
         to = max(earlier)
-    number = to
-    target = ctx.ledger.release(app, env, number)
+    target = ctx.ledger.release(app, env, to)
     if target is None:
-        raise UsageError(f"{app}/{env} has no release v{number}.", "`kiln releases` lists them.")
+        raise UsageError(f"{app}/{env} has no release v{to}.", "`kiln releases` lists them.")
     if ctx.docker.image_id(target.image) is None:
-        raise KilnError(f"the image of v{number} ({target.image[:19]}) is no longer on this engine.",
+        raise KilnError(f"the image of v{to} ({target.image[:19]}) is no longer on this engine.",
                         "Check out its commit and run `kiln deploy` to bake it again.")
     if target.image == current.image and target.config_digest == current.config_digest:
-        ctx.out.done(f"v{current.number} already runs the same image and config as v{number}")
+        ctx.out.done(f"v{current.number} already runs the same image and config as v{to}")
         return Outcome(current, changed=False)
     router = prepare(ctx, EnvConfig.model_validate(target.config))
     release = ctx.ledger.record_release(
         app=app, env=env, image=target.image, image_tag=target.image_tag, inputs_hash=target.inputs_hash,
         config=target.config, config_digest=target.config_digest, spec_digest=target.spec_digest,
-        commit=target.commit, dirty=target.dirty, note=f"rollback to v{number}")
-    ctx.out.step(f"Recorded release v{release.number} (rollback to v{number})")
+        commit=target.commit, dirty=target.dirty, note=f"rollback to v{to}")
+    ctx.out.step(f"Recorded release v{release.number} (rollback to v{to})")
     return roll_out(ctx, router, release, current)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from kiln.context import Context
 from kiln.errors import RouterError
 from kiln.router.haproxy import router_name
+from kiln.router.runtime import ServerStat
 from kiln.spec.resolve import EnvConfig
 from kiln.usecases.deploy import router_for
 
@@ -15,10 +16,10 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
     release = ctx.ledger.current_release(cfg.app, cfg.env)
     containers = ctx.docker.containers({"kiln.app": cfg.app, "kiln.env": cfg.env})
     router = next((c for c in containers if c.name == router_name(cfg.app, cfg.env)), None)
-    servers: dict[str, str] = {}
+    servers: dict[str, ServerStat] = {}
     if router and router.running:
         try:
-            servers = {name: s.status for name, s in router_for(ctx, cfg).servers().items()}
+            servers = router_for(ctx, cfg).servers()
         except RouterError:
             servers = {}
     instances = []
@@ -26,7 +27,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         if not c.running:
             health = f"exited ({c.exit_code})" if c.exit_code is not None else c.state
         elif c.name in servers:
-            health = "healthy" if servers[c.name].startswith("UP") else servers[c.name].lower()
+            health = "healthy" if servers[c.name].serving else servers[c.name].status.lower()
         else:
             health = c.health or "running"
         instances.append({"id": c.name, "service": c.label("service"), "release": int(c.label("release") or 0),
