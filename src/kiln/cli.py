@@ -28,13 +28,18 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 base_app = typer.Typer(help="Bake OS base images from Debian packages (no registry needed).", no_args_is_help=True)
-rollout_app = typer.Typer(help="Inspect rollouts.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Inspect rollouts, or resume one a killed kiln left unfinished.", no_args_is_help=True)
 app.add_typer(base_app, name="base")
 app.add_typer(rollout_app, name="rollout")
+lock_app = typer.Typer(help="Inspect or break the lock a kiln process holds while it changes an environment.", no_args_is_help=True)
+app.add_typer(lock_app, name="lock")
 
 SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Path to kiln.yaml.", show_default=True)]
 EnvOpt = Annotated[Optional[str], typer.Option("--env", "-e", help="Environment (default: the first in kiln.yaml).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+StrategyOpt = Annotated[Optional[str], typer.Option(
+    "--strategy", "-s", help="rolling, blue-green or canary, instead of the spec's rollout.strategy for this run.")]
+STRATEGIES = ("rolling", "blue-green", "canary")
 DEFAULT_SPEC = Path("kiln.yaml")
 
 
@@ -135,13 +140,24 @@ def bake(file: SpecFile = DEFAULT_SPEC, json: JsonOpt = False) -> None:
         ctx.out.done(f"{img.tag} is up to date ({img.id[:19]}); no build needed")
 
 
+def _strategy(value: str | None) -> str | None:
+    if value is not None and value not in STRATEGIES:
+        raise UsageError(f"unknown strategy {value!r}.", f"Use one of: {', '.join(STRATEGIES)}.")
+    return value
+
+
 @app.command()
-def deploy(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
+def deploy(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, strategy: StrategyOpt = None,
+           json: JsonOpt = False) -> None:
     """Bake if needed, record a release, and roll it out with zero downtime.
 
     New instances start beside the old ones and must pass their health check before they get
-    traffic; only then are the old ones drained and removed. A release that fails is aborted
-    and the previous one keeps serving."""
+    traffic; only then are the old ones drained and removed. rolling replaces instances in
+    batches (max_surge, max_unavailable); blue-green starts the whole new set on the preview port,
+    smoke-checks it and switches all traffic at once; canary moves traffic in steps and aborts when
+    the new release answers worse than the old. A release that fails is aborted and the previous
+    one keeps serving. Only one change runs per environment at a time (see `kiln lock`); a rollout
+    a killed kiln left unfinished is completed or undone first."""
     from kiln.spec.resolve import pick_env
     from kiln.usecases.deploy import deploy as do_deploy
 
@@ -149,7 +165,7 @@ def deploy(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
     ctx = _ctx(quiet=json)
     env_name = pick_env(loaded.spec, env)
     start = time.monotonic()
-    outcome = do_deploy(ctx, loaded, env_name)
+    outcome = do_deploy(ctx, loaded, env_name, _strategy(strategy))
     took = time.monotonic() - start
     _report(ctx, outcome, loaded.spec.app, env_name, took, json)
 
@@ -159,11 +175,14 @@ def rollback(
     file: SpecFile = DEFAULT_SPEC,
     env: EnvOpt = None,
     to: Annotated[Optional[int], typer.Option("--to", help="Release number (default: the release that served before the current one).")] = None,
+    strategy: StrategyOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Put an earlier release's exact image and resolved config back in service (zero downtime).
 
-    The rollback is itself recorded as a new release, noted 'rollback to vN'."""
+    The rollback is itself recorded as a new release, noted 'rollback to vN'. It rolls (unless
+    --strategy says otherwise); instances of that release a blue-green rollout kept idle are put
+    back at once. While a blue-green release waits for promotion, rollback drops it instead."""
     from kiln.spec.resolve import pick_env
     from kiln.usecases.deploy import rollback as do_rollback
 
@@ -171,7 +190,7 @@ def rollback(
     ctx = _ctx(quiet=json)
     env_name = pick_env(loaded.spec, env)
     start = time.monotonic()
-    outcome = do_rollback(ctx, loaded.spec.app, env_name, to)
+    outcome = do_rollback(ctx, loaded.spec, env_name, to, _strategy(strategy))
     _report(ctx, outcome, loaded.spec.app, env_name, time.monotonic() - start, json)
 
 
@@ -181,7 +200,9 @@ def _report(ctx, outcome, app_name: str, env: str, took: float, json: bool) -> N
     cfg = EnvConfig.model_validate(outcome.release.config)
     if json:
         ctx.out.json({"app": app_name, "env": env, "release": outcome.release.summary(), "changed": outcome.changed,
-                      "url": cfg.url, "seconds": round(took, 3)})
+                      "state": outcome.state, "url": cfg.url, "preview_url": cfg.preview_url, "seconds": round(took, 3)})
+    elif outcome.state == "paused":
+        pass  # the rollout said where the release waits and how to promote it
     elif outcome.changed:
         ctx.out.done(f"v{outcome.release.number} of {app_name}/{env} is serving at {cfg.url} ({took:.1f}s)")
 
@@ -206,6 +227,9 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
         colour = "green" if i["health"] == "healthy" else "yellow"
         table.add_row(i["id"], i["service"], f"v{i['release']}", f"[{colour}]{i['health']}[/]")
     ctx.out.print(table)
+    for w in st["waiting"]:
+        hint = "`kiln promote` switches to it" if w["state"] == "paused" else "`kiln rollout resume` settles it"
+        ctx.out.print(f"[yellow]rollout {w['rollout']} to v{w['release']} is {w['state']} ({w['phase']}):[/] {hint}")
     for svc, relax in st["relaxations"].items():
         ctx.out.print(f"[yellow]hardening relaxed for {svc}:[/] {', '.join(relax)}")
 
@@ -231,6 +255,65 @@ def releases(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = 
     ctx.out.print(table)
 
 
+@app.command()
+def promote(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
+    """Switch all traffic to the blue-green release waiting on the preview port.
+
+    A blue-green rollout with `promote: manual` stops after its smoke checks; this finishes it
+    (switch, then retire or idle the old set). `kiln rollback` drops the waiting release instead."""
+    from kiln.spec.resolve import pick_env
+    from kiln.usecases.deploy import promote as do_promote
+
+    loaded = _load(file)
+    ctx = _ctx(quiet=json)
+    env_name = pick_env(loaded.spec, env)
+    start = time.monotonic()
+    outcome = do_promote(ctx, loaded.spec.app, env_name)
+    _report(ctx, outcome, loaded.spec.app, env_name, time.monotonic() - start, json)
+
+
+def _rollout_doc(r) -> dict:
+    return {"id": r.id, "from": r.from_release, "to": r.to_release, "strategy": r.strategy, "state": r.state,
+            "phase": r.phase, "reason": r.reason, "started_at": r.started_at.isoformat() + "Z",
+            "finished_at": r.finished_at.isoformat() + "Z" if r.finished_at else None}
+
+
+@rollout_app.command("list")
+def rollout_list(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False,
+                 limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 20) -> None:
+    """List the environment's rollouts, newest first: strategy, outcome, duration."""
+    _, cfg = _env_config(file, env)
+    ctx = _ctx()
+    rollouts = ctx.ledger.rollouts(cfg.app, cfg.env, limit=limit)
+    if json:
+        ctx.out.json([_rollout_doc(r) for r in rollouts])
+        return
+    table = Table("id", "release", "strategy", "state", "started", "took", "reason")
+    for r in rollouts:
+        took = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else "-"
+        table.add_row(str(r.id), f"v{r.from_release or '-'} → v{r.to_release}", r.strategy, r.state,
+                      r.started_at.strftime("%Y-%m-%d %H:%M:%S"), took, r.reason[:80])
+    ctx.out.print(table)
+
+
+@rollout_app.command("resume")
+def rollout_resume(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
+    """Settle a rollout that a killed kiln left unfinished: complete it if traffic had already
+    switched to the new release, else undo it. (`kiln deploy` does this first, too.)"""
+    from kiln.usecases.deploy import resume
+
+    _, cfg = _env_config(file, env)
+    ctx = _ctx(quiet=json)
+    settled = resume(ctx, cfg.app, cfg.env)
+    if json:
+        ctx.out.json([_rollout_doc(r) for r in settled])
+    elif not settled:
+        ctx.out.done(f"no unfinished rollout in {cfg.app}/{cfg.env}")
+    else:
+        for r in settled:
+            ctx.out.done(f"rollout {r.id} to v{r.to_release}: {r.state}")
+
+
 @rollout_app.command("show")
 def rollout_show(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False,
                  rollout_id: Annotated[Optional[int], typer.Argument(help="Rollout id (default: the latest).")] = None) -> None:
@@ -242,13 +325,12 @@ def rollout_show(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOp
     if chosen is None:
         raise UsageError(f"no rollout {rollout_id if rollout_id else ''} in {cfg.app}/{cfg.env}.".replace("  ", " "))
     steps = ctx.ledger.steps(chosen.id)
-    doc = {"id": chosen.id, "from": chosen.from_release, "to": chosen.to_release, "state": chosen.state,
-           "reason": chosen.reason, "started_at": chosen.started_at.isoformat() + "Z",
-           "finished_at": chosen.finished_at.isoformat() + "Z" if chosen.finished_at else None, "steps": steps}
+    doc = {**_rollout_doc(chosen), "steps": steps}
     if json:
         ctx.out.json(doc)
         return
-    ctx.out.print(f"rollout {chosen.id}: v{chosen.from_release or '-'} → v{chosen.to_release}  [bold]{chosen.state}[/]")
+    ctx.out.print(f"rollout {chosen.id}: v{chosen.from_release or '-'} → v{chosen.to_release}  "
+                  f"{chosen.strategy}  [bold]{chosen.state}[/]")
     if chosen.reason:
         ctx.out.print(f"reason: {chosen.reason}")
     for s in steps:
@@ -269,6 +351,75 @@ def destroy(
     ctx = _ctx()
     count = do_destroy(ctx, loaded.spec.app, env_name)
     ctx.out.done(f"destroyed {loaded.spec.app}/{env_name} ({count} containers); its history stays in the ledger")
+
+
+@lock_app.command("status")
+def lock_status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
+    """Show who holds the environment's lock: holder, reason, since when, last heartbeat, lease.
+
+    A kiln process holds the lock while it changes an environment and renews it by heartbeats.
+    A lock whose lease expired (its holder stopped heartbeating) is taken over by the next kiln."""
+    from rich.markup import escape
+
+    from kiln.ledger.store import now
+
+    _, cfg = _env_config(file, env)
+    ctx = _ctx()
+    lock = ctx.ledger.lock(cfg.app, cfg.env)
+    at = now()
+    if json:
+        ctx.out.json({**lock.summary(), "expired": lock.expired(at)} if lock else None)
+        return
+    if lock is None:
+        ctx.out.print(f"{cfg.app}/{cfg.env} is not locked")
+        return
+
+    def ago(t) -> str:  # the ledger's times are naive UTC
+        return f"{t.strftime('%Y-%m-%d %H:%M:%S')} UTC ({max(0, (at - t).total_seconds()):.0f}s ago)"
+
+    left = lock.lease_seconds - (at - lock.heartbeat_at).total_seconds()
+    ctx.out.print(f"[bold]{cfg.app}/{cfg.env}[/] is locked by {escape(lock.holder)}")
+    ctx.out.print(f"  reason:          {escape(lock.reason) or '-'}")
+    ctx.out.print(f"  acquired:        {ago(lock.acquired_at)}")
+    ctx.out.print(f"  last heartbeat:  {ago(lock.heartbeat_at)}")
+    ctx.out.print(f"  lease:           {lock.lease_seconds:g}s, "
+                  + ("[yellow]expired[/] (the next kiln takes it over)" if lock.expired(at) else f"expires in {left:.0f}s"))
+
+
+@lock_app.command("release")
+def lock_release(
+    file: SpecFile = DEFAULT_SPEC,
+    env: EnvOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Required: remove the lock whoever holds it.")] = False,
+) -> None:
+    """Remove the environment's lock, left by a kiln process that is gone (needs --force).
+
+    Only for a holder that no longer runs: if it still runs, it and the next kiln would change
+    the environment at once. A holder on this host whose process is gone, or whose lease expired,
+    is taken over without this command."""
+    _, cfg = _env_config(file, env)
+    ctx = _ctx()
+    lock = ctx.ledger.lock(cfg.app, cfg.env)
+    if lock is None:
+        ctx.out.done(f"{cfg.app}/{cfg.env} is not locked; nothing to release")
+        return
+    if not force:
+        raise UsageError(f"{cfg.app}/{cfg.env} is locked by {lock.holder}; not releasing it without --force: "
+                         "releasing the lock of a holder that still runs lets two rollouts run at once.",
+                         f"Check that process is gone (`kiln lock status -e {cfg.env}`), then run "
+                         f"`kiln lock release --force -e {cfg.env}`.")
+    from kiln.ledger.store import now
+
+    gone = ctx.ledger.force_release(cfg.app, cfg.env)
+    if gone is None:
+        ctx.out.done(f"{cfg.app}/{cfg.env} is not locked; nothing to release")
+        return
+    why = f" ({gone.reason})" if gone.reason else ""
+    ctx.out.done(f"released the lock of {cfg.app}/{cfg.env} held by {gone.holder}{why} "
+                 f"since {gone.acquired_at.strftime('%Y-%m-%d %H:%M:%S')} UTC")
+    if not gone.expired(now()):
+        ctx.out.warn("its lease had not expired: if that process still runs, it may still be changing the "
+                     "environment (it finds the lock gone at its next heartbeat)")
 
 
 def main() -> None:

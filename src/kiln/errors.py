@@ -9,13 +9,17 @@
     │   └── SecretInContext      the build context holds something that looks like a secret
     ├── LedgerError              the ledger database cannot be opened or migrated
     ├── RouterError              HAProxy's runtime API refused a command
-    └── RolloutError             a rollout was aborted; the previous release keeps serving
+    ├── RolloutError             a rollout was aborted; the previous release keeps serving
+    └── LockHeld                 another kiln process holds the environment's lock
 
 The CLI catches KilnError, prints `message` (and `hint`), and exits with `exit_code`;
 anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
 
 
 class KilnError(Exception):
@@ -84,3 +88,19 @@ class RouterError(KilnError):
 
 class RolloutError(KilnError):
     pass
+
+
+class LockHeld(KilnError):
+    """Another kiln process holds app/env's lock. `lock` is the holder's kiln.ledger.store.Lock
+    (typed loosely: this module imports nothing of kiln's)."""
+
+    def __init__(self, lock: Any, at: datetime) -> None:
+        self.lock = lock
+        # the ledger's times are naive UTC
+        since = lock.acquired_at.strftime("%H:%M:%S UTC" if lock.acquired_at.date() == at.date() else "%Y-%m-%d %H:%M:%S UTC")
+        beat = max(0, round((at - lock.heartbeat_at).total_seconds()))
+        why = f" ({lock.reason})" if lock.reason else ""
+        super().__init__(
+            f"{lock.app}/{lock.env} is locked by {lock.holder}{why} since {since}, heartbeat {beat}s ago.",
+            f"Wait for it to finish, or if that process is gone: `kiln lock release --force -e {lock.env}` "
+            f"(or wait for the lease of {lock.lease_seconds:g}s to expire).")

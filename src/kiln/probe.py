@@ -23,3 +23,14 @@ def tcp_ok(address: str, port: int, timeout: float) -> bool:
             return True
     except OSError:
         return False
+
+
+def http_get(address: str, port: int, path: str, timeout: float) -> tuple[int, str]:
+    """(status, body) of one GET; raises OSError or HTTPException when there is no answer."""
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "kiln-smoke"})
+        resp = conn.getresponse()
+        return resp.status, resp.read(65536).decode(errors="replace")
+    finally:
+        conn.close()

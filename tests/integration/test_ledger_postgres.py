@@ -49,3 +49,46 @@ def test_postgres_ledger_records_releases_and_rollouts(pg_url: str) -> None:
     assert ledger.releases("a", "prod")[0].config == {"port": 1}
     assert ledger.steps(bad.id)[0]["target"] == "kiln-a-prod-web-v2-abc"
     assert Ledger(pg_url).schema_revision() == SCHEMA_HEAD  # a second open finds it current
+
+
+def test_postgres_lock_is_exclusive(pg_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    from kiln.errors import LockHeld
+    from kiln.ledger.store import Lock
+
+    ledger = Ledger(pg_url)
+
+    def take(user: str, alive: bool = True, ledger: Ledger = ledger) -> Lock:
+        return ledger.acquire_lock("a", "prod", user=user, host="h", pid=1, reason="deploy", lease=30,
+                                   holder_alive=lambda _lock: alive)
+
+    first = take("alice")
+    with pytest.raises(LockHeld) as caught:
+        take("bob")
+    assert caught.value.lock == first and "alice@h pid 1" in caught.value.message
+    assert ledger.heartbeat(first)
+
+    # An expired lock and several takers on their own connections: exactly one wins.
+    with ledger.engine.begin() as conn:
+        conn.execute(text("UPDATE locks SET heartbeat_at = heartbeat_at - :d"), {"d": timedelta(minutes=5)})
+    others = [Ledger(pg_url) for _ in range(6)]
+
+    def attempt(i: int) -> Lock | LockHeld:
+        try:
+            return take(f"u{i}", ledger=others[i])
+        except LockHeld as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(others)) as pool:
+        results = list(pool.map(attempt, range(len(others))))
+    winners = [r for r in results if isinstance(r, Lock)]
+    assert len(winners) == 1, results
+    assert not ledger.heartbeat(first)  # alice lost it
+    ledger.release_lock(first)  # and her release leaves the winner's lock alone
+    assert ledger.lock("a", "prod") == winners[0]
+    assert ledger.force_release("a", "prod") == winners[0] and ledger.lock("a", "prod") is None
+    for other in others:
+        other.engine.dispose()
+    ledger.engine.dispose()

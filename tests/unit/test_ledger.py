@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
 from kiln.ledger.store import MIGRATIONS, SCHEMA_HEAD, Ledger
 
@@ -175,3 +176,76 @@ def test_release_states_tell_what_became_of_each_release(tmp_path):
         ledger.finish_rollout(ledger.start_rollout("a", "e", None, to, "rolling").id, state)
     ledger.start_rollout("a", "e", 2, 4, "rolling")
     assert ledger.release_states("a", "e") == {1: "served", 2: "serving", 3: "aborted", 4: "rolling out"}
+
+
+def test_rollout_phase_and_data(ledger):
+    r = ledger.start_rollout("shop", "production", None, 1, "canary", data={"weights": [10, 50]})
+    assert (r.phase, r.data) == ("", {"weights": [10, 50]})
+    ledger.set_rollout_phase(r.id, "canary-10")
+    assert ledger.rollout(r.id).phase == "canary-10"
+    assert ledger.rollout(r.id).data == {"weights": [10, 50]}  # kept when not given
+    ledger.set_rollout_phase(r.id, "canary-50", {"weights": [50], "started": ["web-1"]})
+    back = ledger.rollout(r.id)
+    assert (back.phase, back.data) == ("canary-50", {"weights": [50], "started": ["web-1"]})
+    assert ledger.rollout(r.id + 1) is None
+    assert ledger.start_rollout("shop", "production", None, 1, "rolling").data == {}
+
+
+def test_pausing_and_resuming_a_rollout(ledger):
+    r = ledger.start_rollout("shop", "production", None, 1, "canary")
+    ledger.finish_rollout(r.id, "paused", "waiting for approval")
+    paused = ledger.rollout(r.id)
+    assert (paused.state, paused.reason, paused.finished_at) == ("paused", "waiting for approval", None)
+    assert ledger.release_states("shop", "production") == {1: "rolling out"}
+    ledger.finish_rollout(r.id, "running")
+    assert ledger.rollout(r.id).finished_at is None
+    ledger.finish_rollout(r.id, "succeeded")
+    assert ledger.rollout(r.id).finished_at is not None
+    with pytest.raises(ValueError):
+        ledger.finish_rollout(r.id, "done")
+
+
+def test_unfinished_rollouts_oldest_first(ledger):
+    a = ledger.start_rollout("shop", "production", None, 1, "rolling")
+    b = ledger.start_rollout("shop", "production", None, 2, "rolling")
+    c = ledger.start_rollout("shop", "production", None, 3, "rolling")
+    ledger.start_rollout("shop", "staging", None, 1, "rolling")
+    ledger.finish_rollout(a.id, "paused")
+    ledger.finish_rollout(b.id, "aborted", "boom")
+    assert [r.id for r in ledger.unfinished_rollouts("shop", "production")] == [a.id, c.id]
+    ledger.finish_rollout(a.id, "succeeded")
+    ledger.finish_rollout(c.id, "succeeded")
+    assert ledger.unfinished_rollouts("shop", "production") == []
+
+
+def test_migrating_a_0001_ledger_keeps_its_rollouts(tmp_path):
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    with old.begin() as conn:
+        conn.execute(text("INSERT INTO rollouts (app, env, from_release, to_release, strategy, state, reason, "
+                          "started_at) VALUES ('shop', 'production', NULL, 1, 'rolling', 'running', '', "
+                          "'2024-05-01 10:00:00.000000')"))
+    old.dispose()
+
+    ledger = Ledger(url)
+    assert ledger.schema_revision() == SCHEMA_HEAD
+    [r] = ledger.rollouts("shop", "production")
+    assert (r.to_release, r.state, r.phase, r.data) == (1, "running", "", {})
+    assert ledger.unfinished_rollouts("shop", "production") == [r]
+    ledger.set_rollout_phase(r.id, "drain", {"old": ["web-1"]})
+    assert ledger.rollout(r.id).data == {"old": ["web-1"]}
+    assert ledger.lock("shop", "production") is None
+
+    with ledger.engine.begin() as conn:  # and back down to 0001
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0001")
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM rollouts")).scalar() == 1

@@ -12,14 +12,24 @@ from dataclasses import replace
 
 import pytest
 
-from kiln.rollout.plan import AwaitHealthy, Desired, Instance, Remove, Route, Start, Unroute, plan
+from kiln.rollout.plan import (
+    FULL,
+    AwaitHealthy,
+    Desired,
+    Instance,
+    Remove,
+    Route,
+    Start,
+    Unroute,
+    plan,
+)
 
 WEB = "web"
 
 
 def serving(name, release, service=WEB):
-    """A routed instance that is up in the router."""
-    return Instance(name, service, release, running=True, ready=True, in_router=True)
+    """A routed instance that is up in the router, with its full weight."""
+    return Instance(name, service, release, running=True, ready=True, in_router=True, weight=FULL)
 
 
 def starting(name, release, service=WEB, in_router=False):
@@ -36,8 +46,8 @@ def dead(name, release, service=WEB, in_router=False):
     return Instance(name, service, release, running=False, ready=False, in_router=in_router)
 
 
-def desired(release, surge=None, **replicas):
-    return Desired(release, replicas or {WEB: 3}, WEB, surge)
+def desired(release, surge=None, unavailable=0, **replicas):
+    return Desired(release, replicas or {WEB: 3}, WEB, surge, unavailable)
 
 
 def names(task):
@@ -56,21 +66,70 @@ def test_first_deploy_of_several_services():
     assert plan(d, []) == [[(Start("web", 1),), (Start("web", 1),), (Start("worker", 1),)]]
 
 
-def test_surge_one_starts_one_instance_per_step():
-    assert plan(desired(1, surge=1, web=3), []) == [[(Start(WEB, 1),)]]
+OLD3 = [serving("o1", 1), serving("o2", 1), serving("o3", 1)]
 
 
-def test_surge_two():
-    assert plan(desired(1, surge=2, web=3), []) == [[(Start(WEB, 1),)] * 2]
+def test_surge_is_how_many_instances_may_run_above_the_desired_count():
+    assert plan(desired(2, surge=1, web=3), OLD3) == [[(Start(WEB, 2),)]]
+    assert plan(desired(2, surge=2, web=3), OLD3) == [[(Start(WEB, 2),)] * 2]
 
 
-def test_surge_zero_still_makes_progress():
-    assert plan(desired(1, surge=0, web=3), []) == [[(Start(WEB, 1),)]]
+def test_surge_does_not_slow_a_first_deploy():
+    assert plan(desired(1, surge=1, web=3), []) == [[(Start(WEB, 1),)] * 3]
+
+
+def test_surge_zero_retires_first_within_max_unavailable():
+    steps = plan(desired(2, surge=0, unavailable=1, web=3), OLD3)
+    assert len(steps) == 2 and len(steps[0]) == 1 and isinstance(steps[0][0][0], Unroute)
+    assert steps[1] == [(Start(WEB, 2),)]
+
+
+def test_max_unavailable_two_retires_two_at_once():
+    steps = plan(desired(2, surge=0, unavailable=2, web=3), OLD3)
+    assert len(steps[0]) == 2 and steps[1] == [(Start(WEB, 2),)] * 2
 
 
 def test_surge_applies_per_service():
-    d = Desired(1, {"web": 3, "worker": 2}, WEB, surge=1)
-    assert plan(d, []) == [[(Start("web", 1),), (Start("worker", 1),)]]
+    d = Desired(2, {"web": 3, "worker": 2}, WEB, surge=1)
+    facts = [*OLD3, healthy("w1", 1, "worker"), healthy("w2", 1, "worker")]
+    assert plan(d, facts) == [[(Start("web", 2),), (Start("worker", 2),)]]
+
+
+# --- weights, holding the old set, keeping idle instances -------------------------------------------
+
+
+def test_hold_starts_the_new_set_beside_the_old_one_at_weight_zero():
+    d = Desired(2, {WEB: 2}, WEB, weight=0, preview=True, hold=True)
+    facts = [serving("o1", 1), serving("o2", 1)]
+    assert plan(d, facts) == [[(Start(WEB, 2),)] * 2]
+    facts += [starting("n1", 2), starting("n2", 2)]
+    assert plan(d, facts) == [[(AwaitHealthy("n1"), Route("n1", 0, True)), (AwaitHealthy("n2"), Route("n2", 0, True))]]
+    facts = facts[:2] + [replace(serving(n, 2), weight=0, in_preview=True) for n in ("n1", "n2")]
+    assert plan(d, facts) == []  # both sets stay: the old serves, the new waits on the preview port
+
+
+def test_a_routed_instance_at_the_wrong_weight_is_reweighted_without_a_health_wait():
+    facts = [replace(serving("a", 1), weight=0), serving("b", 1)]
+    assert plan(desired(1, web=2), facts) == [[(Route("a", FULL),)]]
+
+
+def test_rollback_onto_an_idle_old_set_reweighs_it_then_retires_the_new_one():
+    idle = [replace(serving("o1", 1), weight=0), replace(serving("o2", 1), weight=0)]
+    facts = [*idle, serving("n1", 2), serving("n2", 2)]
+    steps = plan(desired(1, web=2), facts)
+    assert steps[0] == [(Route("o1"),), (Route("o2"),)]
+    assert {n for task in steps[1] for n in names(task)} == {"n1", "n2"}
+
+
+def test_kept_instances_are_left_alone():
+    facts = [replace(serving("o1", 1), weight=0), serving("n1", 2)]
+    assert plan(Desired(2, {WEB: 1}, WEB, keep=frozenset({"o1"})), facts) == []
+    assert plan(Desired(2, {WEB: 1}, WEB), facts) == [[(Unroute("o1"), Remove("o1"))]]
+
+
+def test_idle_old_instances_are_retired_before_serving_ones():
+    facts = [serving("busy", 1), replace(serving("idle", 1), weight=0), serving("n1", 2)]
+    assert plan(desired(2, web=2), facts)[0] == [(Unroute("idle"), Remove("idle"))]
 
 
 def test_starts_only_what_is_missing():
@@ -229,7 +288,8 @@ class Sim:
         self.checks = []
 
     def ready(self, service):
-        return sum(1 for i in self.facts if i.service == service and i.running and i.ready)
+        # An idle instance (router weight 0) serves nothing, so it is no capacity.
+        return sum(1 for i in self.facts if i.service == service and i.running and i.ready and i.weight != 0)
 
     def _find(self, name):
         for k, i in enumerate(self.facts):
@@ -249,11 +309,12 @@ class Sim:
         elif isinstance(action, Route):
             k, i = self._find(action.name)
             assert i.service == self.routed
-            self.facts[k] = replace(i, ready=True, in_router=True)
+            self.facts[k] = replace(i, ready=True, in_router=True, weight=action.weight, in_preview=action.preview)
         elif isinstance(action, Unroute):
             k, i = self._find(action.name)
             assert i.in_router, f"unrouting {i.name}, which is not in the router"
-            self.facts[k] = replace(i, ready=False if i.service == self.routed else i.ready, in_router=False)
+            self.facts[k] = replace(i, ready=False if i.service == self.routed else i.ready, in_router=False,
+                                    weight=None, in_preview=False)
         elif isinstance(action, Remove):
             k, i = self._find(action.name)
             assert not i.in_router, f"removing {i.name} while it is still in the router"
@@ -379,7 +440,8 @@ def _random_facts(rng):
         running = rng.random() < 0.8
         ready = running and rng.random() < 0.7
         in_router = service == WEB and (ready or rng.random() < 0.3)
-        facts.append(Instance(f"i{n}", service, release, running, ready, in_router))
+        weight = rng.choice([0, FULL]) if in_router else None
+        facts.append(Instance(f"i{n}", service, release, running, ready, in_router, weight))
     return facts
 
 

@@ -256,7 +256,7 @@ def test_public_service_needs_a_port():
 
 def test_two_environments_on_one_port():
     text = VALID + "  staging:\n    port: 8080\n"
-    assert only_issue(text) == "kiln.yaml:13: environments.staging.port: port 8080 is already used by environment production"
+    assert only_issue(text) == "kiln.yaml:13: environments.staging.port: port 8080 is already used by environment production (port)"
 
 
 def test_same_port_on_different_bind_addresses_is_fine():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -43,10 +43,12 @@ class RolloutRow(Table):
     from_release: Mapped[int | None] = mapped_column(Integer, nullable=True)
     to_release: Mapped[int] = mapped_column(Integer)
     strategy: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(16))  # running, succeeded, aborted
+    state: Mapped[str] = mapped_column(String(16))  # running, paused, succeeded, aborted
     reason: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    phase: Mapped[str] = mapped_column(String(32), default="", server_default="")  # the strategy's step
+    data: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # its state machine's data, JSON
 
 
 class StepRow(Table):
@@ -71,3 +73,23 @@ class EventRow(Table):
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column()
+
+
+class LockRow(Table):
+    """At most one row per app/env: the kiln process that may change that environment.
+
+    Whoever holds `token` owns the lock; every write is conditional on it, so a holder that lost
+    the lock (taken over after its lease expired, or force-released) cannot touch the new one."""
+
+    __tablename__ = "locks"
+
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    env: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[str] = mapped_column(String(32))
+    user: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    acquired_at: Mapped[datetime] = mapped_column()
+    heartbeat_at: Mapped[datetime] = mapped_column()
+    lease_seconds: Mapped[float] = mapped_column(Float)

@@ -1,4 +1,4 @@
-"""The ledger: releases, rollouts with their steps, and events.
+"""The ledger: releases, rollouts with their steps, events, and the per-environment locks.
 
 SQLite in WAL mode by default, PostgreSQL through a URL. Opening a ledger brings its schema to
 the newest Alembic revision."""
@@ -6,23 +6,34 @@ the newest Alembic revision."""
 from __future__ import annotations
 
 import json
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session
 
-from kiln.errors import LedgerError
-from kiln.ledger.schema import EventRow, ReleaseRow, RolloutRow, StepRow
+from kiln.errors import LedgerError, LockHeld
+from kiln.ledger.schema import EventRow, LockRow, ReleaseRow, RolloutRow, StepRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision (a unit test checks it against migrations/versions). Knowing it
 # here spares importing Alembic, ~0.3 s, on every command once the schema is current.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
+
+ROLLOUT_STATES = ("running", "paused", "succeeded", "aborted")
+UNFINISHED = ("running", "paused")
 
 
 def now() -> datetime:
@@ -63,6 +74,37 @@ class Rollout:
     reason: str
     started_at: datetime
     finished_at: datetime | None
+    phase: str  # where the strategy's state machine is ("" before it records one)
+    data: dict[str, Any]  # that state machine's persisted data
+
+
+@dataclass(frozen=True)
+class Lock:
+    """Who may change app/env right now. The holder renews `heartbeat_at`; once it is more than
+    `lease_seconds` old, anyone may take the lock over."""
+
+    app: str
+    env: str
+    token: str
+    user: str
+    host: str
+    pid: int
+    reason: str
+    acquired_at: datetime
+    heartbeat_at: datetime
+    lease_seconds: float
+
+    @property
+    def holder(self) -> str:
+        return f"{self.user}@{self.host} pid {self.pid}"
+
+    def expired(self, at: datetime) -> bool:
+        return self.heartbeat_at + timedelta(seconds=self.lease_seconds) < at
+
+    def summary(self) -> dict[str, Any]:
+        return {"app": self.app, "env": self.env, "holder": self.holder, "user": self.user, "host": self.host,
+                "pid": self.pid, "reason": self.reason, "acquired_at": self.acquired_at.isoformat() + "Z",
+                "heartbeat_at": self.heartbeat_at.isoformat() + "Z", "lease_seconds": self.lease_seconds}
 
 
 def _release(row: ReleaseRow) -> Release:
@@ -73,7 +115,12 @@ def _release(row: ReleaseRow) -> Release:
 
 def _rollout(row: RolloutRow) -> Rollout:
     return Rollout(row.id, row.app, row.env, row.from_release, row.to_release, row.strategy, row.state,
-                   row.reason, row.started_at, row.finished_at)
+                   row.reason, row.started_at, row.finished_at, row.phase, json.loads(row.data or "{}"))
+
+
+def _lock(row: LockRow) -> Lock:
+    return Lock(row.app, row.env, row.token, row.user, row.host, row.pid, row.reason, row.acquired_at,
+                row.heartbeat_at, row.lease_seconds)
 
 
 class Ledger:
@@ -165,7 +212,7 @@ class Ledger:
             if state == "succeeded":
                 states[number] = "served"
                 current = number
-            elif state == "running" and states.get(number) != "served":
+            elif state in UNFINISHED and states.get(number) != "served":
                 states[number] = "rolling out"
             elif state == "aborted" and number not in states:
                 states[number] = "aborted"
@@ -175,18 +222,47 @@ class Ledger:
 
     # --- rollouts -----------------------------------------------------------------------
 
-    def start_rollout(self, app: str, env: str, from_release: int | None, to_release: int, strategy: str) -> Rollout:
+    def start_rollout(self, app: str, env: str, from_release: int | None, to_release: int, strategy: str,
+                      data: dict[str, Any] | None = None) -> Rollout:
         with self.session() as s, s.begin():
             row = RolloutRow(app=app, env=env, from_release=from_release, to_release=to_release,
-                             strategy=strategy, state="running", reason="", started_at=now())
+                             strategy=strategy, state="running", reason="", started_at=now(), phase="",
+                             data=json.dumps(data or {}, sort_keys=True))
             s.add(row)
         return _rollout(row)
 
-    def finish_rollout(self, rollout_id: int, state: str, reason: str = "") -> None:
+    def set_rollout_phase(self, rollout_id: int, phase: str, data: dict[str, Any] | None = None) -> None:
+        """Record the strategy's phase; `data`, when given, replaces the stored data."""
         with self.session() as s, s.begin():
             row = s.get(RolloutRow, rollout_id)
-            assert row is not None
-            row.state, row.reason, row.finished_at = state, reason, now()
+            if row is None:
+                raise ValueError(f"no rollout {rollout_id}")
+            row.phase = phase
+            if data is not None:
+                row.data = json.dumps(data, sort_keys=True)
+
+    def finish_rollout(self, rollout_id: int, state: str, reason: str = "") -> None:
+        """Set the state: succeeded or aborted end it; running and paused (re)open it."""
+        if state not in ROLLOUT_STATES:
+            raise ValueError(f"rollout state {state!r} is not one of {', '.join(ROLLOUT_STATES)}")
+        with self.session() as s, s.begin():
+            row = s.get(RolloutRow, rollout_id)
+            if row is None:
+                raise ValueError(f"no rollout {rollout_id}")
+            row.state, row.reason = state, reason
+            row.finished_at = None if state in UNFINISHED else now()
+
+    def rollout(self, rollout_id: int) -> Rollout | None:
+        with self.session() as s:
+            row = s.get(RolloutRow, rollout_id)
+            return _rollout(row) if row else None
+
+    def unfinished_rollouts(self, app: str, env: str) -> list[Rollout]:
+        """Rollouts still running or paused, oldest first."""
+        with self.session() as s:
+            q = (select(RolloutRow).where(RolloutRow.app == app, RolloutRow.env == env,
+                                          RolloutRow.state.in_(UNFINISHED)).order_by(RolloutRow.id))
+            return [_rollout(r) for r in s.scalars(q)]
 
     def record_step(self, rollout_id: int, action: str, target: str, state: str, detail: str = "") -> None:
         with self.session() as s, s.begin():
@@ -203,6 +279,73 @@ class Ledger:
             q = select(StepRow).where(StepRow.rollout_id == rollout_id).order_by(StepRow.id)
             return [{"action": r.action, "target": r.target, "state": r.state, "detail": r.detail,
                      "at": r.at.isoformat() + "Z"} for r in s.scalars(q)]
+
+    # --- locks --------------------------------------------------------------------------
+    # One row per app/env. Every write is a single statement conditional on what was read (no
+    # row → INSERT, which the primary key makes exclusive; a row → UPDATE/DELETE WHERE token =
+    # the token read), so two processes can never both believe they took the lock, on SQLite
+    # as on PostgreSQL, without SELECT … FOR UPDATE. Reads and writes use separate short
+    # transactions: SQLite cannot upgrade a read transaction to a write one while another
+    # writer commits, and the conditional write makes holding the read unnecessary.
+
+    def lock(self, app: str, env: str) -> Lock | None:
+        with self.session() as s:
+            row = s.get(LockRow, (app, env))
+            return _lock(row) if row else None
+
+    def acquire_lock(self, app: str, env: str, *, user: str, host: str, pid: int, reason: str, lease: float,
+                     holder_alive: Callable[[Lock], bool]) -> Lock:
+        """Take app/env's lock: when there is none, when its holder's lease expired, or when
+        `holder_alive(holder)` says the holder is gone. Otherwise raise LockHeld."""
+        for _ in range(5):  # each retry means someone else changed the lock between read and write
+            at = now()
+            held = self.lock(app, env)
+            mine = Lock(app, env, secrets.token_hex(16), user, host, pid, reason, at, at, lease)
+            values = {"token": mine.token, "user": user, "host": host, "pid": pid, "reason": reason,
+                      "acquired_at": at, "heartbeat_at": at, "lease_seconds": lease}
+            if held is None:
+                try:
+                    with self.session() as s, s.begin():
+                        s.execute(insert(LockRow).values(app=app, env=env, **values))
+                    return mine
+                except IntegrityError:
+                    continue  # another process inserted first; read who it is
+            if not held.expired(at) and holder_alive(held):
+                raise LockHeld(held, at)
+            # Also matching heartbeat_at: a holder that renewed since we read is alive after all.
+            with self.session() as s, s.begin():
+                taken = s.execute(update(LockRow).where(
+                    LockRow.app == app, LockRow.env == env, LockRow.token == held.token,
+                    LockRow.heartbeat_at == held.heartbeat_at).values(**values)).rowcount
+            if taken == 1:
+                return mine
+        held = self.lock(app, env)
+        if held is not None:
+            raise LockHeld(held, now())
+        raise LedgerError(f"could not take the lock of {app}/{env}: it kept changing hands.", "Try again.")
+
+    def heartbeat(self, lock: Lock) -> bool:
+        """Renew the lease; False when the lock was lost (taken over or force-released)."""
+        with self.session() as s, s.begin():
+            return s.execute(update(LockRow).where(
+                LockRow.app == lock.app, LockRow.env == lock.env, LockRow.token == lock.token)
+                .values(heartbeat_at=now())).rowcount == 1
+
+    def release_lock(self, lock: Lock) -> None:
+        """Release the lock if it is still ours; a lock that changed hands is left alone."""
+        with self.session() as s, s.begin():
+            s.execute(delete(LockRow).where(
+                LockRow.app == lock.app, LockRow.env == lock.env, LockRow.token == lock.token))
+
+    def force_release(self, app: str, env: str) -> Lock | None:
+        """Delete whatever lock app/env has, and return it (None when there was none)."""
+        while (held := self.lock(app, env)) is not None:
+            with self.session() as s, s.begin():
+                gone = s.execute(delete(LockRow).where(
+                    LockRow.app == app, LockRow.env == env, LockRow.token == held.token)).rowcount
+            if gone == 1:
+                return held
+        return None
 
     # --- events -------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ _NS = 1_000_000_000
 def _engine(action: str) -> Iterator[None]:
     try:
         yield
+    except NotFound:
+        raise  # callers that expect it (stop, remove) suppress it; it is not an engine failure
     except APIError as exc:
         text = exc.explanation if isinstance(exc.explanation, str) else str(exc)
         if "port is already allocated" in text or "address already in use" in text:
@@ -189,6 +191,19 @@ class DockerProvider:
     def remove(self, name: str) -> None:
         with contextlib.suppress(NotFound), _engine(f"removing container {name}"):
             self.api.remove_container(name, force=True, v=True)
+
+    def run_once(self, spec: ContainerSpec, timeout: float) -> tuple[int | None, str]:
+        """Run a one-off container to its end: (exit code or None on timeout, its output)."""
+        self.start(spec)
+        try:
+            with _engine(f"waiting for {spec.name}"):
+                code = self.api.wait(spec.name, timeout=timeout)["StatusCode"]
+        except EngineError:
+            code = None  # the wait timed out (or the engine went away); the container is removed below
+        try:
+            return code, self.logs(spec.name, tail=200)
+        finally:
+            self.remove(spec.name)
 
 
 def _facts(attrs: dict) -> ContainerFacts:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 
 from kiln.providers.base import ContainerFacts, ContainerSpec
-from kiln.router.runtime import ServerStat
+from kiln.router.runtime import FULL_WEIGHT, ServerStat
 from kiln.spec.resolve import EnvConfig
 
 
@@ -69,6 +69,11 @@ class FakeRuntime:
             self.state.pop(name)
             self.log.append(("remove", name))
 
+    def run_once(self, spec: ContainerSpec, timeout: float) -> tuple[int | None, str]:
+        self.log.append(("run", spec.name))
+        failing = int(spec.labels.get("kiln.release", "0")) in self.crash_on_start
+        return (1, "fake hook failed") if failing else (0, "fake hook ok")
+
     def kill(self, name: str) -> None:
         self.state[name] = "exited"
 
@@ -81,20 +86,39 @@ class FakeRouter:
         self.cfg = cfg
         self.runtime = runtime
         self.added: dict[str, str] = {}  # server -> address:port
+        self.weights: dict[str, int] = {}
+        self.preview: set[str] = set()
         self.log: list[tuple[str, str]] = []
 
-    def servers(self) -> dict[str, ServerStat]:
+    def servers(self, preview: bool = False) -> dict[str, ServerStat]:
         out = {}
         for name, address in self.added.items():
+            if preview and name not in self.preview:
+                continue
             status = "UP" if self.runtime.healthy(name) else "DOWN"
-            out[name] = ServerStat("svc", name, status, 0, 0, 0, 1, address)
+            weight = FULL_WEIGHT if preview else self.weights[name]
+            out[name] = ServerStat("svc", name, status, 0, 0, 0, weight, address)
         return out
 
-    def add(self, server: str, address: str, port: int, check_interval: float) -> None:
-        self.added[server] = f"{address}:{port}"
-        self.log.append(("add", server))
+    def add(self, server: str, address: str, port: int, check_interval: float, weight: int = FULL_WEIGHT,
+            preview: bool = False) -> None:
+        if preview:
+            self.preview.add(server)
+        else:
+            self.added[server] = f"{address}:{port}"
+            self.weights[server] = weight
+        self.log.append(("add-preview" if preview else "add", server))
+
+    def set_weights(self, weights: dict[str, int]) -> None:
+        self.weights.update(weights)
+        self.log += [("weight", f"{name}={w}") for name, w in sorted(weights.items())]
 
     def drain_and_remove(self, server: str, drain_timeout: float) -> float:
         self.added.pop(server, None)
+        self.weights.pop(server, None)
+        self.remove_preview(server)
         self.log.append(("remove", server))
         return 0.0
+
+    def remove_preview(self, server: str) -> None:
+        self.preview.discard(server)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from kiln import probe
+from kiln import faults, probe
 from kiln.errors import RolloutError
 from kiln.ledger.store import Ledger, Release
 from kiln.output import Output
@@ -43,10 +43,15 @@ class Target:
     def of(cls, release: Release) -> Target:
         return cls(release, EnvConfig.model_validate(release.config))
 
-    def desired(self, surge: int | None = None) -> Desired:
+    def same_as(self, c: ContainerFacts) -> bool:
+        """An instance of any release with this release's exact image and resolved config."""
+        return c.image == self.release.image and c.label("config") == self.release.config_digest
+
+    def desired(self, **shape: object) -> Desired:
+        """The desired state; `shape` sets surge, unavailable, weight, preview, hold, keep."""
         svc = self.cfg.public_service
         return Desired(self.release.number, {s.name: s.replicas for s in self.cfg.services},
-                       svc.name if svc else None, surge)
+                       svc.name if svc else None, **shape)  # type: ignore[arg-type]
 
 
 class Executor:
@@ -57,6 +62,7 @@ class Executor:
         self.rollout_id = rollout_id
         self.targets: dict[int, Target] = {}
         self.started: set[str] = set()  # instances this executor created
+        self.goal: Target | None = None  # what converge() is working toward
         cfg = router.cfg
         self.selector = {"kiln.app": cfg.app, "kiln.env": cfg.env, "kiln.role": "instance"}
         self.routed = cfg.public_service.name if cfg.public_service else None
@@ -68,27 +74,38 @@ class Executor:
 
     def observe(self) -> list[Instance]:
         servers = self.router.servers()
+        preview = self.router.servers(preview=True)
         facts = []
-        for c in self.containers():
+        containers = self.containers()
+        for c in containers:
             service, release = c.label("service") or "?", int(c.label("release") or 0)
+            if self.goal and self.goal.same_as(c):
+                release = self.goal.release.number  # a rollback onto instances that still run
             server = servers.get(c.name)
             if service == self.routed:
                 ready = server is not None and server.serving
             else:
                 ready = c.running and self._healthy_now(c)
-            facts.append(Instance(c.name, service, release, c.running, ready, in_router=server is not None))
+            facts.append(Instance(c.name, service, release, c.running, ready, in_router=server is not None,
+                                  weight=server.weight if server else None, in_preview=c.name in preview))
+        # A router entry whose container is gone points at nothing: it is retired like a dead instance.
+        known = {c.name for c in containers}
+        for name in (servers.keys() | preview.keys()) - known:
+            facts.append(Instance(name, self.routed or "?", -1, running=False, ready=False, in_router=True))
         return facts
 
     # --- converge -----------------------------------------------------------------------
 
-    def converged(self, target: Target) -> bool:
-        return not plan(target.desired(), self.observe())
+    def converged(self, target: Target, keep: frozenset[str] = frozenset()) -> bool:
+        return not plan(target.desired(keep=keep), self.observe())
 
-    def converge(self, target: Target, surge: int | None = None, strict: bool = True) -> None:
-        """Bring the environment to `target`. With `strict`, an instance this rollout started that
-        dies aborts it; instances that died before (say, in an engine restart) are replaced."""
+    def converge(self, target: Target, desired: Desired | None = None, strict: bool = True) -> None:
+        """Bring the environment to `target` (shaped by `desired`, if given). With `strict`, an
+        instance this rollout started that dies aborts it; instances that died before (say, in an
+        engine restart) are replaced."""
         self.targets[target.release.number] = target
-        desired = target.desired(surge)
+        self.goal = target
+        desired = desired or target.desired()
         budget = 4 * (sum(desired.replicas.values()) + len(self.containers())) + 8
         for _ in range(budget):
             facts = self.observe()
@@ -139,6 +156,7 @@ class Executor:
         self.runtime.start(instance_spec(t.cfg, svc, action.release, t.release.image, name))
         self.ledger.record_step(self.rollout_id, "Start", name, "done")
         self.out.step(f"started {name}")
+        faults.point("started")
 
     def _do(self, action: Action) -> str:
         if isinstance(action, AwaitHealthy):
@@ -146,15 +164,22 @@ class Executor:
             return f"healthy after {took:.2f}s"
         if isinstance(action, Route):
             facts, svc = self._instance(action.name)
-            if action.name not in self.router.servers():
-                assert facts.ip and svc.port and svc.healthcheck
-                self.router.add(action.name, facts.ip, svc.port, svc.healthcheck.interval)
+            assert facts.ip and svc.port and svc.healthcheck
+            server = self.router.servers().get(action.name)
+            if server is None:
+                self.router.add(action.name, facts.ip, svc.port, svc.healthcheck.interval, action.weight)
+            elif server.weight != action.weight:
+                self.router.set_weights({action.name: action.weight})
+            if action.preview and action.name not in self.router.servers(preview=True):
+                self.router.add(action.name, facts.ip, svc.port, svc.healthcheck.interval, preview=True)
             took = self._await_routed(action.name, svc)
-            self.out.step(f"{action.name} receives traffic")
-            return f"up in the router after {took:.2f}s"
+            self.out.step(f"{action.name} {'receives traffic' if action.weight else 'is in the router, idle'}")
+            faults.point("routed")
+            return f"up in the router at weight {action.weight} after {took:.2f}s"
         if isinstance(action, Unroute):
-            _, svc = self._instance(action.name)
-            waited = self.router.drain_and_remove(action.name, svc.drain_timeout)
+            # A router entry whose container is gone has nothing in flight to wait for.
+            drain = self._instance(action.name)[1].drain_timeout if self.runtime.container(action.name) else 0.0
+            waited = self.router.drain_and_remove(action.name, drain)
             self.out.step(f"{action.name} drained ({waited:.2f}s)")
             return f"drained in {waited:.2f}s"
         if isinstance(action, Remove):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 # --- facts and desired state ---------------------------------------------------------------
 
+FULL = 100  # router weight of an instance taking its full share (router.runtime.FULL_WEIGHT)
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -23,6 +25,8 @@ class Instance:
     running: bool
     ready: bool  # serving in the router (public service) or passing its health check (others)
     in_router: bool = False
+    weight: int | None = None  # router weight, when in the router
+    in_preview: bool = False  # also in the preview backend (blue-green)
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,12 @@ class Desired:
     release: int
     replicas: dict[str, int]  # service -> instance count
     routed: str | None  # the public service, whose instances go into the router
-    surge: int | None = None  # new instances started per batch; None: all at once
+    surge: int | None = None  # instances started above the desired count; None: all at once
+    unavailable: int = 0  # instances that may be out of service below the desired count
+    weight: int = FULL  # router weight of the desired release's routed instances
+    preview: bool = False  # routed instances of the desired release also answer on the preview port
+    hold: bool = False  # leave other releases' instances alone (blue-green, canary before the switch)
+    keep: frozenset[str] = frozenset()  # instances left alone (blue-green's idle old set)
 
 
 # --- actions (commands as data) --------------------------------------------------------------
@@ -49,7 +58,9 @@ class AwaitHealthy:
 
 @dataclass(frozen=True)
 class Route:
-    name: str
+    name: str  # into the router (or, if there, to this weight), and wait for the router's check
+    weight: int = FULL
+    preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,56 +79,65 @@ Step = list[Task]
 
 
 def plan(desired: Desired, facts: list[Instance]) -> list[Step]:
+    facts = [i for i in facts if i.name not in desired.keep]
     services = sorted(set(desired.replicas) | {i.service for i in facts})
     steps: list[Step] = []
 
-    # 1. Dead instances are thrown away (never repaired).
+    # 1. Dead instances (and router entries whose container is gone) are thrown away, never repaired.
     dead = [i for i in facts if not i.running]
     if dead:
-        steps.append([_retire(i, desired) for i in dead])
+        steps.append([_retire(i) for i in dead])
     live = [i for i in facts if i.running]
 
-    # 2. New instances already started but not yet serving: wait for health, then route.
-    pending = [i for i in live if i.release == desired.release and not i.ready]
+    # 2. Instances of the desired release not yet serving as desired: wait for health, then route.
+    pending = [i for i in live if i.release == desired.release and _off_target(i, desired)]
     if pending:
         steps.append([_bring_in(i, desired) for i in pending])
 
-    # 3. Retire what exceeds the desired count, counting only instances that are ready.
+    # 3. Retire what exceeds the desired count, never dropping below want - unavailable serving.
     retire = []
     for svc in services:
         want = desired.replicas.get(svc, 0)
         mine = [i for i in live if i.service == svc]
-        ready_new = [i for i in mine if i.release == desired.release and (i.ready or i in pending)]
-        others = [i for i in mine if i.release != desired.release]
-        # Retire old instances as new ones become ready, never dropping below `want` serving.
-        excess = len(ready_new) + len(others) - want
-        if excess > 0:
-            # Old, not-ready ones go first; then old ready ones; then surplus new ones.
-            order = sorted(others, key=lambda i: i.ready) + ready_new[want:]
-            retire += order[:excess]
+        new = [i for i in mine if i.release == desired.release]
+        others = [] if desired.hold else [i for i in mine if i.release != desired.release]
+        # Pending instances count as new: step 2 runs first, and this step is planned again after it.
+        old_out = min(len(others), max(0, len(new) + len(others) - max(0, want - desired.unavailable)))
+        # Old instances not serving (idle, draining) go first.
+        retire += sorted(others, key=lambda i: i.ready and i.weight != 0)[:old_out]
+        retire += new[want:]
     if retire:
-        steps.append([_retire(i, desired) for i in retire])
+        steps.append([_retire(i) for i in retire])
 
-    # 4. Start what is missing, a batch at a time.
+    # 4. Start what is missing, within the surge allowance.
     starts: list[Task] = []
     for svc in services:
         want = desired.replicas.get(svc, 0)
-        have = len([i for i in live if i.service == svc and i.release == desired.release])
-        missing = max(0, want - have)
-        batch = missing if desired.surge is None else min(missing, max(1, desired.surge))
-        starts += [(Start(svc, desired.release),)] * batch
+        mine = [i for i in live if i.service == svc and i not in retire]
+        missing = max(0, want - len([i for i in mine if i.release == desired.release]))
+        room = missing if desired.surge is None or desired.hold else max(0, want + desired.surge - len(mine))
+        starts += [(Start(svc, desired.release),)] * min(missing, room)
     if starts:
         steps.append(starts)
     return steps
 
 
+def _off_target(i: Instance, desired: Desired) -> bool:
+    if not i.ready:
+        return True
+    if i.service != desired.routed:
+        return False
+    return i.weight != desired.weight or (desired.preview and not i.in_preview)
+
+
 def _bring_in(i: Instance, desired: Desired) -> Task:
-    if i.service == desired.routed:
-        return (AwaitHealthy(i.name), Route(i.name))
-    return (AwaitHealthy(i.name),)
+    if i.service != desired.routed:
+        return (AwaitHealthy(i.name),)
+    route = Route(i.name, desired.weight, desired.preview)
+    return (AwaitHealthy(i.name), route) if not i.ready else (route,)
 
 
-def _retire(i: Instance, desired: Desired) -> Task:
+def _retire(i: Instance) -> Task:
     if i.in_router:
         return (Unroute(i.name), Remove(i.name))
     return (Remove(i.name),)

@@ -9,8 +9,11 @@ SOCKET_DIR = "/run/kiln"
 SOCKET_NAME = "admin.sock"
 
 
-def backend_name(service: str) -> str:
-    return f"svc-{service}"
+PREVIEW_PORT = 8081  # inside the router container; published on the environment's preview_port
+
+
+def backend_name(service: str, preview: bool = False) -> str:
+    return f"svc-{service}-preview" if preview else f"svc-{service}"
 
 
 def render_config(cfg: EnvConfig) -> str:
@@ -43,9 +46,13 @@ def render_config(cfg: EnvConfig) -> str:
     if svc is None:
         lines.append("    http-request return status 503 content-type text/plain string \"no public service\"")
         return "\n".join(lines) + "\n"
-    lines += [f"    default_backend {backend_name(svc.name)}", "", f"backend {backend_name(svc.name)}",
-              "    balance roundrobin"]
-    hc = svc.healthcheck
-    if hc is not None and hc.kind == "http":
-        lines += [f"    option httpchk GET {hc.http}", "    http-check expect status 200-399"]
+    lines.append(f"    default_backend {backend_name(svc.name)}")
+    if cfg.preview_port:
+        # Blue-green: the new set answers here, and only here, until it is switched in.
+        lines += ["", "frontend preview", f"    bind :{PREVIEW_PORT}", f"    default_backend {backend_name(svc.name, True)}"]
+    for preview in (False, True) if cfg.preview_port else (False,):
+        lines += ["", f"backend {backend_name(svc.name, preview)}", "    balance roundrobin"]
+        hc = svc.healthcheck
+        if hc is not None and hc.kind == "http":
+            lines += [f"    option httpchk GET {hc.http}", "    http-check expect status 200-399"]
     return "\n".join(lines) + "\n"

@@ -11,10 +11,19 @@ import socket
 import time
 from pathlib import Path
 
+from kiln import faults
 from kiln.errors import PortInUse, RouterError
 from kiln.providers.base import ContainerFacts, ContainerSpec, Runtime
-from kiln.router.config import SOCKET_DIR, SOCKET_NAME, backend_name, render_config
-from kiln.router.runtime import RuntimeClient, ServerStat, add_server, drain_server, remove_server
+from kiln.router.config import PREVIEW_PORT, SOCKET_DIR, SOCKET_NAME, backend_name, render_config
+from kiln.router.runtime import (
+    FULL_WEIGHT,
+    RuntimeClient,
+    ServerStat,
+    add_server,
+    drain_server,
+    remove_server,
+    set_weights,
+)
 from kiln.spec.models import Base
 from kiln.spec.resolve import EnvConfig
 
@@ -39,6 +48,7 @@ class Router:
         self.client = RuntimeClient(state_dir / SOCKET_NAME)
         svc = cfg.public_service
         self.backend = backend_name(svc.name) if svc else None
+        self.preview = backend_name(svc.name, preview=True) if svc and cfg.preview_port else None
 
     def _config_text(self) -> str:
         return render_config(self.cfg.model_copy(update={"port": ROUTER_PORT}))
@@ -52,14 +62,18 @@ class Router:
     def ensure(self, image: str) -> bool:
         """Start the router unless one with the same config is running. True if it was started."""
         text = self._config_text()
-        digest = hashlib.sha256(f"{text}{self.cfg.bind}:{self.cfg.port}".encode()).hexdigest()[:16]
+        digest = hashlib.sha256(f"{text}{self.cfg.bind}:{self.cfg.port}:{self.cfg.preview_port}".encode()).hexdigest()[:16]
         current = self.facts()
         if current and current.running and current.labels.get("kiln.router.config") == digest:
             return False
         if current:
             # A changed port or config needs a new router; this briefly interrupts the environment.
             self.runtime.remove(self.name)
-        _check_port_free(self.cfg.bind, self.cfg.port)
+        publish = {ROUTER_PORT: (self.cfg.bind, self.cfg.port)}
+        if self.cfg.preview_port:
+            publish[PREVIEW_PORT] = (self.cfg.bind, self.cfg.preview_port)
+        for _, port in publish.values():
+            _check_port_free(self.cfg.bind, port)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "haproxy.cfg").write_text(text)
         self.runtime.start(ContainerSpec(
@@ -69,7 +83,7 @@ class Router:
             labels={**self.labels(), "kiln.router.config": digest},
             command=("haproxy", "-W", "-db", "-f", f"{SOCKET_DIR}/haproxy.cfg"),
             writable=("/tmp", "/run/haproxy"),
-            publish={ROUTER_PORT: (self.cfg.bind, self.cfg.port)},
+            publish=publish,
             binds={str(self.dir): SOCKET_DIR},
             stop_grace_period=5,
             restart=True,
@@ -91,27 +105,44 @@ class Router:
                                       f"See `docker logs {self.name}`.") from None
                 time.sleep(0.1)
 
-    def servers(self) -> dict[str, ServerStat]:
-        if not self.backend:
+    def servers(self, preview: bool = False) -> dict[str, ServerStat]:
+        backend = self.preview if preview else self.backend
+        if not backend:
             return {}
-        return {s.name: s for s in self.client.stats() if s.backend == self.backend}
+        return {s.name: s for s in self.client.stats() if s.backend == backend}
 
-    def add(self, server: str, address: str, port: int, check_interval: float) -> None:
+    def add(self, server: str, address: str, port: int, check_interval: float, weight: int = FULL_WEIGHT,
+            preview: bool = False) -> None:
+        backend = self.preview if preview else self.backend
+        assert backend
+        self.client.run(add_server(backend, server, address, port, max(100, int(check_interval * 1000)), weight))
+
+    def set_weights(self, weights: dict[str, int]) -> None:
+        """All at once: one request to HAProxy, so the switch lands between two requests."""
         assert self.backend
-        self.client.run(add_server(self.backend, server, address, port, max(100, int(check_interval * 1000))))
+        self.client.run_at_once(set_weights(self.backend, weights))
 
     def drain_and_remove(self, server: str, drain_timeout: float) -> float:
         """No new requests, wait for in-flight ones (bounded), then delete. Returns the wait."""
         assert self.backend
         start = time.monotonic()
+        if server not in self.servers():
+            self.remove_preview(server)
+            return 0.0
         self.client.run(drain_server(self.backend, server))
+        faults.point("draining")
         while time.monotonic() - start < drain_timeout:
             if self.client.in_flight(self.backend).get(server, 0) == 0:
                 break
             time.sleep(0.05)
         waited = time.monotonic() - start
         self.client.run(remove_server(self.backend, server))
+        self.remove_preview(server)
         return waited
+
+    def remove_preview(self, server: str) -> None:
+        if self.preview and server in self.servers(preview=True):
+            self.client.run(remove_server(self.preview, server))
 
 
 def _check_port_free(bind: str, port: int) -> None:

@@ -22,8 +22,11 @@ class ServerStat:
     current_sessions: int  # scur
     queued: int  # qcur
     total: int  # stot
-    weight: int
+    weight: int  # the weight kiln set (uweight), 0..256
     address: str
+    responses: int = 0  # HTTP responses, all classes
+    errors: int = 0  # 5xx responses
+    response_ms: int = 0  # mean response time over the last 1024 requests (rtime)
 
     @property
     def serving(self) -> bool:
@@ -32,13 +35,20 @@ class ServerStat:
         return self.status.startswith("UP") or self.status == "no check"
 
 
-def add_server(backend: str, server: str, address: str, port: int, inter_ms: int) -> list[str]:
+FULL_WEIGHT = 100  # a server's share when it takes its full part of the traffic
+
+
+def add_server(backend: str, server: str, address: str, port: int, inter_ms: int, weight: int = FULL_WEIGHT) -> list[str]:
     """A dynamic server starts in maintenance: add it, start its checks, then let traffic in."""
     return [
-        f"add server {backend}/{server} {address}:{port} check inter {inter_ms} fall 2 rise 1",
+        f"add server {backend}/{server} {address}:{port} weight {weight} check inter {inter_ms} fall 2 rise 1",
         f"enable health {backend}/{server}",
         f"enable server {backend}/{server}",
     ]
+
+
+def set_weights(backend: str, weights: dict[str, int]) -> list[str]:
+    return [f"set server {backend}/{server} weight {weight}" for server, weight in sorted(weights.items())]
 
 
 def drain_server(backend: str, server: str) -> list[str]:
@@ -61,9 +71,11 @@ def parse_stat(text: str) -> list[ServerStat]:
     for row in csv.DictReader(io.StringIO(body)):
         if row.get("svname") in ("FRONTEND", "BACKEND") or not row.get("pxname"):
             continue
+        responses = sum(_int(row.get(f"hrsp_{k}")) for k in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"))
         out.append(ServerStat(row["pxname"], row["svname"], row.get("status", ""), _int(row.get("scur")),
-                              _int(row.get("qcur")), _int(row.get("stot")), _int(row.get("weight")),
-                              row.get("addr", "")))
+                              _int(row.get("qcur")), _int(row.get("stot")),
+                              _int(row.get("uweight") or row.get("weight")), row.get("addr", ""),
+                              responses, _int(row.get("hrsp_5xx")), _int(row.get("rtime"))))
     return out
 
 
@@ -118,6 +130,14 @@ class RuntimeClient:
             reply = self.ask(command)
             if reply not in _OK_REPLIES:
                 raise RouterError(f"HAProxy refused `{command}`: {reply}")
+
+    def run_at_once(self, commands: list[str]) -> None:
+        """Several commands in one request, applied back to back (a traffic switch)."""
+        if not commands:
+            return
+        reply = self.ask("; ".join(commands))
+        if reply.strip():
+            raise RouterError(f"HAProxy refused part of `{'; '.join(commands)}`: {reply}")
 
     def stats(self) -> list[ServerStat]:
         return parse_stat(self.ask("show stat"))

@@ -37,7 +37,14 @@ def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
 
     seen: dict[tuple[str, int], str] = {}
     for name, env in spec.environments.items():
-        key = (env.bind, env.port)
-        if key in seen:
-            yield ("environments", name, "port"), f"port {env.port} is already used by environment {seen[key]}"
-        seen[key] = name
+        for key_name, port in (("port", env.port), ("preview_port", env.preview_port)):
+            if port is None:
+                continue
+            if (env.bind, port) in seen:
+                yield ("environments", name, key_name), f"port {port} is already used by {seen[env.bind, port]}"
+            seen[env.bind, port] = f"environment {name} ({key_name})"
+
+    for name, svc in spec.services.items():
+        if svc.rollout.strategy != "rolling" and name != spec.public_service:
+            yield (("services", name, "rollout", "strategy"),
+                   f"{svc.rollout.strategy} moves public traffic, but {name} is not the public service; use rolling")

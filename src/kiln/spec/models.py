@@ -67,6 +67,77 @@ class HealthCheck(Model):
         return "http" if self.http else "tcp" if self.tcp else "command"
 
 
+def _count_or_percent(value: object) -> int | str:
+    """An instance count (2) or a share of the replicas ("25%")."""
+    if isinstance(value, bool):
+        raise ValueError("expected a count such as 1 or a percentage such as '25%'")
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit() and int(value[:-1]) <= 100:
+        return value
+    raise ValueError(f"{value!r} is neither a count (0, 1, 2…) nor a percentage such as '25%'")
+
+
+CountOrPercent = Annotated[int | str, BeforeValidator(_count_or_percent)]
+
+
+class SmokeCheck(Model):
+    """An HTTP request sent to the new release (blue-green: on the preview port) before it gets traffic."""
+
+    path: str = Field("/", description="path to GET, e.g. /health")
+    status: int = Field(200, ge=100, le=599, description="expected HTTP status")
+    body: str | None = Field(None, description="text the response body must contain")
+    timeout: Duration = Field(5.0, description="time the request may take")
+
+    @model_validator(mode="after")
+    def _path(self) -> SmokeCheck:
+        if not self.path.startswith("/"):
+            raise ValueError(f"smoke check path must start with '/', e.g. /{self.path}")
+        return self
+
+
+class CanaryStep(Model):
+    """One step of a canary: the new release's share of the traffic, held for `pause`."""
+
+    weight: int = Field(..., ge=1, le=100, description="percent of requests sent to the new release")
+    pause: Duration = Field(30.0, description="how long the share is held and analysed before the next step")
+
+
+class Analysis(Model):
+    """When a canary counts as worse than the release it replaces (from HAProxy's per-server statistics)."""
+
+    max_error_rate: float = Field(1.0, ge=0, le=100, description="highest share of 5xx responses from the canary, in percent")
+    max_latency_ratio: float = Field(2.0, gt=0, description="canary's mean response time may be at most this multiple of the baseline's")
+    min_latency: Duration = Field(0.05, description="response times below this never fail the latency test (noise floor)")
+    min_requests: int = Field(10, ge=1, description="responses the canary must have served before it can fail the error-rate test")
+
+
+class Rollout(Model):
+    """How a new release replaces the one in service."""
+
+    strategy: Literal["rolling", "blue-green", "canary"] = Field("rolling", description="rolling, blue-green or canary (only the public service can use blue-green or canary; others roll)")
+    max_surge: CountOrPercent = Field("100%", description="rolling: instances started above `replicas`, a count or a percentage")
+    max_unavailable: CountOrPercent = Field(0, description="rolling: instances that may be out of service below `replicas`")
+    steps: tuple[CanaryStep, ...] = Field((CanaryStep(weight=10, pause=30.0), CanaryStep(weight=50, pause=30.0)),
+                                          description="canary: traffic shares and pauses before the switch to 100%")
+    analysis: Analysis = Field(default_factory=Analysis, description="canary: thresholds that abort the rollout")
+    smoke: tuple[SmokeCheck, ...] = Field((), description="checks the new release must pass before it gets traffic")
+    promote: Literal["auto", "manual"] = Field("auto", description="blue-green: switch after the smoke checks, or wait for `kiln promote`")
+    keep_old: Duration = Field(0.0, description="blue-green: keep the old set running but idle this long, so that `kiln rollback` is instant")
+    before_traffic: tuple[str, ...] | None = Field(None, description="command run once in a container of the new release before it gets traffic (e.g. migrations); failure aborts")
+    after_traffic: tuple[str, ...] | None = Field(None, description="command run once in a container of the new release after it serves all traffic")
+    hook_timeout: Duration = Field(300.0, description="longest time a hook may run")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rollout:
+        if self.max_surge in (0, "0%") and self.max_unavailable in (0, "0%"):
+            raise ValueError("max_surge and max_unavailable cannot both be 0: the rollout could never make progress")
+        weights = [s.weight for s in self.steps]
+        if weights != sorted(set(weights)):
+            raise ValueError("canary step weights must increase, e.g. 10, 50")
+        return self
+
+
 class Service(Model):
     """One process type of the app; every instance runs the same image."""
 
@@ -83,6 +154,7 @@ class Service(Model):
     no_new_privileges: bool = Field(True, description="forbid privilege escalation (relaxation: false)")
     stop_grace_period: Duration = Field(10.0, description="time between SIGTERM and SIGKILL")
     drain_timeout: Duration = Field(5.0, description="longest wait for in-flight requests when an instance leaves the router")
+    rollout: Rollout = Field(default_factory=Rollout, description="how new releases replace old ones (see services.NAME.rollout)")
 
     @model_validator(mode="after")
     def _health_needs_port(self) -> Service:
@@ -108,6 +180,7 @@ class Environment(Model):
 
     port: int = Field(..., ge=1, le=65535, description="public port of the environment's router")
     bind: str = Field("127.0.0.1", description="address the router listens on (loopback unless told otherwise)")
+    preview_port: int | None = Field(None, ge=1, le=65535, description="port where a blue-green release is reachable before it gets public traffic")
     services: dict[str, ServiceOverride] = Field(default_factory=dict, description="per-service overrides")
 
 

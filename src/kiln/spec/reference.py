@@ -9,7 +9,20 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from kiln.spec.models import Base, Build, Environment, HealthCheck, Service, ServiceOverride, Spec
+from kiln.spec.durations import parse_duration
+from kiln.spec.models import (
+    Analysis,
+    Base,
+    Build,
+    CanaryStep,
+    Environment,
+    HealthCheck,
+    Rollout,
+    Service,
+    ServiceOverride,
+    SmokeCheck,
+    Spec,
+)
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", Spec),
@@ -17,12 +30,18 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("build.base", Base),
     ("services.NAME", Service),
     ("services.NAME.healthcheck", HealthCheck),
+    ("services.NAME.rollout", Rollout),
+    ("services.NAME.rollout.steps[]", CanaryStep),
+    ("services.NAME.rollout.analysis", Analysis),
+    ("services.NAME.rollout.smoke[]", SmokeCheck),
     ("environments.NAME", Environment),
     ("environments.NAME.services.NAME", ServiceOverride),
 ]
 
 
 def _type_name(ann: typing.Any) -> str:
+    if isinstance(ann, str):
+        return ann
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
     if origin in (typing.Union, types.UnionType):
@@ -35,7 +54,9 @@ def _type_name(ann: typing.Any) -> str:
         return _type_name(args[0])
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return "mapping"
-    return {str: "string", int: "integer", bool: "boolean", float: "duration"}.get(ann, str(ann))
+    if typing.get_origin(ann) is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    return {str: "string", int: "integer", bool: "boolean", float: "number"}.get(ann, str(ann))
 
 
 def _default(field: typing.Any) -> str:
@@ -48,7 +69,7 @@ def _default(field: typing.Any) -> str:
         return ""
     value = field.default
     if isinstance(value, tuple):
-        value = list(value)
+        value = [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
     if isinstance(value, bool):
         value = str(value).lower()
     return f"`{value}`"
@@ -63,8 +84,10 @@ def render() -> str:
                 "|---|---|---|---|"]
         for name, field in model.model_fields.items():
             ann = field.annotation
-            if field.metadata and any(getattr(m, "func", None) for m in field.metadata):
-                ann = float
+            if any(getattr(m, "func", None) is parse_duration for m in field.metadata):
+                ann = "duration"
+            elif field.metadata and any(getattr(m, "func", None) for m in field.metadata):
+                ann = "count or percentage"
             out.append(f"| `{name}` | {_type_name(ann)} | {_default(field)} | {field.description or ''} |")
         out.append("")
     return "\n".join(out)

@@ -50,6 +50,7 @@ class EnvConfig(Resolved):
     port: int
     bind: str
     services: tuple[ServiceConfig, ...]
+    preview_port: int | None = None
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
@@ -63,8 +64,15 @@ class EnvConfig(Resolved):
 
     @property
     def url(self) -> str:
+        return self._url(self.port)
+
+    @property
+    def preview_url(self) -> str | None:
+        return self._url(self.preview_port) if self.preview_port else None
+
+    def _url(self, port: int) -> str:
         host = "127.0.0.1" if self.bind in ("0.0.0.0", "") else self.bind
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{port}"
 
     def digest(self) -> str:
         return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()
@@ -113,4 +121,5 @@ def resolve(spec: Spec, env: str) -> EnvConfig:
                 drain_timeout=svc.drain_timeout,
             )
         )
-    return EnvConfig(app=spec.app, env=env, port=overlay.port, bind=overlay.bind, services=tuple(services))
+    return EnvConfig(app=spec.app, env=env, port=overlay.port, bind=overlay.bind, services=tuple(services),
+                     preview_port=overlay.preview_port)

@@ -1,21 +1,30 @@
-"""kiln deploy and kiln rollback: record a release, then roll it out with zero downtime.
+"""kiln deploy, rollback, promote and rollout resume: change what an environment serves.
 
-If the new release fails (an instance exits, or misses its health deadline) the rollout is
-aborted: the environment converges back to the release that was serving, and the error says
-why. Nothing that was serving is touched before the new instances are healthy."""
+Every change holds the environment's lock, first settles any rollout a killed kiln left
+unfinished, then records (or reuses) a release and runs a rollout by the chosen strategy.
+If the new release fails (an instance exits or misses its health deadline, a hook or smoke
+check fails, a canary is worse than its baseline) the rollout is aborted: the environment
+converges back to the release that was serving and the error says why. Nothing that serves
+is touched before the new instances are healthy."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from kiln.bake.baker import bake
 from kiln.bake.base import ensure_base
 from kiln.context import Context
 from kiln.errors import KilnError, RolloutError, UsageError
-from kiln.ledger.store import Release
+from kiln.ledger.store import Release, Rollout
+from kiln.rollout.driver import PAUSED, Driver, Plan
 from kiln.rollout.executor import Executor, Target
+from kiln.rollout.lock import hold
+from kiln.rollout.strategy import phases, resume_forward
 from kiln.router.haproxy import ROUTER_BASE, Router, network_name
 from kiln.spec.loader import LoadedSpec
+from kiln.spec.models import Rollout as Policy
+from kiln.spec.models import Spec
 from kiln.spec.resolve import EnvConfig, resolve
 
 
@@ -23,52 +32,103 @@ from kiln.spec.resolve import EnvConfig, resolve
 class Outcome:
     release: Release
     changed: bool  # False when the environment already ran this release, as desired
+    state: str = "succeeded"  # or "paused": a blue-green release waits for `kiln promote`
 
 
-def deploy(ctx: Context, loaded: LoadedSpec, env: str) -> Outcome:
+def policy_for(spec: Spec, strategy: str | None) -> Policy:
+    """The public service's rollout policy (the first service's without one), with the strategy
+    of this deploy if one was given."""
+    name = spec.public_service or next(iter(spec.services))
+    policy = spec.services[name].rollout
+    return policy.model_copy(update={"strategy": strategy}) if strategy else policy
+
+
+def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = None) -> Outcome:
     cfg = resolve(loaded.spec, env)
+    policy = policy_for(loaded.spec, strategy)
+    _check_policy(policy, cfg)
     image = bake(ctx.docker, loaded, ctx.out, ctx.settings.home / "tmp")
     router = prepare(ctx, cfg)
-    current = ctx.ledger.current_release(cfg.app, env)
-    config_digest = cfg.digest()
-    if current and current.image == image.id and current.config_digest == config_digest:
-        release = current
-    else:
+    with hold(ctx.ledger, cfg.app, env, f"deploy {image.tag}"):
+        settle(ctx, router)
+        current = ctx.ledger.current_release(cfg.app, env)
+        config_digest = cfg.digest()
+        newest = next(iter(ctx.ledger.releases(cfg.app, env, limit=1)), None)
+        if current and current.image == image.id and current.config_digest == config_digest:
+            release = current
+        elif newest and newest.image == image.id and newest.config_digest == config_digest and not newest.note:
+            release = newest  # a retry of a release that did not get into service
+            ctx.out.step(f"Retrying release v{release.number} of {cfg.app}/{env}")
+        else:
+            release = ctx.ledger.record_release(
+                app=cfg.app, env=env, image=image.id, image_tag=image.tag, inputs_hash=image.inputs_hash,
+                config=cfg.model_dump(mode="json"), config_digest=config_digest, spec_digest=loaded.digest,
+                commit=image.commit, dirty=image.dirty)
+            ctx.out.step(f"Recorded release v{release.number} of {cfg.app}/{env}")
+        return roll_out(ctx, router, release, current, policy)
+
+
+def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str | None = None) -> Outcome:
+    app = spec.app
+    # A rollback is urgent and goes onto a release that served: it rolls, unless told otherwise.
+    policy = policy_for(spec, strategy or "rolling")
+    with hold(ctx.ledger, app, env, "rollback"):
+        unfinished = ctx.ledger.unfinished_rollouts(app, env)
+        if unfinished:
+            settle(ctx, router_for(ctx, _config_of(ctx, unfinished[-1])))
+        current = ctx.ledger.current_release(app, env)
+        if current and any(r.state == PAUSED for r in unfinished):
+            # Rolling back while a blue-green release waits for promotion means: drop that release.
+            ctx.out.done(f"v{current.number} keeps serving")
+            return Outcome(current, changed=True)
+        if current is None:
+            raise UsageError(f"{app}/{env} has no release in service, so there is nothing to roll back.")
+        if to is None:
+            # The release that served before the current one; aborted releases never served.
+            states = ctx.ledger.release_states(app, env)
+            earlier = [n for n, state in states.items() if state == "served" and n < current.number]
+            if not earlier:
+                raise UsageError(f"{app}/{env} has no earlier release that served, so there is nothing to roll back to.")
+            to = max(earlier)
+        target = ctx.ledger.release(app, env, to)
+        if target is None:
+            raise UsageError(f"{app}/{env} has no release v{to}.", "`kiln releases` lists them.")
+        if ctx.docker.image_id(target.image) is None:
+            raise KilnError(f"the image of v{to} ({target.image[:19]}) is no longer on this engine.",
+                            "Check out its commit and run `kiln deploy` to bake it again.")
+        if target.image == current.image and target.config_digest == current.config_digest:
+            ctx.out.done(f"v{current.number} already runs the same image and config as v{to}")
+            return Outcome(current, changed=False)
+        router = prepare(ctx, EnvConfig.model_validate(target.config))
         release = ctx.ledger.record_release(
-            app=cfg.app, env=env, image=image.id, image_tag=image.tag, inputs_hash=image.inputs_hash,
-            config=cfg.model_dump(mode="json"), config_digest=config_digest, spec_digest=loaded.digest,
-            commit=image.commit, dirty=image.dirty)
-        ctx.out.step(f"Recorded release v{release.number} of {cfg.app}/{env}")
-    return roll_out(ctx, router, release, current)
+            app=app, env=env, image=target.image, image_tag=target.image_tag, inputs_hash=target.inputs_hash,
+            config=target.config, config_digest=target.config_digest, spec_digest=target.spec_digest,
+            commit=target.commit, dirty=target.dirty, note=f"rollback to v{to}")
+        ctx.out.step(f"Recorded release v{release.number} (rollback to v{to})")
+        return roll_out(ctx, router, release, current, policy)
 
 
-def rollback(ctx: Context, app: str, env: str, to: int | None) -> Outcome:
-    current = ctx.ledger.current_release(app, env)
-    if current is None:
-        raise UsageError(f"{app}/{env} has no release in service, so there is nothing to roll back.")
-    if to is None:
-        # The release that served before the current one; aborted releases never served.
-        states = ctx.ledger.release_states(app, env)
-        earlier = [n for n, state in states.items() if state == "served" and n < current.number]
-        if not earlier:
-            raise UsageError(f"{app}/{env} has no earlier release that served, so there is nothing to roll back to.")
-        to = max(earlier)
-    target = ctx.ledger.release(app, env, to)
-    if target is None:
-        raise UsageError(f"{app}/{env} has no release v{to}.", "`kiln releases` lists them.")
-    if ctx.docker.image_id(target.image) is None:
-        raise KilnError(f"the image of v{to} ({target.image[:19]}) is no longer on this engine.",
-                        "Check out its commit and run `kiln deploy` to bake it again.")
-    if target.image == current.image and target.config_digest == current.config_digest:
-        ctx.out.done(f"v{current.number} already runs the same image and config as v{to}")
-        return Outcome(current, changed=False)
-    router = prepare(ctx, EnvConfig.model_validate(target.config))
-    release = ctx.ledger.record_release(
-        app=app, env=env, image=target.image, image_tag=target.image_tag, inputs_hash=target.inputs_hash,
-        config=target.config, config_digest=target.config_digest, spec_digest=target.spec_digest,
-        commit=target.commit, dirty=target.dirty, note=f"rollback to v{to}")
-    ctx.out.step(f"Recorded release v{release.number} (rollback to v{to})")
-    return roll_out(ctx, router, release, current)
+def promote(ctx: Context, app: str, env: str) -> Outcome:
+    """Switch traffic to the blue-green release waiting on the preview port."""
+    with hold(ctx.ledger, app, env, "promote"):
+        paused = [r for r in ctx.ledger.unfinished_rollouts(app, env) if r.state == PAUSED]
+        if not paused:
+            raise UsageError(f"no release of {app}/{env} waits for promotion.",
+                             "A blue-green rollout with `promote: manual` waits after its smoke checks.")
+        rollout = paused[-1]
+        ctx.ledger.finish_rollout(rollout.id, "running")
+        plan = Plan.from_data(rollout.data)
+        plan.index += 1  # past "promotion"
+        return _continue(ctx, router_for(ctx, _config_of(ctx, rollout)), rollout, plan)
+
+
+def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
+    """`kiln rollout resume`: settle what a killed kiln left unfinished."""
+    with hold(ctx.ledger, app, env, "resume"):
+        unfinished = [r for r in ctx.ledger.unfinished_rollouts(app, env) if r.state != PAUSED]
+        if unfinished:
+            settle(ctx, router_for(ctx, _config_of(ctx, unfinished[-1])), drop_paused=False)
+        return [r for r in (ctx.ledger.rollout(u.id) for u in unfinished) if r]
 
 
 def router_for(ctx: Context, cfg: EnvConfig) -> Router:
@@ -81,48 +141,125 @@ def prepare(ctx: Context, cfg: EnvConfig) -> Router:
     router_image = ensure_base(ctx.docker, ROUTER_BASE, ctx.out, ctx.settings.home / "tmp")
     ctx.docker.ensure_network(network_name(cfg.app, cfg.env), {"kiln.app": cfg.app, "kiln.env": cfg.env})
     if router.ensure(router_image.id):
-        ctx.out.step(f"Router listening on {cfg.url}")
+        ctx.out.step(f"Router listening on {cfg.url}" + (f", preview on {cfg.preview_url}" if cfg.preview_url else ""))
     return router
 
 
-def roll_out(ctx: Context, router: Router, release: Release, previous: Release | None) -> Outcome:
-    target = Target.of(release)
-    cfg = target.cfg
+def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
+    """Finish or undo rollouts that a killed kiln left unfinished (the caller holds the lock, so
+    their kiln is gone). Past the traffic switch they are completed; before it, undone. A
+    blue-green release waiting for promotion is dropped when a new change comes."""
+    app, env = router.cfg.app, router.cfg.env
+    for rollout in ctx.ledger.unfinished_rollouts(app, env):
+        if rollout.state == PAUSED and not drop_paused:
+            continue
+        plan = Plan.from_data(rollout.data) if rollout.data.get("phases") else None
+        forward = plan is not None and rollout.state != PAUSED and resume_forward(plan.phases, plan.index)
+        if forward and plan is not None:
+            ctx.out.warn(f"rollout {rollout.id} to v{rollout.to_release} was interrupted in its "
+                         f"{plan.phases[plan.index] if plan.index < len(plan.phases) else 'last'} phase; completing it")
+            ctx.ledger.event(app, env, "rollout.resumed", f"rollout {rollout.id} to v{rollout.to_release}")
+            _continue(ctx, router, rollout, plan)
+        else:
+            why = "dropped: a new change came before its promotion" if rollout.state == PAUSED else \
+                "interrupted before its traffic switch; undone"
+            ctx.out.warn(f"rollout {rollout.id} to v{rollout.to_release} was {why}")
+            executor = _executor(ctx, router, rollout.id, rollout)
+            _abort(ctx, executor, _release(ctx, rollout.from_release, app, env), _release(ctx, rollout.to_release, app, env))
+            ctx.ledger.finish_rollout(rollout.id, "aborted", why)
+            ctx.ledger.event(app, env, "rollout.aborted", f"rollout {rollout.id} to v{rollout.to_release}: {why}")
 
+
+def roll_out(ctx: Context, router: Router, release: Release, previous: Release | None, policy: Policy) -> Outcome:
+    cfg = EnvConfig.model_validate(release.config)
     if previous and previous.number == release.number:
         probe_only = Executor(ctx.docker, router, ctx.ledger, ctx.out, rollout_id=0)
-        if probe_only.converged(target):
+        if probe_only.converged(Target.of(release), kept(ctx, cfg.app, cfg.env)):
             ctx.out.done(f"Nothing to do: v{release.number} is serving as desired")
             return Outcome(release, changed=False)
-
+    if previous is None and policy.strategy != "rolling":
+        policy = policy.model_copy(update={"strategy": "rolling"})  # nothing serves yet: nothing to shield
+    plan = Plan(phases(policy, policy.before_traffic is not None, policy.after_traffic is not None), 0, policy)
     rollout = ctx.ledger.start_rollout(cfg.app, cfg.env, previous.number if previous else None,
-                                       release.number, "rolling")
-    executor = Executor(ctx.docker, router, ctx.ledger, ctx.out, rollout.id)
-    if previous and previous.number != release.number:
-        executor.targets[previous.number] = Target.of(previous)
-    ctx.ledger.event(cfg.app, cfg.env, "rollout.started", f"rollout {rollout.id} to v{release.number}")
+                                       release.number, policy.strategy, plan.data())
+    ctx.ledger.event(cfg.app, cfg.env, "rollout.started",
+                     f"rollout {rollout.id} to v{release.number} ({policy.strategy})")
+    ctx.out.step(f"Rolling out v{release.number} ({policy.strategy}: {', '.join(plan.phases)})")
+    outcome = _continue(ctx, router, rollout, plan)
+    return Outcome(outcome.release, changed=previous is None or previous.number != release.number, state=outcome.state)
+
+
+def _continue(ctx: Context, router: Router, rollout: Rollout, plan: Plan) -> Outcome:
+    """Run `rollout` from plan.index to its end; abort it (converging back) when it fails."""
+    app, env = router.cfg.app, router.cfg.env
+    release = _release(ctx, rollout.to_release, app, env)
+    previous = _release(ctx, rollout.from_release, app, env) if rollout.from_release else None
+    assert release is not None
+    executor = _executor(ctx, router, rollout.id, rollout)
+    driver = Driver(ctx.docker, router, ctx.ledger, ctx.out, rollout.id, Target.of(release),
+                    Target.of(previous) if previous else None, executor)
     try:
-        executor.converge(target)
+        state = driver.run(plan)
     except (KilnError, KeyboardInterrupt) as exc:
         reason = exc.message if isinstance(exc, KilnError) else "interrupted"
         ctx.out.warn(f"Aborting the rollout to v{release.number}: {reason}")
         _abort(ctx, executor, previous, release)
         ctx.ledger.finish_rollout(rollout.id, "aborted", reason)
-        ctx.ledger.event(cfg.app, cfg.env, "rollout.aborted", f"rollout {rollout.id} to v{release.number}: {reason}")
+        ctx.ledger.event(app, env, "rollout.aborted", f"rollout {rollout.id} to v{release.number}: {reason}")
         if isinstance(exc, KeyboardInterrupt):
             raise
-        kept = f"v{previous.number} keeps serving" if previous else "nothing was serving before"
-        raise RolloutError(f"the rollout to v{release.number} was aborted: {reason}", f"{kept}.") from None
+        kept_msg = f"v{previous.number} keeps serving" if previous else "nothing was serving before"
+        raise RolloutError(f"the rollout to v{release.number} was aborted: {reason}", f"{kept_msg}.") from None
+    if state == PAUSED:
+        ctx.ledger.finish_rollout(rollout.id, PAUSED)
+        ctx.ledger.event(app, env, "rollout.paused", f"rollout {rollout.id}: v{release.number} waits for promotion")
+        return Outcome(release, changed=True, state=PAUSED)
     ctx.ledger.finish_rollout(rollout.id, "succeeded")
-    ctx.ledger.event(cfg.app, cfg.env, "rollout.succeeded", f"rollout {rollout.id}: v{release.number} serving")
-    return Outcome(release, changed=previous is None or previous.number != release.number)
+    ctx.ledger.event(app, env, "rollout.succeeded", f"rollout {rollout.id}: v{release.number} serving")
+    return Outcome(release, changed=True)
 
 
-def _abort(ctx: Context, executor: Executor, previous: Release | None, failed: Release) -> None:
-    if previous is None:
+def kept(ctx: Context, app: str, env: str) -> frozenset[str]:
+    """Instances a blue-green rollout keeps idle for a fast rollback, while their time lasts."""
+    last = next((r for r in ctx.ledger.rollouts(app, env, limit=5) if r.state == "succeeded"), None)
+    if last is None or not last.data.get("kept"):
+        return frozenset()
+    if datetime.now(UTC).timestamp() > float(last.data.get("keep_until", 0)):
+        return frozenset()
+    return frozenset(last.data["kept"])
+
+
+def _executor(ctx: Context, router: Router, rollout_id: int, rollout: Rollout) -> Executor:
+    executor = Executor(ctx.docker, router, ctx.ledger, ctx.out, rollout_id)
+    for number in (rollout.from_release, rollout.to_release):
+        release = _release(ctx, number, router.cfg.app, router.cfg.env)
+        if release:
+            executor.targets[release.number] = Target.of(release)
+    return executor
+
+
+def _release(ctx: Context, number: int | None, app: str, env: str) -> Release | None:
+    return ctx.ledger.release(app, env, number) if number else None
+
+
+def _config_of(ctx: Context, rollout: Rollout) -> EnvConfig:
+    release = _release(ctx, rollout.to_release, rollout.app, rollout.env)
+    assert release is not None
+    return EnvConfig.model_validate(release.config)
+
+
+def _abort(ctx: Context, executor: Executor, previous: Release | None, failed: Release | None) -> None:
+    if previous is not None:
+        executor.converge(Target.of(previous), strict=False)
+    elif failed is not None:  # a first deploy: back to nothing
         empty = Target.of(failed)
         cfg = empty.cfg.model_copy(update={"services": tuple(s.model_copy(update={"replicas": 0})
                                                              for s in empty.cfg.services)})
         executor.converge(Target(failed, cfg), strict=False)
-    else:
-        executor.converge(Target.of(previous), strict=False)
+
+
+def _check_policy(policy: Policy, cfg: EnvConfig) -> None:
+    if policy.strategy == "blue-green" and not cfg.preview_port:
+        raise UsageError(f"blue-green needs a preview port for {cfg.app}/{cfg.env}: the new set answers there "
+                         "before it gets public traffic.",
+                         f"Set environments.{cfg.env}.preview_port in kiln.yaml (e.g. {cfg.port + 1000}).")

@@ -28,10 +28,13 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
             health = f"exited ({c.exit_code})" if c.exit_code is not None else c.state
         elif c.name in servers:
             health = "healthy" if servers[c.name].serving else servers[c.name].status.lower()
+            if servers[c.name].serving and servers[c.name].weight == 0:
+                health = "idle"  # healthy, in the router, no traffic (blue-green before or after a switch)
         else:
             health = c.health or "running"
         instances.append({"id": c.name, "service": c.label("service"), "release": int(c.label("release") or 0),
-                          "health": health, "in_router": c.name in servers, "container": c.id[:12]})
+                          "health": health, "in_router": c.name in servers, "container": c.id[:12],
+                          "weight": servers[c.name].weight if c.name in servers else None})
     served = EnvConfig.model_validate(release.config) if release else cfg
     return {
         "app": cfg.app,
@@ -39,7 +42,10 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         "url": served.url,
         "release": {"number": release.number, "image": release.image, "commit": release.commit,
                     "created_at": release.created_at.isoformat() + "Z"} if release else None,
+        "preview_url": served.preview_url,
         "router": {"state": router.state if router else "absent", "name": router_name(cfg.app, cfg.env)},
+        "waiting": [{"rollout": r.id, "release": r.to_release, "state": r.state, "phase": r.phase}
+                    for r in ctx.ledger.unfinished_rollouts(cfg.app, cfg.env)],
         "instances": instances,
         "relaxations": {s.name: s.relaxations for s in served.services if s.relaxations},
     }

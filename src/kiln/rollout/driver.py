@@ -1,0 +1,216 @@
+"""Runs a rollout's phases (see rollout/strategy.py) and persists its progress in the ledger.
+
+Each phase is idempotent and the index of the phase being run is written before it starts, so
+a rollout interrupted anywhere (even by `kill -9`) can be resumed from that phase, or undone.
+Instances come and go only through the executor; this module adds hooks, smoke checks, traffic
+weights and canary analysis."""
+
+from __future__ import annotations
+
+import http.client
+import secrets
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from kiln import faults, probe
+from kiln.errors import RolloutError
+from kiln.ledger.store import Ledger
+from kiln.output import Output
+from kiln.providers.base import Runtime
+from kiln.rollout.executor import Executor, Target
+from kiln.rollout.instances import instance_spec
+from kiln.rollout.strategy import Sample, canary_weights, count, judge
+from kiln.router.base import Traffic
+from kiln.router.runtime import ServerStat
+from kiln.spec.models import Rollout as Policy
+from kiln.spec.models import SmokeCheck
+
+PAUSED = "paused"
+SUCCEEDED = "succeeded"
+ANALYSIS_INTERVAL = 0.5  # seconds between two reads of HAProxy's statistics during a canary pause
+
+
+@dataclass
+class Plan:
+    """What the ledger keeps of a rollout so that any kiln process can carry it on."""
+
+    phases: list[str]
+    index: int
+    policy: Policy
+
+    def data(self, **extra: object) -> dict[str, object]:
+        return {"phases": self.phases, "index": self.index, "policy": self.policy.model_dump(mode="json"), **extra}
+
+    @classmethod
+    def from_data(cls, data: dict) -> Plan:
+        return cls(list(data["phases"]), int(data["index"]), Policy.model_validate(data["policy"]))
+
+
+class Driver:
+    def __init__(self, runtime: Runtime, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
+                 target: Target, previous: Target | None, executor: Executor) -> None:
+        self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
+        self.rollout_id = rollout_id
+        self.target, self.previous = target, previous
+        self.ex = executor
+        svc = target.cfg.public_service
+        self.routed = svc.name if svc else None
+
+    # --- the phase loop -------------------------------------------------------------------
+
+    def run(self, plan: Plan) -> str:
+        """Run phases from plan.index on; returns "succeeded" or "paused" (awaiting promotion)."""
+        while plan.index < len(plan.phases):
+            phase = plan.phases[plan.index]
+            self.ledger.set_rollout_phase(self.rollout_id, phase, plan.data())
+            if phase == "promotion":
+                self.out.done(f"v{self.target.release.number} is healthy and waits on {self.target.cfg.preview_url}; "
+                              "`kiln promote` switches traffic to it, `kiln rollback` drops it")
+                return PAUSED
+            self.ledger.record_step(self.rollout_id, "Phase", phase, "started")
+            detail = self._phase(phase, plan.policy)
+            self.ledger.record_step(self.rollout_id, "Phase", phase, "done", detail)
+            plan.index += 1
+        self.ledger.set_rollout_phase(self.rollout_id, "done", plan.data())
+        return SUCCEEDED
+
+    def _phase(self, phase: str, policy: Policy) -> str:
+        if phase in ("before_traffic", "after_traffic"):
+            argv = policy.before_traffic if phase == "before_traffic" else policy.after_traffic
+            assert argv is not None
+            return self._hook(phase, argv, policy.hook_timeout)
+        if phase == "roll":
+            replicas = self._routed_replicas()
+            self.ex.converge(self.target, self.target.desired(
+                surge=count(policy.max_surge, replicas, round_up=True),
+                unavailable=count(policy.max_unavailable, replicas, round_up=False)))
+            return ""
+        if phase == "start":
+            # The whole new set beside the old one, at weight 0: no public traffic yet.
+            self.ex.converge(self.target, self.target.desired(
+                weight=0, hold=True, preview=bool(self.target.cfg.preview_port and self.routed)))
+            return ""
+        if phase == "smoke":
+            return self._smoke(policy.smoke)
+        if phase.startswith("shift:"):
+            step = policy.steps[int(phase.split(":")[1])]
+            return self._canary_step(step.weight, step.pause, policy)
+        if phase == "switch":
+            return self._switch(policy)
+        raise AssertionError(phase)
+
+    # --- phases -------------------------------------------------------------------------------
+
+    def _hook(self, phase: str, argv: tuple[str, ...], timeout: float) -> str:
+        svc = self.target.cfg.public_service or self.target.cfg.services[0]
+        number = self.target.release.number
+        name = f"kiln-{self.target.cfg.app}-{self.target.cfg.env}-{phase.replace('_', '-')}-v{number}-{secrets.token_hex(3)}"
+        spec = instance_spec(self.target.cfg, svc.model_copy(update={"command": argv}), number,
+                             self.target.release.image, name)
+        spec = replace(spec, labels={**spec.labels, "kiln.role": "hook"}, health_command=None)
+        self.out.step(f"running the {phase} hook: {' '.join(argv)}")
+        start = time.monotonic()
+        code, output = self.runtime.run_once(spec, timeout)
+        took = time.monotonic() - start
+        if code != 0:
+            what = f"did not finish within {timeout:g}s" if code is None else f"exited with code {code}"
+            tail = "\n".join(output.splitlines()[-10:])
+            raise RolloutError(f"the {phase} hook `{' '.join(argv)}` {what}." + (f" Its last output:\n{tail}" if tail else ""))
+        return f"exit 0 after {took:.1f}s"
+
+    def _smoke(self, checks: tuple[SmokeCheck, ...]) -> str:
+        cfg = self.target.cfg
+        if cfg.preview_port:
+            host = "127.0.0.1" if cfg.bind in ("0.0.0.0", "") else cfg.bind
+            targets = [(f"preview port {cfg.preview_port}", host, cfg.preview_port)]
+        else:  # no preview port: each new instance directly, on the environment's network
+            svc = cfg.public_service
+            assert svc and svc.port
+            targets = [(c.name, c.ip or "", svc.port) for c in self.ex.containers()
+                       if c.label("service") == svc.name and self.target.same_as(c)]
+        for check in checks:
+            for where, host, port in targets:
+                problem = _smoke_problem(check, host, port)
+                if problem:
+                    raise RolloutError(f"smoke check GET {check.path} on {where} failed: {problem}.")
+                self.out.step(f"smoke check GET {check.path} on {where} passed")
+        return f"{len(checks)} check(s) passed on {len(targets)} target(s)"
+
+    def _canary_step(self, percent: int, pause: float, policy: Policy) -> str:
+        new, old = self._sets()
+        self.router.set_weights(canary_weights(new, old, percent))
+        self.out.step(f"canary: {percent}% of requests go to v{self.target.release.number} "
+                      f"for {pause:g}s while kiln compares it with the baseline")
+        before = self.router.servers()
+        end = time.monotonic() + pause
+        verdict, canary, baseline = None, Sample(0, 0, 0), Sample(0, 0, 0)
+        while True:
+            now = self.router.servers()
+            canary, baseline = _sample(before, now, new), _sample(before, now, old)
+            verdict = judge(canary, baseline, policy.analysis)
+            if verdict or time.monotonic() >= end:
+                break
+            time.sleep(ANALYSIS_INTERVAL)
+        summary = (f"{percent}%: canary {canary.responses} responses, {canary.error_rate:.1f}% 5xx, "
+                   f"{canary.mean_ms:.0f} ms; baseline {baseline.responses} responses, "
+                   f"{baseline.error_rate:.1f}% 5xx, {baseline.mean_ms:.0f} ms")
+        if verdict:
+            raise RolloutError(f"canary analysis failed at {percent}%: {verdict}.")
+        self.out.step("canary analysis passed: " + summary)
+        return summary
+
+    def _switch(self, policy: Policy) -> str:
+        new, old = self._sets()
+        self.router.set_weights(canary_weights(new, old, 100))  # one request: all traffic moves at once
+        faults.point("switched")
+        self.out.step(f"all traffic goes to v{self.target.release.number}")
+        keep: frozenset[str] = frozenset()
+        if policy.strategy == "blue-green" and policy.keep_old > 0 and old:
+            keep = frozenset(old)
+            until = datetime.now(UTC).timestamp() + policy.keep_old
+            self.ledger.set_rollout_phase(self.rollout_id, "switch", {
+                **(self.ledger.rollout(self.rollout_id).data or {}), "kept": sorted(keep), "keep_until": until})
+            self.out.step(f"the old set stays running, idle, for {policy.keep_old:g}s so that `kiln rollback` is instant")
+        # Old instances now take no traffic: retiring them only waits for their in-flight requests.
+        self.ex.converge(self.target, self.target.desired(keep=keep))
+        return f"kept {len(keep)} old instance(s) idle" if keep else ""
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _routed_replicas(self) -> int:
+        svc = self.target.cfg.public_service or self.target.cfg.services[0]
+        return svc.replicas
+
+    def _sets(self) -> tuple[list[str], list[str]]:
+        """Router servers of the new release and of everything else (the baseline)."""
+        servers = self.router.servers()
+        mine = {c.name for c in self.ex.containers() if self.target.same_as(c)}
+        new = sorted(n for n in servers if n in mine)
+        return new, sorted(n for n in servers if n not in mine)
+
+
+def _smoke_problem(check: SmokeCheck, host: str, port: int) -> str | None:
+    try:
+        status, body = probe.http_get(host, port, check.path, check.timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        return f"no answer ({exc.__class__.__name__}: {exc})"
+    if status != check.status:
+        return f"status {status}, expected {check.status}"
+    if check.body is not None and check.body not in body:
+        return f"the body does not contain {check.body!r} (it starts {body[:80]!r})"
+    return None
+
+
+def _sample(before: dict[str, ServerStat], now: dict[str, ServerStat], names: list[str]) -> Sample:
+    responses = errors = 0
+    weighted_ms = 0.0
+    for name in names:
+        if name not in now:
+            continue
+        first = before.get(name)
+        delta = now[name].responses - (first.responses if first else 0)
+        responses += delta
+        errors += now[name].errors - (first.errors if first else 0)
+        weighted_ms += now[name].response_ms * max(delta, 0)
+    return Sample(responses, errors, weighted_ms / responses if responses > 0 else 0.0)

@@ -1,0 +1,85 @@
+"""The per-environment lock, held while kiln changes an environment.
+
+Two kiln processes changing one environment at once would each plan against containers the
+other is starting or removing. So a change runs inside `hold()`: the ledger's lock row names
+this process, a background thread renews its lease, and the lock is released on the way out,
+also when the body raises. A kiln that dies without releasing leaves a lock that the next kiln
+takes over: at once when the holder ran on this host and its pid is gone, else once the lease
+expired (a process on another host cannot be checked; only its silence can be seen)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # SQLAlchemy costs ~0.3 s to import; callers already hold a Ledger
+    from kiln.ledger.store import Ledger, Lock
+
+
+@dataclass
+class Held:
+    """What `hold()` yields. `lost` is set when a heartbeat found the lock gone (taken over or
+    force-released) or could not renew it for a whole lease; the body should then stop changing
+    the environment, since someone else may be changing it."""
+
+    lock: Lock
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no USER/LOGNAME, no passwd entry (an arbitrary uid in a container)
+        return "unknown"
+
+
+def holder_alive(lock: Lock) -> bool:
+    """Whether the lock's holder may still run. Only a process on this host can be checked."""
+    if lock.host != socket.gethostname() or lock.pid <= 0:  # pid <= 0 would signal process groups
+        return True
+    try:
+        os.kill(lock.pid, 0)  # signal 0: nothing is sent, only existence and permission are checked
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but belongs to another user
+        return True
+    return True
+
+
+@contextmanager
+def hold(ledger: Ledger, app: str, env: str, reason: str, lease: float = 30.0) -> Iterator[Held]:
+    """Hold app/env's lock for the body; raises LockHeld when another live process holds it."""
+    lock = ledger.acquire_lock(app, env, user=_user(), host=socket.gethostname(), pid=os.getpid(),
+                               reason=reason, lease=lease, holder_alive=holder_alive)
+    held = Held(lock)
+    stop = threading.Event()  # set on exit, so the thread ends at once rather than after its sleep
+
+    def beat() -> None:
+        # Three beats per lease: one slow or failed beat does not yet let anyone take over.
+        renewed = time.monotonic()
+        while not stop.wait(lease / 3):
+            try:
+                if not ledger.heartbeat(lock):
+                    held.lost.set()
+                    return
+                renewed = time.monotonic()
+            except Exception:  # the database hiccuped; retry, but past a lease others may take over
+                if time.monotonic() - renewed > lease:
+                    held.lost.set()
+                    return
+
+    thread = threading.Thread(target=beat, name=f"kiln-lock-{app}-{env}", daemon=True)
+    thread.start()
+    try:
+        yield held
+    finally:
+        stop.set()
+        thread.join()
+        ledger.release_lock(lock)  # only deletes the row if it still carries our token

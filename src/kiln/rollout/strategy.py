@@ -1,0 +1,99 @@
+"""The three rollout strategies as pure decisions: which phases a rollout goes through, what
+happens to one interrupted in each phase, the router weights of a canary step, and whether a
+canary is worse than its baseline.
+
+A rollout is a list of phases, persisted by index in the ledger as it goes:
+
+    rolling     before_traffic, roll, after_traffic
+    blue-green  start, before_traffic, smoke, [promotion], switch, after_traffic
+    canary      start, before_traffic, smoke, shift:0 … shift:N-1, switch, after_traffic
+
+`start` brings the whole new set up beside the old one at weight 0 (blue-green: reachable on
+the preview port); `roll` replaces instances in batches (max_surge / max_unavailable);
+`switch` gives the new set all the traffic and retires (or, blue-green with keep_old, idles)
+the old one."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kiln.router.runtime import FULL_WEIGHT
+from kiln.spec.models import Analysis, Rollout
+
+TRAFFIC_MOVED = "switch"  # from this phase on, an interrupted rollout is completed, not undone
+
+
+def phases(policy: Rollout, has_before: bool, has_after: bool) -> list[str]:
+    before = ["before_traffic"] if has_before else []
+    after = ["after_traffic"] if has_after else []
+    if policy.strategy == "rolling":
+        return [*before, "roll", *after]
+    out = ["start", *before]
+    if policy.smoke:
+        out.append("smoke")
+    if policy.strategy == "blue-green":
+        if policy.promote == "manual":
+            out.append("promotion")
+    else:
+        out += [f"shift:{i}" for i, step in enumerate(policy.steps) if step.weight < 100]
+    return [*out, "switch", *after]
+
+
+def resume_forward(phase_list: list[str], reached: int) -> bool:
+    """An interrupted rollout is completed once traffic has started to move for good (the switch,
+    or any phase of a rolling rollout past its hook), and undone before: a canary whose analysis
+    or a blue-green set whose smoke checks did not finish has not earned the traffic."""
+    return reached >= len(phase_list) or phase_list[reached] in ("roll", TRAFFIC_MOVED, "after_traffic")
+
+
+def count(value: int | str, replicas: int, round_up: bool) -> int:
+    """max_surge / max_unavailable as an instance count: percentages round up for surge (never
+    stall) and down for unavailability (never drop more than asked)."""
+    if isinstance(value, int):
+        return value
+    share = int(value.rstrip("%")) * replicas / 100
+    return math.ceil(share) if round_up else math.floor(share)
+
+
+def canary_weights(new: list[str], old: list[str], percent: int) -> dict[str, int]:
+    """Server weights that send `percent` of requests to the new servers, spread evenly."""
+    if not old or percent >= 100:
+        return {**{n: FULL_WEIGHT for n in new}, **{o: 0 for o in old}}
+    if not new or percent <= 0:
+        return {**{n: 0 for n in new}, **{o: FULL_WEIGHT for o in old}}
+    # Solve len(new)*wn / (len(new)*wn + len(old)*wo) = percent/100 with the larger side at full.
+    if percent <= 50:
+        wo = FULL_WEIGHT
+        wn = FULL_WEIGHT * percent * len(old) / ((100 - percent) * len(new))
+    else:
+        wn = FULL_WEIGHT
+        wo = FULL_WEIGHT * (100 - percent) * len(new) / (percent * len(old))
+    wn_i, wo_i = max(1, min(256, round(wn))), max(1, min(256, round(wo)))
+    return {**{n: wn_i for n in new}, **{o: wo_i for o in old}}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Responses of a group of servers since the step began, and their mean response time."""
+
+    responses: int
+    errors: int  # 5xx
+    mean_ms: float
+
+    @property
+    def error_rate(self) -> float:
+        return 100.0 * self.errors / self.responses if self.responses else 0.0
+
+
+def judge(canary: Sample, baseline: Sample, rules: Analysis) -> str | None:
+    """Why the canary is worse than the baseline, or None while it is not (yet)."""
+    if canary.responses >= rules.min_requests and canary.error_rate > rules.max_error_rate:
+        return (f"canary error rate {canary.error_rate:.1f}% ({canary.errors} of {canary.responses} responses "
+                f"were 5xx) is above max_error_rate {rules.max_error_rate:g}% (baseline {baseline.error_rate:.1f}%)")
+    enough = canary.responses >= rules.min_requests and baseline.responses >= rules.min_requests
+    floor_ms = rules.min_latency * 1000
+    if enough and canary.mean_ms > floor_ms and canary.mean_ms > rules.max_latency_ratio * baseline.mean_ms:
+        return (f"canary mean response time {canary.mean_ms:.0f} ms is above {rules.max_latency_ratio:g}x "
+                f"the baseline's {baseline.mean_ms:.0f} ms")
+    return None
