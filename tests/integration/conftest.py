@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import pytest
+from ruamel.yaml import YAML
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
 SESSION = uuid.uuid4().hex[:8]
@@ -86,6 +88,35 @@ class App:
 
     def kiln_json(self, *args: str) -> object:
         return json.loads(self.kiln(*args, "--json").stdout)
+
+    def popen(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        env = {**os.environ, "KILN_HOME": str(self.home), "KILN_EXTRA_LABELS": TEST_LABEL, **(extra_env or {})}
+        env.pop("KILN_LEDGER_URL", None)
+        return subprocess.Popen([sys.executable, "-m", "kiln", *args, "-f", str(self.spec)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def edit_spec(self, change: Callable[[dict], None]) -> None:
+        yaml = YAML()
+        data = yaml.load(self.spec)
+        change(data)
+        yaml.dump(data, self.spec)
+
+    def set_rollout(self, **policy: object) -> None:
+        def change(data: dict) -> None:
+            data["services"]["web"]["rollout"] = policy
+        self.edit_spec(change)
+
+    def set_code(self, old: str, new: str) -> None:
+        """Change app.py (a bad release); `restore_code` puts the good one back."""
+        path = self.dir / "app.py"
+        self._good = getattr(self, "_good", None) or path.read_text()
+        assert old in self._good, old
+        path.write_text(self._good.replace(old, new, 1))
+
+    def restore_code(self) -> None:
+        if getattr(self, "_good", None):
+            (self.dir / "app.py").write_text(self._good)
+            self._good = None
 
     def set_message(self, message: str) -> None:
         path = self.dir / "app.py"

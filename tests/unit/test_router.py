@@ -20,6 +20,7 @@ from kiln.router.runtime import (
     parse_conns,
     parse_stat,
     remove_server,
+    set_weights,
 )
 from kiln.spec.loader import parse_spec
 from kiln.spec.resolve import resolve
@@ -276,3 +277,12 @@ def test_client_without_a_socket_raises_router_error(tmp_path):
         RuntimeClient(tmp_path / "missing.sock", timeout=1).ask("show info")
     assert "cannot reach HAProxy's admin socket" in info.value.message
     assert info.value.hint
+
+
+def test_set_weights_raises_before_it_lowers():
+    # Lowering the old set first would leave a moment with no weight at all: 503s.
+    assert set_weights("svc-web", {"a-old": 0, "b-new": 100, "c-new": 100}) == [
+        "set server svc-web/b-new weight 100",
+        "set server svc-web/c-new weight 100",
+        "set server svc-web/a-old weight 0",
+    ]

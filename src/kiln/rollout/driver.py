@@ -87,7 +87,9 @@ class Driver:
                 unavailable=count(policy.max_unavailable, replicas, round_up=False)))
             return ""
         if phase == "start":
-            # The whole new set beside the old one, at weight 0: no public traffic yet.
+            # The whole new set beside the old one, at weight 0: no public traffic yet. The preview
+            # port shows this release only.
+            self._clear_preview(keep=set(self._sets()[0]))
             self.ex.converge(self.target, self.target.desired(
                 weight=0, hold=True, preview=bool(self.target.cfg.preview_port and self.routed)))
             return ""
@@ -164,6 +166,7 @@ class Driver:
         new, old = self._sets()
         self.router.set_weights(canary_weights(new, old, 100))  # one request: all traffic moves at once
         faults.point("switched")
+        self._clear_preview(keep=set())  # the release is public now; the preview port waits for the next
         self.out.step(f"all traffic goes to v{self.target.release.number}")
         keep: frozenset[str] = frozenset()
         if policy.strategy == "blue-green" and policy.keep_old > 0 and old:
@@ -177,6 +180,11 @@ class Driver:
         return f"kept {len(keep)} old instance(s) idle" if keep else ""
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _clear_preview(self, keep: set[str]) -> None:
+        for name in self.router.servers(preview=True):
+            if name not in keep:
+                self.router.remove_preview(name)
 
     def _routed_replicas(self) -> int:
         svc = self.target.cfg.public_service or self.target.cfg.services[0]

@@ -48,7 +48,10 @@ def add_server(backend: str, server: str, address: str, port: int, inter_ms: int
 
 
 def set_weights(backend: str, weights: dict[str, int]) -> list[str]:
-    return [f"set server {backend}/{server} weight {weight}" for server, weight in sorted(weights.items())]
+    """Heaviest first: requests arriving between two commands must always find a server with
+    weight, so the servers taking traffic are raised before the others are lowered."""
+    order = sorted(weights.items(), key=lambda item: (-item[1], item[0]))
+    return [f"set server {backend}/{server} weight {weight}" for server, weight in order]
 
 
 def drain_server(backend: str, server: str) -> list[str]:

@@ -47,9 +47,10 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = No
     cfg = resolve(loaded.spec, env)
     policy = policy_for(loaded.spec, strategy)
     _check_policy(policy, cfg)
-    image = bake(ctx.docker, loaded, ctx.out, ctx.settings.home / "tmp")
-    router = prepare(ctx, cfg)
-    with hold(ctx.ledger, cfg.app, env, f"deploy {image.tag}"):
+    # Locked before the bake, so that a second deploy fails at once instead of after its build.
+    with hold(ctx.ledger, cfg.app, env, "deploy"):
+        image = bake(ctx.docker, loaded, ctx.out, ctx.settings.home / "tmp")
+        router = prepare(ctx, cfg)
         settle(ctx, router)
         current = ctx.ledger.current_release(cfg.app, env)
         config_digest = cfg.digest()
