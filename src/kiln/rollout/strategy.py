@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from kiln.router.runtime import FULL_WEIGHT
 from kiln.spec.models import Analysis, Rollout
 
+MAX_WEIGHT = 256  # HAProxy's largest server weight
 TRAFFIC_MOVED = "switch"  # from this phase on, an interrupted rollout is completed, not undone
 
 
@@ -62,14 +63,11 @@ def canary_weights(new: list[str], old: list[str], percent: int) -> dict[str, in
         return {**{n: FULL_WEIGHT for n in new}, **{o: 0 for o in old}}
     if not new or percent <= 0:
         return {**{n: 0 for n in new}, **{o: FULL_WEIGHT for o in old}}
-    # Solve len(new)*wn / (len(new)*wn + len(old)*wo) = percent/100 with the larger side at full.
-    if percent <= 50:
-        wo = FULL_WEIGHT
-        wn = FULL_WEIGHT * percent * len(old) / ((100 - percent) * len(new))
-    else:
-        wn = FULL_WEIGHT
-        wo = FULL_WEIGHT * (100 - percent) * len(new) / (percent * len(old))
-    wn_i, wo_i = max(1, min(256, round(wn))), max(1, min(256, round(wo)))
+    # Solve len(new)*wn / (len(new)*wn + len(old)*wo) = percent/100 for the ratio wn/wo, then put
+    # the larger side at HAProxy's maximum weight, 256, for the finest split.
+    ratio = percent * len(old) / ((100 - percent) * len(new))
+    wn, wo = (MAX_WEIGHT, MAX_WEIGHT / ratio) if ratio >= 1 else (MAX_WEIGHT * ratio, MAX_WEIGHT)
+    wn_i, wo_i = max(1, round(wn)), max(1, round(wo))
     return {**{n: wn_i for n in new}, **{o: wo_i for o in old}}
 
 
