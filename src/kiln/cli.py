@@ -324,7 +324,7 @@ def rollout_show(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOp
     chosen = next((r for r in rollouts if rollout_id is None or r.id == rollout_id), None)
     if chosen is None:
         raise UsageError(f"no rollout {rollout_id if rollout_id else ''} in {cfg.app}/{cfg.env}.".replace("  ", " "))
-    steps = ctx.ledger.steps(chosen.id)
+    steps = _with_durations(ctx.ledger.steps(chosen.id))
     doc = {**_rollout_doc(chosen), "steps": steps}
     if json:
         ctx.out.json(doc)
@@ -334,7 +334,26 @@ def rollout_show(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOp
     if chosen.reason:
         ctx.out.print(f"reason: {chosen.reason}")
     for s in steps:
-        ctx.out.print(f"  {s['at'][11:23]}  {s['action']:<12} {s['state']:<8} {s['target']}  {s['detail']}")
+        took = f"{s['seconds']:.2f}s" if s["seconds"] is not None else ""
+        ctx.out.print(f"  {s['at'][11:23]}  {s['action']:<12} {s['state']:<8} {took:>8}  {s['target']}  {s['detail']}")
+
+
+def _with_durations(steps: list[dict]) -> list[dict]:
+    """Each finished step gets `seconds`, measured from its matching `started` record."""
+    from datetime import datetime
+
+    began: dict[tuple[str, str], datetime] = {}
+    out = []
+    for s in steps:
+        at = datetime.fromisoformat(s["at"].rstrip("Z"))
+        key = (s["action"], s["target"])
+        seconds = None
+        if s["state"] == "started":
+            began[key] = at
+        elif key in began:
+            seconds = round((at - began.pop(key)).total_seconds(), 3)
+        out.append({**s, "seconds": seconds})
+    return out
 
 
 @app.command()

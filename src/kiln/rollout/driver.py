@@ -32,7 +32,7 @@ ANALYSIS_INTERVAL = 0.5  # seconds between two reads of HAProxy's statistics dur
 
 
 @dataclass
-class Plan:
+class Progress:
     """What the ledger keeps of a rollout so that any kiln process can carry it on."""
 
     phases: list[str]
@@ -43,36 +43,36 @@ class Plan:
         return {"phases": self.phases, "index": self.index, "policy": self.policy.model_dump(mode="json"), **extra}
 
     @classmethod
-    def from_data(cls, data: dict) -> Plan:
+    def from_data(cls, data: dict) -> Progress:
         return cls(list(data["phases"]), int(data["index"]), Policy.model_validate(data["policy"]))
 
 
 class Driver:
     def __init__(self, runtime: Runtime, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
-                 target: Target, previous: Target | None, executor: Executor) -> None:
+                 target: Target, executor: Executor) -> None:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
         self.rollout_id = rollout_id
-        self.target, self.previous = target, previous
+        self.target = target
         self.ex = executor
         svc = target.cfg.public_service
         self.routed = svc.name if svc else None
 
     # --- the phase loop -------------------------------------------------------------------
 
-    def run(self, plan: Plan) -> str:
-        """Run phases from plan.index on; returns "succeeded" or "paused" (awaiting promotion)."""
-        while plan.index < len(plan.phases):
-            phase = plan.phases[plan.index]
-            self.ledger.set_rollout_phase(self.rollout_id, phase, plan.data())
+    def run(self, progress: Progress) -> str:
+        """Run phases from progress.index on; returns "succeeded" or "paused" (awaiting promotion)."""
+        while progress.index < len(progress.phases):
+            phase = progress.phases[progress.index]
+            self.ledger.set_rollout_phase(self.rollout_id, phase, progress.data())
             if phase == "promotion":
                 self.out.done(f"v{self.target.release.number} is healthy and waits on {self.target.cfg.preview_url}; "
                               "`kiln promote` switches traffic to it, `kiln rollback` drops it")
                 return PAUSED
             self.ledger.record_step(self.rollout_id, "Phase", phase, "started")
-            detail = self._phase(phase, plan.policy)
+            detail = self._phase(phase, progress.policy)
             self.ledger.record_step(self.rollout_id, "Phase", phase, "done", detail)
-            plan.index += 1
-        self.ledger.set_rollout_phase(self.rollout_id, "done", plan.data())
+            progress.index += 1
+        self.ledger.set_rollout_phase(self.rollout_id, "done", progress.data())
         return SUCCEEDED
 
     def _phase(self, phase: str, policy: Policy) -> str:

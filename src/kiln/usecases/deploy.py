@@ -17,7 +17,7 @@ from kiln.bake.base import ensure_base
 from kiln.context import Context
 from kiln.errors import KilnError, RolloutError, UsageError
 from kiln.ledger.store import Release, Rollout
-from kiln.rollout.driver import PAUSED, Driver, Plan
+from kiln.rollout.driver import PAUSED, Driver, Progress
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.lock import hold
 from kiln.rollout.strategy import phases, resume_forward
@@ -118,9 +118,9 @@ def promote(ctx: Context, app: str, env: str) -> Outcome:
                              "A blue-green rollout with `promote: manual` waits after its smoke checks.")
         rollout = paused[-1]
         ctx.ledger.finish_rollout(rollout.id, "running")
-        plan = Plan.from_data(rollout.data)
-        plan.index += 1  # past "promotion"
-        return _continue(ctx, router_for(ctx, _config_of(ctx, rollout)), rollout, plan)
+        progress = Progress.from_data(rollout.data)
+        progress.index += 1  # past "promotion"
+        return _continue(ctx, router_for(ctx, _config_of(ctx, rollout)), rollout, progress)
 
 
 def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
@@ -154,13 +154,13 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
     for rollout in ctx.ledger.unfinished_rollouts(app, env):
         if rollout.state == PAUSED and not drop_paused:
             continue
-        plan = Plan.from_data(rollout.data) if rollout.data.get("phases") else None
-        forward = plan is not None and rollout.state != PAUSED and resume_forward(plan.phases, plan.index)
-        if forward and plan is not None:
+        progress = Progress.from_data(rollout.data) if rollout.data.get("phases") else None
+        forward = progress is not None and rollout.state != PAUSED and resume_forward(progress.phases, progress.index)
+        if forward and progress is not None:
             ctx.out.warn(f"rollout {rollout.id} to v{rollout.to_release} was interrupted in its "
-                         f"{plan.phases[plan.index] if plan.index < len(plan.phases) else 'last'} phase; completing it")
+                         f"{progress.phases[progress.index] if progress.index < len(progress.phases) else 'last'} phase; completing it")
             ctx.ledger.event(app, env, "rollout.resumed", f"rollout {rollout.id} to v{rollout.to_release}")
-            _continue(ctx, router, rollout, plan)
+            _continue(ctx, router, rollout, progress)
         else:
             why = "dropped: a new change came before its promotion" if rollout.state == PAUSED else \
                 "interrupted before its traffic switch; undone"
@@ -180,27 +180,26 @@ def roll_out(ctx: Context, router: Router, release: Release, previous: Release |
             return Outcome(release, changed=False)
     if previous is None and policy.strategy != "rolling":
         policy = policy.model_copy(update={"strategy": "rolling"})  # nothing serves yet: nothing to shield
-    plan = Plan(phases(policy, policy.before_traffic is not None, policy.after_traffic is not None), 0, policy)
+    progress = Progress(phases(policy, policy.before_traffic is not None, policy.after_traffic is not None), 0, policy)
     rollout = ctx.ledger.start_rollout(cfg.app, cfg.env, previous.number if previous else None,
-                                       release.number, policy.strategy, plan.data())
+                                       release.number, policy.strategy, progress.data())
     ctx.ledger.event(cfg.app, cfg.env, "rollout.started",
                      f"rollout {rollout.id} to v{release.number} ({policy.strategy})")
-    ctx.out.step(f"Rolling out v{release.number} ({policy.strategy}: {', '.join(plan.phases)})")
-    outcome = _continue(ctx, router, rollout, plan)
+    ctx.out.step(f"Rolling out v{release.number} ({policy.strategy}: {', '.join(progress.phases)})")
+    outcome = _continue(ctx, router, rollout, progress)
     return Outcome(outcome.release, changed=previous is None or previous.number != release.number, state=outcome.state)
 
 
-def _continue(ctx: Context, router: Router, rollout: Rollout, plan: Plan) -> Outcome:
-    """Run `rollout` from plan.index to its end; abort it (converging back) when it fails."""
+def _continue(ctx: Context, router: Router, rollout: Rollout, progress: Progress) -> Outcome:
+    """Run `rollout` from progress.index to its end; abort it (converging back) when it fails."""
     app, env = router.cfg.app, router.cfg.env
     release = _release(ctx, rollout.to_release, app, env)
     previous = _release(ctx, rollout.from_release, app, env) if rollout.from_release else None
     assert release is not None
     executor = _executor(ctx, router, rollout.id, rollout)
-    driver = Driver(ctx.docker, router, ctx.ledger, ctx.out, rollout.id, Target.of(release),
-                    Target.of(previous) if previous else None, executor)
+    driver = Driver(ctx.docker, router, ctx.ledger, ctx.out, rollout.id, Target.of(release), executor)
     try:
-        state = driver.run(plan)
+        state = driver.run(progress)
     except (KilnError, KeyboardInterrupt) as exc:
         reason = exc.message if isinstance(exc, KilnError) else "interrupted"
         ctx.out.warn(f"Aborting the rollout to v{release.number}: {reason}")
