@@ -135,6 +135,8 @@ def test_blue_green_manual_promotion_then_instant_rollback(bg_app: App, engine: 
     st = app.kiln_json("status")  # the old set is kept running, idle, for a fast rollback
     assert sorted((i["release"], i["health"]) for i in st["instances"]) == [
         (serving, "idle"), (serving, "idle"), (number, "healthy"), (number, "healthy")]
+    assert app.kiln_json("deploy")["changed"] is False  # the idle set is kept, not "repaired" away
+    assert len(app.kiln_json("status")["instances"]) == 4
 
     load = Wrk(app.url(), seconds=6)
     time.sleep(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from kiln import faults, probe
@@ -38,13 +38,15 @@ class Progress:
     phases: list[str]
     index: int
     policy: Policy
+    extra: dict[str, object] = field(default_factory=dict)  # e.g. the idle old set blue-green keeps
 
-    def data(self, **extra: object) -> dict[str, object]:
-        return {"phases": self.phases, "index": self.index, "policy": self.policy.model_dump(mode="json"), **extra}
+    def data(self) -> dict[str, object]:
+        return {**self.extra, "phases": self.phases, "index": self.index, "policy": self.policy.model_dump(mode="json")}
 
     @classmethod
     def from_data(cls, data: dict) -> Progress:
-        return cls(list(data["phases"]), int(data["index"]), Policy.model_validate(data["policy"]))
+        extra = {k: v for k, v in data.items() if k not in ("phases", "index", "policy")}
+        return cls(list(data["phases"]), int(data["index"]), Policy.model_validate(data["policy"]), extra)
 
 
 class Driver:
@@ -69,13 +71,14 @@ class Driver:
                               "`kiln promote` switches traffic to it, `kiln rollback` drops it")
                 return PAUSED
             self.ledger.record_step(self.rollout_id, "Phase", phase, "started")
-            detail = self._phase(phase, progress.policy)
+            detail = self._phase(phase, progress)
             self.ledger.record_step(self.rollout_id, "Phase", phase, "done", detail)
             progress.index += 1
         self.ledger.set_rollout_phase(self.rollout_id, "done", progress.data())
         return SUCCEEDED
 
-    def _phase(self, phase: str, policy: Policy) -> str:
+    def _phase(self, phase: str, progress: Progress) -> str:
+        policy = progress.policy
         if phase in ("before_traffic", "after_traffic"):
             argv = policy.before_traffic if phase == "before_traffic" else policy.after_traffic
             assert argv is not None
@@ -99,7 +102,7 @@ class Driver:
             step = policy.steps[int(phase.split(":")[1])]
             return self._canary_step(step.weight, step.pause, policy)
         if phase == "switch":
-            return self._switch(policy)
+            return self._switch(progress)
         raise AssertionError(phase)
 
     # --- phases -------------------------------------------------------------------------------
@@ -162,7 +165,8 @@ class Driver:
         self.out.step("canary analysis passed: " + summary)
         return summary
 
-    def _switch(self, policy: Policy) -> str:
+    def _switch(self, progress: Progress) -> str:
+        policy = progress.policy
         new, old = self._sets()
         self.router.set_weights(canary_weights(new, old, 100))  # one request: all traffic moves at once
         faults.point("switched")
@@ -171,9 +175,8 @@ class Driver:
         keep: frozenset[str] = frozenset()
         if policy.strategy == "blue-green" and policy.keep_old > 0 and old:
             keep = frozenset(old)
-            until = datetime.now(UTC).timestamp() + policy.keep_old
-            self.ledger.set_rollout_phase(self.rollout_id, "switch", {
-                **(self.ledger.rollout(self.rollout_id).data or {}), "kept": sorted(keep), "keep_until": until})
+            progress.extra.update(kept=sorted(keep), keep_until=datetime.now(UTC).timestamp() + policy.keep_old)
+            self.ledger.set_rollout_phase(self.rollout_id, "switch", progress.data())
             self.out.step(f"the old set stays running, idle, for {policy.keep_old:g}s so that `kiln rollback` is instant")
         # Old instances now take no traffic: retiring them only waits for their in-flight requests.
         self.ex.converge(self.target, self.target.desired(keep=keep))
