@@ -151,6 +151,10 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
     their kiln is gone). Past the traffic switch they are completed; before it, undone. A
     blue-green release waiting for promotion is dropped when a new change comes."""
     app, env = router.cfg.app, router.cfg.env
+    # A hook container outlives only a killed kiln (run_once removes it otherwise): an orphan.
+    for hook in ctx.docker.containers({"kiln.app": app, "kiln.env": env, "kiln.role": "hook"}):
+        ctx.out.warn(f"removing {hook.name}, a hook container left by an interrupted rollout")
+        ctx.docker.remove(hook.name)
     for rollout in ctx.ledger.unfinished_rollouts(app, env):
         if rollout.state == PAUSED and not drop_paused:
             continue
