@@ -3,6 +3,7 @@ Boundaries open on first use, so `kiln validate` needs neither Docker nor a data
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # imported on first use: SQLAlchemy and the Docker SDK cost ~
 class Context:
     settings: Settings
     out: Output
+    lost_lock: threading.Event | None = None  # set when the environment lock this command holds is lost
     _docker: DockerProvider | None = field(default=None, repr=False)
     _ledger: Ledger | None = field(default=None, repr=False)
 

@@ -10,7 +10,8 @@
     ├── LedgerError              the ledger database cannot be opened or migrated
     ├── RouterError              HAProxy's runtime API refused a command
     ├── RolloutError             a rollout was aborted; the previous release keeps serving
-    └── LockHeld                 another kiln process holds the environment's lock
+    ├── LockHeld                 another kiln process holds the environment's lock
+    └── LockLost                 this process lost the lock mid-change (its lease ran out)
 
 The CLI catches KilnError, prints `message` (and `hint`), and exits with `exit_code`;
 anything else is a bug and keeps its traceback.
@@ -104,3 +105,8 @@ class LockHeld(KilnError):
             f"{lock.app}/{lock.env} is locked by {lock.holder}{why} since {since}, heartbeat {beat}s ago.",
             f"Wait for it to finish, or if that process is gone: `kiln lock release --force -e {lock.env}` "
             f"(or wait for the lease of {lock.lease_seconds:g}s to expire).")
+
+
+class LockLost(KilnError):
+    """The lock was taken over or force-released while this process changed the environment.
+    The process stops at once without touching anything more: the new holder settles the rollout."""

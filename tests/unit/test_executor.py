@@ -125,3 +125,18 @@ def test_an_instance_that_died_earlier_is_replaced_not_fatal(world):
     assert victim not in runtime.specs and victim not in router.added
     assert len([n for n in router.added if runtime.healthy(n)]) == 2
     assert ex.converged(Target.of(v1))
+
+
+def test_a_lost_lock_stops_the_executor_before_it_acts(world):
+    import threading
+
+    from kiln.errors import LockLost
+
+    runtime, router, ledger, release, _ = world
+    lost = threading.Event()
+    lost.set()
+    rollout = ledger.start_rollout("shop", "prod", None, 1, "rolling")
+    ex = Executor(runtime, router, ledger, Output(quiet=True), rollout.id, lost_lock=lost)
+    with pytest.raises(LockLost, match="lost the environment's lock"):
+        ex.converge(Target.of(release("sha256:1")))
+    assert not runtime.specs and not router.added  # nothing was started or routed

@@ -5,13 +5,14 @@ starts and again when it ends, so a rollout can be read back (and, later, resume
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kiln import faults, probe
-from kiln.errors import RolloutError
+from kiln.errors import LockLost, RolloutError
 from kiln.ledger.store import Ledger, Release
 from kiln.output import Output
 from kiln.providers.base import ContainerFacts, Runtime
@@ -56,10 +57,12 @@ class Target:
 
 class Executor:
     def __init__(self, runtime: Runtime, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
-                 probe: Callable[[ServiceConfig, ContainerFacts], bool] | None = None) -> None:
+                 probe: Callable[[ServiceConfig, ContainerFacts], bool] | None = None,
+                 lost_lock: threading.Event | None = None) -> None:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
         self.probe = probe or health_check
         self.rollout_id = rollout_id
+        self.lost_lock = lost_lock
         self.targets: dict[int, Target] = {}
         self.started: set[str] = set()  # instances this executor created
         self.goal: Target | None = None  # what converge() is working toward
@@ -108,6 +111,10 @@ class Executor:
         desired = desired or target.desired()
         budget = 4 * (sum(desired.replicas.values()) + len(self.containers())) + 8
         for _ in range(budget):
+            if self.lost_lock is not None and self.lost_lock.is_set():
+                raise LockLost("this kiln lost the environment's lock mid-rollout (its lease ran out or it was "
+                               "force-released) and stopped without touching anything more.",
+                               "The new holder completes or undoes the rollout; `kiln lock status` shows who.")
             facts = self.observe()
             if strict:
                 for i in facts:

@@ -9,13 +9,15 @@ is touched before the new instances are healthy."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kiln.bake.baker import bake
 from kiln.bake.base import ensure_base
 from kiln.context import Context
-from kiln.errors import KilnError, RolloutError, UsageError
+from kiln.errors import KilnError, LockLost, RolloutError, UsageError
 from kiln.ledger.store import Release, Rollout
 from kiln.rollout.driver import PAUSED, Driver, Progress
 from kiln.rollout.executor import Executor, Target
@@ -48,7 +50,7 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = No
     policy = policy_for(loaded.spec, strategy)
     _check_policy(policy, cfg)
     # Locked before the bake, so that a second deploy fails at once instead of after its build.
-    with hold(ctx.ledger, cfg.app, env, "deploy"):
+    with _locked(ctx, cfg.app, env, "deploy"):
         image = bake(ctx.docker, loaded, ctx.out, ctx.settings.home / "tmp")
         router = prepare(ctx, cfg)
         settle(ctx, router)
@@ -73,7 +75,7 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
     app = spec.app
     # A rollback is urgent and goes onto a release that served: it rolls, unless told otherwise.
     policy = policy_for(spec, strategy or "rolling")
-    with hold(ctx.ledger, app, env, "rollback"):
+    with _locked(ctx, app, env, "rollback"):
         unfinished = ctx.ledger.unfinished_rollouts(app, env)
         if unfinished:
             settle(ctx, router_for(ctx, _config_of(ctx, unfinished[-1])))
@@ -111,7 +113,7 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
 
 def promote(ctx: Context, app: str, env: str) -> Outcome:
     """Switch traffic to the blue-green release waiting on the preview port."""
-    with hold(ctx.ledger, app, env, "promote"):
+    with _locked(ctx, app, env, "promote"):
         paused = [r for r in ctx.ledger.unfinished_rollouts(app, env) if r.state == PAUSED]
         if not paused:
             raise UsageError(f"no release of {app}/{env} waits for promotion.",
@@ -125,11 +127,21 @@ def promote(ctx: Context, app: str, env: str) -> Outcome:
 
 def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
     """`kiln rollout resume`: settle what a killed kiln left unfinished."""
-    with hold(ctx.ledger, app, env, "resume"):
+    with _locked(ctx, app, env, "resume"):
         unfinished = [r for r in ctx.ledger.unfinished_rollouts(app, env) if r.state != PAUSED]
         if unfinished:
             settle(ctx, router_for(ctx, _config_of(ctx, unfinished[-1])), drop_paused=False)
         return [r for r in (ctx.ledger.rollout(u.id) for u in unfinished) if r]
+
+
+@contextmanager
+def _locked(ctx: Context, app: str, env: str, reason: str) -> Iterator[None]:
+    with hold(ctx.ledger, app, env, reason) as held:
+        ctx.lost_lock = held.lost
+        try:
+            yield
+        finally:
+            ctx.lost_lock = None
 
 
 def router_for(ctx: Context, cfg: EnvConfig) -> Router:
@@ -204,6 +216,8 @@ def _continue(ctx: Context, router: Router, rollout: Rollout, progress: Progress
     driver = Driver(ctx.docker, router, ctx.ledger, ctx.out, rollout.id, Target.of(release), executor)
     try:
         state = driver.run(progress)
+    except LockLost:
+        raise  # someone else owns the environment now; touching it more would race them
     except (KilnError, KeyboardInterrupt) as exc:
         reason = exc.message if isinstance(exc, KilnError) else "interrupted"
         ctx.out.warn(f"Aborting the rollout to v{release.number}: {reason}")
@@ -234,7 +248,7 @@ def kept(ctx: Context, app: str, env: str) -> frozenset[str]:
 
 
 def _executor(ctx: Context, router: Router, rollout_id: int, rollout: Rollout) -> Executor:
-    executor = Executor(ctx.docker, router, ctx.ledger, ctx.out, rollout_id)
+    executor = Executor(ctx.docker, router, ctx.ledger, ctx.out, rollout_id, lost_lock=ctx.lost_lock)
     for number in (rollout.from_release, rollout.to_release):
         release = _release(ctx, number, router.cfg.app, router.cfg.env)
         if release:
