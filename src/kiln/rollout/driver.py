@@ -84,7 +84,7 @@ class Driver:
             assert argv is not None
             return self._hook(phase, argv, policy.hook_timeout)
         if phase == "roll":
-            replicas = self._routed_replicas()
+            replicas = self.target.cfg.lead_service.replicas
             self.ex.converge(self.target, self.target.desired(
                 surge=count(policy.max_surge, replicas, round_up=True),
                 unavailable=count(policy.max_unavailable, replicas, round_up=False)))
@@ -108,7 +108,7 @@ class Driver:
     # --- phases -------------------------------------------------------------------------------
 
     def _hook(self, phase: str, argv: tuple[str, ...], timeout: float) -> str:
-        svc = self.target.cfg.public_service or self.target.cfg.services[0]
+        svc = self.target.cfg.lead_service
         number = self.target.release.number
         name = f"kiln-{self.target.cfg.app}-{self.target.cfg.env}-{phase.replace('_', '-')}-v{number}-{secrets.token_hex(3)}"
         spec = instance_spec(self.target.cfg, svc.model_copy(update={"command": argv}), number,
@@ -188,10 +188,6 @@ class Driver:
         for name in self.router.servers(preview=True):
             if name not in keep:
                 self.router.remove_preview(name)
-
-    def _routed_replicas(self) -> int:
-        svc = self.target.cfg.public_service or self.target.cfg.services[0]
-        return svc.replicas
 
     def _sets(self) -> tuple[list[str], list[str]]:
         """Router servers of the new release and of everything else (the baseline)."""

@@ -63,6 +63,11 @@ class EnvConfig(Resolved):
         return next((s for s in self.services if s.public), None)
 
     @property
+    def lead_service(self) -> ServiceConfig:
+        """The service a rollout's policy and hooks belong to: the public one, else the first."""
+        return self.public_service or self.services[0]
+
+    @property
     def url(self) -> str:
         return self._url(self.port)
 
