@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 
 import pytest
 
@@ -122,6 +123,14 @@ def test_list_context_skips_symlinks(tmp_path):
     _write(tmp_path, "real.txt")
     os.symlink(tmp_path / "real.txt", tmp_path / "link.txt")
     assert list_context(tmp_path, []) == ["real.txt"]
+
+
+def test_list_context_skips_sockets_and_fifos(tmp_path):
+    _write(tmp_path, "real.txt")
+    os.mkfifo(tmp_path / "pipe")
+    with socket.socket(socket.AF_UNIX) as sock:  # e.g. a router's admin socket under KILN_HOME
+        sock.bind(str(tmp_path / "admin.sock"))
+        assert list_context(tmp_path, []) == ["real.txt"]
 
 
 def test_hash_context_records_path_mode_and_content(tmp_path):

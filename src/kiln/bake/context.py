@@ -91,7 +91,10 @@ def list_context(root: Path, patterns: list[str]) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if (rel_dir + d) not in ALWAYS_IGNORED)
         for name in filenames:
             rel = rel_dir + name
-            if not is_ignored(rel, patterns) and not os.path.islink(os.path.join(dirpath, name)):
+            full = os.path.join(dirpath, name)
+            # Only regular files are baked: not symlinks, and not sockets or FIFOs (which cannot be
+            # read, e.g. a router's admin socket when KILN_HOME lies inside the context).
+            if not is_ignored(rel, patterns) and not os.path.islink(full) and os.path.isfile(full):
                 files.append(rel)
     return sorted(files)
 
