@@ -232,6 +232,12 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
         ctx.out.print(f"[yellow]rollout {w['rollout']} to v{w['release']} is {w['state']} ({w['phase']}):[/] {hint}")
     for svc, relax in st["relaxations"].items():
         ctx.out.print(f"[yellow]hardening relaxed for {svc}:[/] {', '.join(relax)}")
+    agent = st["agent"]
+    if agent["halted"]:
+        ctx.out.print(f"[bold red]self-healing halted[/] by the meltdown guard since {agent['halted']['at'][:19]}Z: "
+                      f"{agent['halted']['why']}")
+    ctx.out.print(f"agent: {agent['leader']} watches it" if agent["leader"] else
+                  "agent: none running (failed instances are not replaced; start `kiln agent`)")
 
 
 @app.command()
@@ -370,6 +376,111 @@ def destroy(
     ctx = _ctx()
     count = do_destroy(ctx, loaded.spec.app, env_name)
     ctx.out.done(f"destroyed {loaded.spec.app}/{env_name} ({count} containers); its history stays in the ledger")
+
+
+@app.command()
+def agent(
+    file: SpecFile = DEFAULT_SPEC,
+    env: Annotated[Optional[list[str]], typer.Option(
+        "--env", "-e", help="Environment to watch; repeat for several (default: every environment in kiln.yaml).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Run one reconcile pass over each environment and exit.")] = False,
+) -> None:
+    """Keep environments exactly at their current release, until stopped (SIGTERM or Ctrl-C).
+
+    Instances that exit, are killed or OOM-killed, or turn unhealthy leave the router at once and
+    are replaced from the same release. Tainted instances (files changed outside the declared
+    writable paths, a `docker exec`, an image, env or label other than their release's) are
+    replaced by a fresh one, or only reported: environments.NAME.agent.drift. If more instances
+    fail within a window than environments.NAME.agent.meltdown allows, replacing stops and
+    `kiln status` says so. Every action is an event (`kiln events`). One agent leads each
+    environment (a lease in the ledger); others stand by. Deploys wait for a pass in progress."""
+    import signal
+
+    from kiln.agent.loop import Agent
+    from kiln.spec.resolve import pick_env
+
+    loaded = _load(file)
+    names = [pick_env(loaded.spec, e) for e in env] if env else list(loaded.spec.environments)
+    ctx = _ctx()
+    agent_ = Agent(ctx, loaded.spec.app, {n: loaded.spec.environments[n].agent for n in names})
+    signal.signal(signal.SIGTERM, lambda *_: agent_.stop())
+    if not once:
+        ctx.out.step(f"kiln agent: watching {', '.join(f'{loaded.spec.app}/{n}' for n in names)} (Ctrl-C stops)")
+    try:
+        agent_.run(once=once)
+    except KeyboardInterrupt:
+        pass  # run() released the leases on its way out
+    if not once:
+        ctx.out.done("kiln agent stopped; its leases are released")
+
+
+@app.command()
+def drift(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
+    """List tainted instances and why (exit code 1 when there are any).
+
+    An instance is tainted when its files differ from its image outside the declared writable
+    paths (`docker diff`), someone ran `docker exec` in it, or its image, environment, labels or
+    hardening differ from its release. `kiln agent` replaces tainted instances (or only reports
+    them, per environments.NAME.agent.drift)."""
+    from rich.markup import escape
+
+    from kiln.usecases.drift import report
+
+    _, cfg = _env_config(file, env)
+    ctx = _ctx()
+    found = report(ctx, cfg.app, cfg.env)
+    if json:
+        ctx.out.json(found)
+    elif not found:
+        ctx.out.done(f"no instance of {cfg.app}/{cfg.env} has drifted from its release")
+    else:
+        for item in found:
+            ctx.out.print(f"[bold yellow]{item['instance']}[/] ({item['service']}, v{item['release']}) is tainted:")
+            for reason in item["reasons"]:
+                ctx.out.print(f"  - {escape(reason)}")
+    if found:
+        raise typer.Exit(1)
+
+
+@app.command()
+def events(
+    file: SpecFile = DEFAULT_SPEC,
+    env: Annotated[Optional[str], typer.Option("--env", "-e", help="Only this environment (default: all of the app's).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new events as they come (Ctrl-C stops).")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many of the newest events to show first.")] = 50,
+    json: JsonOpt = False,
+) -> None:
+    """Show what happened to the app's environments: rollouts, failures, replacements, drift.
+
+    With --json, one JSON object per line (also with --follow)."""
+    import json as jsonlib
+
+    from rich.markup import escape
+
+    from kiln.spec.resolve import pick_env
+
+    loaded = _load(file)
+    env_name = pick_env(loaded.spec, env) if env else None
+    ctx = _ctx()
+
+    def show(batch: list[dict]) -> None:
+        for e in batch:
+            if json:
+                print(jsonlib.dumps({"app": loaded.spec.app, **e}), flush=True)
+            else:
+                ctx.out.print(f"{e['at'][:19].replace('T', ' ')}  {e['env']:<12} {e['kind']:<18} {escape(e['message'])}")
+
+    batch = ctx.ledger.events(loaded.spec.app, env_name, limit=limit)
+    show(batch)
+    last = batch[-1]["id"] if batch else 0
+    try:
+        while follow:
+            time.sleep(0.5)
+            batch = ctx.ledger.events(loaded.spec.app, env_name, after=last, limit=None)
+            show(batch)
+            last = batch[-1]["id"] if batch else last
+    except KeyboardInterrupt:
+        pass
 
 
 @lock_app.command("status")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from kiln.ledger.store import MIGRATIONS, SCHEMA_HEAD, Ledger
+from kiln.ledger.store import MIGRATIONS, SCHEMA_HEAD, Ledger, now
 
 
 @pytest.fixture
@@ -138,13 +138,24 @@ def test_steps_are_recorded_in_order(ledger):
     assert [s["target"] for s in ledger.steps(r2.id)] == ["web-9"]
 
 
-def test_events_newest_first(ledger):
+def test_events_oldest_first_with_the_newest_limit(ledger):
     ledger.event("shop", "production", "deploy", "v1 serving")
     ledger.event("shop", "production", "abort", "v2 aborted")
     ledger.event("shop", "staging", "deploy", "other env")
     events = ledger.events("shop", "production")
-    assert [(e["kind"], e["message"]) for e in events] == [("abort", "v2 aborted"), ("deploy", "v1 serving")]
+    assert [(e["kind"], e["message"]) for e in events] == [("deploy", "v1 serving"), ("abort", "v2 aborted")]
     assert [e["kind"] for e in ledger.events("shop", "production", limit=1)] == ["abort"]
+    assert [e["env"] for e in ledger.events("shop")] == ["production", "production", "staging"]
+
+
+def test_events_after_an_id_since_a_time_and_of_some_kinds(ledger):
+    ledger.event("shop", "prod", "instance.failed", "a")
+    first = ledger.events("shop", "prod")[-1]["id"]
+    ledger.event("shop", "prod", "instance.replaced", "b")
+    ledger.event("shop", "prod", "instance.failed", "c")
+    assert [e["message"] for e in ledger.events("shop", "prod", after=first, limit=None)] == ["b", "c"]
+    assert [e["message"] for e in ledger.events("shop", "prod", kinds=("instance.failed",))] == ["a", "c"]
+    assert ledger.events("shop", "prod", since=now() + timedelta(seconds=5)) == []
 
 
 def test_reopening_an_existing_ledger(tmp_path):

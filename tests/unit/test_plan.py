@@ -232,22 +232,38 @@ def test_service_dropped_from_the_spec_is_retired():
 # --- dead instances -------------------------------------------------------------------------------------
 
 
-def test_dead_instances_are_removed_first():
+def test_dead_instances_are_removed_first_while_replacements_start():
     facts = [serving("a", 1), dead("b", 1, in_router=True), dead("c", 1), starting("n", 2)]
     steps = plan(desired(2, web=2), facts)
-    assert steps[0] == [(Unroute("b"), Remove("b")), (Remove("c"),)]
+    assert steps[0] == [(Unroute("b"), Remove("b")), (Remove("c"),), (Start(WEB, 2),)]
     assert steps[1] == [(AwaitHealthy("n"), Route("n"))]
 
 
-def test_dead_instance_is_replaced():
+def test_dead_instance_is_replaced_in_one_step():
     facts = [serving("a", 1), dead("b", 1)]
-    assert plan(desired(1, web=2), facts) == [[(Remove("b"),)], [(Start(WEB, 1),)]]
+    assert plan(desired(1, web=2), facts) == [[(Remove("b"),), (Start(WEB, 1),)]]
 
 
 def test_dead_instance_never_counts_as_serving():
     facts = [dead("a", 2, in_router=True), serving("old", 1)]
     steps = plan(desired(2, web=1), facts)
-    assert steps == [[(Unroute("a"), Remove("a"))], [(Start(WEB, 2),)]]  # the old one stays for now
+    assert steps == [[(Unroute("a"), Remove("a")), (Start(WEB, 2),)]]  # the old one stays for now
+
+
+# --- tainted instances (drift) ----------------------------------------------------------------------
+
+
+def test_tainted_instance_is_replaced_before_it_is_retired():
+    facts = [serving("a", 1), Instance("b", WEB, 1, True, True, in_router=True, weight=FULL, tainted=True)]
+    assert plan(desired(1, web=2), facts) == [[(Start(WEB, 1),)]]
+    fresh = facts + [serving("c", 1)]
+    assert plan(desired(1, web=2), fresh) == [[(Unroute("b"), Remove("b"))]]
+
+
+def test_tainted_instance_is_replaced_even_while_other_releases_are_held():
+    tainted = Instance("b", WEB, 1, True, True, in_router=True, weight=FULL, tainted=True)
+    steps = plan(Desired(2, {WEB: 1}, WEB, hold=True), [serving("a", 1), tainted, serving("n", 2)])
+    assert steps == [[(Unroute("b"), Remove("b"))]]
 
 
 # --- convergence and abort ----------------------------------------------------------------------------

@@ -353,11 +353,21 @@ class Ledger:
         with self.session() as s, s.begin():
             s.add(EventRow(app=app, env=env, kind=kind, message=message, at=now()))
 
-    def events(self, app: str, env: str, limit: int = 50) -> list[dict[str, Any]]:
+    def events(self, app: str, env: str | None = None, *, limit: int | None = 50, after: int = 0,
+               since: datetime | None = None, kinds: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """app's events (of one env, if given), oldest first: the newest `limit`, or all those after
+        event id `after` (for following), or since a time, optionally of some kinds only."""
+        q = select(EventRow).where(EventRow.app == app, EventRow.id > after)
+        if env is not None:
+            q = q.where(EventRow.env == env)
+        if since is not None:
+            q = q.where(EventRow.at >= since)
+        if kinds:
+            q = q.where(EventRow.kind.in_(kinds))
         with self.session() as s:
-            q = (select(EventRow).where(EventRow.app == app, EventRow.env == env)
-                 .order_by(EventRow.id.desc()).limit(limit))
-            return [{"kind": r.kind, "message": r.message, "at": r.at.isoformat() + "Z"} for r in s.scalars(q)]
+            rows = list(s.scalars(q.order_by(EventRow.id.desc()).limit(limit)))
+        return [{"id": r.id, "env": r.env, "kind": r.kind, "message": r.message, "at": r.at.isoformat() + "Z"}
+                for r in reversed(rows)]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -5,7 +5,7 @@ provider runs containers on networks. The Docker provider has both."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -58,8 +58,38 @@ class ContainerFacts:
         return self.labels.get(LABEL_PREFIX + key)
 
 
+@dataclass(frozen=True)
+class ContainerDetails:
+    """What drift detection and the hardening checks read from one container's configuration."""
+
+    env: dict[str, str]
+    read_only: bool
+    cap_drop: tuple[str, ...]
+    cap_add: tuple[str, ...]
+    security_opt: tuple[str, ...]
+    user: str
+    privileged: bool
+    tmpfs: tuple[str, ...]  # paths mounted as tmpfs
+    mounts: tuple[str, ...]  # other mounts, as "source:destination"
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """One container event from the engine: die, oom, exec_start, health_status…"""
+
+    action: str  # the verb without its detail: "exec_start: sh -c x" is exec_start
+    detail: str  # "sh -c x" for exec_start, "healthy" for health_status
+    name: str
+    labels: dict[str, str]
+    at: float  # epoch seconds
+
+    def label(self, key: str) -> str | None:
+        return self.labels.get(LABEL_PREFIX + key)
+
+
 class Images(Protocol):
     def image_id(self, ref: str) -> str | None: ...
+    def image_env(self, image: str) -> dict[str, str]: ...
     def find_image(self, tag: str, labels: dict[str, str]) -> str | None: ...
     def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str: ...
     def build(self, context: BinaryIO, dockerfile: str, tag: str, args: dict[str, str],
@@ -76,3 +106,7 @@ class Runtime(Protocol):
     def stop(self, name: str, grace: float) -> None: ...
     def remove(self, name: str) -> None: ...
     def run_once(self, spec: ContainerSpec, timeout: float) -> tuple[int | None, str]: ...
+    def details(self, name: str) -> ContainerDetails | None: ...
+    def changes(self, name: str) -> list[str]: ...
+    def events(self, labels: dict[str, str], since: float | None = None,
+               until: float | None = None) -> Iterator[EngineEvent]: ...

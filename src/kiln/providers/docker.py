@@ -16,7 +16,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from requests.exceptions import RequestException
 
 from kiln.errors import BuildError, EngineError, PortInUse
-from kiln.providers.base import ContainerFacts, ContainerSpec
+from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec, EngineEvent
 
 _NS = 1_000_000_000
 
@@ -66,6 +66,12 @@ class DockerProvider:
             return None
         except DockerException as exc:
             raise EngineError(f"looking up image {ref}: {_short(exc)}") from None
+
+    def image_env(self, image: str) -> dict[str, str]:
+        """The environment an image gives every container (the engine merges it into theirs)."""
+        with _engine(f"inspecting image {image[:19]}"):
+            config = self.api.inspect_image(image).get("Config") or {}
+        return _env(config.get("Env"))
 
     def find_image(self, tag: str, labels: dict[str, str]) -> str | None:
         """The image tagged `tag`, if it carries `labels` (children inherit labels, tags not)."""
@@ -204,6 +210,61 @@ class DockerProvider:
             return code, self.logs(spec.name, tail=200)
         finally:
             self.remove(spec.name)
+
+    def details(self, name: str) -> ContainerDetails | None:
+        try:
+            attrs = self.api.inspect_container(name)
+        except NotFound:
+            return None
+        except DockerException as exc:
+            raise EngineError(f"inspecting container {name}: {_short(exc)}") from None
+        host, config = attrs.get("HostConfig") or {}, attrs.get("Config") or {}
+        return ContainerDetails(
+            env=_env(config.get("Env")),
+            read_only=bool(host.get("ReadonlyRootfs")),
+            cap_drop=tuple(host.get("CapDrop") or ()),
+            cap_add=tuple(host.get("CapAdd") or ()),
+            security_opt=tuple(host.get("SecurityOpt") or ()),
+            user=config.get("User") or "",
+            privileged=bool(host.get("Privileged")),
+            tmpfs=tuple(sorted(host.get("Tmpfs") or {})),
+            mounts=tuple(f"{m.get('Source', '')}:{m.get('Destination', '')}" for m in attrs.get("Mounts") or ()),
+        )
+
+    def changes(self, name: str) -> list[str]:
+        """`docker diff`: paths changed in the container's writable layer, as "A /path" (added),
+        "C /path" (changed) or "D /path" (deleted)."""
+        try:
+            found = self.api.diff(name) or []
+        except NotFound:
+            return []
+        except DockerException as exc:
+            raise EngineError(f"reading the changes of {name}: {_short(exc)}") from None
+        return [f"{'CAD'[c['Kind']]} {c['Path']}" for c in found]
+
+    def events(self, labels: dict[str, str], since: float | None = None,
+               until: float | None = None) -> Iterator[EngineEvent]:
+        """Container events of containers with `labels`; without `until`, a stream that lasts until
+        the engine goes away (then EngineError)."""
+        filters = {"type": "container", "label": [f"{k}={v}" for k, v in labels.items()]}
+        with _engine("watching engine events"):
+            for raw in self.api.events(since=_stamp(since), until=_stamp(until), filters=filters, decode=True):
+                action, _, detail = (raw.get("Action") or raw.get("status") or "").partition(":")
+                attrs = dict((raw.get("Actor") or {}).get("Attributes") or {})
+                yield EngineEvent(action.strip(), detail.strip(), attrs.pop("name", ""), attrs,
+                                  raw.get("timeNano", 0) / _NS or float(raw.get("time", 0)))
+
+
+def _stamp(at: float | None) -> str | None:
+    """The engine's timestamp format: seconds, then nanoseconds as 9 digits."""
+    if at is None:
+        return None
+    ns = round(at * _NS)
+    return f"{ns // _NS}.{ns % _NS:09d}"
+
+
+def _env(pairs: list[str] | None) -> dict[str, str]:
+    return dict(p.partition("=")[::2] for p in pairs or ())
 
 
 def _facts(attrs: dict) -> ContainerFacts:

@@ -1,7 +1,8 @@
 """Runs plans: observe facts, plan, run the first step, repeat until the plan is empty.
 
-The only rollout code with side effects. Every action is written to the ledger before it
-starts and again when it ends, so a rollout can be read back (and, later, resumed)."""
+The only rollout code with side effects. Every action is written to a journal before it
+starts and again when it ends: a rollout's steps in the ledger (so it can be read back and
+resumed), or, for the agent, the environment's events."""
 
 from __future__ import annotations
 
@@ -55,17 +56,24 @@ class Target:
                        svc.name if svc else None, **shape)  # type: ignore[arg-type]
 
 
+# (action, instance, state, detail): state is started, done or failed
+Journal = Callable[[str, str, str, str], None]
+
+
 class Executor:
     def __init__(self, runtime: Runtime, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
                  probe: Callable[[ServiceConfig, ContainerFacts], bool] | None = None,
-                 lost_lock: threading.Event | None = None) -> None:
+                 lost_lock: threading.Event | None = None, journal: Journal | None = None) -> None:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
         self.probe = probe or health_check
         self.rollout_id = rollout_id
+        self.journal: Journal = journal or (lambda *entry: ledger.record_step(rollout_id, *entry))
         self.lost_lock = lost_lock
         self.targets: dict[int, Target] = {}
         self.started: set[str] = set()  # instances this executor created
         self.goal: Target | None = None  # what converge() is working toward
+        self.failed: set[str] = set()  # running but judged failed (unhealthy): retired like dead ones
+        self.tainted: set[str] = set()  # drifted from their release: replaced, then retired
         cfg = router.cfg
         self.selector = {"kiln.app": cfg.app, "kiln.env": cfg.env, "kiln.role": "instance"}
         self.routed = cfg.public_service.name if cfg.public_service else None
@@ -89,8 +97,9 @@ class Executor:
                 ready = server is not None and server.serving
             else:
                 ready = c.running and self._healthy_now(c)
-            facts.append(Instance(c.name, service, release, c.running, ready, in_router=server is not None,
-                                  weight=server.weight if server else None, in_preview=c.name in preview))
+            facts.append(Instance(c.name, service, release, c.running and c.name not in self.failed, ready,
+                                  in_router=server is not None, weight=server.weight if server else None,
+                                  in_preview=c.name in preview, tainted=c.name in self.tainted))
         # A router entry whose container is gone points at nothing: it is retired like a dead instance.
         known = {c.name for c in containers}
         for name in (servers.keys() | preview.keys()) - known:
@@ -145,23 +154,23 @@ class Executor:
             self._start(action)
             return
         kind, target = type(action).__name__, action.name
-        self.ledger.record_step(self.rollout_id, kind, target, "started")
+        self.journal(kind, target, "started", "")
         try:
             detail = self._do(action)
         except Exception as exc:
-            self.ledger.record_step(self.rollout_id, kind, target, "failed", str(exc))
+            self.journal(kind, target, "failed", str(exc))
             raise
-        self.ledger.record_step(self.rollout_id, kind, target, "done", detail)
+        self.journal(kind, target, "done", detail)
 
     def _start(self, action: Start) -> None:
         t = self.targets[action.release]
         svc = t.cfg.service(action.service)
         name = new_instance_name(t.cfg, svc.name, action.release)
         # Recorded before it exists, so an interrupted rollout knows what it may have made.
-        self.ledger.record_step(self.rollout_id, "Start", name, "started")
+        self.journal("Start", name, "started", "")
         self.started.add(name)
         self.runtime.start(instance_spec(t.cfg, svc, action.release, t.release.image, name))
-        self.ledger.record_step(self.rollout_id, "Start", name, "done")
+        self.journal("Start", name, "done", "")
         self.out.step(f"started {name}")
         faults.point("started")
 
@@ -184,8 +193,9 @@ class Executor:
             faults.point("routed")
             return f"up in the router at weight {action.weight} after {took:.2f}s"
         if isinstance(action, Unroute):
-            # A router entry whose container is gone has nothing in flight to wait for.
-            drain = self._instance(action.name)[1].drain_timeout if self.runtime.container(action.name) else 0.0
+            # A router entry whose container is gone or dead has nothing in flight to wait for.
+            c = self.runtime.container(action.name)
+            drain = self._instance(action.name)[1].drain_timeout if c and c.running else 0.0
             waited = self.router.drain_and_remove(action.name, drain)
             self.out.step(f"{action.name} drained ({waited:.2f}s)")
             return f"drained in {waited:.2f}s"

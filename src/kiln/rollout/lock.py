@@ -53,11 +53,31 @@ def holder_alive(lock: Lock) -> bool:
     return True
 
 
+AGENT = "agent"  # the reason an agent's reconcile pass gives: short, so others wait for it
+PATIENCE = 30.0  # how long a change waits for an agent's pass to end
+
+
+def _acquire(ledger: Ledger, app: str, env: str, reason: str, lease: float) -> Lock:
+    from kiln.errors import LockHeld
+
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        try:
+            return ledger.acquire_lock(app, env, user=_user(), host=socket.gethostname(), pid=os.getpid(),
+                                       reason=reason, lease=lease, holder_alive=holder_alive)
+        except LockHeld as exc:
+            # An agent healing the environment is done in seconds; a deploy waits for it rather
+            # than failing. Anything else (another deploy) fails at once.
+            if exc.lock.reason != AGENT or reason == AGENT or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @contextmanager
 def hold(ledger: Ledger, app: str, env: str, reason: str, lease: float = 30.0) -> Iterator[Held]:
-    """Hold app/env's lock for the body; raises LockHeld when another live process holds it."""
-    lock = ledger.acquire_lock(app, env, user=_user(), host=socket.gethostname(), pid=os.getpid(),
-                               reason=reason, lease=lease, holder_alive=holder_alive)
+    """Hold app/env's lock for the body; raises LockHeld when another live process holds it (after
+    waiting up to PATIENCE for an agent's pass)."""
+    lock = _acquire(ledger, app, env, reason, lease)
     held = Held(lock)
     stop = threading.Event()  # set on exit, so the thread ends at once rather than after its sleep
 

@@ -27,6 +27,7 @@ class Instance:
     in_router: bool = False
     weight: int | None = None  # router weight, when in the router
     in_preview: bool = False  # also in the preview backend (blue-green)
+    tainted: bool = False  # changed since it started (drift): replaced like an instance of another release
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,13 @@ def plan(desired: Desired, facts: list[Instance]) -> list[Step]:
     services = sorted(set(desired.replicas) | {i.service for i in facts})
     steps: list[Step] = []
 
-    # 1. Dead instances (and router entries whose container is gone) are thrown away, never repaired.
+    # 1. Dead instances (and router entries whose container is gone) are thrown away, never repaired;
+    # their replacements start in the same step (step 4 computes them), so healing costs one round.
     dead = [i for i in facts if not i.running]
-    if dead:
-        steps.append([_retire(i) for i in dead])
     live = [i for i in facts if i.running]
 
     # 2. Instances of the desired release not yet serving as desired: wait for health, then route.
-    pending = [i for i in live if i.release == desired.release and _off_target(i, desired)]
+    pending = [i for i in live if _current(i, desired) and _off_target(i, desired)]
     if pending:
         steps.append([_bring_in(i, desired) for i in pending])
 
@@ -99,8 +99,8 @@ def plan(desired: Desired, facts: list[Instance]) -> list[Step]:
     for svc in services:
         want = desired.replicas.get(svc, 0)
         mine = [i for i in live if i.service == svc]
-        new = [i for i in mine if i.release == desired.release]
-        others = [] if desired.hold else [i for i in mine if i.release != desired.release]
+        new = [i for i in mine if _current(i, desired)]
+        others = [i for i in mine if not _current(i, desired) and not (desired.hold and not i.tainted)]
         # Pending instances count as new: step 2 runs first, and this step is planned again after it.
         old_out = min(len(others), max(0, len(new) + len(others) - max(0, want - desired.unavailable)))
         # Old instances not serving (idle, draining) go first.
@@ -114,12 +114,19 @@ def plan(desired: Desired, facts: list[Instance]) -> list[Step]:
     for svc in services:
         want = desired.replicas.get(svc, 0)
         mine = [i for i in live if i.service == svc and i not in retire]
-        missing = max(0, want - len([i for i in mine if i.release == desired.release]))
+        missing = max(0, want - len([i for i in mine if _current(i, desired)]))
         room = missing if desired.surge is None or desired.hold else max(0, want + desired.surge - len(mine))
         starts += [(Start(svc, desired.release),)] * min(missing, room)
+    if dead:
+        return [[_retire(i) for i in dead] + starts] + steps
     if starts:
         steps.append(starts)
     return steps
+
+
+def _current(i: Instance, desired: Desired) -> bool:
+    """An untainted instance of the desired release."""
+    return i.release == desired.release and not i.tainted
 
 
 def _off_target(i: Instance, desired: Desired) -> bool:

@@ -175,6 +175,22 @@ class ServiceOverride(Model):
     command: tuple[str, ...] | None = Field(None, description="argv to run in this environment")
 
 
+class Meltdown(Model):
+    """When the agent stops replacing failed instances (as BOSH's resurrector does): too many
+    failures at once point at something replacing cannot fix, and churning would make it worse."""
+
+    max_failures: CountOrPercent = Field("50%", description="failures within `window` the agent still heals, a count or a share of the instances; one more halts healing")
+    window: Duration = Field(60.0, description="how far back failures are counted; healing resumes once they fall within the limit again")
+
+
+class AgentPolicy(Model):
+    """How `kiln agent` keeps this environment at its current release."""
+
+    drift: Literal["replace", "report"] = Field("replace", description="a tainted instance (changed files, `docker exec`, wrong image/env/labels) is replaced, or only reported")
+    interval: Duration = Field(5.0, description="time between full reconcile passes (engine events trigger one at once)")
+    meltdown: Meltdown = Field(default_factory=Meltdown, description="when to stop replacing failed instances")
+
+
 class Environment(Model):
     """One environment: only what differs from the shared definition."""
 
@@ -182,6 +198,7 @@ class Environment(Model):
     bind: str = Field("127.0.0.1", description="address the router listens on (loopback unless told otherwise)")
     preview_port: int | None = Field(None, ge=1, le=65535, description="port where a blue-green release is reachable before it gets public traffic")
     services: dict[str, ServiceOverride] = Field(default_factory=dict, description="per-service overrides")
+    agent: AgentPolicy = Field(default_factory=AgentPolicy, description="self-healing and drift policy of `kiln agent` (see environments.NAME.agent)")
 
 
 class Spec(Model):

@@ -11,12 +11,14 @@ from pydantic_core import PydanticUndefined
 
 from kiln.spec.durations import parse_duration
 from kiln.spec.models import (
+    AgentPolicy,
     Analysis,
     Base,
     Build,
     CanaryStep,
     Environment,
     HealthCheck,
+    Meltdown,
     Rollout,
     Service,
     ServiceOverride,
@@ -36,6 +38,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("services.NAME.rollout.smoke[]", SmokeCheck),
     ("environments.NAME", Environment),
     ("environments.NAME.services.NAME", ServiceOverride),
+    ("environments.NAME.agent", AgentPolicy),
+    ("environments.NAME.agent.meltdown", Meltdown),
 ]
 
 

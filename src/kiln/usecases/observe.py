@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln.agent.loop import lease_name
 from kiln.context import Context
 from kiln.errors import RouterError
+from kiln.ledger.store import now
 from kiln.router.haproxy import router_name
 from kiln.router.runtime import ServerStat
 from kiln.spec.resolve import EnvConfig
@@ -48,4 +50,15 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
                     for r in ctx.ledger.unfinished_rollouts(cfg.app, cfg.env)],
         "instances": instances,
         "relaxations": {s.name: s.relaxations for s in served.services if s.relaxations},
+        "agent": agent_state(ctx, cfg.app, cfg.env),
     }
+
+
+def agent_state(ctx: Context, app: str, env: str) -> dict[str, Any]:
+    """Which agent watches app/env, and whether its meltdown guard halted self-healing."""
+    lease = ctx.ledger.lock(app, lease_name(env))
+    leader = lease.holder if lease and not lease.expired(now()) else None
+    last = ctx.ledger.events(app, env, kinds=("agent.halted", "agent.resumed"), limit=1)
+    halted = bool(last) and last[-1]["kind"] == "agent.halted"
+    return {"leader": leader, "healing": "halted" if halted else "active",
+            "halted": {"at": last[-1]["at"], "why": last[-1]["message"]} if halted else None}

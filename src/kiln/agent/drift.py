@@ -1,0 +1,81 @@
+"""Drift rules: is a running instance still exactly what its release started? Pure.
+
+An instance is *tainted* when anything about it differs from what kiln created: files in its
+writable layer outside the declared writable paths (`docker diff`), a `docker exec` into it,
+or an image, environment, label or hardening setting other than its release's. A tainted
+instance is no longer trusted: it is replaced, never repaired. Reasons name variables, never
+their values, because values may be secrets."""
+
+from __future__ import annotations
+
+from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec
+
+SHOWN = 5  # changed paths quoted in a reason; the rest are counted
+ENGINE_PATHS = ("/usr/sbin/docker-init",)  # put there by the engine itself (the init process, `init: true`)
+
+
+def taints(expected: ContainerSpec, image_env: dict[str, str], facts: ContainerFacts,
+           details: ContainerDetails, changes: list[str], execs: list[str]) -> list[str]:
+    """Why the instance differs from `expected` (its release's container spec); [] when it does not."""
+    reasons: list[str] = []
+    if facts.image != expected.image:
+        reasons.append(f"runs image {facts.image[:19]}, its release has {expected.image[:19]}")
+    for key, value in sorted(expected.labels.items()):
+        if facts.labels.get(key) != value:
+            reasons.append(f"label {key} is {facts.labels.get(key)!r}, its release sets {value!r}")
+    want_env = {**image_env, **expected.environment}
+    changed = sorted(k for k in want_env.keys() | details.env.keys() if want_env.get(k) != details.env.get(k))
+    if changed:
+        reasons.append("environment differs from its release: " + ", ".join(changed))
+    reasons += _hardening(expected, details)
+    files = changed_files(changes, expected.writable)
+    if files:
+        more = f" (+{len(files) - SHOWN} more)" if len(files) > SHOWN else ""
+        reasons.append(f"filesystem changed: {', '.join(files[:SHOWN])}{more}")
+    reasons += [f"docker exec: {e}" for e in execs]
+    return reasons
+
+
+def _hardening(expected: ContainerSpec, d: ContainerDetails) -> list[str]:
+    out = []
+    if d.read_only != expected.read_only:
+        out.append(f"read-only root filesystem is {d.read_only}, its release says {expected.read_only}")
+    if "ALL" not in d.cap_drop:
+        out.append("capabilities are not all dropped")
+    if sorted(d.cap_add) != sorted(expected.cap_add):
+        out.append(f"capabilities added: {', '.join(d.cap_add) or 'none'}, its release adds {', '.join(expected.cap_add) or 'none'}")
+    nnp = any(o.startswith("no-new-privileges") and not o.endswith("false") for o in d.security_opt)
+    if nnp != expected.no_new_privileges:
+        out.append(f"no-new-privileges is {nnp}, its release says {expected.no_new_privileges}")
+    if d.privileged:
+        out.append("runs privileged")
+    if sorted(d.tmpfs) != sorted(expected.writable):
+        out.append(f"tmpfs mounts {', '.join(d.tmpfs) or 'none'}, its release declares {', '.join(expected.writable) or 'none'}")
+    if d.mounts:
+        out.append(f"mounts {', '.join(d.mounts)}, its release mounts nothing")
+    if expected.user is not None and d.user != expected.user:  # without one, the image's USER applies
+        out.append(f"runs as user {d.user or 'root'}, its release says {expected.user}")
+    return out
+
+
+def changed_files(changes: list[str], writable: tuple[str, ...]) -> list[str]:
+    """`docker diff` lines that taint: not the engine's own files, not under a declared writable
+    path, and not a directory marked changed only because something inside it was."""
+    paths = [c.split(" ", 1)[1] for c in changes]
+    out = []
+    for line, path in zip(changes, paths, strict=True):
+        if line.startswith("C ") and any(p.startswith(path.rstrip("/") + "/") for p in paths):
+            continue
+        if _under(path, ENGINE_PATHS) or _under(path, writable):
+            continue
+        out.append(line)
+    return out
+
+
+def _under(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def exec_detail(command: tuple[str, ...] | None) -> str | None:
+    """How the engine names the exec of a command healthcheck in its events (kiln's own exec)."""
+    return " ".join(command) if command else None

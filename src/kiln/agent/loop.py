@@ -1,0 +1,160 @@
+"""`kiln agent`: keep every environment of an app at its current release, until stopped.
+
+One agent leads each environment at a time: it holds the environment's agent lease (the lock
+named ENV/agent in the ledger, renewed by a heartbeat), so a second agent stands by instead of
+making duplicate replacements, and takes over when the first one's lease runs out. Engine
+events (an instance died, was OOM-killed, turned unhealthy, someone exec'd into it) trigger a
+pass at once; otherwise each environment is reconciled every `agent.interval`. When the engine
+goes away the agent keeps trying to reconnect, and restores what died with the engine."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from kiln.agent.reconcile import WATCHED, Reconciler
+from kiln.context import Context
+from kiln.errors import EngineError, KilnError, LockHeld
+from kiln.rollout.lock import Held, hold
+from kiln.spec.models import AgentPolicy
+
+LEASE = 15.0  # seconds an agent that stopped renewing still leads its environments
+RETRY = 2.0  # how often a standby agent asks for the lease
+
+
+def lease_name(env: str) -> str:
+    return f"{env}/agent"
+
+
+class _Disconnected:
+    """Put on the queue when the engine's event stream broke."""
+
+
+@dataclass
+class _Lead:
+    stack: ExitStack
+    held: Held
+
+
+class Agent:
+    def __init__(self, ctx: Context, app: str, policies: dict[str, AgentPolicy]) -> None:
+        self.ctx, self.app = ctx, app
+        self.reconcilers = {env: Reconciler(ctx, app, env, policy) for env, policy in policies.items()}
+        self.leads: dict[str, _Lead] = {}
+        self.standby_said: set[str] = set()
+        self.events: queue.Queue[object] = queue.Queue()
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Stop soon (safe from a signal handler): the current pass ends, then leases are released."""
+        self.stopping.set()
+        self.events.put(None)  # wakes the loop from its wait
+
+    def run(self, once: bool = False) -> None:
+        stop = self.stopping
+        if not once:
+            threading.Thread(target=self._watch, args=(stop,), name="kiln-agent-events", daemon=True).start()
+        due = {env: 0.0 for env in self.reconcilers}
+        try:
+            while not stop.is_set():
+                self._drain(due)
+                for env in [e for e, at in due.items() if at <= time.monotonic()]:
+                    due[env] = time.monotonic() + (self._pass(env) if self._lead(env) else RETRY)
+                if once:
+                    return
+                try:  # sleep until the next pass is due, or an engine event arrives
+                    self.events.put(self.events.get(timeout=max(0.0, min(due.values()) - time.monotonic())))
+                except queue.Empty:
+                    pass
+        finally:
+            for env in list(self.leads):
+                self._resign(env, "stopped")
+
+    # --- leadership ------------------------------------------------------------------------
+
+    def _lead(self, env: str) -> bool:
+        lead = self.leads.get(env)
+        if lead and lead.held.lost.is_set():
+            self._resign(env, "lost its lease")
+            lead = None
+        if lead:
+            return True
+        stack = ExitStack()
+        try:
+            held = stack.enter_context(hold(self.ctx.ledger, self.app, lease_name(env), "agent lease", lease=LEASE))
+        except LockHeld as exc:
+            if env not in self.standby_said:
+                self.standby_said.add(env)
+                self.ctx.out.step(f"{self.app}/{env}: standing by, {exc.lock.holder} leads it")
+            return False
+        self.leads[env] = _Lead(stack, held)
+        self.standby_said.discard(env)
+        self.reconcilers[env].engine_restarted()  # a new leader looks at everything afresh
+        self.ctx.ledger.event(self.app, env, "agent.leading", f"agent {held.lock.holder} watches {self.app}/{env}")
+        self.ctx.out.step(f"{self.app}/{env}: watching (agent {held.lock.holder})")
+        return True
+
+    def _resign(self, env: str, why: str) -> None:
+        lead = self.leads.pop(env)
+        lead.stack.close()
+        try:
+            self.ctx.ledger.event(self.app, env, "agent.resigned", f"agent {lead.held.lock.holder} {why}")
+        except KilnError:
+            pass  # the ledger is unreachable: the lease simply runs out
+
+    # --- passes and events ---------------------------------------------------------------------
+
+    def _pass(self, env: str) -> float:
+        """Run one pass; returns the seconds until the next one."""
+        reconciler = self.reconcilers[env]
+        try:
+            said = reconciler.run()
+        except EngineError as exc:
+            self.ctx.out.warn(f"{self.app}/{env}: {exc.message}")
+            reconciler.engine_restarted()
+            return RETRY
+        if said:
+            self.ctx.out.step(f"{time.strftime('%H:%M:%S')} {self.app}/{env}: {said}")
+        return reconciler.policy.interval
+
+    def _drain(self, due: dict[str, float]) -> None:
+        """Hand queued engine events to their environments; those that call for it pass now."""
+        while True:
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                continue
+            if isinstance(item, _Disconnected):
+                for env, reconciler in self.reconcilers.items():
+                    reconciler.engine_restarted()
+                    due[env] = 0.0
+                continue
+            env = item.label("env")  # type: ignore[attr-defined]
+            reconciler = self.reconcilers.get(env or "")
+            if reconciler and item.label("role") == "instance" and reconciler.note(item):  # type: ignore[attr-defined]
+                due[env] = 0.0  # type: ignore[index]
+            elif reconciler and item.label("role") == "router" and item.action in ("die", "destroy"):  # type: ignore[attr-defined]
+                due[env] = 0.0  # type: ignore[index]
+
+    def _watch(self, stop: threading.Event) -> None:
+        """Feed the engine's container events to the queue; reconnect when the engine goes away."""
+        since: float | None = None
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                for ev in self.ctx.docker.events({"kiln.app": self.app}, since=since):
+                    if ev.action in WATCHED:
+                        self.events.put(ev)
+                    since, backoff = ev.at, 0.5
+                    if stop.is_set():
+                        return
+            except EngineError:
+                pass
+            self.events.put(_Disconnected())
+            stop.wait(backoff)
+            backoff = min(5.0, backoff * 2)

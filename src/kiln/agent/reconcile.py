@@ -1,0 +1,218 @@
+"""One reconcile pass over one environment: keep it exactly at its current release.
+
+Under the environment's lock (a deploy in progress means: skip, the rollout is in charge), a
+pass finishes any rollout a killed kiln left behind, restarts a missing router, observes the
+instances, judges which failed (agent/guard) and which drifted (agent/drift), records what it
+found, and unless the meltdown guard halts it, converges with the rollouts' own executor: dead
+and unhealthy instances are retired while their replacements start; tainted ones are retired
+once their replacements serve."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from kiln.agent.guard import halted, judge, limit
+from kiln.context import Context
+from kiln.errors import KilnError, LockHeld
+from kiln.ledger.store import Release, now
+from kiln.providers.base import EngineEvent
+from kiln.rollout.driver import PAUSED
+from kiln.rollout.executor import Executor, Target
+from kiln.rollout.lock import AGENT, Held, hold
+from kiln.rollout.plan import plan
+from kiln.spec.models import AgentPolicy
+from kiln.spec.resolve import EnvConfig
+from kiln.usecases.deploy import kept, prepare, router_for, settle
+from kiln.usecases.drift import TAINTED, inspect, recent_execs
+
+FAILED = "instance.failed"
+DEATHS = ("die", "oom", "destroy")  # engine events that call for a pass at once
+WATCHED = DEATHS + ("exec_start", "health_status")
+
+
+@dataclass
+class Memory:
+    """What the agent remembers about one environment between passes."""
+
+    suspects: frozenset[str] = frozenset()  # failed a health check once
+    counted: set[str] = field(default_factory=set)  # failures already recorded
+    reported: set[str] = field(default_factory=set)  # "NAME: reason" taints already recorded
+    exempt: set[str] = field(default_factory=set)  # dead when first seen after (re)connecting: not counted
+    fresh: bool = True  # the next pass is the first since the agent started or the engine came back
+    execs: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    deaths: dict[str, tuple[str, float]] = field(default_factory=dict)  # instance -> (how, when), from events
+    halted: bool | None = None
+
+
+class Reconciler:
+    def __init__(self, ctx: Context, app: str, env: str, policy: AgentPolicy) -> None:
+        self.ctx, self.app, self.env, self.policy = ctx, app, env, policy
+        self.memory = Memory()
+
+    # --- what the engine tells between passes --------------------------------------------
+
+    def note(self, ev: EngineEvent) -> bool:
+        """Remember an engine event; True when it calls for a pass now."""
+        if ev.action == "exec_start":
+            self.memory.execs.setdefault(ev.name, []).append((ev.detail, ev.at))
+        elif ev.action == "oom":
+            self.memory.deaths[ev.name] = ("OOM-killed", ev.at)
+        elif ev.action in ("die", "destroy") and ev.name not in self.memory.deaths:
+            code = ev.labels.get("exitCode")
+            self.memory.deaths[ev.name] = (f"exited with code {code}" if code else "removed", ev.at)
+        return ev.action in DEATHS or ev.action == "exec_start" or ev.detail == "unhealthy"
+
+    def engine_restarted(self) -> None:
+        """Instances that died with the engine are restored, not counted as failures."""
+        self.memory.fresh = True
+
+    # --- a pass ----------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """One pass; returns what it did, or "" when the environment was as it should be."""
+        ctx = self.ctx
+        release = ctx.ledger.current_release(self.app, self.env)
+        if release is None:
+            return ""
+        try:
+            with hold(ctx.ledger, self.app, self.env, AGENT) as held:
+                ctx.lost_lock = held.lost
+                try:
+                    return self._pass(release, held)
+                finally:
+                    ctx.lost_lock = None
+        except LockHeld as exc:
+            return "" if exc.lock.reason == AGENT else f"left alone: {exc.lock.holder} is changing it ({exc.lock.reason})"
+
+    def _pass(self, release: Release, held: Held) -> str:
+        ctx, app, env, mem = self.ctx, self.app, self.env, self.memory
+        started = time.monotonic()
+        cfg = EnvConfig.model_validate(release.config)
+        router = router_for(ctx, cfg)
+        said = []
+        facts = router.facts()
+        if facts is None or not facts.running:
+            prepare(ctx, cfg)
+            self._event("agent.router", f"router {router.name} was {facts.state if facts else 'missing'}; restarted it")
+            said.append("restarted the router")
+        if any(r.state != PAUSED for r in ctx.ledger.unfinished_rollouts(app, env)):
+            settle(ctx, router, drop_paused=False)
+            return "settled a rollout a killed kiln left unfinished"
+        if mem.fresh:
+            mem.execs = {**recent_execs(ctx, app, env), **mem.execs}
+
+        keep = kept(ctx, app, env) | self._paused_instances()
+        target = Target.of(release)
+        executor = Executor(ctx.docker, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=self._journal)
+        executor.goal = target  # instances of an equal release (a rollback onto them) count as current
+        executor.targets[release.number] = target
+        containers = {c.name: c for c in executor.containers()}
+        facts_now = [i for i in executor.observe() if i.name not in keep]
+        routed = cfg.public_service.name if cfg.public_service else None
+
+        health = judge(facts_now, routed, mem.suspects)
+        mem.suspects = health.suspects
+        if mem.fresh:
+            mem.exempt = set(health.dead)
+            mem.fresh = False
+        for name, why in sorted(health.failed.items()):
+            if name in mem.counted:
+                continue
+            mem.counted.add(name)
+            how = mem.deaths.get(name, (why, 0.0))[0]
+            if name in mem.exempt:
+                self._event("instance.lost", f"{name}: {how} while the engine or the agent was down; restoring")
+            else:
+                self._event(FAILED, f"{name}: {how}")
+                ctx.out.warn(f"{app}/{env}: {name} failed: {how}")
+
+        live = [c for n, c in containers.items() if n not in keep and n not in health.failed]
+        tainted = inspect(ctx, app, env, live, mem.execs)
+        for name, reasons in sorted(tainted.items()):
+            fresh_reasons = [r for r in reasons if f"{name}: {r}" not in mem.reported]
+            if fresh_reasons:
+                mem.reported |= {f"{name}: {r}" for r in fresh_reasons}
+                self._event(TAINTED, f"{name}: {'; '.join(fresh_reasons)}")
+                ctx.out.warn(f"{app}/{env}: {name} is tainted: {'; '.join(fresh_reasons)} "
+                             f"({'replacing it' if self.policy.drift == 'replace' else 'reported only'})")
+
+        self._forget(set(containers) | {i.name for i in facts_now})
+        if self._halted(cfg):
+            return ""  # said once, when the guard tripped; `kiln status` keeps saying it
+        executor.failed = set(health.failed)
+        executor.tainted = set(tainted) if self.policy.drift == "replace" else set()
+        desired = target.desired(keep=keep)
+        if not plan(desired, executor.observe()):
+            return "; ".join(said)
+        gone = sorted(set(health.failed) | executor.tainted)
+        since = min([mem.deaths[n][1] for n in gone if n in mem.deaths] or [0.0])
+        try:
+            executor.converge(target, desired, strict=True)
+        except KilnError as exc:
+            self._event("agent.failed", f"healing {app}/{env} failed: {exc.message}")
+            ctx.out.warn(f"{app}/{env}: healing failed: {exc.message}")
+            return "healing failed"
+        took = time.time() - since if since else time.monotonic() - started
+        for name in gone:
+            mem.deaths.pop(name, None)
+            mem.execs.pop(name, None)
+        what = f"replaced {', '.join(gone)}" if gone else "restored the desired instances"
+        message = f"{what} with {', '.join(sorted(executor.started)) or 'no new instance'} in {took:.2f}s"
+        self._event("instance.replaced" if gone else "agent.restored", message)
+        return "; ".join(said + [message])
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _forget(self, present: set[str]) -> None:
+        """Drop what is remembered about instances that no longer exist."""
+        mem = self.memory
+        for table in (mem.deaths, mem.execs):
+            for name in set(table) - present:
+                del table[name]
+        mem.counted &= present
+        mem.exempt &= present
+        mem.reported = {r for r in mem.reported if r.partition(": ")[0] in present}
+
+    def _halted(self, cfg: EnvConfig) -> bool:
+        window = self.policy.meltdown.window
+        failures = len(self.ctx.ledger.events(self.app, self.env, kinds=(FAILED,), limit=None,
+                                              since=now() - timedelta(seconds=window)))
+        instances = sum(s.replicas for s in cfg.services)
+        stop = halted(failures, self.policy.meltdown, instances)
+        if self.memory.halted is None:
+            self.memory.halted = self._halted_on_record()
+        if stop != self.memory.halted:
+            self.memory.halted = stop
+            allowed = limit(self.policy.meltdown, instances)
+            if stop:
+                self._event("agent.halted", f"{failures} instance failures within {window:g}s exceed the limit of "
+                                            f"{allowed}: self-healing stops until they age out")
+                self.ctx.out.warn(f"{self.app}/{self.env}: meltdown guard: {failures} failures within {window:g}s; "
+                                  "not replacing instances")
+            else:
+                self._event("agent.resumed", f"failures within {window:g}s are back within the limit of {allowed}; "
+                                             "self-healing resumes")
+        return stop
+
+    def _halted_on_record(self) -> bool:
+        last = self.ctx.ledger.events(self.app, self.env, kinds=("agent.halted", "agent.resumed"), limit=1)
+        return bool(last) and last[-1]["kind"] == "agent.halted"
+
+    def _paused_instances(self) -> frozenset[str]:
+        """Instances of a blue-green release waiting for `kiln promote`: that rollout owns them."""
+        waiting = {str(r.to_release) for r in self.ctx.ledger.unfinished_rollouts(self.app, self.env)
+                   if r.state == PAUSED}
+        if not waiting:
+            return frozenset()
+        return frozenset(c.name for c in self.ctx.docker.containers({"kiln.app": self.app, "kiln.env": self.env,
+                                                                     "kiln.role": "instance"})
+                         if c.label("release") in waiting)
+
+    def _journal(self, action: str, target: str, state: str, detail: str) -> None:
+        if state != "started":
+            self._event(f"agent.{action.lower()}", f"{target}: {state}" + (f" ({detail})" if detail else ""))
+
+    def _event(self, kind: str, message: str) -> None:
+        self.ctx.ledger.event(self.app, self.env, kind, message)

@@ -1,0 +1,94 @@
+"""kiln drift: which instances of an environment are tainted, and why.
+
+The facts come from the engine (each instance's configuration, `docker diff`, the exec events
+it still remembers) and from the ledger (taints the agent recorded, e.g. an exec seen live that
+the engine has since forgotten). The rules are agent/drift.py's."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kiln.agent.drift import exec_detail, taints
+from kiln.context import Context
+from kiln.ledger.store import Release
+from kiln.providers.base import ContainerFacts
+from kiln.rollout.instances import instance_spec
+from kiln.spec.resolve import EnvConfig
+
+TAINTED = "instance.tainted"  # ledger event: "NAME: reason; reason"
+EXEC_MEMORY = 24 * 3600.0  # how far back engine events are asked for (the engine keeps only its last 256)
+
+
+def selector(app: str, env: str) -> dict[str, str]:
+    return {"kiln.app": app, "kiln.env": env, "kiln.role": "instance"}
+
+
+def recent_execs(ctx: Context, app: str, env: str) -> dict[str, list[tuple[str, float]]]:
+    """`docker exec`s into the environment's instances that the engine still remembers."""
+    now = time.time()
+    found: dict[str, list[tuple[str, float]]] = {}
+    for ev in ctx.docker.events(selector(app, env), since=int(now - EXEC_MEMORY), until=int(now) + 1):
+        if ev.action == "exec_start":
+            found.setdefault(ev.name, []).append((ev.detail, ev.at))
+    return found
+
+
+def inspect(ctx: Context, app: str, env: str, containers: list[ContainerFacts],
+            execs: dict[str, list[tuple[str, float]]]) -> dict[str, list[str]]:
+    """Taint reasons of each running instance in `containers` (untainted ones are left out)."""
+    releases: dict[int, Release | None] = {}
+    image_envs: dict[str, dict[str, str]] = {}
+    out: dict[str, list[str]] = {}
+    for c in containers:
+        if not c.running:
+            continue
+        number = int(c.label("release") or 0)
+        if number not in releases:
+            releases[number] = ctx.ledger.release(app, env, number)
+        release = releases[number]
+        if release is None:
+            out[c.name] = [f"claims release v{number}, which {app}/{env} does not have"]
+            continue
+        cfg = EnvConfig.model_validate(release.config)
+        try:
+            svc = cfg.service(c.label("service") or "")
+        except KeyError:
+            out[c.name] = [f"claims service {c.label('service')!r}, which release v{number} does not have"]
+            continue
+        details = ctx.docker.details(c.name)
+        if details is None:  # removed since it was listed
+            continue
+        if release.image not in image_envs:
+            image_envs[release.image] = ctx.docker.image_env(release.image)
+        own = exec_detail(svc.healthcheck.command) if svc.healthcheck and svc.healthcheck.kind == "command" else None
+        seen = [f"{cmd} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC"
+                for cmd, at in execs.get(c.name, []) if cmd != own]
+        reasons = taints(instance_spec(cfg, svc, number, release.image, c.name), image_envs[release.image], c,
+                         details, ctx.docker.changes(c.name), seen)
+        if reasons:
+            out[c.name] = reasons
+    return out
+
+
+def recorded(ctx: Context, app: str, env: str) -> dict[str, list[str]]:
+    """Taints the agent recorded in the ledger, by instance."""
+    out: dict[str, list[str]] = {}
+    for e in ctx.ledger.events(app, env, kinds=(TAINTED,), limit=1000):
+        name, _, reasons = e["message"].partition(": ")
+        out.setdefault(name, [])
+        out[name] += [r for r in reasons.split("; ") if r not in out[name]]
+    return out
+
+
+def report(ctx: Context, app: str, env: str) -> list[dict[str, Any]]:
+    """`kiln drift`: every tainted instance of app/env with its reasons."""
+    containers = ctx.docker.containers(selector(app, env))
+    found = inspect(ctx, app, env, containers, recent_execs(ctx, app, env))
+    for name, reasons in recorded(ctx, app, env).items():
+        if name in found or any(c.name == name and c.running for c in containers):
+            found[name] = found.get(name, []) + [r for r in reasons if r not in found.get(name, [])]
+    by_name = {c.name: c for c in containers}
+    return [{"instance": name, "service": by_name[name].label("service"),
+             "release": int(by_name[name].label("release") or 0), "reasons": reasons}
+            for name, reasons in sorted(found.items()) if name in by_name]
