@@ -1,0 +1,123 @@
+"""Failed requests while the app changes, under steady wrk load through each tool's own entry
+point: kiln's router, compose's published port, Swarm's routing mesh."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.harness import BenchApp, Load, engine, free_port, log, timed, under_load
+from bench.peers import Compose, Swarm
+
+V1, V2 = "kiln-bench/hello:v1", "kiln-bench/hello:v2"
+
+
+def _row(tool: str, scenario: str, load: Load, seconds: float, note: str = "") -> dict:
+    return {"tool": tool, "scenario": scenario, "change_seconds": round(seconds, 2), "note": note, **load.row()}
+
+
+def kiln_scenarios(app: BenchApp, round_no: int) -> list[dict]:
+    """One round of kiln's changes, each under its own wrk run: rolling, blue-green (smoke on the
+    preview port), canary (20% then 50%), rollback, and `docker kill` of one serving instance."""
+    rows = []
+
+    def change(scenario: str, *args: str, prepare=None, note: str = "") -> None:
+        if prepare:
+            prepare()
+        app.set_message(f"{scenario} round {round_no}")
+        app.image_tag()  # bake before the load starts: the scenario measures the rollout, not the build
+        load, run = under_load(app.url, lambda: app.kiln(*args))
+        rows.append(_row("kiln", scenario, load, run.seconds, note))
+        log(f"kiln {scenario}: {load.requests} requests, {load.failed} failed, gap {load.max_gap_ms} ms")
+
+    change("rolling deploy", "deploy", prepare=lambda: app.set_rollout(strategy="rolling", max_surge="100%", max_unavailable=0),
+           note="max_surge 100%")
+    change("rolling deploy, batches of 1", "deploy", prepare=lambda: app.set_rollout(strategy="rolling", max_surge=1, max_unavailable=0),
+           note="max_surge 1")
+    change("blue-green deploy", "deploy",
+           prepare=lambda: app.set_rollout(strategy="blue-green", smoke=[{"path": "/health", "status": 200, "body": "ok"}]),
+           note="smoke check on the preview port, then one switch")
+    change("canary deploy", "deploy",
+           prepare=lambda: app.set_rollout(strategy="canary", steps=[{"weight": 20, "pause": "2s"}, {"weight": 50, "pause": "2s"}]),
+           note="20% for 2 s, 50% for 2 s, analysis on")
+    app.set_rollout(strategy="rolling", max_surge="100%", max_unavailable=0)
+    load, run = under_load(app.url, lambda: app.kiln("rollback"))
+    rows.append(_row("kiln", "rollback", load, run.seconds, "to the previous release (new instances of it)"))
+    log(f"kiln rollback: {load.requests} requests, {load.failed} failed")
+
+    def kill_one() -> float:
+        victim = next(c for c in app.containers() if c.labels.get("kiln.role") == "instance")
+        began = time.monotonic()
+        victim.kill()
+        time.sleep(2)
+        app.kiln("deploy")  # puts the missing instance back (no agent yet: issue 5)
+        return time.monotonic() - began
+    load, took = under_load(app.url, kill_one)
+    rows.append(_row("kiln", "docker kill of one instance", load, took,
+                     "SIGKILL one of 2 serving instances; 2 s later `kiln deploy` replaces it"))
+    log(f"kiln docker kill: {load.requests} requests, {load.failed} failed")
+    return rows
+
+
+def compose_scenario(root: Path, rounds: int) -> list[dict]:
+    compose = Compose(root, free_port())
+    url = f"http://127.0.0.1:{compose.port}/"
+    rows = []
+    try:
+        compose.up(V1)
+        _wait_answers(url)
+        for i in range(rounds):
+            target = V2 if i % 2 == 0 else V1
+            load, took = under_load(url, lambda t=target: timed(lambda: compose.up(t)))
+            rows.append(_row("docker-compose", "up -d to a new image", load, took,
+                             "one container publishing the port (compose cannot publish one host port from two)"))
+            log(f"compose up -d: {load.requests} requests, {load.failed} failed, gap {load.max_gap_ms} ms")
+            _wait_answers(url)
+    finally:
+        compose.down()
+    return rows
+
+
+def swarm_scenario(swarm: Swarm, rounds: int, replicas: int = 2) -> list[dict]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    name = "kilnbench-mesh"
+    swarm.create(name, V1, replicas, port)
+    try:
+        if not _wait_answers(url, timeout=15):
+            reason = ("the routing mesh never answered on the published port: " + mesh_diagnosis())
+            log(f"swarm: {reason}")
+            return [{"tool": "Docker Swarm", "scenario": "service update --update-order start-first",
+                     "unavailable": reason}]
+        rows = []
+        for i in range(rounds):
+            target = V2 if i % 2 == 0 else V1
+            load, took = under_load(url, lambda t=target: swarm.update(name, t, replicas))
+            rows.append(_row("Docker Swarm", "service update --update-order start-first", load, took,
+                             f"{replicas} replicas, health check every 500 ms, routing mesh"))
+            log(f"swarm update: {load.requests} requests, {load.failed} failed, gap {load.max_gap_ms} ms")
+        return rows
+    finally:
+        swarm.remove(name)
+
+
+def mesh_diagnosis() -> str:
+    if not Path("/proc/sys/net/ipv4/vs").exists():
+        return ("this kernel has no IPVS (/proc/sys/net/ipv4/vs is missing, no loadable modules), "
+                "which Swarm's ingress load balancing needs; dockerd logs 'error reading the kernel "
+                "parameter net.ipv4.vs.…'")
+    return f"unknown cause (engine {engine().version()['Version']}); see dockerd's log"
+
+
+def _wait_answers(url: str, timeout: float = 30) -> bool:
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False

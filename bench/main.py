@@ -1,0 +1,132 @@
+"""`bench/run [--quick]`: every benchmark, one after the other, each holding the heavy-work lock
+for itself only; the report is rewritten after each so a failure still leaves what was measured.
+Everything created carries kiln.test=bench and is removed at the end, also on failure."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import availability, controlplane, facts, report, timing
+from bench.harness import RESULTS, BenchApp, heavy, log, remove_images, remove_labelled, sh
+from bench.peers import Swarm
+
+V1, V2 = availability.V1, availability.V2
+
+PROFILES = {
+    "quick": {"rounds": 1, "peer_rounds": 1, "repeats": 1, "noop_repeats": 3, "router_seconds": 5,
+              "router_rounds": 1, "replicas": (1, 4, 8)},
+    "full": {"rounds": 3, "peer_rounds": 3, "repeats": 3, "noop_repeats": 5, "router_seconds": 10,
+             "router_rounds": 3, "replicas": (1, 4, 8)},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="one repeat of each, short loads (a few minutes)")
+    ap.add_argument("--only", default="", help="comma-separated groups: kiln,compose,swarm,deploy,noop,router,scale")
+    ap.add_argument("--out", default=str(RESULTS), help="directory for report.{md,json} and plots")
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    p = PROFILES[mode]
+    only = set(filter(None, args.only.split(",")))
+    out = Path(args.out)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
+
+    r: dict = {"mode": mode, "command": "bench/run" + (" --quick" if args.quick else "") + (f" --only {args.only}" if only else ""),
+               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "errors": {}, "notes": []}
+    root = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
+    swarm = Swarm()
+
+    def group(name: str, fn: Callable[[], None]) -> None:
+        if only and name not in only:
+            return
+        try:
+            fn()
+        except Exception as exc:  # one group failing still leaves the others' figures
+            traceback.print_exc()
+            r["errors"][name] = f"{type(exc).__name__}: {str(exc)[:600]}"
+        report.write(r, out)
+
+    apps = {k: BenchApp.make(root, f"kb{k}") for k in ("avail", "deploy", "router", "scale")}
+    try:
+        with heavy("setup: bases, images for the peers, machine facts"):
+            a = apps["avail"]
+            a.kiln("base", "build")
+            a.set_message("peer one")
+            sh("docker", "tag", a.image_tag(), V1)
+            a.set_message("peer two")
+            sh("docker", "tag", a.image_tag(), V2)
+            a.kiln("deploy")
+            router = next(c for c in a.containers() if c.labels.get("kiln.role") == "router")
+            r["facts"] = facts.machine(router.image.tags[0] if router.image.tags else router.image.id)
+
+        def kiln_group() -> None:
+            r["availability"] = [row for row in r.get("availability", []) if row["tool"] != "kiln"]
+            for i in range(p["rounds"]):
+                with heavy(f"kiln changes under load, round {i + 1}/{p['rounds']}"):
+                    r["availability"] += availability.kiln_scenarios(apps["avail"], i + 1)
+                report.write(r, out)
+        group("kiln", kiln_group)
+
+        def compose_group() -> None:
+            with heavy("docker-compose up -d under load"):
+                r.setdefault("availability", []).extend(availability.compose_scenario(root, p["peer_rounds"]))
+        group("compose", compose_group)
+
+        def swarm_group() -> None:
+            with heavy("Docker Swarm: service update under load, deploy times"):
+                try:
+                    swarm.init()
+                    r.setdefault("availability", []).extend(availability.swarm_scenario(swarm, p["peer_rounds"]))
+                    for n in p["replicas"]:
+                        r.setdefault("deploy_time", {}).setdefault(str(n), {})["swarm"] = \
+                            timing.swarm_deploy_times(swarm, n, p["repeats"])
+                finally:
+                    remove_labelled()
+                    swarm.leave()
+        group("swarm", swarm_group)
+
+        def deploy_group() -> None:
+            for n in p["replicas"]:
+                with heavy(f"deploy time, {n} replicas: floor and kiln"):
+                    d = r.setdefault("deploy_time", {}).setdefault(str(n), {})
+                    d["floor"] = timing.floor_times(n, p["repeats"])
+                    d["kiln"] = timing.kiln_deploy_times(apps["deploy"], n, p["repeats"])
+            apps["deploy"].kiln("destroy", "--env", "production")
+        group("deploy", deploy_group)
+
+        def noop_group() -> None:
+            with heavy("no-op deploy and cached bake"):
+                r["noop"] = timing.noop_costs(apps["avail"], p["noop_repeats"])
+        group("noop", noop_group)
+
+        def router_group() -> None:
+            with heavy("router overhead"):
+                r["router"] = timing.router_overhead(apps["router"], p["router_seconds"], p["router_rounds"])
+        group("router", router_group)
+
+        def scale_group() -> None:
+            with heavy("control-plane scale"):
+                r["plan"] = controlplane.plan_scale(1000)
+                r["releases"] = controlplane.releases_scale(apps["scale"], 100_000)
+        group("scale", scale_group)
+    finally:
+        with heavy("cleanup"):
+            swarm.leave()
+            remove_labelled()
+            remove_images([f"kiln/{a.name}" for a in apps.values()], [V1, V2])
+        r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        report.write(r, out)
+        log(f"report: {out / 'report.md'}")
+    return 1 if r["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""How long changes take: deploy time for N replicas (kiln, Swarm, the floor), the cost of a
+deploy or bake that has nothing to do, and the router's latency overhead."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from bench.harness import LABEL, BenchApp, Wrk, engine, free_port, log, median, sh
+from bench.peers import COMMAND, USER, Swarm, bench_network, floor
+
+V1, V2 = "kiln-bench/hello:v1", "kiln-bench/hello:v2"
+
+
+def kiln_deploy_times(app: BenchApp, replicas: int, repeats: int) -> dict:
+    """Seconds of `kiln deploy` (the whole command) replacing `replicas` running instances with a
+    new release whose image is already baked, as the other tools get a built image."""
+    app.set_rollout(strategy="rolling", max_surge="100%", max_unavailable=0)
+    app.set_replicas(replicas)
+    app.set_message(f"deploy-time base {replicas}")
+    app.kiln("deploy")
+    command, rollout = [], []
+    for i in range(repeats):
+        app.set_message(f"deploy-time {replicas} #{i}")
+        app.image_tag()
+        run = app.kiln("deploy")
+        command.append(run.seconds)
+        said = re.search(r"is serving at \S+ \(([\d.]+)s\)", run.stderr)
+        if said:
+            rollout.append(float(said.group(1)))
+    log(f"kiln deploy x{replicas}: {[round(s, 2) for s in command]}")
+    return {"command": command, "rollout": rollout}
+
+
+def swarm_deploy_times(swarm: Swarm, replicas: int, repeats: int) -> list[float]:
+    name = f"kilnbench-deploy{replicas}"
+    swarm.create(name, V1, replicas)
+    try:
+        times = [swarm.update(name, V2 if i % 2 == 0 else V1, replicas) for i in range(repeats)]
+    finally:
+        swarm.remove(name)
+    log(f"swarm update x{replicas}: {[round(s, 2) for s in times]}")
+    return times
+
+
+def floor_times(replicas: int, repeats: int) -> list[float]:
+    net = bench_network()
+    times = [floor(V2, replicas, net) for _ in range(repeats)]
+    log(f"floor x{replicas}: {[round(s, 2) for s in times]}")
+    return times
+
+
+def noop_costs(app: BenchApp, repeats: int) -> dict:
+    """`kiln deploy` with nothing to do and `kiln bake` of a cached image, on a converged app;
+    and, to show what bounds them, the time to start Python and import kiln's CLI."""
+    app.kiln("deploy")
+    deploy = [app.kiln("deploy").seconds for _ in range(repeats)]
+    bake = [app.kiln("bake").seconds for _ in range(repeats)]
+    python = str(app.argv()[0]).replace("/kiln", "/python")
+    imports = []
+    for _ in range(repeats):
+        began = time.monotonic()
+        sh(python, "-c", "import kiln.cli")
+        imports.append(time.monotonic() - began)
+    interpreter = []
+    for _ in range(repeats):
+        began = time.monotonic()
+        sh(python, "-c", "pass")
+        interpreter.append(time.monotonic() - began)
+    out = {"noop_deploy": deploy, "cached_bake": bake, "import_kiln_cli": imports, "python_start": interpreter}
+    log("no-op: " + ", ".join(f"{k} {median(v):.3f}s" for k, v in out.items()))
+    return out
+
+
+def router_overhead(app: BenchApp, seconds: float, rounds: int) -> dict:
+    """wrk straight to one instance (its port published on 127.0.0.1) and through kiln's router
+    (HAProxy, also published on 127.0.0.1) to one instance of the same image; alternated."""
+    app.set_replicas(1)
+    app.set_message("router overhead")
+    app.kiln("deploy")
+    image = app.image_tag()
+    port = free_port()
+    direct = engine().containers.run(image, COMMAND, detach=True, user=USER, init=True, read_only=True,
+                                     labels={LABEL[0]: LABEL[1]}, ports={"8000/tcp": ("127.0.0.1", port)},
+                                     name=f"kilnbench-direct-{port}", network=bench_network())
+    try:
+        time.sleep(1.5)
+        urls = {"direct": f"http://127.0.0.1:{port}/", "router": app.url}
+        out: dict[str, dict[str, list]] = {}
+        for conns, threads in ((1, 1), (16, 2)):
+            for _ in range(rounds):
+                for path, url in urls.items():
+                    w = Wrk(url, connections=conns, threads=threads)
+                    time.sleep(seconds)
+                    load = w.stop()
+                    if load.failed:
+                        raise RuntimeError(f"router overhead run {path} c{conns} had failures: {load}")
+                    slot = out.setdefault(f"c{conns}", {}).setdefault(path, [])
+                    slot.append({"p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "rps": load.rps,
+                                 "requests": load.requests})
+        summary = {}
+        for conc, paths in out.items():
+            summary[conc] = {p: {k: median([r[k] for r in runs]) for k in ("p50_ms", "p99_ms", "rps")}
+                             for p, runs in paths.items()}
+            s = summary[conc]
+            s["overhead_p50_ms"] = round(s["router"]["p50_ms"] - s["direct"]["p50_ms"], 3)
+            s["overhead_p99_ms"] = round(s["router"]["p99_ms"] - s["direct"]["p99_ms"], 3)
+            log(f"router {conc}: direct {s['direct']}, router {s['router']}")
+        return {"runs": out, "summary": summary, "seconds_per_run": seconds}
+    finally:
+        direct.remove(force=True)
