@@ -22,8 +22,8 @@ V1, V2 = availability.V1, availability.V2
 PROFILES = {
     "quick": {"rounds": 1, "peer_rounds": 1, "repeats": 1, "noop_repeats": 3, "router_seconds": 5,
               "router_rounds": 1, "replicas": (1, 4, 8)},
-    "full": {"rounds": 3, "peer_rounds": 3, "repeats": 3, "noop_repeats": 5, "router_seconds": 10,
-             "router_rounds": 3, "replicas": (1, 4, 8)},
+    "full": {"rounds": 3, "peer_rounds": 3, "repeats": 3, "noop_repeats": 5, "router_seconds": 8,
+             "router_rounds": 2, "replicas": (1, 4, 8)},
 }
 
 

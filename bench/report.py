@@ -13,6 +13,28 @@ def _med(values: list[float]) -> float | None:
     return round(median(values), 3) if values else None
 
 
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (tool, scenario): sums over its runs, the longest gap and slowest change."""
+    out: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        key = (row["tool"], row["scenario"])
+        if "unavailable" in row:
+            out[key] = dict(row)
+            continue
+        a = out.setdefault(key, {"tool": row["tool"], "scenario": row["scenario"], "runs": 0, "requests": 0,
+                                 "non_2xx": 0, "socket_errors": 0, "failed": 0, "seconds": 0.0, "max_gap_ms": 0,
+                                 "change_seconds": 0.0, "note": row["note"]})
+        a["runs"] += 1
+        for k in ("requests", "non_2xx", "socket_errors", "failed", "seconds"):
+            a[k] += row[k]
+        a["max_gap_ms"] = max(a["max_gap_ms"], row["max_gap_ms"])
+        a["change_seconds"] = max(a["change_seconds"], row["change_seconds"])
+    for a in out.values():
+        if "runs" in a:
+            a["rps"] = a["requests"] / a["seconds"] if a["seconds"] else 0.0
+    return list(out.values())
+
+
 def targets(r: dict) -> list[dict]:
     out = []
     kiln = [row for row in r.get("availability", []) if row.get("tool") == "kiln"]
@@ -39,11 +61,12 @@ def targets(r: dict) -> list[dict]:
         d, b = _med(noop["noop_deploy"]), _med(noop["cached_bake"])
         out.append({"target": "no-op kiln deploy <= 1 s", "measured": f"{d:.2f} s", "met": d <= 1})
         out.append({"target": "cached kiln bake <= 0.5 s", "measured": f"{b:.2f} s", "met": b <= 0.5})
-    router = r.get("router", {}).get("summary", {})
-    for conc, s in router.items():
-        out.append({"target": f"router p99 overhead <= 2 ms over direct ({conc[1:]} connection{'s' if conc != 'c1' else ''})",
-                     "measured": f"p99 {s['router']['p99_ms']:.2f} ms via HAProxy vs {s['direct']['p99_ms']:.2f} ms direct: "
-                                 f"{s['overhead_p99_ms']:+.2f} ms", "met": s["overhead_p99_ms"] <= 2})
+    for variant, v in r.get("router", {}).get("variants", {}).items():
+        for conc, s in v["summary"].items():
+            out.append({"target": f"router p99 overhead <= 2 ms over direct ({variant}, {conc[1:]} "
+                                  f"connection{'s' if conc != 'c1' else ''})",
+                         "measured": f"p99 {s['router']['p99_ms']:.2f} ms via HAProxy vs {s['direct']['p99_ms']:.2f} ms "
+                                     f"direct: {s['overhead_p99_ms']:+.2f} ms", "met": s["overhead_p99_ms"] <= 2})
     return out
 
 
@@ -72,19 +95,21 @@ def _markdown(r: dict, plots: list[str]) -> str:
     for note in r.get("notes", []):
         lines += ["", note]
 
-    avail = r.get("availability", [])
+    avail = aggregate(r.get("availability", []))
     if avail:
         lines += ["", "## Failed requests during a change (wrk keep-alive load, 16 connections)", "",
-                  "| tool | scenario | requests | req/s | non-2xx | socket errors | longest gap without a 2xx | change took | note |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| tool | scenario | runs | requests | req/s | non-2xx | socket errors | longest gap without a 2xx | slowest change | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for row in avail:
             if "unavailable" in row:
-                lines.append(f"| {row['tool']} | {row['scenario']} | – | – | – | – | – | – | not measurable here: {row['unavailable']} |")
+                lines.append(f"| {row['tool']} | {row['scenario']} | 0 | – | – | – | – | – | – | not measurable here: {row['unavailable']} |")
                 continue
-            lines.append(f"| {row['tool']} | {row['scenario']} | {row['requests']:,} | {row['rps']:.0f} | {row['non_2xx']} | "
-                         f"{row['socket_errors']} | {row['max_gap_ms']} ms | {row['change_seconds']:.2f} s | {row['note']} |")
-        lines += ["", "The load runs from 1 s before the change until 1 s after it. The longest gap is the longest "
-                  "stretch of wall-clock time (10 ms resolution) in which no connection received a 2xx response."]
+            lines.append(f"| {row['tool']} | {row['scenario']} | {row['runs']} | {row['requests']:,} | {row['rps']:.0f} | "
+                         f"{row['non_2xx']} | {row['socket_errors']} | {row['max_gap_ms']} ms | {row['change_seconds']:.2f} s | {row['note']} |")
+        lines += ["", "Sums over the runs (the JSON has each run). wrk runs from 1 s before each change until 1 s after "
+                  "it, with its default 2 s request timeout (a request unanswered after 2 s is a socket error, "
+                  "`timeout`). The longest gap is the longest stretch of wall-clock time (10 ms resolution) in which "
+                  "no connection received a 2xx response."]
 
     dt = r.get("deploy_time", {})
     if dt:
@@ -101,6 +126,14 @@ def _markdown(r: dict, plots: list[str]) -> str:
                   "checks, HAProxy adds and checks them, drain and remove the N old ones). *Swarm*: `docker service "
                   "update --update-order start-first --update-parallelism 0` until every task runs (healthy) on the "
                   "new image and no old task runs; health check every 500 ms as in kiln.yaml."]
+        ms = {n: d["kiln"].get("milestones") for n, d in dt.items() if d.get("kiln", {}).get("milestones")}
+        if ms:
+            kinds = sorted({k for m in ms.values() for k in m}, key=lambda k: max(m.get(k, 0) for m in ms.values()))
+            lines += ["", "Where kiln's rollout spends its time (last repeat; seconds from the rollout's start until the "
+                      "last step of each kind was done, from `kiln rollout show`):", "",
+                      "| replicas | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+            for n in sorted(ms, key=int):
+                lines.append(f"| {n} | " + " | ".join(f"{ms[n].get(k, 0):.2f}" for k in kinds) + " |")
     noop = r.get("noop")
     if noop:
         lines += ["", "## No-op costs", "", "| what | median | samples |", "|---|---|---|"]
@@ -112,13 +145,18 @@ def _markdown(r: dict, plots: list[str]) -> str:
     if router:
         lines += ["", "## Router overhead (one instance, wrk for "
                   f"{router['seconds_per_run']:.0f} s a run, direct and via HAProxy alternated)", "",
-                  "| connections | path | p50 | p99 | req/s |", "|---|---|---|---|---|"]
-        for conc, s in router["summary"].items():
-            for path in ("direct", "router"):
-                lines.append(f"| {conc[1:]} | {path} | {s[path]['p50_ms']:.2f} ms | {s[path]['p99_ms']:.2f} ms | {s[path]['rps']:.0f} |")
-            lines.append(f"| {conc[1:]} | **overhead** | {s['overhead_p50_ms']:+.2f} ms | {s['overhead_p99_ms']:+.2f} ms | |")
+                  "| app | connections | path | p50 | p99 | req/s |", "|---|---|---|---|---|---|"]
+        for variant, v in router["variants"].items():
+            for conc, s in v["summary"].items():
+                for path in ("direct", "router"):
+                    lines.append(f"| {variant} | {conc[1:]} | {path} | {s[path]['p50_ms']:.2f} ms | {s[path]['p99_ms']:.2f} ms | {s[path]['rps']:.0f} |")
+                lines.append(f"| {variant} | {conc[1:]} | **overhead** | {s['overhead_p50_ms']:+.2f} ms | {s['overhead_p99_ms']:+.2f} ms | |")
         lines += ["", "Both paths enter through a port Docker publishes on 127.0.0.1, so the difference is HAProxy's "
-                  "hop (router container → instance on the environment's network)."]
+                  "hop (router container → instance on the environment's network). examples/hello writes each reply "
+                  "in two sends (headers, then body); on a direct connection Nagle's algorithm holds the second until "
+                  "the client's delayed ACK (~40 ms), which HAProxy's server side does not suffer, so for the app as it "
+                  "is the router is *faster* than direct. The TCP_NODELAY variant (the same app with "
+                  "`disable_nagle_algorithm = True`, built for this measurement only) shows HAProxy's own cost."]
     plan = r.get("plan")
     if plan:
         lines += ["", "## Control-plane scale", "",
@@ -152,7 +190,7 @@ def _plots(r: dict, results: Path, name: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     made = []
-    avail = [row for row in r.get("availability", []) if "unavailable" not in row]
+    avail = [row for row in aggregate(r.get("availability", [])) if "unavailable" not in row]
     if avail:
         labels = [f"{row['tool']}\n{row['scenario']}" for row in avail]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, max(3, 0.35 * len(avail) + 1)), sharey=True)
@@ -160,7 +198,10 @@ def _plots(r: dict, results: Path, name: str) -> list[str]:
         a1.barh(ys, [row["failed"] for row in avail], color=["#2a9d8f" if row["tool"] == "kiln" else "#e76f51" for row in avail])
         a1.set_yticks(list(ys), labels, fontsize=7)
         a1.invert_yaxis()
-        a1.set_xlabel("failed requests (non-2xx + socket errors)")
+        a1.set_xscale("symlog")
+        for y, row in zip(ys, avail, strict=True):
+            a1.text(max(row["failed"], 0.1), y, f" {row['failed']:,} of {row['requests']:,}", va="center", fontsize=7)
+        a1.set_xlabel("failed requests (non-2xx + socket errors), log scale")
         a2.barh(ys, [row["max_gap_ms"] for row in avail], color="#264653")
         a2.set_xlabel("longest gap without a 2xx response (ms)")
         fig.suptitle("Failed requests during a change, under wrk load")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 
 from bench.harness import LABEL, BenchApp, Wrk, engine, free_port, log, median, sh
 from bench.peers import COMMAND, USER, Swarm, bench_network, floor
@@ -29,7 +30,19 @@ def kiln_deploy_times(app: BenchApp, replicas: int, repeats: int) -> dict:
         if said:
             rollout.append(float(said.group(1)))
     log(f"kiln deploy x{replicas}: {[round(s, 2) for s in command]}")
-    return {"command": command, "rollout": rollout}
+    return {"command": command, "rollout": rollout, "milestones": milestones(app.kiln_json("rollout", "show"))}
+
+
+def milestones(show: dict) -> dict[str, float]:
+    """Seconds from the rollout's start until the last step of each kind was done (last repeat)."""
+    def at(text: str) -> float:
+        return datetime.fromisoformat(text.rstrip("Z")).timestamp()
+    t0 = at(show["started_at"])
+    out: dict[str, float] = {}
+    for step in show["steps"]:
+        if step["state"] == "done" and step["action"] != "Phase":
+            out[step["action"]] = round(max(out.get(step["action"], 0.0), at(step["at"]) - t0), 2)
+    return out
 
 
 def swarm_deploy_times(swarm: Swarm, replicas: int, repeats: int) -> list[float]:
@@ -72,13 +85,31 @@ def noop_costs(app: BenchApp, repeats: int) -> dict:
     return out
 
 
+NODELAY = ("class Handler(BaseHTTPRequestHandler):\n",
+           "class Handler(BaseHTTPRequestHandler):\n    disable_nagle_algorithm = True  # bench variant: TCP_NODELAY\n")
+
+
 def router_overhead(app: BenchApp, seconds: float, rounds: int) -> dict:
     """wrk straight to one instance (its port published on 127.0.0.1) and through kiln's router
-    (HAProxy, also published on 127.0.0.1) to one instance of the same image; alternated."""
+    (HAProxy, also published on 127.0.0.1) to one instance of the same image; alternated. Twice:
+    examples/hello as it is, whose replies go out in two writes (headers, then body) that Nagle's
+    algorithm and delayed ACKs hold ~40 ms on a direct connection, and the same app with
+    TCP_NODELAY, which shows HAProxy's own cost."""
     app.set_replicas(1)
-    app.set_message("router overhead")
-    app.kiln("deploy")
-    image = app.image_tag()
+    variants = {}
+    for variant, nodelay in (("examples/hello as is", False), ("examples/hello with TCP_NODELAY", True)):
+        if nodelay:
+            app.set_code(*NODELAY)
+        try:
+            app.set_message(f"router overhead {nodelay}")
+            app.kiln("deploy")
+            variants[variant] = _overhead(app, app.image_tag(), seconds, rounds)
+        finally:
+            app.restore_code()
+    return {"variants": variants, "seconds_per_run": seconds}
+
+
+def _overhead(app: BenchApp, image: str, seconds: float, rounds: int) -> dict:
     port = free_port()
     direct = engine().containers.run(image, COMMAND, detach=True, user=USER, init=True, read_only=True,
                                      labels={LABEL[0]: LABEL[1]}, ports={"8000/tcp": ("127.0.0.1", port)},
@@ -106,6 +137,6 @@ def router_overhead(app: BenchApp, seconds: float, rounds: int) -> dict:
             s["overhead_p50_ms"] = round(s["router"]["p50_ms"] - s["direct"]["p50_ms"], 3)
             s["overhead_p99_ms"] = round(s["router"]["p99_ms"] - s["direct"]["p99_ms"], 3)
             log(f"router {conc}: direct {s['direct']}, router {s['router']}")
-        return {"runs": out, "summary": summary, "seconds_per_run": seconds}
+        return {"runs": out, "summary": summary}
     finally:
         direct.remove(force=True)
