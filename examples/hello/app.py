@@ -20,6 +20,9 @@ GREETING = os.environ.get("GREETING", "hello")
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real clients and HAProxy use it
+    # Buffered: headers and body leave in one write (flushed after each request), so an instance
+    # killed mid-request has sent all of a response or nothing, and nothing can be retried elsewhere.
+    wbufsize = 64 * 1024
 
     def do_GET(self):
         if self.path == "/health":

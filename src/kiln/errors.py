@@ -10,6 +10,7 @@
     ├── LedgerError              the ledger database cannot be opened or migrated
     ├── RouterError              HAProxy's runtime API refused a command
     ├── RolloutError             a rollout was aborted; the previous release keeps serving
+    │   └── FactsChanged         an agent's pass met a failure it had not judged; it passes again
     ├── LockHeld                 another kiln process holds the environment's lock
     └── LockLost                 this process lost the lock mid-change (its lease ran out)
 
@@ -89,6 +90,11 @@ class RouterError(KilnError):
 
 class RolloutError(KilnError):
     pass
+
+
+class FactsChanged(RolloutError):
+    """Raised inside an agent's pass: another instance failed meanwhile. The pass stops, so that
+    the failure is counted (and may trip the meltdown guard) before anything replaces it."""
 
 
 class LockHeld(KilnError):

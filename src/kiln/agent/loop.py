@@ -118,7 +118,7 @@ class Agent:
             return RETRY
         if said:
             self.ctx.out.step(f"{time.strftime('%H:%M:%S')} {self.app}/{env}: {said}")
-        return reconciler.policy.interval
+        return 0.0 if reconciler.again else reconciler.policy.interval
 
     def _drain(self, due: dict[str, float]) -> None:
         """Hand queued engine events to their environments; those that call for it pass now."""

@@ -10,18 +10,18 @@ once their replacements serve."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from kiln.agent.guard import halted, judge, limit
 from kiln.context import Context
-from kiln.errors import KilnError, LockHeld
+from kiln.errors import FactsChanged, KilnError, LockHeld
 from kiln.ledger.store import Release, now
 from kiln.providers.base import EngineEvent
 from kiln.rollout.driver import PAUSED
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.lock import AGENT, Held, hold
-from kiln.rollout.plan import plan
+from kiln.rollout.plan import Instance, plan
 from kiln.spec.models import AgentPolicy
 from kiln.spec.resolve import EnvConfig
 from kiln.usecases.deploy import kept, prepare, router_for, settle
@@ -50,6 +50,7 @@ class Reconciler:
     def __init__(self, ctx: Context, app: str, env: str, policy: AgentPolicy) -> None:
         self.ctx, self.app, self.env, self.policy = ctx, app, env, policy
         self.memory = Memory()
+        self.again = False  # the last pass stopped early: the next one should come at once
 
     # --- what the engine tells between passes --------------------------------------------
 
@@ -73,6 +74,7 @@ class Reconciler:
     def run(self) -> str:
         """One pass; returns what it did, or "" when the environment was as it should be."""
         ctx = self.ctx
+        self.again = False
         release = ctx.ledger.current_release(self.app, self.env)
         if release is None:
             return ""
@@ -106,6 +108,7 @@ class Reconciler:
         keep = kept(ctx, app, env) | self._paused_instances()
         target = Target.of(release)
         executor = Executor(ctx.docker, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=self._journal)
+        executor.watch = lambda seen: self._unchanged(executor, seen)
         executor.goal = target  # instances of an equal release (a rollback onto them) count as current
         executor.targets[release.number] = target
         containers = {c.name: c for c in executor.containers()}
@@ -144,12 +147,18 @@ class Reconciler:
         executor.failed = set(health.failed)
         executor.tainted = set(tainted) if self.policy.drift == "replace" else set()
         desired = target.desired(keep=keep)
-        if not plan(desired, executor.observe()):
+        # Planned from the facts judged above: an instance that died since is left to the next pass.
+        marked = [replace(i, running=i.running and i.name not in executor.failed, tainted=i.name in executor.tainted)
+                  for i in facts_now]
+        if not plan(desired, marked):
             return "; ".join(said)
         gone = sorted(set(health.failed) | executor.tainted)
         since = min([mem.deaths[n][1] for n in gone if n in mem.deaths] or [0.0])
         try:
             executor.converge(target, desired, strict=True)
+        except FactsChanged:
+            self.again = True
+            return "another instance failed meanwhile; passing again"
         except KilnError as exc:
             self._event("agent.failed", f"healing {app}/{env} failed: {exc.message}")
             ctx.out.warn(f"{app}/{env}: healing failed: {exc.message}")
@@ -164,6 +173,13 @@ class Reconciler:
         return "; ".join(said + [message])
 
     # --- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _unchanged(executor: Executor, seen: list[Instance]) -> None:
+        """Stop converging when an instance fails that this pass did not judge (nor start)."""
+        known = executor.failed | executor.started
+        if any(not i.running and i.name not in known for i in seen):
+            raise FactsChanged("another instance failed during the pass")
 
     def _forget(self, present: set[str]) -> None:
         """Drop what is remembered about instances that no longer exist."""

@@ -113,7 +113,7 @@ class FakeRouter:
         self.weights.update(weights)
         self.log += [("weight", f"{name}={w}") for name, w in sorted(weights.items())]
 
-    def drain_and_remove(self, server: str, drain_timeout: float) -> float:
+    def drain_and_remove(self, server: str, drain_timeout: float, dead: bool = False) -> float:
         self.added.pop(server, None)
         self.weights.pop(server, None)
         self.remove_preview(server)

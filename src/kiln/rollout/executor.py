@@ -31,6 +31,7 @@ from kiln.rollout.plan import (
     plan,
 )
 from kiln.router.base import Traffic
+from kiln.router.config import CONNECT_TIMEOUT
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
 
@@ -63,11 +64,13 @@ Journal = Callable[[str, str, str, str], None]
 class Executor:
     def __init__(self, runtime: Runtime, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
                  probe: Callable[[ServiceConfig, ContainerFacts], bool] | None = None,
-                 lost_lock: threading.Event | None = None, journal: Journal | None = None) -> None:
+                 lost_lock: threading.Event | None = None, journal: Journal | None = None,
+                 watch: Callable[[list[Instance]], None] | None = None) -> None:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
         self.probe = probe or health_check
         self.rollout_id = rollout_id
         self.journal: Journal = journal or (lambda *entry: ledger.record_step(rollout_id, *entry))
+        self.watch = watch  # sees every observation of converge(); may raise to stop it
         self.lost_lock = lost_lock
         self.targets: dict[int, Target] = {}
         self.started: set[str] = set()  # instances this executor created
@@ -125,6 +128,8 @@ class Executor:
                                "force-released) and stopped without touching anything more.",
                                "The new holder completes or undoes the rollout; `kiln lock status` shows who.")
             facts = self.observe()
+            if self.watch is not None:
+                self.watch(facts)
             if strict:
                 for i in facts:
                     if i.name in self.started and not i.running:
@@ -193,10 +198,12 @@ class Executor:
             faults.point("routed")
             return f"up in the router at weight {action.weight} after {took:.2f}s"
         if isinstance(action, Unroute):
-            # A router entry whose container is gone or dead has nothing in flight to wait for.
+            # Requests routed to a dead instance can only be stuck connecting to it; they give up
+            # within the connect timeout and go elsewhere. Cutting them sooner would fail them.
             c = self.runtime.container(action.name)
-            drain = self._instance(action.name)[1].drain_timeout if c and c.running else 0.0
-            waited = self.router.drain_and_remove(action.name, drain)
+            alive = c is not None and c.running
+            drain = self._instance(action.name)[1].drain_timeout if alive else CONNECT_TIMEOUT + 0.5
+            waited = self.router.drain_and_remove(action.name, drain, dead=not alive)
             self.out.step(f"{action.name} drained ({waited:.2f}s)")
             return f"drained in {waited:.2f}s"
         if isinstance(action, Remove):

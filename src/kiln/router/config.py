@@ -10,6 +10,10 @@ SOCKET_NAME = "admin.sock"
 
 
 PREVIEW_PORT = 8081  # inside the router container; published on the environment's preview_port
+# Instances sit on the router's own bridge, where a connect takes well under a millisecond. A
+# connect that has not succeeded within this is to an instance that died (its address vanished,
+# nothing answers): it is retried on another server, so a short limit makes a death cheap.
+CONNECT_TIMEOUT = 1.0
 
 
 def backend_name(service: str, preview: bool = False) -> str:
@@ -28,7 +32,7 @@ def render_config(cfg: EnvConfig) -> str:
         "",
         "defaults",
         "    mode http",
-        "    timeout connect 2s",
+        f"    timeout connect {int(CONNECT_TIMEOUT * 1000)}ms",
         "    timeout client 60s",
         "    timeout server 60s",
         "    timeout http-keep-alive 10s",

@@ -23,6 +23,7 @@ from kiln.router.runtime import (
     drain_server,
     remove_server,
     set_weights,
+    stop_server,
 )
 from kiln.spec.models import Base
 from kiln.spec.resolve import EnvConfig
@@ -122,17 +123,23 @@ class Router:
         assert self.backend
         self.client.run_at_once(set_weights(self.backend, weights))
 
-    def drain_and_remove(self, server: str, drain_timeout: float) -> float:
-        """No new requests, wait for in-flight ones (bounded), then delete. Returns the wait."""
+    def drain_and_remove(self, server: str, drain_timeout: float, dead: bool = False) -> float:
+        """No new requests, wait for in-flight ones (bounded), then delete. Returns the wait.
+        A `dead` server's sessions can only be stuck connecting to it: they are waited for too,
+        since they move to another server when their connect times out."""
         assert self.backend
         start = time.monotonic()
         if server not in self.servers():
             self.remove_preview(server)
             return 0.0
-        self.client.run(drain_server(self.backend, server))
+        self.client.run((stop_server if dead else drain_server)(self.backend, server))
         faults.point("draining")
         while time.monotonic() - start < drain_timeout:
-            if self.client.in_flight(self.backend).get(server, 0) == 0:
+            busy = self.client.in_flight(self.backend).get(server, 0)
+            if dead:
+                stat = self.servers().get(server)
+                busy += stat.current_sessions if stat else 0
+            if busy == 0:
                 break
             time.sleep(0.05)
         waited = time.monotonic() - start

@@ -58,6 +58,12 @@ def drain_server(backend: str, server: str) -> list[str]:
     return [f"set server {backend}/{server} state drain"]
 
 
+def stop_server(backend: str, server: str) -> list[str]:
+    """For a dead server: no request goes there any more, and those stuck connecting to it are
+    redispatched when their connect times out (a drained server would still take persistent ones)."""
+    return [f"set server {backend}/{server} state maint"]
+
+
 def remove_server(backend: str, server: str) -> list[str]:
     """Only a server in maintenance can be deleted; sessions still attached are cut first."""
     return [
