@@ -113,10 +113,16 @@ def kill_runs(app: BenchApp, runs: int, rng: random.Random) -> list[dict]:
                 _, err = proc.communicate(timeout=180)
                 left = app.kiln_json("rollout", "list")[0]["state"] if proc.returncode == -signal.SIGKILL else ""
                 began = time.monotonic()
-                app.kiln("deploy")
-                return proc.returncode, left, time.monotonic() - began
-            load, (code, left, recovery) = under_load(app.url, crash_and_recover)
-            problems = check(app, 2, message)
+                run = app.kiln("deploy", check=False)
+                return proc.returncode, left, time.monotonic() - began, run
+            load, (code, left, recovery, run) = under_load(app.url, crash_and_recover)
+            problems = []
+            if run.returncode != 0:
+                problems.append(f"the recovery `kiln deploy` exited {run.returncode}: "
+                                + " / ".join(run.stderr.strip().splitlines()[-8:]))
+                app.kiln("deploy", check=False)  # a clean start for the next run
+                message = None  # the release was aborted: the previous one serves
+            problems += check(app, 2, message)
         row.update(killed=code == -signal.SIGKILL, exit=code, rollout_left=left, recovery_seconds=round(recovery, 2),
                    **load.row(), problems=problems)
         if load.failed:
