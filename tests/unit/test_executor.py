@@ -65,6 +65,17 @@ def test_first_deploy_starts_routes_and_records_every_action(world):
     assert {s["target"] for s in steps if s["action"] == "Route" and s["state"] == "done"} == web
 
 
+def test_a_server_left_in_maintenance_by_a_killed_kiln_is_added_again(world):
+    runtime, router, ledger, release, executor = world
+    target = Target.of(release("sha256:1"))
+    executor().converge(target)
+    half = sorted(router.added)[0]
+    router.maint.add(half)  # `add server` ran, `enable server` did not
+    executor().converge(target)
+    assert router.servers()[half].serving
+    assert router.log[-2:] == [("remove", half), ("add", half)]
+
+
 def test_old_instances_leave_the_router_only_after_new_ones_serve(world):
     runtime, router, _, release, executor = world
     executor().converge(Target.of(release("sha256:1")))

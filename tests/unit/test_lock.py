@@ -261,3 +261,26 @@ def test_cli_lock_status_and_release(tmp_path):
     assert forced.returncode == 0, forced.stderr
     assert "alice@box pid 123" in forced.stderr
     assert ledger.lock("shop", "production") is None
+
+
+def test_a_change_waits_for_an_agents_pass_but_not_for_another_change(ledger):
+    from kiln.rollout.lock import AGENT
+
+    released = threading.Event()
+
+    def agent_pass() -> None:
+        with hold(ledger, "shop", "production", AGENT):
+            time.sleep(0.5)
+        released.set()
+
+    thread = threading.Thread(target=agent_pass)
+    thread.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    with hold(ledger, "shop", "production", "deploy") as held:
+        assert released.is_set() and held.lock.reason == "deploy"
+        assert time.monotonic() - started >= 0.3
+        with pytest.raises(LockHeld):  # an agent's pass does not wait for a change: it skips the environment
+            with hold(ledger, "shop", "production", AGENT):
+                pass
+    thread.join()

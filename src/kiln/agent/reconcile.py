@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
-from kiln.agent.guard import halted, judge, limit
+from kiln.agent.guard import Health, halted, judge, limit
 from kiln.context import Context
 from kiln.errors import FactsChanged, KilnError, LockHeld
 from kiln.ledger.store import Release, now
@@ -21,7 +21,7 @@ from kiln.providers.base import EngineEvent
 from kiln.rollout.driver import PAUSED
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.lock import AGENT, Held, hold
-from kiln.rollout.plan import Instance, plan
+from kiln.rollout.plan import Desired, Instance, plan
 from kiln.spec.models import AgentPolicy
 from kiln.spec.resolve import EnvConfig
 from kiln.usecases.deploy import kept, prepare, router_for, settle
@@ -111,11 +111,29 @@ class Reconciler:
         executor.watch = lambda seen: self._unchanged(executor, seen)
         executor.goal = target  # instances of an equal release (a rollback onto them) count as current
         executor.targets[release.number] = target
-        containers = {c.name: c for c in executor.containers()}
+        containers = {c.name: c for c in executor.containers() if c.name not in keep}
         facts_now = [i for i in executor.observe() if i.name not in keep]
-        routed = cfg.public_service.name if cfg.public_service else None
 
-        health = judge(facts_now, routed, mem.suspects)
+        health = judge(facts_now, cfg.public_service.name if cfg.public_service else None, mem.suspects)
+        self._record_failures(health)
+        tainted = inspect(ctx, app, env, [c for n, c in containers.items() if n not in health.failed], mem.execs)
+        self._record_taints(tainted)
+        self._forget(set(containers) | {i.name for i in facts_now})
+        if self._halted(cfg):
+            return ""  # said once, when the guard tripped; `kiln status` keeps saying it
+
+        executor.failed = set(health.failed)
+        executor.tainted = set(tainted) if self.policy.drift == "replace" else set()
+        desired = target.desired(keep=keep)
+        # Planned from the facts judged above: an instance that died since is left to the next pass.
+        marked = [replace(i, running=i.running and i.name not in executor.failed, tainted=i.name in executor.tainted)
+                  for i in facts_now]
+        if not plan(desired, marked):
+            return "; ".join(said)
+        return "; ".join(said + [self._heal(executor, target, desired, started)])
+
+    def _record_failures(self, health: Health) -> None:
+        mem = self.memory
         mem.suspects = health.suspects
         if mem.fresh:
             mem.exempt = set(health.dead)
@@ -129,30 +147,20 @@ class Reconciler:
                 self._event("instance.lost", f"{name}: {how} while the engine or the agent was down; restoring")
             else:
                 self._event(FAILED, f"{name}: {how}")
-                ctx.out.warn(f"{app}/{env}: {name} failed: {how}")
+                self.ctx.out.warn(f"{self.app}/{self.env}: {name} failed: {how}")
 
-        live = [c for n, c in containers.items() if n not in keep and n not in health.failed]
-        tainted = inspect(ctx, app, env, live, mem.execs)
+    def _record_taints(self, tainted: dict[str, list[str]]) -> None:
         for name, reasons in sorted(tainted.items()):
-            fresh_reasons = [r for r in reasons if f"{name}: {r}" not in mem.reported]
-            if fresh_reasons:
-                mem.reported |= {f"{name}: {r}" for r in fresh_reasons}
-                self._event(TAINTED, f"{name}: {'; '.join(fresh_reasons)}")
-                ctx.out.warn(f"{app}/{env}: {name} is tainted: {'; '.join(fresh_reasons)} "
-                             f"({'replacing it' if self.policy.drift == 'replace' else 'reported only'})")
+            fresh = [r for r in reasons if f"{name}: {r}" not in self.memory.reported]
+            if fresh:
+                self.memory.reported |= {f"{name}: {r}" for r in fresh}
+                self._event(TAINTED, f"{name}: {'; '.join(fresh)}")
+                self.ctx.out.warn(f"{self.app}/{self.env}: {name} is tainted: {'; '.join(fresh)} "
+                                  f"({'replacing it' if self.policy.drift == 'replace' else 'reported only'})")
 
-        self._forget(set(containers) | {i.name for i in facts_now})
-        if self._halted(cfg):
-            return ""  # said once, when the guard tripped; `kiln status` keeps saying it
-        executor.failed = set(health.failed)
-        executor.tainted = set(tainted) if self.policy.drift == "replace" else set()
-        desired = target.desired(keep=keep)
-        # Planned from the facts judged above: an instance that died since is left to the next pass.
-        marked = [replace(i, running=i.running and i.name not in executor.failed, tainted=i.name in executor.tainted)
-                  for i in facts_now]
-        if not plan(desired, marked):
-            return "; ".join(said)
-        gone = sorted(set(health.failed) | executor.tainted)
+    def _heal(self, executor: Executor, target: Target, desired: Desired, started: float) -> str:
+        mem = self.memory
+        gone = sorted(executor.failed | executor.tainted)
         since = min([mem.deaths[n][1] for n in gone if n in mem.deaths] or [0.0])
         try:
             executor.converge(target, desired, strict=True)
@@ -160,9 +168,10 @@ class Reconciler:
             self.again = True
             return "another instance failed meanwhile; passing again"
         except KilnError as exc:
-            self._event("agent.failed", f"healing {app}/{env} failed: {exc.message}")
-            ctx.out.warn(f"{app}/{env}: healing failed: {exc.message}")
+            self._event("agent.failed", f"healing {self.app}/{self.env} failed: {exc.message}")
+            self.ctx.out.warn(f"{self.app}/{self.env}: healing failed: {exc.message}")
             return "healing failed"
+        # From the engine's death event when there was one, else from the start of this pass.
         took = time.time() - since if since else time.monotonic() - started
         for name in gone:
             mem.deaths.pop(name, None)
@@ -170,7 +179,7 @@ class Reconciler:
         what = f"replaced {', '.join(gone)}" if gone else "restored the desired instances"
         message = f"{what} with {', '.join(sorted(executor.started)) or 'no new instance'} in {took:.2f}s"
         self._event("instance.replaced" if gone else "agent.restored", message)
-        return "; ".join(said + [message])
+        return message
 
     # --- helpers ---------------------------------------------------------------------------
 

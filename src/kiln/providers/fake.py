@@ -88,6 +88,7 @@ class FakeRouter:
         self.added: dict[str, str] = {}  # server -> address:port
         self.weights: dict[str, int] = {}
         self.preview: set[str] = set()
+        self.maint: set[str] = set()  # servers left in maintenance (added by a kiln killed before enabling them)
         self.log: list[tuple[str, str]] = []
 
     def servers(self, preview: bool = False) -> dict[str, ServerStat]:
@@ -95,7 +96,7 @@ class FakeRouter:
         for name, address in self.added.items():
             if preview and name not in self.preview:
                 continue
-            status = "UP" if self.runtime.healthy(name) else "DOWN"
+            status = "MAINT" if name in self.maint else "UP" if self.runtime.healthy(name) else "DOWN"
             weight = FULL_WEIGHT if preview else self.weights[name]
             out[name] = ServerStat("svc", name, status, 0, 0, 0, weight, address)
         return out
@@ -107,6 +108,7 @@ class FakeRouter:
         else:
             self.added[server] = f"{address}:{port}"
             self.weights[server] = weight
+            self.maint.discard(server)
         self.log.append(("add-preview" if preview else "add", server))
 
     def set_weights(self, weights: dict[str, int]) -> None:

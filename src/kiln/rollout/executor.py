@@ -187,6 +187,10 @@ class Executor:
             facts, svc = self._instance(action.name)
             assert facts.ip and svc.port and svc.healthcheck
             server = self.router.servers().get(action.name)
+            if server is not None and server.status.startswith("MAINT"):
+                # Added by a kiln killed before it enabled the server: add it again, whole.
+                self.router.drain_and_remove(action.name, 0.0)
+                server = None
             if server is None:
                 self.router.add(action.name, facts.ip, svc.port, svc.healthcheck.interval, action.weight)
             elif server.weight != action.weight:
