@@ -472,7 +472,8 @@ def events(
 
     batch = ctx.ledger.events(loaded.spec.app, env_name, limit=limit)
     show(batch)
-    last = batch[-1]["id"] if batch else 0
+    newest = batch or ctx.ledger.events(loaded.spec.app, env_name, limit=1)  # -n 0: follow from now
+    last = newest[-1]["id"] if newest else 0
     try:
         while follow:
             time.sleep(0.5)

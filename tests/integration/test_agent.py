@@ -230,3 +230,44 @@ def test_relaxed_instances_written_files_are_replaced_or_only_reported(
     drift = app.kiln("drift", "-e", "staging", check=False)
     assert drift.returncode == 1
     assert "filesystem changed: A /app/evil.txt" in drift.stdout and "docker exec: true" in drift.stdout
+
+
+def restart_dockerd(engine: docker.DockerClient) -> None:
+    """Stop dockerd (every container stops with it: no live-restore) and start it as it was started."""
+    if Path("/run/systemd/system").is_dir() and subprocess.run(["systemctl", "is-active", "-q", "docker"]).returncode == 0:
+        subprocess.run(["systemctl", "restart", "docker"], check=True)
+    else:
+        pid = int(subprocess.check_output(["pidof", "dockerd"]).split()[0])
+        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        os.kill(pid, signal.SIGTERM)
+        wait_for("dockerd to stop", lambda: not Path(f"/proc/{pid}").exists(), timeout=60, every=0.2)
+        with open("/var/log/kiln-dockerd.log", "ab") as log:
+            subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+
+    def answers() -> bool:
+        try:
+            return bool(engine.ping())
+        except docker.errors.DockerException:
+            return False
+    wait_for("dockerd to answer", answers, timeout=60, every=0.2)
+
+
+def test_after_a_dockerd_restart_the_agent_restores_service(app: App, engine: docker.DockerClient,
+                                                            agent: AgentProc) -> None:
+    before = wait_for("two serving instances", lambda: serving(engine, app, 2))
+    mark = max(e["id"] for e in events(app))
+    restart_dockerd(engine)
+    back = time.monotonic()
+    after = wait_for("the agent to restore service", lambda: serving(engine, app, 2), timeout=60, every=0.2)
+    took = time.monotonic() - back
+    load = Wrk(app.url(), seconds=3)
+    result = load.result()
+    print(f"\ndockerd restarted: served by new instances {took:.2f}s after the engine answered again; "
+          f"then {result.requests} requests, {result.non_2xx} non-2xx, {result.socket_errors} socket errors")
+    assert not after & before  # the old instances died with the engine; new ones serve
+    assert result.requests > 100 and result.non_2xx == 0 and result.socket_errors == 0, result.text
+    new = [e for e in events(app) if e["id"] > mark]
+    kinds = [e["kind"] for e in new]
+    assert kinds.count("instance.lost") == 2, new  # restored, not counted as failures
+    assert "instance.failed" not in kinds and "agent.halted" not in kinds, new
+    assert agent.proc.poll() is None  # the agent outlived the engine's restart

@@ -130,7 +130,7 @@ class Reconciler:
                   for i in facts_now]
         if not plan(desired, marked):
             return "; ".join(said)
-        return "; ".join(said + [self._heal(executor, target, desired, started)])
+        return "; ".join(said + [self._heal(executor, target, desired, started, held.lock.holder)])
 
     def _record_failures(self, health: Health) -> None:
         mem = self.memory
@@ -158,7 +158,7 @@ class Reconciler:
                 self.ctx.out.warn(f"{self.app}/{self.env}: {name} is tainted: {'; '.join(fresh)} "
                                   f"({'replacing it' if self.policy.drift == 'replace' else 'reported only'})")
 
-    def _heal(self, executor: Executor, target: Target, desired: Desired, started: float) -> str:
+    def _heal(self, executor: Executor, target: Target, desired: Desired, started: float, holder: str) -> str:
         mem = self.memory
         gone = sorted(executor.failed | executor.tainted)
         since = min([mem.deaths[n][1] for n in gone if n in mem.deaths] or [0.0])
@@ -178,7 +178,7 @@ class Reconciler:
             mem.execs.pop(name, None)
         what = f"replaced {', '.join(gone)}" if gone else "restored the desired instances"
         message = f"{what} with {', '.join(sorted(executor.started)) or 'no new instance'} in {took:.2f}s"
-        self._event("instance.replaced" if gone else "agent.restored", message)
+        self._event("instance.replaced" if gone else "agent.restored", f"{message} (agent {holder})")
         return message
 
     # --- helpers ---------------------------------------------------------------------------
