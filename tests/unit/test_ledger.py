@@ -260,3 +260,26 @@ def test_migrating_a_0001_ledger_keeps_its_rollouts(tmp_path):
         command.downgrade(config, "0001")
     with ledger.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM rollouts")).scalar() == 1
+
+
+def test_made_environments_pins_and_release_origin(ledger):
+    assert ledger.made_environments("shop") == []
+    made = ledger.record_environment("shop", "old", "recreated", 18080, "production v1")
+    preview = ledger.record_environment("shop", "preview-3f2a", "preview", 18081, "ref main (3f2a)",
+                                        expires_at=now() + timedelta(hours=2))
+    assert [e.env for e in ledger.made_environments("shop")] == ["old", "preview-3f2a"]
+    assert ledger.made_environment("shop", "old") == made and made.expires_at is None
+    assert preview.summary()["expires_at"].endswith("Z")
+    ledger.forget_environment("shop", "old")
+    assert ledger.made_environment("shop", "old") is None
+
+    ledger.pin("shop", "production", 3)
+    ledger.pin("shop", "production", 3)  # idempotent
+    assert ledger.pins("shop") == {("production", 3)}
+    assert ledger.unpin("shop", "production", 3) and not ledger.unpin("shop", "production", 3)
+
+    rel = ledger.record_release(app="shop", env="prod", image="sha256:1", image_tag="t", inputs_hash="h", config={},
+                                config_digest="c", spec_digest="s", commit=None, dirty=False,
+                                origin="promoted from staging v4")
+    assert ledger.release("shop", "prod", rel.number).origin == "promoted from staging v4"
+    assert ledger.released_environments("shop") == ["prod"]

@@ -31,6 +31,9 @@ class ReleaseRow(Table):
     dirty: Mapped[bool] = mapped_column(default=False)
     note: Mapped[str] = mapped_column(String(256), default="")  # e.g. "rollback to v1"
     created_at: Mapped[datetime] = mapped_column()
+    # where the artifact came from when not baked here: "promoted from staging v4", "recreated
+    # from production v1", "imported from …" (a manifest)
+    origin: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class RolloutRow(Table):
@@ -93,3 +96,29 @@ class LockRow(Table):
     acquired_at: Mapped[datetime] = mapped_column()
     heartbeat_at: Mapped[datetime] = mapped_column()
     lease_seconds: Mapped[float] = mapped_column(Float)
+
+
+class EnvironmentRow(Table):
+    """An environment kiln made that kiln.yaml does not declare: a recreated release or a preview.
+    Its resolved config lives in its releases; this row gives it a port and, for previews, an end."""
+
+    __tablename__ = "environments"
+
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    env: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # recreated, preview
+    port: Mapped[int] = mapped_column(Integer)
+    origin: Mapped[str] = mapped_column(Text)  # "production v1", "ref main (3f2a…)"
+    created_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class PinRow(Table):
+    """A release `kiln gc` must keep (its image, whatever its age)."""
+
+    __tablename__ = "pins"
+
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    env: Mapped[str] = mapped_column(String(64), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pinned_at: Mapped[datetime] = mapped_column()

@@ -25,12 +25,20 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session
 
 from kiln.errors import LedgerError, LockHeld
-from kiln.ledger.schema import EventRow, LockRow, ReleaseRow, RolloutRow, StepRow
+from kiln.ledger.schema import (
+    EnvironmentRow,
+    EventRow,
+    LockRow,
+    PinRow,
+    ReleaseRow,
+    RolloutRow,
+    StepRow,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision (a unit test checks it against migrations/versions). Knowing it
 # here spares importing Alembic, ~0.3 s, on every command once the schema is current.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 ROLLOUT_STATES = ("running", "paused", "succeeded", "aborted")
 UNFINISHED = ("running", "paused")
@@ -55,11 +63,12 @@ class Release:
     dirty: bool
     note: str
     created_at: datetime
+    origin: str = ""
 
     def summary(self) -> dict[str, Any]:
         return {"number": self.number, "image": self.image, "commit": self.commit,
                 "created_at": self.created_at.isoformat() + "Z", "dirty": self.dirty,
-                "inputs_hash": self.inputs_hash, "note": self.note}
+                "inputs_hash": self.inputs_hash, "note": self.note, "origin": self.origin}
 
 
 @dataclass(frozen=True)
@@ -107,10 +116,28 @@ class Lock:
                 "heartbeat_at": self.heartbeat_at.isoformat() + "Z", "lease_seconds": self.lease_seconds}
 
 
+@dataclass(frozen=True)
+class MadeEnv:
+    """An environment kiln made (not declared in kiln.yaml): a recreated release or a preview."""
+
+    app: str
+    env: str
+    kind: str  # recreated, preview
+    port: int
+    origin: str
+    created_at: datetime
+    expires_at: datetime | None
+
+    def summary(self) -> dict[str, Any]:
+        return {"app": self.app, "env": self.env, "kind": self.kind, "port": self.port, "origin": self.origin,
+                "created_at": self.created_at.isoformat() + "Z",
+                "expires_at": self.expires_at.isoformat() + "Z" if self.expires_at else None}
+
+
 def _release(row: ReleaseRow) -> Release:
     return Release(row.app, row.env, row.number, row.image, row.image_tag, row.inputs_hash,
                    json.loads(row.config), row.config_digest, row.spec_digest, row.commit, row.dirty,
-                   row.note, row.created_at)
+                   row.note, row.created_at, row.origin or "")
 
 
 def _rollout(row: RolloutRow) -> Rollout:
@@ -167,7 +194,7 @@ class Ledger:
 
     def record_release(self, *, app: str, env: str, image: str, image_tag: str, inputs_hash: str,
                        config: dict[str, Any], config_digest: str, spec_digest: str,
-                       commit: str | None, dirty: bool, note: str = "") -> Release:
+                       commit: str | None, dirty: bool, note: str = "", origin: str = "") -> Release:
         """Append the next release (v1, v2, …) of app/env. Numbers are never reused."""
         try:
             with self.session() as s, s.begin():
@@ -175,7 +202,7 @@ class Ledger:
                 row = ReleaseRow(app=app, env=env, number=(last or 0) + 1, image=image, image_tag=image_tag,
                                  inputs_hash=inputs_hash, config=json.dumps(config, sort_keys=True),
                                  config_digest=config_digest, spec_digest=spec_digest, commit=commit,
-                                 dirty=dirty, note=note, created_at=now())
+                                 dirty=dirty, note=note, created_at=now(), origin=origin)
                 s.add(row)
             return _release(row)
         except SQLAlchemyError as exc:
@@ -346,6 +373,49 @@ class Ledger:
             if gone == 1:
                 return held
         return None
+
+    # --- environments kiln made, and pins ------------------------------------------------------
+
+    def record_environment(self, app: str, env: str, kind: str, port: int, origin: str,
+                           expires_at: datetime | None = None) -> MadeEnv:
+        with self.session() as s, s.begin():
+            row = s.get(EnvironmentRow, (app, env))
+            if row is None:
+                row = EnvironmentRow(app=app, env=env)
+                s.add(row)
+            row.kind, row.port, row.origin, row.created_at, row.expires_at = kind, port, origin, now(), expires_at
+        return MadeEnv(app, env, kind, port, origin, row.created_at, expires_at)
+
+    def made_environments(self, app: str) -> list[MadeEnv]:
+        with self.session() as s:
+            rows = s.scalars(select(EnvironmentRow).where(EnvironmentRow.app == app).order_by(EnvironmentRow.env))
+            return [MadeEnv(r.app, r.env, r.kind, r.port, r.origin, r.created_at, r.expires_at) for r in rows]
+
+    def made_environment(self, app: str, env: str) -> MadeEnv | None:
+        return next((e for e in self.made_environments(app) if e.env == env), None)
+
+    def forget_environment(self, app: str, env: str) -> None:
+        with self.session() as s, s.begin():
+            s.execute(delete(EnvironmentRow).where(EnvironmentRow.app == app, EnvironmentRow.env == env))
+
+    def pin(self, app: str, env: str, number: int) -> None:
+        with self.session() as s, s.begin():
+            if s.get(PinRow, (app, env, number)) is None:
+                s.add(PinRow(app=app, env=env, number=number, pinned_at=now()))
+
+    def unpin(self, app: str, env: str, number: int) -> bool:
+        with self.session() as s, s.begin():
+            return s.execute(delete(PinRow).where(PinRow.app == app, PinRow.env == env,
+                                                  PinRow.number == number)).rowcount == 1
+
+    def pins(self, app: str) -> set[tuple[str, int]]:
+        with self.session() as s:
+            return {(r.env, r.number) for r in s.scalars(select(PinRow).where(PinRow.app == app))}
+
+    def released_environments(self, app: str) -> list[str]:
+        """Every environment of app with at least one release."""
+        with self.session() as s:
+            return sorted(s.scalars(select(ReleaseRow.env).where(ReleaseRow.app == app).distinct()))
 
     # --- events -------------------------------------------------------------------------
 
