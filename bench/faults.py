@@ -306,9 +306,11 @@ def write(r: dict, out: Path) -> None:
         for b in bad:
             lines.append(f"| {b['bad release']} | {b['exit']} | {b['rollout']} | {b['requests']:,} | {b['non_2xx']} | "
                          f"{b['socket_errors']} | {b['promised']} | {'ok' if b['ok'] else '; '.join(b['problems'])} | "
-                         f"{b['reason'][:140].replace('|', '/')} |")
+                         f"{' '.join(b['reason'][:140].split()).replace('|', '/')} |")
     for group, msg in r.get("errors", {}).items():
-        lines += ["", f"**{group} did not complete:** {msg}"]
+        lines += ["", f"**{group} did not complete:**", "", "```", msg, "```"]
+    for note in r.get("notes", []):
+        lines += ["", note]
     (out / "faults.md").write_text("\n".join(lines) + "\n")
 
 
