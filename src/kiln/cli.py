@@ -33,6 +33,9 @@ app.add_typer(base_app, name="base")
 app.add_typer(rollout_app, name="rollout")
 lock_app = typer.Typer(help="Inspect or break the lock a kiln process holds while it changes an environment.", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
+from kiln.cli_ci import register as _register_ci  # noqa: E402  (kiln ci, kiln secret, kiln serve)
+
+_register_ci(app)
 
 SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Path to kiln.yaml.", show_default=True)]
 EnvOpt = Annotated[Optional[str], typer.Option("--env", "-e", help="Environment (default: the first in kiln.yaml).")]

@@ -12,7 +12,10 @@
     ├── RolloutError             a rollout was aborted; the previous release keeps serving
     │   └── FactsChanged         an agent's pass met a failure it had not judged; it passes again
     ├── LockHeld                 another kiln process holds the environment's lock
-    └── LockLost                 this process lost the lock mid-change (its lease ran out)
+    ├── LockLost                 this process lost the lock mid-change (its lease ran out)
+    ├── PipelineError            a pipeline run cannot start, or one of its steps failed
+    ├── SecretError              the secret store cannot be read or written (key missing or wrong)
+    └── WebhookRejected          a webhook's signature or token is wrong (answered 401)
 
 The CLI catches KilnError, prints `message` (and `hint`), and exits with `exit_code`;
 anything else is a bug and keeps its traceback.
@@ -116,3 +119,16 @@ class LockHeld(KilnError):
 class LockLost(KilnError):
     """The lock was taken over or force-released while this process changed the environment.
     The process stops at once without touching anything more: the new holder settles the rollout."""
+
+
+class PipelineError(KilnError):
+    """A `kiln ci` run could not start (checkout, spec, queue) or a step failed; nothing after
+    the failing step ran, so what was serving keeps serving."""
+
+
+class SecretError(KilnError):
+    pass
+
+
+class WebhookRejected(KilnError):
+    pass

@@ -122,3 +122,6 @@ class PinRow(Table):
     env: Mapped[str] = mapped_column(String(64), primary_key=True)
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     pinned_at: Mapped[datetime] = mapped_column()
+
+
+from kiln.ledger import ci_schema as _ci_schema  # noqa: E402,F401  (the pipeline's tables join this metadata)

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from kiln.spec.durations import parse_duration
+from kiln.spec.pipeline import Pipeline
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -208,6 +209,7 @@ class Spec(Model):
     build: Build = Field(..., description="how the app image is baked (see build)")
     services: dict[str, Service] = Field(..., min_length=1, description="process types of the app, by name (see services.NAME)")
     environments: dict[str, Environment] = Field(..., min_length=1, description="where it runs, by name; the first is the default (see environments.NAME)")
+    pipeline: Pipeline | None = Field(None, description="continuous delivery: the steps `kiln ci run` runs for each commit (see pipeline)")
 
     @property
     def public_service(self) -> str | None:

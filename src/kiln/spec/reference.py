@@ -24,7 +24,9 @@ from kiln.spec.models import (
     ServiceOverride,
     SmokeCheck,
     Spec,
+    _count_or_percent,
 )
+from kiln.spec.pipeline import Check, Pipeline, Promote, Sidecar, Step
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", Spec),
@@ -40,6 +42,11 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("environments.NAME.services.NAME", ServiceOverride),
     ("environments.NAME.agent", AgentPolicy),
     ("environments.NAME.agent.meltdown", Meltdown),
+    ("pipeline", Pipeline),
+    ("pipeline.steps[]", Step),
+    ("pipeline.steps[].promote", Promote),
+    ("pipeline.steps[].checks[]", Check),
+    ("pipeline.steps[].services.NAME", Sidecar),
 ]
 
 
@@ -90,9 +97,9 @@ def render() -> str:
             ann = field.annotation
             if any(getattr(m, "func", None) is parse_duration for m in field.metadata):
                 ann = "duration"
-            elif field.metadata and any(getattr(m, "func", None) for m in field.metadata):
+            elif any(getattr(m, "func", None) is _count_or_percent for m in field.metadata):
                 ann = "count or percentage"
-            out.append(f"| `{name}` | {_type_name(ann)} | {_default(field)} | {field.description or ''} |")
+            out.append(f"| `{field.alias or name}` | {_type_name(ann)} | {_default(field)} | {field.description or ''} |")
         out.append("")
     return "\n".join(out)
 

@@ -1,0 +1,122 @@
+"""The encrypted secret store behind `kiln secret` and `secret:NAME` references.
+
+Each secret is a Fernet token (AES-128-CBC + HMAC-SHA256, from the `cryptography` package) in
+KILN_HOME/secrets/NAME, mode 0600. The key is KILN_SECRET_KEY when set, else the file
+KILN_HOME/secret.key (made on first `set`, mode 0600). Values never reach argv, the ledger or a
+log line: pipeline logs are masked with `Masker`."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from kiln.errors import SecretError
+from kiln.settings import Settings
+
+KEY_ENV = "KILN_SECRET_KEY"
+# The same names `secret:NAME` references accept (kiln.secretref).
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+MASK = "********"
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise SecretError(f"{name!r} is not a valid secret name.",
+                          "Use lowercase letters, digits, '-', '_' or '.', starting with a letter or digit.")
+    return name
+
+
+class SecretStore:
+    def __init__(self, settings: Settings, environ: dict[str, str] | None = None) -> None:
+        self.dir = settings.home / "secrets"
+        self.key_file = settings.home / "secret.key"
+        self._env = os.environ if environ is None else environ
+
+    def _fernet(self, create: bool):  # -> cryptography.fernet.Fernet (imported on use: ~50 ms)
+        from cryptography.fernet import Fernet
+
+        key = self._env.get(KEY_ENV)
+        if key is None:
+            if not self.key_file.exists():
+                if not create:
+                    return None
+                _write_private(self.key_file, Fernet.generate_key())
+            _refuse_loose(self.key_file)
+            key = self.key_file.read_text().strip()
+        try:
+            return Fernet(key.encode() if isinstance(key, str) else key)
+        except (ValueError, TypeError):
+            where = KEY_ENV if self._env.get(KEY_ENV) is not None else str(self.key_file)
+            raise SecretError(f"the secret key in {where} is not a Fernet key (32 url-safe base64-encoded bytes).",
+                              "Make one with `python3 -c 'from cryptography.fernet import Fernet; "
+                              "print(Fernet.generate_key().decode())'`.") from None
+
+    def set(self, name: str, value: str) -> None:
+        fernet = self._fernet(create=True)
+        _write_private(self.dir / check_name(name), fernet.encrypt(value.encode()))
+
+    def get(self, name: str) -> str | None:
+        path = self.dir / check_name(name)
+        if not path.exists():
+            return None
+        fernet = self._fernet(create=False)
+        if fernet is None:
+            raise SecretError(f"secret {name!r} is stored but the key to decrypt it is gone ({self.key_file}).",
+                              f"Restore the key file, or set {KEY_ENV}; else set the secret again.")
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return fernet.decrypt(path.read_bytes()).decode()
+        except InvalidToken:
+            raise SecretError(f"secret {name!r} cannot be decrypted with this key.",
+                              f"It was stored with another key (check {KEY_ENV} and {self.key_file}); "
+                              "set it again with `kiln secret set`.") from None
+
+    def names(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name for p in self.dir.iterdir() if NAME.match(p.name))
+
+    def delete(self, name: str) -> bool:
+        path = self.dir / check_name(name)
+        if not path.exists():
+            return False
+        path.unlink()
+        return True
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` readable by its owner only, replacing it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _refuse_loose(path: Path) -> None:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SecretError(f"{path} is readable by others (mode {mode:o}).", f"Run `chmod 600 {path}`.")
+
+
+class Masker:
+    """Replaces every known secret value in a text with a mask. Pure."""
+
+    def __init__(self, values: Iterable[str]) -> None:
+        # Longest first, so a value containing another is masked whole; each line of a multi-line
+        # value too, since logs are stored line by line.
+        parts = {v for value in values if value for v in [value, *value.splitlines()] if len(v.strip()) >= 3}
+        self.values = sorted(parts, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for value in self.values:
+            if value in text:
+                text = text.replace(value, MASK)
+        return text

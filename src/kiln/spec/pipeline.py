@@ -1,0 +1,137 @@
+"""The `pipeline` section of kiln.yaml: what `kiln ci run` does with each commit.
+
+Imports nothing of spec/models.py (which imports this module for its `pipeline` field)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from kiln.secretstore import NAME
+from kiln.spec.durations import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+KINDS = ("run", "deploy", "promote", "smoke", "parallel")
+RUN_ONLY = ("environment", "services", "timeout")
+SECRET = "secret:"  # a value `secret:NAME` names a stored secret
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _secret_refs(value: object) -> object:
+    if isinstance(value, dict):
+        bad = [k for k, v in value.items() if isinstance(v, str) and v.startswith(SECRET) and not NAME.match(v[len(SECRET):])]
+        if bad:
+            raise ValueError(f"{bad[0]}: not a valid secret reference; write secret:NAME (lowercase letters, digits, '-', '_', '.')")
+    return value
+
+
+StepEnv = Annotated[dict[str, str], BeforeValidator(_secret_refs)]
+
+
+class Check(_Model):
+    """An HTTP request sent to an environment's public URL; retried until it passes or `within` ends."""
+
+    path: str = Field("/", description="path to GET, e.g. /health")
+    status: int = Field(200, ge=100, le=599, description="expected HTTP status")
+    body: str | None = Field(None, description="text the response body must contain")
+    within: Duration = Field(10.0, description="how long the check may keep failing before the step fails")
+
+    @model_validator(mode="after")
+    def _path(self) -> Check:
+        if not self.path.startswith("/"):
+            raise ValueError(f"check path must start with '/', e.g. /{self.path}")
+        return self
+
+
+class Promote(_Model):
+    """Put the exact image one environment runs into another (with the target's own config)."""
+
+    source: str = Field(..., alias="from", description="environment whose release is promoted")
+    to: str = Field(..., description="environment that receives it")
+    approval: Literal["manual", "auto"] = Field("manual", description="`manual`: the run waits for `kiln ci approve RUN`; `auto`: at once")
+
+
+class Sidecar(_Model):
+    """A container started beside a `run` step on a network that exists only for that step
+    (e.g. a database); the step reaches it by its name."""
+
+    packages: tuple[str, ...] = Field((), description="Debian packages of a base image kiln bakes for it; none: the app image")
+    command: str | tuple[str, ...] | None = Field(None, description="what it runs; a string runs with `sh -c`")
+    environment: StepEnv = Field(default_factory=dict, description="environment variables; `secret:NAME` refers to a stored secret")
+    port: int | None = Field(None, ge=1, le=65535, description="the step starts once this port accepts TCP connections")
+    ready_timeout: Duration = Field(60.0, description="how long the port may take to open")
+
+
+class Step(_Model):
+    """One step: exactly one of `run`, `deploy`, `promote`, `smoke` or `parallel`. A failing step
+    stops the run; nothing after it runs (or deploys)."""
+
+    name: str | None = Field(None, description="shown in `kiln ci show`; default: made from the step")
+    run: str | tuple[str, ...] | None = Field(None, description="command run in a throwaway container of the freshly baked image; a string runs with `sh -c`")
+    deploy: str | None = Field(None, description="environment to deploy the baked image to (the rollout of its spec)")
+    promote: Promote | None = Field(None, description="environment-to-environment promotion (see pipeline.steps[].promote)")
+    smoke: str | None = Field(None, description="environment whose public URL gets the `checks`")
+    parallel: tuple[Step, ...] | None = Field(None, description="steps run at the same time (no nesting)")
+    checks: tuple[Check, ...] = Field((Check(),), description="smoke: the requests that must pass")
+    environment: StepEnv = Field(default_factory=dict, description="run: environment variables; `secret:NAME` refers to a secret from `kiln secret set` (masked in every log)")
+    services: dict[str, Sidecar] = Field(default_factory=dict, description="run: sidecar containers by name (see pipeline.steps[].services.NAME)")
+    timeout: Duration = Field(1800.0, description="run: longest time the command may take")
+    branches: tuple[str, ...] = Field((), description="run only for pushes to these branches (glob patterns such as `main`, `release/*`)")
+    tags: tuple[str, ...] = Field((), description="run only for these tags (glob patterns such as `v*`)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        kinds = [k for k in KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of {', '.join(KINDS)}" + (f" (got {', '.join(kinds)})" if kinds else ""))
+        if kinds[0] != "run" and (misplaced := [k for k in RUN_ONLY if k in self.model_fields_set]):
+            raise ValueError(f"'{misplaced[0]}' belongs to a run step")
+        if kinds[0] != "smoke" and "checks" in self.model_fields_set:
+            raise ValueError("'checks' belongs to a smoke step")
+        if self.parallel is not None and any(s.parallel is not None for s in self.parallel):
+            raise ValueError("parallel steps cannot be nested")
+        if self.run is not None and not self.run:
+            raise ValueError("run needs a command")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    @property
+    def title(self) -> str:
+        if self.name:
+            return self.name
+        if self.run is not None:
+            text = self.run if isinstance(self.run, str) else " ".join(self.run)
+            return text if len(text) <= 40 else text[:39] + "…"
+        if self.promote is not None:
+            return f"promote {self.promote.source} → {self.promote.to}"
+        if self.parallel is not None:
+            return "parallel"
+        return f"{self.kind} {self.deploy or self.smoke}"
+
+
+class Pipeline(_Model):
+    """What `kiln ci run` does with a commit after it is baked: its steps, in order."""
+
+    steps: tuple[Step, ...] = Field(..., min_length=1, description="the steps, in order (see pipeline.steps[])")
+
+
+def pipeline_problems(pipeline: Pipeline, environments: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Names of environments a pipeline uses that the spec does not declare (key path, problem)."""
+    known = ", ".join(environments)
+    for i, step in enumerate(pipeline.steps):
+        for j, inner in ([(None, step)] if step.parallel is None else list(enumerate(step.parallel))):
+            base: tuple[str | int, ...] = ("pipeline", "steps", i) + (("parallel", j) if j is not None else ())
+            used = [("deploy", inner.deploy), ("smoke", inner.smoke)]
+            if inner.promote is not None:
+                used += [("promote", "from", inner.promote.source), ("promote", "to", inner.promote.to)]
+            for *key, env in used:
+                if env is not None and env not in environments:
+                    yield base + tuple(key), f"no environment {env!r}; environments are: {known}"
