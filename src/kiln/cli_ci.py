@@ -3,8 +3,12 @@ case, print. Registered on the main app by `register(app)` (cli.py)."""
 
 from __future__ import annotations
 
+import getpass
+import os
 import sys
-from typing import Annotated
+import time
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -12,17 +16,225 @@ from kiln.errors import UsageError
 from kiln.output import Output
 from kiln.settings import Settings
 
+ci_app = typer.Typer(help="Continuous delivery: run the spec's pipeline for a commit; list, inspect, approve, cancel runs.",
+                     no_args_is_help=True)
+hook_app = typer.Typer(help="Start a run for every push to a git repository.", no_args_is_help=True)
+ci_app.add_typer(hook_app, name="hook")
 secret_app = typer.Typer(help="Secrets for pipeline steps and `secret:NAME` references, encrypted at rest.",
                          no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Path to kiln.yaml (its place in the repository is used).")]
+RunArg = Annotated[int, typer.Argument(help="Run number (`kiln ci list`).")]
+FINAL = ("succeeded", "failed", "cancelled", "superseded")
 
 
 def register(app: typer.Typer) -> None:
+    app.add_typer(ci_app, name="ci")
     app.add_typer(secret_app, name="secret")
+    app.command("serve")(serve)
 
 
-def _store():
+def _ctx(quiet: bool = False):
+    from kiln.context import Context
+
+    return Context(Settings.from_env(), Output(quiet=quiet))
+
+
+def _store(ctx):
+    from kiln.ledger.ci_store import CiStore
+
+    return CiStore(ctx.ledger)
+
+
+def _run_or_fail(store, run_id: int):
+    run = store.run(run_id)
+    if run is None:
+        raise UsageError(f"there is no run {run_id}.", "`kiln ci list` shows the runs.")
+    return run
+
+
+# --- kiln ci ------------------------------------------------------------------------------------
+
+
+@ci_app.command("run")
+def ci_run(
+    file: SpecFile = Path("kiln.yaml"),
+    ref: Annotated[str, typer.Option("--ref", "-r", help="Branch, tag, full ref or commit to run.")] = "HEAD",
+    repo: Annotated[Optional[Path], typer.Option("--repo", help="Repository to check out from (default: the one holding kiln.yaml).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Queue the run and return; a background runner does it.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Run the pipeline for one commit, as a server would: a clean checkout of the commit, bake,
+    then the steps; every step's state, timing and log go to the ledger. Exit code 1 when it fails."""
+    from kiln.ci import git
+    from kiln.ci.runner import wait_and_run
+    from kiln.ci.trigger import enqueue, spawn
+
+    ctx = _ctx(quiet=json)
+    spec_path = file.resolve()
+    root = git.repo_root(repo.resolve() if repo else spec_path.parent)
+    try:
+        spec = str(spec_path.relative_to(root))
+    except ValueError:
+        spec = str(file)
+    full, commit = git.resolve_ref(str(root), ref)
+    store = _store(ctx)
+    run = enqueue(ctx, store, repo=str(root), spec=spec, ref=full, commit=commit, trigger="cli")
+    if detach:
+        out = spawn(ctx, run.id)
+        if json:
+            ctx.out.json(run.summary())
+        else:
+            ctx.out.done(f"run {run.id} queued; `kiln ci logs {run.id} --follow` shows it (runner output: {out})")
+        return
+    ended = wait_and_run(ctx, store, run.id)
+    if json:
+        ctx.out.json({**ended.summary(), "steps": [s.summary() for s in store.steps(ended.id)]})
+    _exit_for(ended)
+
+
+def _exit_for(run) -> None:
+    from kiln.errors import PipelineError
+
+    if run.state != "succeeded":
+        raise PipelineError(f"run {run.id} {run.state}" + (f": {run.reason}" if run.reason else "."),
+                            f"`kiln ci logs {run.id}` has the full log.")
+
+
+@ci_app.command("work", hidden=True)
+def ci_work(run_id: RunArg) -> None:
+    """Be the runner of a queued run (started detached by hooks, webhooks and --detach)."""
+    from kiln.ci.runner import wait_and_run
+
+    ctx = _ctx()
+    _exit_for(wait_and_run(ctx, _store(ctx), run_id))
+
+
+@ci_app.command("list")
+def ci_list(json: JsonOpt = False,
+            limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs, newest first.")] = 20) -> None:
+    """Pipeline runs, newest first: ref, commit, state, trigger."""
+    from rich.table import Table
+
+    ctx = _ctx(quiet=json)
+    runs = _store(ctx).runs(limit=limit)
+    if json:
+        ctx.out.json([r.summary() for r in runs])
+        return
+    table = Table("run", "app", "ref", "commit", "state", "trigger", "created", "reason", box=None)
+    for r in runs:
+        table.add_row(str(r.id), r.app or "-", r.ref, r.commit[:12], r.state, r.trigger,
+                      r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.reason)
+    ctx.out.print(table)
+
+
+@ci_app.command("show")
+def ci_show(run_id: RunArg, json: JsonOpt = False) -> None:
+    """One run: its commit, state, image, and each step's state, time and result."""
+    from rich.table import Table
+
+    ctx = _ctx(quiet=json)
+    store = _store(ctx)
+    run = _run_or_fail(store, run_id)
+    steps = store.steps(run_id)
+    if json:
+        ctx.out.json({**run.summary(), "steps": [s.summary() for s in steps]})
+        return
+    ctx.out.print(f"run {run.id}  {run.state}  {run.ref} at {run.commit}  ({run.trigger})")
+    if run.image:
+        ctx.out.print(f"image {run.image}")
+    if run.reason:
+        ctx.out.print(f"reason: {run.reason}")
+    table = Table("#", "step", "kind", "state", "time", "result", box=None)
+    for s in steps:
+        took = f"{s.seconds:.1f}s" if s.seconds is not None else ""
+        table.add_row(str(s.position), s.name, s.kind, s.state, took, s.detail)
+    ctx.out.print(table)
+
+
+@ci_app.command("logs")
+def ci_logs(run_id: RunArg,
+            follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing until the run ends.")] = False) -> None:
+    """A run's full log (secrets masked), each line marked with its step."""
+    ctx = _ctx()
+    store = _store(ctx)
+    _run_or_fail(store, run_id)
+    after, names = 0, {}
+    while True:
+        run = store.run(run_id)
+        lines = store.logs(run_id, after)
+        if lines and any(step not in names for _, step, _ in lines):
+            names = {s.id: f"{s.position}:{s.name}" for s in store.steps(run_id)}
+        for _, step, line in lines:
+            print(f"{names.get(step, '-')[:24]:<24} | {line}")
+        after = lines[-1][0] if lines else after
+        sys.stdout.flush()
+        if not follow or (run is not None and run.state in FINAL and not lines):
+            return
+        time.sleep(0.5)
+
+
+@ci_app.command("approve")
+def ci_approve(run_id: RunArg) -> None:
+    """Let a run's waiting manual promotion go ahead."""
+    ctx = _ctx()
+    store = _store(ctx)
+    _run_or_fail(store, run_id)
+    waiting = [s for s in store.steps(run_id) if s.state == "waiting"]
+    if not waiting:
+        raise UsageError(f"run {run_id} has no step waiting for approval.", f"`kiln ci show {run_id}` shows its steps.")
+    store.set_step(waiting[0].id, "approved", f"approved by {getpass.getuser()}", only_from=("waiting",))
+    ctx.out.done(f"approved step {waiting[0].position} ({waiting[0].name}) of run {run_id}")
+
+
+@ci_app.command("cancel")
+def ci_cancel(run_id: RunArg) -> None:
+    """Cancel a run: a queued one never starts; a running one stops after killing its current
+    command (a deploy in progress finishes or aborts on its own first)."""
+    ctx = _ctx()
+    store = _store(ctx)
+    run = _run_or_fail(store, run_id)
+    if run.state in FINAL:
+        raise UsageError(f"run {run_id} has already ended ({run.state}).")
+    run = store.request_cancel(run_id)
+    ctx.out.done(f"run {run_id} cancelled" if run.state == "cancelled" else f"run {run_id} asked to stop")
+
+
+@hook_app.command("install")
+def hook_install(
+    repo: Annotated[Path, typer.Option("--repo", help="The (bare) repository pushes go to.")] = Path("."),
+    spec: Annotated[str, typer.Option("--spec", help="kiln.yaml's path inside the repository.")] = "kiln.yaml",
+    force: Annotated[bool, typer.Option("--force", help="Replace a post-receive hook that is not kiln's.")] = False,
+) -> None:
+    """Write a post-receive hook: every push starts a run for each pushed ref (in the background;
+    one run per ref at a time, a newer push supersedes the queued older one)."""
+    from kiln.ci import git, hook
+
+    root = git.repo_root(repo.resolve())
+    target = hook.install(root, spec, os.environ, force=force)
+    Output().done(f"wrote {target}; pushes to {root} now start pipeline runs (`kiln ci list`)")
+
+
+@hook_app.command("receive", hidden=True)
+def hook_receive(
+    repo: Annotated[Path, typer.Option("--repo")],
+    spec: Annotated[str, typer.Option("--spec")] = "kiln.yaml",
+) -> None:
+    """Called by the post-receive hook with git's "old new ref" lines on stdin."""
+    from kiln.ci.trigger import enqueue, pushed_refs, spawn
+
+    for key in [k for k in os.environ if k.startswith("GIT_")]:
+        del os.environ[key]  # the hook's GIT_DIR would point the runner's git at the bare repository
+    ctx = _ctx()
+    store = _store(ctx)
+    for ref, commit in pushed_refs(sys.stdin.read()):
+        run = enqueue(ctx, store, repo=str(repo), spec=spec, ref=ref, commit=commit, trigger="hook")
+        spawn(ctx, run.id)
+        print(f"kiln: run {run.id} queued for {ref} ({commit[:12]}); kiln ci logs {run.id} --follow")
+
+
+def _secrets():
     from kiln.secretstore import SecretStore
 
     return SecretStore(Settings.from_env())
@@ -42,14 +254,14 @@ def secret_set(name: Annotated[str, typer.Argument(help="Secret name: lowercase 
         value = value[:-1] if value.endswith("\n") else value
     if not value:
         raise UsageError(f"no value given for secret {name!r}.", f"Pipe it in: `printf %s \"$VALUE\" | kiln secret set {name}`.")
-    _store().set(name, value)
+    _secrets().set(name, value)
     Output().done(f"secret {name} stored (encrypted); refer to it as secret:{name}")
 
 
 @secret_app.command("list")
 def secret_list(json: JsonOpt = False) -> None:
     """Names of the stored secrets (never their values)."""
-    names = _store().names()
+    names = _secrets().names()
     if json:
         Output().json(names)
     else:
@@ -60,6 +272,36 @@ def secret_list(json: JsonOpt = False) -> None:
 @secret_app.command("delete")
 def secret_delete(name: Annotated[str, typer.Argument(help="Secret name.")]) -> None:
     """Remove a stored secret."""
-    if not _store().delete(name):
+    if not _secrets().delete(name):
         raise UsageError(f"there is no secret {name!r}.", "`kiln secret list` shows the stored ones.")
     Output().done(f"secret {name} deleted")
+
+
+# --- kiln serve ---------------------------------------------------------------------------------
+
+
+def serve(
+    repo: Annotated[Path, typer.Option("--repo", help="Local repository (or mirror) runs check out from.")],
+    spec: Annotated[str, typer.Option("--spec", help="kiln.yaml's path inside the repository.")] = "kiln.yaml",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless told otherwise).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8600,
+    secret: Annotated[str, typer.Option("--secret", help="Name of the stored secret webhooks are signed with (GitHub) or carry as token (GitLab).")] = "webhook",
+) -> None:
+    """Serve webhooks: POST /hooks/github and /hooks/gitlab accept push events, check their
+    signature (HMAC-SHA256 of the raw body) or token in constant time, refuse a delivery id seen
+    before, and queue a run for the pushed ref (401 and nothing runs when the check fails)."""
+    import uvicorn
+
+    from kiln.ci import git
+    from kiln.ci.steps import secret_lookup
+    from kiln.server.app import Config, make_app
+
+    ctx = _ctx()
+    root = git.repo_root(repo.resolve())
+    key = secret_lookup(_secrets().get)(secret)
+    if not key:
+        raise UsageError(f"secret {secret!r} is not set, so no webhook could be verified.",
+                         f"Store the webhook secret first: `kiln secret set {secret}` (value on stdin).")
+    ctx.out.step(f"kiln serve: webhooks for {root} on http://{host}:{port}/hooks/github and /hooks/gitlab")
+    uvicorn.run(make_app(ctx, Config(repo=str(root), spec=spec, secret=key)), host=host, port=port,
+                log_level="warning")

@@ -1,0 +1,211 @@
+"""One pipeline run: wait for its turn in its queue, check the commit out into a clean clone,
+bake, run the stages in order (a parallel group's steps in threads), record each step's state,
+timing and log. A failing step stops the run: later steps are skipped, so nothing after it
+deploys, and what was serving keeps serving."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+from kiln.bake.baker import BakedImage, bake
+from kiln.ci import git
+from kiln.ci.logsink import StepLog, StepOutput
+from kiln.ci.plan import Planned, plan
+from kiln.ci.steps import Cancelled, StepContext, execute, secret_lookup
+from kiln.context import Context
+from kiln.errors import KilnError, PipelineError, SpecError, SpecIssue
+from kiln.ledger.ci_store import CiRun, CiStore
+from kiln.secretstore import Masker, SecretStore
+from kiln.spec.loader import LoadedSpec, find_spec, load_spec
+from kiln.spec.pipeline import SECRET, Pipeline, pipeline_problems
+
+POLL = 0.5
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def wait_and_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
+    """Run `run_id` once no other run of its queue is active; return it as it ended (a run that
+    was superseded or cancelled while queued is returned as it is, not run)."""
+    said = False
+    while True:
+        run = store.run(run_id)
+        if run is None:
+            raise PipelineError(f"there is no run {run_id}.", "`kiln ci list` shows the runs.")
+        if run.state != "queued":
+            return run
+        if store.claim(run_id, worker_id()):
+            return execute_run(ctx, store, run_id)
+        for active in store.active_in_queue(run.queue):
+            if _dead(active.worker):
+                store.set_state(active.id, "failed", f"its runner ({active.worker}) is gone", only_from=("running", "waiting"))
+            elif not said:
+                ctx.out.step(f"run {run_id} waits for run {active.id} of {run.ref} to finish")
+                said = True
+        time.sleep(POLL)
+
+
+def _dead(worker: str) -> bool:
+    """A runner on this host whose process is gone."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def execute_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
+    run = store.run(run_id)
+    assert run is not None
+    cancelled = threading.Event()
+    watching = threading.Event()
+    threading.Thread(target=_watch_cancel, args=(store, run_id, cancelled, watching), daemon=True).start()
+    first = store.add_steps(run_id, [(0, 0, "checkout and bake", "bake", "pending", "")])[0]
+    store.set_step(first.id, "running")
+    log = StepLog(store, run_id, first.id, lambda s: s, ctx.out, "bake")
+    work = ctx.settings.home / "ci" / "work" / f"run-{run_id}"
+    git.remove(work)
+    ctx.out.step(f"run {run_id}: {run.ref} at {run.commit[:12]}")
+    state, reason = "failed", "the runner stopped unexpectedly"
+    try:
+        state, reason = _execute(ctx, store, run, first.id, log, work, cancelled)
+    except KeyboardInterrupt:
+        state, reason = "cancelled", "interrupted"
+        raise
+    finally:
+        watching.set()
+        log.flush()
+        git.remove(work)
+        for step in store.steps(run_id):  # whatever did not get to run
+            if step.state in ("pending", "running", "waiting", "approved"):
+                store.set_step(step.id, "skipped" if step.state == "pending" else "cancelled",
+                               step.detail or "not run: an earlier step did not succeed")
+        store.set_state(run_id, state, reason)
+    ended = store.run(run_id)
+    assert ended is not None
+    return ended
+
+
+def _watch_cancel(store: CiStore, run_id: int, cancelled: threading.Event, done: threading.Event) -> None:
+    while not done.wait(POLL):
+        run = store.run(run_id)
+        if run is not None and run.cancel:
+            cancelled.set()
+            return
+
+
+def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: StepLog, work,
+             cancelled: threading.Event) -> tuple[str, str]:
+    """(final state, reason)."""
+    try:
+        log.write(f"› cloning {run.repo} at {run.commit[:12]}")
+        git.checkout(run.repo, run.commit, work)
+        loaded = load_spec(find_spec(work / run.spec))
+        pipeline = _pipeline(loaded)
+        store.update_run(run.id, app=loaded.spec.app)
+        stages = plan(pipeline, run.ref)
+        rows = store.add_steps(run.id, [(p.position, p.stage, p.name, p.step.kind,
+                                         "skipped" if p.skip else "pending", p.skip or "")
+                                        for stage in stages for p in stage])
+        ids = {row.position: row.id for row in rows}
+        find = secret_lookup(SecretStore(ctx.settings).get)
+        masker = Masker(v for name in _secret_names(pipeline) if (v := find(name)) is not None)
+        log.mask = masker
+        image = bake(ctx.docker, loaded, StepOutput(log), ctx.settings.home / "tmp")
+        store.update_run(run.id, image=image.id)
+        store.set_step(bake_step, "succeeded", f"{image.tag} ({image.id[:19]})" + ("" if image.built else ", reused"))
+        ctx.out.done(f"baked {image.tag} ({image.id[:19]})")
+    except KilnError as exc:
+        store.set_step(bake_step, "failed", str(exc))
+        log.write(f"error: {exc}")
+        ctx.out.warn(f"run {run.id} failed before its steps: {exc}")
+        return "failed", f"checkout and bake: {exc.message}"
+    log.flush()
+    for stage in stages:
+        todo = [p for p in stage if not p.skip]
+        if not todo:
+            continue
+        if cancelled.is_set():
+            return "cancelled", "cancelled by `kiln ci cancel`"
+        results = _run_stage(ctx, store, run, todo, ids, loaded, image, masker, find, cancelled)
+        failed = [(p, r) for p, r in results if r is not None]
+        if failed:
+            p, why = failed[0]
+            if why == "cancelled":
+                return "cancelled", "cancelled by `kiln ci cancel`"
+            return "failed", f"step {p.position} ({p.name}) failed: {why}"
+    ctx.out.done(f"run {run.id} succeeded")
+    return "succeeded", ""
+
+
+def _run_stage(ctx: Context, store: CiStore, run: CiRun, stage: list[Planned], ids: dict[int, int],
+               loaded: LoadedSpec, image: BakedImage, masker: Masker, find, cancelled: threading.Event
+               ) -> list[tuple[Planned, str | None]]:
+    def one(p: Planned) -> tuple[Planned, str | None]:
+        # Each thread gets its own engine client; the ledger's engine is shared (thread-safe).
+        own = Context(ctx.settings, ctx.out, _ledger=ctx.ledger, _docker=ctx._docker if len(stage) == 1 else None)
+        log = StepLog(store, run.id, ids[p.position], masker, ctx.out, p.name)
+        sc = StepContext(Context(own.settings, StepOutput(log), _ledger=own.ledger, _docker=own._docker),
+                         store, run, ids[p.position], p.position, loaded, image, log, find, cancelled)
+        store.set_step(sc.step_id, "running")
+        ctx.out.step(f"step {p.position}: {p.name}")
+        started = time.monotonic()
+        try:
+            detail, state, why = masker(execute(sc, p.step)), "succeeded", None
+        except Cancelled:
+            detail, state, why = "cancelled", "cancelled", "cancelled"
+        except KilnError as exc:
+            detail, state = masker(str(exc)), "failed"
+            why = detail
+            log.write(f"error: {detail}")
+        except Exception as exc:  # a bug: keep the traceback in the log, fail the step, not the runner
+            log.write(masker(traceback.format_exc()))
+            detail, state, why = f"internal error: {type(exc).__name__}: {masker(str(exc))}", "failed", "internal error"
+        log.flush()
+        store.set_step(sc.step_id, state, detail)
+        took = time.monotonic() - started
+        (ctx.out.done if state == "succeeded" else ctx.out.warn)(f"step {p.position}: {p.name}: {state} in {took:.1f}s — {detail}")
+        return p, why
+
+    if len(stage) == 1:
+        return [one(stage[0])]
+    with ThreadPoolExecutor(max_workers=len(stage)) as pool:
+        return list(pool.map(one, stage))
+
+
+def _pipeline(loaded: LoadedSpec) -> Pipeline:
+    pipeline = loaded.spec.pipeline
+    if pipeline is None:
+        raise PipelineError(f"{loaded.path.name} at this commit has no `pipeline` section.",
+                            "Add one (docs/ci.md) and commit it.")
+    problems = list(pipeline_problems(pipeline, loaded.spec.environments))
+    if problems:
+        from ruamel.yaml import YAML
+
+        from kiln.spec.loader import _dotted, _line_of
+
+        tree = YAML(typ="rt").load(loaded.path.read_text())
+        raise SpecError([SpecIssue(loaded.path.name, _line_of(tree, loc), _dotted(loc), msg)
+                         for loc, msg in problems])
+    return pipeline
+
+
+def _secret_names(pipeline: Pipeline) -> set[str]:
+    names = set()
+    for step in pipeline.steps:
+        for inner in step.parallel or (step,):
+            envs = [inner.environment, *(s.environment for s in inner.services.values())]
+            names |= {v[len(SECRET):] for env in envs for v in env.values() if v.startswith(SECRET)}
+    return names

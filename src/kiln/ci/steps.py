@@ -1,0 +1,274 @@
+"""What each kind of pipeline step does. A step returns a one-line result, or raises a KilnError
+(the step failed) or Cancelled; the runner records either. Side effects: the engine (run steps
+and their sidecars), the use cases (deploy, promote) and HTTP (smoke checks)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.client import HTTPException
+from urllib.parse import urlsplit
+
+from docker.errors import DockerException
+
+from kiln import probe
+from kiln.bake.baker import BakedImage
+from kiln.bake.base import ensure_base
+from kiln.ci.logsink import StepLog
+from kiln.ci.plan import check_problem, command_argv
+from kiln.context import Context
+from kiln.errors import EngineError, PipelineError
+from kiln.ledger.ci_store import CiRun, CiStore
+from kiln.providers.base import ContainerSpec
+from kiln.spec.loader import LoadedSpec
+from kiln.spec.models import Base
+from kiln.spec.pipeline import SECRET, Check, Sidecar, Step
+
+POLL = 0.5
+
+
+class Cancelled(Exception):
+    """`kiln ci cancel` asked this run to stop."""
+
+
+@dataclass
+class StepContext:
+    ctx: Context  # its output writes into the step's log
+    store: CiStore
+    run: CiRun
+    step_id: int
+    position: int
+    loaded: LoadedSpec  # the spec of the checked-out commit
+    image: BakedImage  # what this run baked
+    log: StepLog
+    secret: Callable[[str], str | None]  # a secret's value by name
+    cancelled: threading.Event
+
+    def labels(self) -> dict[str, str]:
+        return {"kiln.app": self.loaded.spec.app, "kiln.role": "ci", "kiln.ci.run": str(self.run.id)}
+
+
+def execute(sc: StepContext, step: Step) -> str:
+    kind = step.kind
+    if kind == "run":
+        return run_command(sc, step)
+    if kind == "deploy":
+        return deploy(sc, step.deploy or "")
+    if kind == "promote":
+        return promote(sc, step)
+    if kind == "smoke":
+        return smoke(sc, step.smoke or "", step.checks)
+    raise PipelineError(f"a {kind} step cannot run on its own")
+
+
+# --- run: a command in a throwaway container of the baked image --------------------------------
+
+
+def environment(values: dict[str, str], secret: Callable[[str], str | None], where: str) -> dict[str, str]:
+    """Values with every `secret:NAME` replaced by the secret (a missing one fails the step)."""
+    out = {}
+    for key, value in values.items():
+        if value.startswith(SECRET):
+            name = value[len(SECRET):]
+            found = secret(name)
+            if found is None:
+                raise PipelineError(f"{where}.{key} refers to secret {name!r}, which is not set.",
+                                    f"Store it with `kiln secret set {name}` (the value is read from stdin).")
+            value = found
+        out[key] = value
+    return out
+
+
+def run_command(sc: StepContext, step: Step) -> str:
+    docker = sc.ctx.docker
+    prefix = f"kiln-ci-{sc.run.id}-{sc.position}"
+    network = prefix  # "kiln-…": the provider reports addresses on kiln networks
+    env = {**environment(step.environment, sc.secret, "environment"), "CI": "true", "KILN_CI": "1",
+           "KILN_CI_RUN": str(sc.run.id), "KILN_CI_REF": sc.run.ref, "KILN_CI_COMMIT": sc.run.commit}
+    docker.ensure_network(network, sc.labels())
+    started: list[str] = []
+    try:
+        for name, sidecar in step.services.items():
+            started.append(f"{prefix}-{name}")
+            _start_sidecar(sc, network, f"{prefix}-{name}", name, sidecar)
+        name = f"{prefix}-step"
+        started.append(name)
+        docker.start(ContainerSpec(name=name, image=sc.image.id, network=network, labels=sc.labels(),
+                                   command=command_argv(step.run or ()), environment=env, writable=("/tmp",),
+                                   read_only=False))
+        code = _follow(sc, name, step.timeout)
+    finally:
+        for name in reversed(started):
+            docker.remove(name)
+        docker.remove_network(network)
+    if code != 0:
+        last = "; ".join(line for line in sc.log.tail[-3:] if line.strip())
+        raise PipelineError(f"exited with code {code}" + (f": {last}" if last else ""))
+    return "exit code 0"
+
+
+def _start_sidecar(sc: StepContext, network: str, name: str, alias: str, sidecar: Sidecar) -> None:
+    docker = sc.ctx.docker
+    image = sc.image.id
+    if sidecar.packages:
+        image = ensure_base(docker, Base(packages=sidecar.packages), sc.ctx.out, sc.ctx.settings.home / "tmp").id
+    env = environment(sidecar.environment, sc.secret, f"services.{alias}.environment")
+    api = docker.api
+    sc.log.write(f"› starting service {alias} ({image[:19]})")
+    try:
+        made = api.create_container(
+            image, name=name, command=list(command_argv(sidecar.command)) if sidecar.command else None,
+            environment=env, labels={**sc.labels(), **docker.extra_labels},
+            host_config=api.create_host_config(init=True, tmpfs={"/tmp": "rw,size=64m"}),
+            networking_config=api.create_networking_config({network: api.create_endpoint_config(aliases=[alias])}))
+        api.start(made["Id"])
+    except DockerException as exc:
+        raise EngineError(f"starting service {alias}: {exc}") from None
+    if sidecar.port is None:
+        return
+    deadline = time.monotonic() + sidecar.ready_timeout
+    while time.monotonic() < deadline:
+        _check_cancel(sc)
+        facts = docker.container(name)
+        if facts is None or facts.state == "exited":
+            raise PipelineError(f"service {alias} exited before it opened port {sidecar.port}: "
+                                f"{docker.logs(name, tail=5)}")
+        if facts.ip and probe.tcp_ok(facts.ip, sidecar.port, 1.0):
+            sc.log.write(f"✓ service {alias} accepts connections on port {sidecar.port}")
+            return
+        time.sleep(0.2)
+    raise PipelineError(f"service {alias} did not open port {sidecar.port} within {sidecar.ready_timeout:g}s.")
+
+
+def _follow(sc: StepContext, name: str, timeout: float) -> int | None:
+    """Stream the container's output into the log until it exits; kill it on timeout or cancel."""
+    api = sc.ctx.docker.api
+    stop = threading.Event()
+    why: list[str] = []
+
+    def watchdog() -> None:
+        deadline = time.monotonic() + timeout
+        while not stop.wait(POLL):
+            late = time.monotonic() > deadline
+            if late or sc.cancelled.is_set():
+                why.append("timeout" if late else "cancelled")
+                try:
+                    api.kill(name)
+                except DockerException:
+                    pass
+                return
+
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
+    try:
+        partial = ""
+        for chunk in api.logs(name, stream=True, follow=True):
+            partial += chunk.decode(errors="replace")
+            *lines, partial = partial.split("\n")
+            for line in lines:
+                sc.log.write(line)
+        if partial:
+            sc.log.write(partial)
+        code = api.wait(name, timeout=60)["StatusCode"]
+    except DockerException as exc:
+        raise EngineError(f"following {name}: {exc}") from None
+    finally:
+        stop.set()
+        guard.join()
+    if why == ["cancelled"]:
+        raise Cancelled()
+    if why == ["timeout"]:
+        raise PipelineError(f"did not finish within its timeout of {timeout:g}s; stopped")
+    return code
+
+
+# --- deploy, promote ---------------------------------------------------------------------------
+
+
+def deploy(sc: StepContext, env: str) -> str:
+    from kiln.usecases.deploy import deploy as do_deploy
+
+    outcome = do_deploy(sc.ctx, sc.loaded, env)
+    if outcome.release.image != sc.image.id:  # the same inputs must give the image that was tested
+        raise PipelineError(f"{env} got image {outcome.release.image[:19]}, not the tested {sc.image.id[:19]}.")
+    what = "already serving" if not outcome.changed else "waits for `kiln promote`" if outcome.state == "paused" \
+        else "serving"
+    return f"{env} v{outcome.release.number} {what} ({sc.image.id[:19]})"
+
+
+def promote(sc: StepContext, step: Step) -> str:
+    target = step.promote
+    assert target is not None
+    if target.approval == "manual":
+        wait_for_approval(sc, f"promote {target.source} → {target.to}")
+    try:
+        from kiln.usecases.environments import promote_artifact
+    except ImportError:
+        raise PipelineError("this kiln cannot promote between environments yet (`kiln promote --from/--to`).",
+                            "Use a deploy step to the target environment instead.") from None
+    outcome = promote_artifact(sc.ctx, sc.loaded, target.source, target.to)
+    return f"{target.to} v{outcome.release.number} serving {outcome.release.image[:19]} (from {target.source})"
+
+
+def wait_for_approval(sc: StepContext, what: str) -> None:
+    """Wait until `kiln ci approve RUN` marks this step approved (or the run is cancelled)."""
+    sc.store.set_step(sc.step_id, "waiting", "waits for `kiln ci approve`")
+    sc.store.set_state(sc.run.id, "waiting", f"{what} waits for `kiln ci approve {sc.run.id}`")
+    sc.log.write(f"… {what} waits for approval: kiln ci approve {sc.run.id}")
+    sc.log.flush()
+    while True:
+        _check_cancel(sc)
+        row = sc.store.step(sc.step_id)
+        if row is not None and row.state == "approved":
+            break
+        time.sleep(POLL)
+    sc.log.write(f"✓ approved: {row.detail}")
+    sc.store.set_state(sc.run.id, "running", only_from=("waiting",))
+    sc.store.set_step(sc.step_id, "running")
+
+
+def _check_cancel(sc: StepContext) -> None:
+    if sc.cancelled.is_set():
+        raise Cancelled()
+
+
+# --- smoke: HTTP checks against an environment's public URL ------------------------------------
+
+
+def smoke(sc: StepContext, env: str, checks: tuple[Check, ...]) -> str:
+    from kiln.spec.resolve import resolve
+
+    url = resolve(sc.loaded.spec, env).url
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    for check in checks:
+        deadline = time.monotonic() + check.within
+        while True:
+            _check_cancel(sc)
+            try:
+                status, body = probe.http_get(host, port, check.path, min(5.0, max(check.within, 1.0)))
+                problem = check_problem(check, status, body)
+            except (OSError, HTTPException) as exc:  # no answer: refused, reset, timed out, bad HTTP
+                problem = check_problem(check, None, "", type(exc).__name__)
+            if problem is None:
+                sc.log.write(f"✓ GET {url}{check.path}: {check.status}")
+                break
+            if time.monotonic() >= deadline:
+                raise PipelineError(f"GET {url}{check.path}: {problem}")
+            sc.log.write(f"  GET {url}{check.path}: {problem}; retrying")
+            time.sleep(POLL)
+    return f"{len(checks)} check{'s' if len(checks) != 1 else ''} passed on {url}"
+
+
+def secret_lookup(store_get: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    """A secret by name: the encrypted store first, then KILN_SECRET_<NAME> in kiln's environment."""
+    def find(name: str) -> str | None:
+        value = store_get(name)
+        if value is None:
+            value = os.environ.get("KILN_SECRET_" + name.replace("-", "_").replace(".", "_").upper())
+        return value
+    return find
+

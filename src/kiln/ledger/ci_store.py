@@ -1,0 +1,222 @@
+"""The pipeline's part of the ledger: runs and their queue, steps, logs, webhook deliveries.
+
+Queue rules, kept by single conditional statements so that two processes cannot both win:
+a new run supersedes the queued older runs of its queue (same repository and ref); a queued run
+starts only while no other run of its queue is running or waiting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
+
+from kiln.ledger.ci_schema import CiDeliveryRow, CiLogRow, CiRunRow, CiStepRow
+from kiln.ledger.store import Ledger, now
+
+ACTIVE = ("running", "waiting")  # a run that holds its queue
+FINISHED = ("succeeded", "failed", "cancelled", "superseded")
+
+
+@dataclass(frozen=True)
+class CiRun:
+    id: int
+    app: str
+    repo: str
+    spec: str
+    ref: str
+    queue: str
+    commit: str
+    trigger: str
+    state: str
+    reason: str
+    image: str
+    worker: str
+    cancel: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    def summary(self) -> dict[str, Any]:
+        def stamp(at: datetime | None) -> str | None:
+            return at.isoformat() + "Z" if at else None
+        return {"id": self.id, "app": self.app, "ref": self.ref, "commit": self.commit, "trigger": self.trigger,
+                "state": self.state, "reason": self.reason, "image": self.image or None, "repo": self.repo,
+                "spec": self.spec, "created_at": stamp(self.created_at), "started_at": stamp(self.started_at),
+                "finished_at": stamp(self.finished_at)}
+
+
+@dataclass(frozen=True)
+class CiStep:
+    id: int
+    run_id: int
+    position: int
+    stage: int
+    name: str
+    kind: str
+    state: str
+    detail: str
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return ((self.finished_at or now()) - self.started_at).total_seconds()
+
+    def summary(self) -> dict[str, Any]:
+        return {"position": self.position, "stage": self.stage, "name": self.name, "kind": self.kind,
+                "state": self.state, "detail": self.detail,
+                "seconds": round(self.seconds, 2) if self.seconds is not None else None}
+
+
+def _run(row: CiRunRow) -> CiRun:
+    return CiRun(row.id, row.app, row.repo, row.spec, row.ref, row.queue, row.commit, row.trigger, row.state,
+                 row.reason, row.image, row.worker, bool(row.cancel), row.created_at, row.started_at, row.finished_at)
+
+
+def _step(row: CiStepRow) -> CiStep:
+    return CiStep(row.id, row.run_id, row.position, row.stage, row.name, row.kind, row.state, row.detail,
+                  row.started_at, row.finished_at)
+
+
+class CiStore:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    # --- runs and the queue ---------------------------------------------------------------
+
+    def enqueue(self, *, repo: str, spec: str, ref: str, queue: str, commit: str, trigger: str,
+                app: str = "") -> tuple[CiRun, list[int]]:
+        """A new queued run; returns it and the ids of the older queued runs it superseded."""
+        with self.ledger.session() as s, s.begin():
+            older = list(s.scalars(select(CiRunRow.id).where(CiRunRow.queue == queue, CiRunRow.state == "queued")))
+            row = CiRunRow(app=app, repo=repo, spec=spec, ref=ref, queue=queue, commit=commit, trigger=trigger,
+                           state="queued", reason="", image="", worker="", cancel=False, created_at=now())
+            s.add(row)
+            s.flush()
+            if older:
+                s.execute(update(CiRunRow).where(CiRunRow.id.in_(older), CiRunRow.state == "queued")
+                          .values(state="superseded", reason=f"superseded by run {row.id}", finished_at=now()))
+        return _run(row), older
+
+    def claim(self, run_id: int, worker: str) -> bool:
+        """Start a queued run, if no other run of its queue is running or waiting."""
+        other = aliased(CiRunRow)
+        with self.ledger.session() as s, s.begin():
+            queue = s.scalar(select(CiRunRow.queue).where(CiRunRow.id == run_id))
+            busy = exists().where(and_(other.queue == queue, other.state.in_(ACTIVE), other.id != run_id))
+            return s.execute(update(CiRunRow).where(CiRunRow.id == run_id, CiRunRow.state == "queued", ~busy)
+                             .values(state="running", worker=worker, started_at=now())).rowcount == 1
+
+    def active_in_queue(self, queue: str) -> list[CiRun]:
+        with self.ledger.session() as s:
+            q = select(CiRunRow).where(CiRunRow.queue == queue, CiRunRow.state.in_(ACTIVE)).order_by(CiRunRow.id)
+            return [_run(r) for r in s.scalars(q)]
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        with self.ledger.session() as s, s.begin():
+            s.execute(update(CiRunRow).where(CiRunRow.id == run_id).values(**values))
+
+    def set_state(self, run_id: int, state: str, reason: str = "", *, only_from: Iterable[str] | None = None) -> bool:
+        """Set a run's state (finishing it when the state is final); with `only_from`, only when it
+        is in one of those states now."""
+        values: dict[str, Any] = {"state": state, "reason": reason}
+        if state in FINISHED:
+            values["finished_at"] = now()
+        q = update(CiRunRow).where(CiRunRow.id == run_id)
+        if only_from is not None:
+            q = q.where(CiRunRow.state.in_(tuple(only_from)))
+        with self.ledger.session() as s, s.begin():
+            return s.execute(q.values(**values)).rowcount == 1
+
+    def request_cancel(self, run_id: int) -> CiRun | None:
+        """Cancel a queued run at once; ask the worker of an active one to stop."""
+        self.set_state(run_id, "cancelled", "cancelled by `kiln ci cancel`", only_from=("queued",))
+        self.update_run(run_id, cancel=True)
+        return self.run(run_id)
+
+    def run(self, run_id: int) -> CiRun | None:
+        with self.ledger.session() as s:
+            row = s.get(CiRunRow, run_id)
+            return _run(row) if row else None
+
+    def runs(self, app: str | None = None, limit: int = 20) -> list[CiRun]:
+        q = select(CiRunRow).order_by(CiRunRow.id.desc()).limit(limit)
+        if app is not None:
+            q = q.where(CiRunRow.app.in_((app, "")))  # "" : not checked out yet
+        with self.ledger.session() as s:
+            return [_run(r) for r in s.scalars(q)]
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def add_steps(self, run_id: int, steps: Iterable[tuple[int, int, str, str, str, str]]) -> list[CiStep]:
+        """(position, stage, name, kind, state, detail) rows, in order."""
+        with self.ledger.session() as s, s.begin():
+            rows = [CiStepRow(run_id=run_id, position=p, stage=st, name=n, kind=k, state=state, detail=d)
+                    for p, st, n, k, state, d in steps]
+            s.add_all(rows)
+        return [_step(r) for r in rows]
+
+    def set_step(self, step_id: int, state: str, detail: str | None = None, *, only_from: Iterable[str] | None = None) -> bool:
+        values: dict[str, Any] = {"state": state}
+        if detail is not None:
+            values["detail"] = detail
+        if state == "running":
+            values["started_at"] = now()
+        elif state in ("succeeded", "failed", "cancelled"):
+            values["finished_at"] = now()
+        q = update(CiStepRow).where(CiStepRow.id == step_id)
+        if only_from is not None:
+            q = q.where(CiStepRow.state.in_(tuple(only_from)))
+        with self.ledger.session() as s, s.begin():
+            return s.execute(q.values(**values)).rowcount == 1
+
+    def steps(self, run_id: int) -> list[CiStep]:
+        with self.ledger.session() as s:
+            q = select(CiStepRow).where(CiStepRow.run_id == run_id).order_by(CiStepRow.position)
+            return [_step(r) for r in s.scalars(q)]
+
+    def step(self, step_id: int) -> CiStep | None:
+        with self.ledger.session() as s:
+            row = s.get(CiStepRow, step_id)
+            return _step(row) if row else None
+
+    # --- logs -----------------------------------------------------------------------------
+
+    def log(self, run_id: int, step_id: int | None, lines: list[str]) -> None:
+        """Append (already masked) lines."""
+        if not lines:
+            return
+        at = now()
+        with self.ledger.session() as s, s.begin():
+            s.execute(insert(CiLogRow), [{"run_id": run_id, "step_id": step_id, "line": line, "at": at}
+                                         for line in lines])
+
+    def logs(self, run_id: int, after: int = 0) -> list[tuple[int, int | None, str]]:
+        """(id, step id, line) after log id `after`, oldest first."""
+        with self.ledger.session() as s:
+            q = (select(CiLogRow.id, CiLogRow.step_id, CiLogRow.line)
+                 .where(CiLogRow.run_id == run_id, CiLogRow.id > after).order_by(CiLogRow.id))
+            return [(i, step, line) for i, step, line in s.execute(q)]
+
+    # --- webhook deliveries ---------------------------------------------------------------
+
+    def first_delivery(self, source: str, delivery: str) -> bool:
+        """Record a delivery id; False when it was seen before (a replay)."""
+        try:
+            with self.ledger.session() as s, s.begin():
+                s.execute(insert(CiDeliveryRow).values(source=source, delivery=delivery, received_at=now()))
+            return True
+        except IntegrityError:
+            return False
+
+    def link_delivery(self, source: str, delivery: str, run_id: int) -> None:
+        with self.ledger.session() as s, s.begin():
+            s.execute(update(CiDeliveryRow).where(CiDeliveryRow.source == source, CiDeliveryRow.delivery == delivery)
+                      .values(run_id=run_id))

@@ -1,0 +1,74 @@
+"""`kiln serve`: the HTTP endpoint for webhooks (FastAPI). Each push event that passes its
+signature or token check, and whose delivery id was not seen before, queues a run of the pushed
+ref and starts a detached runner. Answers: 202 queued (or ignored, for other events), 401 bad
+signature or token, 409 a replayed delivery id, 400 a malformed request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from kiln.ci.trigger import enqueue, spawn
+from kiln.context import Context
+from kiln.errors import WebhookRejected
+from kiln.ledger.ci_store import CiStore
+from kiln.server.webhooks import ZERO, parse, verify_github, verify_gitlab
+
+
+@dataclass(frozen=True)
+class Config:
+    repo: str  # the repository runs check out from
+    spec: str  # kiln.yaml's path in it
+    secret: str  # the webhook secret (GitHub HMAC key, GitLab token)
+
+
+def make_app(ctx: Context, config: Config, start_runner: bool = True) -> FastAPI:
+    app = FastAPI(title="kiln", docs_url=None, redoc_url=None, openapi_url=None)
+    store = CiStore(ctx.ledger)
+
+    def accept(source: str, body: bytes, headers: dict[str, str]) -> JSONResponse:
+        try:
+            delivery, push = parse(source, body, headers)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if not store.first_delivery(source, delivery):
+            ctx.out.warn(f"{source} delivery {delivery} was seen before; refused")
+            return JSONResponse({"error": f"delivery {delivery} was already received"}, status_code=409)
+        if push is None or push.commit == ZERO:
+            return JSONResponse({"status": "ignored"}, status_code=202)
+        run = enqueue(ctx, store, repo=config.repo, spec=config.spec, ref=push.ref, commit=push.commit,
+                      trigger=source)
+        store.link_delivery(source, delivery, run.id)
+        if start_runner:
+            spawn(ctx, run.id)
+        return JSONResponse({"status": "queued", "run": run.id}, status_code=202)
+
+    async def receive(source: str, request: Request) -> JSONResponse:
+        body = await request.body()  # the raw bytes: the signature covers exactly these
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            if source == "github":
+                verify_github(config.secret, body, headers)
+            else:
+                verify_gitlab(config.secret, headers)
+        except WebhookRejected as exc:
+            ctx.out.warn(f"{source} webhook from {request.client.host if request.client else '?'} refused: {exc}")
+            return JSONResponse({"error": str(exc)}, status_code=401)
+        return await run_in_threadpool(accept, source, body, headers)
+
+    @app.post("/hooks/github")
+    async def github(request: Request) -> JSONResponse:
+        return await receive("github", request)
+
+    @app.post("/hooks/gitlab")
+    async def gitlab(request: Request) -> JSONResponse:
+        return await receive("gitlab", request)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,64 @@
+"""Webhook push events of GitHub and GitLab: verification and parsing. Pure.
+
+GitHub signs the raw body: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`, and
+names each delivery in `X-GitHub-Delivery`. GitLab sends the secret itself in `X-Gitlab-Token`
+and a delivery id in `X-Gitlab-Event-UUID` (older versions: `Idempotency-Key`). Comparisons are
+constant-time (hmac.compare_digest)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kiln.errors import WebhookRejected
+
+ZERO = "0" * 40
+
+
+@dataclass(frozen=True)
+class Push:
+    source: str  # github, gitlab
+    delivery: str
+    ref: str
+    commit: str  # the pushed commit; ZERO for a deleted ref
+
+
+def github_signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_github(secret: str, body: bytes, headers: Mapping[str, str]) -> None:
+    given = headers.get("x-hub-signature-256", "")
+    if not given or not hmac.compare_digest(given.encode(), github_signature(secret, body).encode()):
+        raise WebhookRejected("the X-Hub-Signature-256 signature does not match the body.")
+
+
+def verify_gitlab(secret: str, headers: Mapping[str, str]) -> None:
+    given = headers.get("x-gitlab-token", "")
+    if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+        raise WebhookRejected("the X-Gitlab-Token does not match.")
+
+
+def parse(source: str, body: bytes, headers: Mapping[str, str]) -> tuple[str, Push | None]:
+    """(delivery id, the push) from a verified request; the push is None for other events
+    (a GitHub ping, a GitLab tag or merge-request event kiln does not act on)."""
+    if source == "github":
+        delivery, event = headers.get("x-github-delivery", ""), headers.get("x-github-event", "")
+        is_push = event == "push"
+    else:
+        delivery = headers.get("x-gitlab-event-uuid") or headers.get("idempotency-key", "")
+        event = headers.get("x-gitlab-event", "")
+        is_push = event in ("Push Hook", "Tag Push Hook")
+    if not delivery:
+        raise ValueError("the request names no delivery id, so a replay could not be told apart")
+    if not is_push:
+        return delivery, None
+    try:
+        payload = json.loads(body)
+        ref, commit = str(payload["ref"]), str(payload["after"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("the push event has no 'ref' and 'after'") from None
+    return delivery, Push(source, delivery, ref, commit)
