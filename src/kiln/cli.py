@@ -13,9 +13,21 @@ import typer
 from rich.table import Table
 
 from kiln import __version__
+from kiln.cli_common import (
+    DEFAULT_SPEC,
+    EnvOpt,
+    JsonOpt,
+    SpecFile,
+    StrategyOpt,
+)
+from kiln.cli_common import ctx_of as _ctx
+from kiln.cli_common import env_config as _env_config
+from kiln.cli_common import load as _load
+from kiln.cli_common import report as _report
+from kiln.cli_common import strategy_of as _strategy
+from kiln.cli_envs import env_app, gc, preview_app, recreate, release_app
 from kiln.errors import KilnError, UsageError
 from kiln.output import Output
-from kiln.settings import Settings
 
 app = typer.Typer(
     name="kiln",
@@ -33,37 +45,12 @@ app.add_typer(base_app, name="base")
 app.add_typer(rollout_app, name="rollout")
 lock_app = typer.Typer(help="Inspect or break the lock a kiln process holds while it changes an environment.", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
+app.add_typer(env_app, name="env")
+app.add_typer(preview_app, name="preview")
+app.add_typer(release_app, name="release")
 from kiln.cli_ci import register as _register_ci  # noqa: E402  (kiln ci, kiln secret, kiln serve)
 
 _register_ci(app)
-
-SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Path to kiln.yaml.", show_default=True)]
-EnvOpt = Annotated[Optional[str], typer.Option("--env", "-e", help="Environment (default: the first in kiln.yaml).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-StrategyOpt = Annotated[Optional[str], typer.Option(
-    "--strategy", "-s", help="rolling, blue-green or canary, instead of the spec's rollout.strategy for this run.")]
-STRATEGIES = ("rolling", "blue-green", "canary")
-DEFAULT_SPEC = Path("kiln.yaml")
-
-
-def _ctx(quiet: bool = False):
-    from kiln.context import Context
-
-    return Context(Settings.from_env(), Output(quiet=quiet))
-
-
-def _load(path: Path):
-    from kiln.spec.loader import find_spec, load_spec
-
-    return load_spec(find_spec(path))
-
-
-def _env_config(path: Path, env: str | None):
-    from kiln.spec.resolve import pick_env, resolve
-
-    loaded = _load(path)
-    return loaded, resolve(loaded.spec, pick_env(loaded.spec, env))
-
 
 def _version(value: bool) -> None:
     if value:
@@ -143,12 +130,6 @@ def bake(file: SpecFile = DEFAULT_SPEC, json: JsonOpt = False) -> None:
         ctx.out.done(f"{img.tag} is up to date ({img.id[:19]}); no build needed")
 
 
-def _strategy(value: str | None) -> str | None:
-    if value is not None and value not in STRATEGIES:
-        raise UsageError(f"unknown strategy {value!r}.", f"Use one of: {', '.join(STRATEGIES)}.")
-    return value
-
-
 @app.command()
 def deploy(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, strategy: StrategyOpt = None,
            json: JsonOpt = False) -> None:
@@ -195,19 +176,6 @@ def rollback(
     start = time.monotonic()
     outcome = do_rollback(ctx, loaded.spec, env_name, to, _strategy(strategy))
     _report(ctx, outcome, loaded.spec.app, env_name, time.monotonic() - start, json)
-
-
-def _report(ctx, outcome, app_name: str, env: str, took: float, json: bool) -> None:
-    from kiln.spec.resolve import EnvConfig
-
-    cfg = EnvConfig.model_validate(outcome.release.config)
-    if json:
-        ctx.out.json({"app": app_name, "env": env, "release": outcome.release.summary(), "changed": outcome.changed,
-                      "state": outcome.state, "url": cfg.url, "preview_url": cfg.preview_url, "seconds": round(took, 3)})
-    elif outcome.state == "paused":
-        pass  # the rollout said where the release waits and how to promote it
-    elif outcome.changed:
-        ctx.out.done(f"v{outcome.release.number} of {app_name}/{env} is serving at {cfg.url} ({took:.1f}s)")
 
 
 @app.command()
@@ -265,18 +233,37 @@ def releases(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = 
 
 
 @app.command()
-def promote(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
-    """Switch all traffic to the blue-green release waiting on the preview port.
+def promote(
+    file: SpecFile = DEFAULT_SPEC,
+    env: EnvOpt = None,
+    source: Annotated[Optional[str], typer.Option("--from", help="Environment whose running image is promoted.")] = None,
+    target: Annotated[Optional[str], typer.Option("--to", help="Environment that gets it (with --from).")] = None,
+    strategy: StrategyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Promote: move an artifact forward, or switch to a waiting blue-green release.
 
-    A blue-green rollout with `promote: manual` stops after its smoke checks; this finishes it
-    (switch, then retire or idle the old set). `kiln rollback` drops the waiting release instead."""
+    `kiln promote --from staging --to production` deploys to production exactly the image digest
+    staging runs now (no rebuild), with production's overlay, by production's rollout strategy;
+    the new release records where it came from. Without --from/--to: switch all traffic to the
+    blue-green release waiting on the preview port (`promote: manual`)."""
     from kiln.spec.resolve import pick_env
     from kiln.usecases.deploy import promote as do_promote
 
     loaded = _load(file)
     ctx = _ctx(quiet=json)
-    env_name = pick_env(loaded.spec, env)
     start = time.monotonic()
+    if source or target:
+        from kiln.usecases.environments import promote_artifact
+
+        if not (source and target):
+            raise UsageError("give both --from and --to (e.g. --from staging --to production).")
+        if env:
+            raise UsageError("--env does not go with --from/--to.")
+        outcome = promote_artifact(ctx, loaded, source, target, _strategy(strategy))
+        _report(ctx, outcome, loaded.spec.app, target, time.monotonic() - start, json)
+        return
+    env_name = pick_env(loaded.spec, env)
     outcome = do_promote(ctx, loaded.spec.app, env_name)
     _report(ctx, outcome, loaded.spec.app, env_name, time.monotonic() - start, json)
 
@@ -371,11 +358,10 @@ def destroy(
     file: SpecFile = DEFAULT_SPEC,
 ) -> None:
     """Remove an environment's instances, router and network. Its ledger history stays."""
-    from kiln.spec.resolve import pick_env
     from kiln.usecases.destroy import destroy as do_destroy
 
-    loaded = _load(file)
-    env_name = pick_env(loaded.spec, env)
+    loaded, cfg = _env_config(file, env)
+    env_name = cfg.env
     ctx = _ctx()
     count = do_destroy(ctx, loaded.spec.app, env_name)
     ctx.out.done(f"destroyed {loaded.spec.app}/{env_name} ({count} containers); its history stays in the ledger")
@@ -554,6 +540,10 @@ def lock_release(
     if not gone.expired(now()):
         ctx.out.warn("its lease had not expired: if that process still runs, it may still be changing the "
                      "environment (it finds the lock gone at its next heartbeat)")
+
+
+app.command()(recreate)
+app.command()(gc)
 
 
 def main() -> None:

@@ -27,8 +27,9 @@ class Context:
     def docker(self) -> DockerProvider:
         if self._docker is None:
             from kiln.providers.docker import DockerProvider
+            from kiln.secretref import lookup
 
-            self._docker = DockerProvider(self.settings.extra_labels)
+            self._docker = DockerProvider(self.settings.extra_labels, secrets=lambda name: lookup(self.settings, name))
         return self._docker
 
     @property

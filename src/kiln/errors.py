@@ -3,6 +3,7 @@
     KilnError                    exit 1, one clear sentence + what to do
     ├── SpecError                exit 2, "kiln.yaml:LINE: key.path: problem"
     ├── UsageError               exit 2, a wrong argument (unknown environment, release…)
+    │   └── SecretMissing        a `secret:NAME` reference has no value to start a container with
     ├── EngineError              the Docker engine failed or is unreachable
     │   └── PortInUse            the router's public port is taken by someone else
     ├── BuildError               a base or app image could not be baked
@@ -65,6 +66,10 @@ class SpecError(KilnError):
 
 class UsageError(KilnError):
     exit_code = 2
+
+
+class SecretMissing(UsageError):
+    pass
 
 
 class EngineError(KilnError):

@@ -39,6 +39,9 @@ def test_bake_labels_provenance_and_reuses_by_inputs_hash(app: App, engine: dock
     assert ignored["inputs_hash"] != changed["inputs_hash"]  # .dockerignore itself changed
     (app.dir / "notes.txt").write_text("still ignored, edited again\n")
     assert app.kiln_json("bake")["inputs_hash"] == ignored["inputs_hash"]
+    # kiln.yaml is config (releases record it), not an image input
+    app.edit_spec(lambda data: data["services"]["web"].__setitem__("replicas", 3))
+    assert app.kiln_json("bake")["inputs_hash"] == ignored["inputs_hash"]
 
 
 def test_bake_refuses_secrets_unless_allowed(app: App) -> None:

@@ -125,6 +125,12 @@ def test_list_context_skips_symlinks(tmp_path):
     assert list_context(tmp_path, []) == ["real.txt"]
 
 
+def test_list_context_skips_a_git_file_as_in_a_worktree(tmp_path):
+    _write(tmp_path, "app.py")
+    _write(tmp_path, ".git", "gitdir: /elsewhere/.git/worktrees/x\n")
+    assert list_context(tmp_path, []) == ["app.py"]
+
+
 def test_list_context_skips_sockets_and_fifos(tmp_path):
     _write(tmp_path, "real.txt")
     os.mkfifo(tmp_path / "pipe")

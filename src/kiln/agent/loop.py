@@ -23,6 +23,7 @@ from kiln.spec.models import AgentPolicy
 
 LEASE = 15.0  # seconds an agent that stopped renewing still leads its environments
 RETRY = 2.0  # how often a standby agent asks for the lease
+PRUNE_EVERY = 10.0  # how often expired previews are looked for
 
 
 def lease_name(env: str) -> str:
@@ -58,8 +59,12 @@ class Agent:
         if not once:
             threading.Thread(target=self._watch, args=(stop,), name="kiln-agent-events", daemon=True).start()
         due = {env: 0.0 for env in self.reconcilers}
+        prune_at = 0.0
         try:
             while not stop.is_set():
+                if time.monotonic() >= prune_at:
+                    self._prune_previews()
+                    prune_at = time.monotonic() + PRUNE_EVERY
                 self._drain(due)
                 for env in [e for e, at in due.items() if at <= time.monotonic()]:
                     due[env] = time.monotonic() + (self._pass(env) if self._lead(env) else RETRY)
@@ -72,6 +77,16 @@ class Agent:
         finally:
             for env in list(self.leads):
                 self._resign(env, "stopped")
+
+    def _prune_previews(self) -> None:
+        """Previews whose TTL ended are destroyed (any agent may; the preview's lock orders them)."""
+        from kiln.usecases.environments import prune_previews
+
+        try:
+            for env in prune_previews(self.ctx, self.app):
+                self.ctx.out.step(f"{time.strftime('%H:%M:%S')} {self.app}/{env}: preview expired; removed it")
+        except KilnError as exc:  # another agent is pruning it, or the engine is away: next time
+            self.ctx.out.warn(f"{self.app}: pruning previews: {exc.message}")
 
     # --- leadership ------------------------------------------------------------------------
 

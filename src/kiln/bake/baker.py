@@ -43,6 +43,11 @@ def bake(images: Images, loaded: LoadedSpec, out: Output, scratch: Path) -> Bake
     if not root.is_dir():
         raise BuildError(f"build context {root} does not exist.", "Fix build.context in kiln.yaml.")
     paths = list_context(root, read_dockerignore(root))
+    # kiln.yaml is config, which releases record; were it an input, any config change (an env
+    # value, replicas) would make a new image, and environments could not share one.
+    spec_file = loaded.path.resolve()
+    if spec_file.is_relative_to(root):
+        paths = [p for p in paths if p != spec_file.relative_to(root).as_posix()]
     _refuse_secrets(root, paths, spec.build.allow_secrets)
     dockerfile = _dockerfile_text(root, spec.build.dockerfile, spec.build.steps)
     base = ensure_base(images, spec.build.base, out, scratch)

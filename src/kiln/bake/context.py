@@ -94,6 +94,9 @@ def list_context(root: Path, patterns: list[str]) -> list[str]:
             full = os.path.join(dirpath, name)
             # Only regular files are baked: not symlinks, and not sockets or FIFOs (which cannot be
             # read, e.g. a router's admin socket when KILN_HOME lies inside the context).
+            # .git is a file, not a directory, in a `git worktree` checkout (previews, rebakes).
+            if rel in ALWAYS_IGNORED:
+                continue
             if not is_ignored(rel, patterns) and not os.path.islink(full) and os.path.isfile(full):
                 files.append(rel)
     return sorted(files)

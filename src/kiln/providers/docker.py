@@ -17,6 +17,7 @@ from requests.exceptions import RequestException
 
 from kiln.errors import BuildError, EngineError, PortInUse
 from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec, EngineEvent
+from kiln.secretref import Lookup, resolve
 
 _NS = 1_000_000_000
 
@@ -41,8 +42,9 @@ def _engine(action: str) -> Iterator[None]:
 
 
 class DockerProvider:
-    def __init__(self, extra_labels: dict[str, str] | None = None) -> None:
+    def __init__(self, extra_labels: dict[str, str] | None = None, secrets: Lookup | None = None) -> None:
         self.extra_labels = dict(extra_labels or {})
+        self.secrets: Lookup = secrets or (lambda _name: None)  # values of `secret:NAME` references
         try:
             self.client = docker.from_env(timeout=120)
             self.client.ping()
@@ -79,6 +81,16 @@ class DockerProvider:
             found = self.client.images.list(filters={"reference": tag,
                                                      "label": [f"{k}={v}" for k, v in labels.items()]})
         return found[0].id if found else None
+
+    def images(self, labels: dict[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+        """(image id, tags) of every image carrying `labels`."""
+        with _engine("listing images"):
+            found = self.client.images.list(filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+        return [(i.id, tuple(i.tags)) for i in found]
+
+    def remove_image(self, image: str) -> None:
+        with contextlib.suppress(NotFound), _engine(f"removing image {image[:19]}"):
+            self.client.images.remove(image, force=True)
 
     def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str:
         repo, _, version = tag.partition(":")
@@ -131,7 +143,8 @@ class DockerProvider:
             "name": spec.name,
             "labels": {**spec.labels, **self.extra_labels},
             "network": spec.network,
-            "environment": spec.environment,
+            # The only place a secret's value is used: handed to the engine as the container starts.
+            "environment": resolve(spec.environment, self.secrets),
             "read_only": spec.read_only,
             "tmpfs": {path: "rw,nosuid,nodev,size=64m" for path in spec.writable},
             "cap_drop": ["ALL"],

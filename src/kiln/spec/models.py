@@ -7,10 +7,25 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from kiln.secretref import NAME, reference
 from kiln.spec.durations import parse_duration
 from kiln.spec.pipeline import Pipeline
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _environment(value: object) -> object:
+    """Values are strings; `secret:NAME` refers to a secret by name (its value never enters kiln.yaml)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = reference(item) if isinstance(item, str) else None
+            if name is not None and not NAME.match(name):
+                raise ValueError(f"{key}: {item!r} is not a valid secret reference; write secret:NAME with NAME "
+                                 "of lowercase letters, digits, '-', '_' or '.'")
+    return value
+
+
+Environ = Annotated[dict[str, str], BeforeValidator(_environment)]
 
 
 class Model(BaseModel):
@@ -147,7 +162,7 @@ class Service(Model):
     public: bool = Field(False, description="receives the environment's public traffic (needed only with several ports)")
     replicas: int = Field(1, ge=0, le=256, description="number of instances")
     healthcheck: HealthCheck | None = Field(None, description="readiness check; default: tcp when a port is set")
-    environment: dict[str, str] = Field(default_factory=dict, description="environment variables")
+    environment: Environ = Field(default_factory=dict, description="environment variables; a value `secret:NAME` is looked up when an instance starts (KILN_SECRET_NAME) and never recorded")
     writable: tuple[str, ...] = Field(("/tmp",), description="paths mounted as tmpfs; the rest of the filesystem is read-only")
     user: str | None = Field(None, description="user to run as, e.g. 65534 (nobody)")
     read_only: bool = Field(True, description="read-only root filesystem (relaxation: false)")
@@ -172,7 +187,7 @@ class ServiceOverride(Model):
     """What an environment may change for one service."""
 
     replicas: int | None = Field(None, ge=0, le=256, description="number of instances in this environment")
-    environment: dict[str, str] = Field(default_factory=dict, description="variables added to (or replacing) the service's")
+    environment: Environ = Field(default_factory=dict, description="variables added to (or replacing) the service's (`secret:NAME` as for services)")
     command: tuple[str, ...] | None = Field(None, description="argv to run in this environment")
 
 

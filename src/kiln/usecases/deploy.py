@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from kiln import secretref
 from kiln.bake.baker import bake
 from kiln.bake.base import ensure_base
 from kiln.context import Context
@@ -45,37 +46,58 @@ def policy_for(spec: Spec, strategy: str | None) -> Policy:
     return policy.model_copy(update={"strategy": strategy}) if strategy else policy
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """An image to release, with where it came from."""
+
+    image: str  # sha256:… image id
+    tag: str
+    inputs_hash: str
+    commit: str | None
+    dirty: bool
+    origin: str = ""  # "" when baked for this deploy; "promoted from staging v4", "recreated from …"
+
+
 def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = None) -> Outcome:
     cfg = resolve(loaded.spec, env)
     policy = policy_for(loaded.spec, strategy)
     _check_policy(policy, cfg)
+    check_secrets(ctx, cfg)
     # Locked before the bake, so that a second deploy fails at once instead of after its build.
-    with _locked(ctx, cfg.app, env, "deploy"):
+    with locked(ctx, cfg.app, env, "deploy"):
         image = bake(ctx.docker, loaded, ctx.out, ctx.settings.home / "tmp")
-        router = prepare(ctx, cfg)
-        settle(ctx, router)
-        current = ctx.ledger.current_release(cfg.app, env)
-        config_digest = cfg.digest()
-        newest = next(iter(ctx.ledger.releases(cfg.app, env, limit=1)), None)
-        if current and current.image == image.id and current.config_digest == config_digest:
-            release = current
-        elif newest and newest.image == image.id and newest.config_digest == config_digest and not newest.note:
-            release = newest  # a retry of a release that did not get into service
-            ctx.out.step(f"Retrying release v{release.number} of {cfg.app}/{env}")
-        else:
-            release = ctx.ledger.record_release(
-                app=cfg.app, env=env, image=image.id, image_tag=image.tag, inputs_hash=image.inputs_hash,
-                config=cfg.model_dump(mode="json"), config_digest=config_digest, spec_digest=loaded.digest,
-                commit=image.commit, dirty=image.dirty)
-            ctx.out.step(f"Recorded release v{release.number} of {cfg.app}/{env}")
-        return roll_out(ctx, router, release, current, policy)
+        artifact = Artifact(image.id, image.tag, image.inputs_hash, image.commit, image.dirty)
+        return ship(ctx, cfg, artifact, loaded.digest, policy)
+
+
+def ship(ctx: Context, cfg: EnvConfig, artifact: Artifact, spec_digest: str, policy: Policy) -> Outcome:
+    """Put `artifact` with config `cfg` in service (the caller holds the lock): the release in
+    service when it is the same, a retry of the newest one when that never got in, else a new one."""
+    router = prepare(ctx, cfg)
+    settle(ctx, router)
+    current = ctx.ledger.current_release(cfg.app, cfg.env)
+    config_digest = cfg.digest()
+    newest = next(iter(ctx.ledger.releases(cfg.app, cfg.env, limit=1)), None)
+    if current and current.image == artifact.image and current.config_digest == config_digest:
+        release = current
+    elif newest and newest.image == artifact.image and newest.config_digest == config_digest and not newest.note:
+        release = newest  # a retry of a release that did not get into service
+        ctx.out.step(f"Retrying release v{release.number} of {cfg.app}/{cfg.env}")
+    else:
+        release = ctx.ledger.record_release(
+            app=cfg.app, env=cfg.env, image=artifact.image, image_tag=artifact.tag, inputs_hash=artifact.inputs_hash,
+            config=cfg.model_dump(mode="json"), config_digest=config_digest, spec_digest=spec_digest,
+            commit=artifact.commit, dirty=artifact.dirty, origin=artifact.origin)
+        origin = f" ({artifact.origin})" if artifact.origin else ""
+        ctx.out.step(f"Recorded release v{release.number} of {cfg.app}/{cfg.env}{origin}")
+    return roll_out(ctx, router, release, current, policy)
 
 
 def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str | None = None) -> Outcome:
     app = spec.app
     # A rollback is urgent and goes onto a release that served: it rolls, unless told otherwise.
     policy = policy_for(spec, strategy or "rolling")
-    with _locked(ctx, app, env, "rollback"):
+    with locked(ctx, app, env, "rollback"):
         unfinished = ctx.ledger.unfinished_rollouts(app, env)
         if unfinished:
             settle(ctx, router_for(ctx, _config_of(ctx, unfinished[-1])))
@@ -113,7 +135,7 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
 
 def promote(ctx: Context, app: str, env: str) -> Outcome:
     """Switch traffic to the blue-green release waiting on the preview port."""
-    with _locked(ctx, app, env, "promote"):
+    with locked(ctx, app, env, "promote"):
         paused = [r for r in ctx.ledger.unfinished_rollouts(app, env) if r.state == PAUSED]
         if not paused:
             raise UsageError(f"no release of {app}/{env} waits for promotion.",
@@ -127,7 +149,7 @@ def promote(ctx: Context, app: str, env: str) -> Outcome:
 
 def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
     """`kiln rollout resume`: settle what a killed kiln left unfinished."""
-    with _locked(ctx, app, env, "resume"):
+    with locked(ctx, app, env, "resume"):
         unfinished = [r for r in ctx.ledger.unfinished_rollouts(app, env) if r.state != PAUSED]
         if unfinished:
             settle(ctx, router_for(ctx, _config_of(ctx, unfinished[-1])), drop_paused=False)
@@ -135,7 +157,7 @@ def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
 
 
 @contextmanager
-def _locked(ctx: Context, app: str, env: str, reason: str) -> Iterator[None]:
+def locked(ctx: Context, app: str, env: str, reason: str) -> Iterator[None]:
     with hold(ctx.ledger, app, env, reason) as held:
         ctx.lost_lock = held.lost
         try:
@@ -274,6 +296,11 @@ def _abort(ctx: Context, executor: Executor, previous: Release | None, failed: R
         cfg = empty.cfg.model_copy(update={"services": tuple(s.model_copy(update={"replicas": 0})
                                                              for s in empty.cfg.services)})
         executor.converge(Target(failed, cfg), strict=False)
+
+
+def check_secrets(ctx: Context, cfg: EnvConfig) -> None:
+    """Every `secret:NAME` the release refers to can be looked up, before anything changes."""
+    secretref.check({s.name: s.environment for s in cfg.services}, lambda name: secretref.lookup(ctx.settings, name))
 
 
 def _check_policy(policy: Policy, cfg: EnvConfig) -> None:

@@ -7,8 +7,10 @@ the engine has since forgotten). The rules are agent/drift.py's."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
+from kiln import secretref
 from kiln.agent.drift import exec_detail, taints
 from kiln.context import Context
 from kiln.ledger.store import Release
@@ -64,10 +66,22 @@ def inspect(ctx: Context, app: str, env: str, containers: list[ContainerFacts],
         own = exec_detail(svc.healthcheck.command) if svc.healthcheck and svc.healthcheck.kind == "command" else None
         seen = [f"{cmd} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC"
                 for cmd, at in execs.get(c.name, []) if cmd != own]
-        reasons = taints(instance_spec(cfg, svc, number, release.image, c.name), image_envs[release.image], c,
-                         details, ctx.docker.changes(c.name), seen)
+        expected = instance_spec(cfg, svc, number, release.image, c.name)
+        expected = replace(expected, environment=_with_secrets(ctx, expected.environment, details.env))
+        reasons = taints(expected, image_envs[release.image], c, details, ctx.docker.changes(c.name), seen)
         if reasons:
             out[c.name] = reasons
+    return out
+
+
+def _with_secrets(ctx: Context, environment: dict[str, str], actual: dict[str, str]) -> dict[str, str]:
+    """Secret references replaced by their values; one that cannot be looked up here cannot be
+    checked, and is taken as it is (secret values appear in no reason, only variable names)."""
+    out = {}
+    for key, value in environment.items():
+        name = secretref.reference(value)
+        found = secretref.lookup(ctx.settings, name) if name else value
+        out[key] = found if found is not None else actual.get(key, value)
     return out
 
 

@@ -1,0 +1,65 @@
+"""What every `kiln` command module shares: option types, building a Context, loading the spec,
+resolving an environment, and reporting the outcome of a change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kiln.errors import UsageError
+from kiln.output import Output
+from kiln.settings import Settings
+
+SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Path to kiln.yaml.", show_default=True)]
+EnvOpt = Annotated[Optional[str], typer.Option("--env", "-e", help="Environment (default: the first in kiln.yaml).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+StrategyOpt = Annotated[Optional[str], typer.Option(
+    "--strategy", "-s", help="rolling, blue-green or canary, instead of the spec's rollout.strategy for this run.")]
+STRATEGIES = ("rolling", "blue-green", "canary")
+DEFAULT_SPEC = Path("kiln.yaml")
+
+
+def ctx_of(quiet: bool = False):
+    from kiln.context import Context
+
+    return Context(Settings.from_env(), Output(quiet=quiet))
+
+
+def load(path: Path):
+    from kiln.spec.loader import find_spec, load_spec
+
+    return load_spec(find_spec(path))
+
+
+def env_config(path: Path, env: str | None):
+    """The spec and the resolved config of `env` (declared in kiln.yaml, or made by kiln: a
+    re-created release or a preview, whose config is its release's)."""
+    from kiln.spec.resolve import pick_env, resolve
+
+    loaded = load(path)
+    if env is None or env in loaded.spec.environments:
+        return loaded, resolve(loaded.spec, pick_env(loaded.spec, env))
+    from kiln.usecases.environments import config_of
+
+    return loaded, config_of(ctx_of(), loaded, env)
+
+
+def strategy_of(value: str | None) -> str | None:
+    if value is not None and value not in STRATEGIES:
+        raise UsageError(f"unknown strategy {value!r}.", f"Use one of: {', '.join(STRATEGIES)}.")
+    return value
+
+
+def report(ctx, outcome, app_name: str, env: str, took: float, json: bool) -> None:
+    from kiln.spec.resolve import EnvConfig
+
+    cfg = EnvConfig.model_validate(outcome.release.config)
+    if json:
+        ctx.out.json({"app": app_name, "env": env, "release": outcome.release.summary(), "changed": outcome.changed,
+                      "state": outcome.state, "url": cfg.url, "preview_url": cfg.preview_url, "seconds": round(took, 3)})
+    elif outcome.state == "paused":
+        pass  # the rollout said where the release waits and how to promote it
+    elif outcome.changed:
+        ctx.out.done(f"v{outcome.release.number} of {app_name}/{env} is serving at {cfg.url} ({took:.1f}s)")

@@ -1,0 +1,68 @@
+"""Secret references: an environment value written `secret:NAME` names a secret instead of
+holding it. Specs, releases, the ledger, manifests and logs carry only the reference; the value
+is looked up when a container starts (the Docker provider substitutes it) and nowhere else.
+
+A value comes from kiln's encrypted store (`kiln secret set NAME`), else from the environment
+variable KILN_SECRET_<NAME> of the kiln process (NAME upper-cased, `-` and `.` as `_`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+
+from kiln.errors import SecretMissing
+from kiln.settings import Settings
+
+PREFIX = "secret:"
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+Lookup = Callable[[str], str | None]
+
+
+def reference(value: str) -> str | None:
+    """The secret NAME when `value` is a reference `secret:NAME`, else None."""
+    return value[len(PREFIX):] if value.startswith(PREFIX) else None
+
+
+def env_var(name: str) -> str:
+    return "KILN_SECRET_" + re.sub(r"[-.]", "_", name).upper()
+
+
+def lookup(settings: Settings, name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of secret `name`, or None when it is not set anywhere."""
+    from kiln.secretstore import SecretStore  # cryptography is imported only when a secret is used
+
+    env = os.environ if environ is None else environ
+    stored = SecretStore(settings, dict(env)).get(name)
+    return stored if stored is not None else env.get(env_var(name))
+
+
+def resolve(environment: Mapping[str, str], find: Lookup) -> dict[str, str]:
+    """`environment` with every reference replaced by its value (raises SecretMissing)."""
+    out = {}
+    for key, value in environment.items():
+        name = reference(value)
+        if name is None:
+            out[key] = value
+            continue
+        secret = find(name)
+        if secret is None:
+            raise missing(key, name)
+        out[key] = secret
+    return out
+
+
+def missing(key: str, name: str) -> SecretMissing:
+    return SecretMissing(f"{key} refers to secret {name!r}, which is not set.",
+                         f"Store it with `kiln secret set {name}`, or set {env_var(name)} in kiln's environment "
+                         "(never in kiln.yaml).")
+
+
+def check(services: Mapping[str, Mapping[str, str]], find: Lookup) -> None:
+    """Before anything starts: every reference in each service's environment has a value."""
+    for service, environment in services.items():
+        for key, value in environment.items():
+            name = reference(value)
+            if name is not None and find(name) is None:
+                raise missing(f"services.{service}.environment.{key}", name)

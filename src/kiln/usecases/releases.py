@@ -1,0 +1,99 @@
+"""Release manifests (export, import), pins and garbage collection.
+
+A manifest is a portable record of one release: the image digest and inputs hash, the resolved
+config (secrets only as `secret:NAME` references, as the ledger holds them), provenance and its
+rollout history. Importing it into another ledger lets a second kiln installation re-create the
+release (`kiln recreate`), rebaking from the recorded commit when the image is not there."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from kiln.context import Context
+from kiln.errors import UsageError
+from kiln.ledger.store import Release
+from kiln.spec.resolve import EnvConfig
+
+MANIFEST_VERSION = 1
+
+
+def export(ctx: Context, app: str, env: str, number: int) -> dict[str, Any]:
+    release = ctx.ledger.release(app, env, number)
+    if release is None:
+        raise UsageError(f"{app}/{env} has no release v{number}.", f"`kiln releases -e {env}` lists them.")
+    rollouts = [r for r in ctx.ledger.rollouts(app, env, limit=10_000) if number in (r.to_release, r.from_release)]
+    return {
+        "kiln_manifest": MANIFEST_VERSION,
+        "app": app,
+        "env": env,
+        "exported_at": datetime.now(UTC).isoformat(),
+        "release": {**release.summary(), "image_tag": release.image_tag, "config": release.config,
+                    "config_digest": release.config_digest, "spec_digest": release.spec_digest},
+        "rollouts": [{"id": r.id, "from": r.from_release, "to": r.to_release, "strategy": r.strategy,
+                      "state": r.state, "reason": r.reason, "started_at": r.started_at.isoformat() + "Z",
+                      "finished_at": r.finished_at.isoformat() + "Z" if r.finished_at else None}
+                     for r in sorted(rollouts, key=lambda r: r.id)],
+    }
+
+
+def import_manifest(ctx: Context, manifest: dict[str, Any], env: str | None = None) -> Release:
+    """Record the manifest's release as the next release of its app in `env` (default: its own)."""
+    try:
+        if manifest.get("kiln_manifest") != MANIFEST_VERSION:
+            raise UsageError(f"not a kiln release manifest (version {manifest.get('kiln_manifest')!r}, "
+                             f"expected {MANIFEST_VERSION}).", "Export one with `kiln release export N`.")
+        rel = manifest["release"]
+        cfg = EnvConfig.model_validate({**rel["config"], "env": env or manifest["env"]})
+        return ctx.ledger.record_release(
+            app=manifest["app"], env=cfg.env, image=rel["image"], image_tag=rel["image_tag"],
+            inputs_hash=rel["inputs_hash"], config=cfg.model_dump(mode="json"), config_digest=cfg.digest(),
+            spec_digest=rel["spec_digest"], commit=rel["commit"], dirty=rel["dirty"],
+            origin=f"imported: {manifest['app']}/{manifest['env']} v{rel['number']} (exported {manifest['exported_at']})")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"the manifest is incomplete or malformed: {exc}.",
+                         "Use a file written by `kiln release export`.") from None
+
+
+def pin(ctx: Context, app: str, env: str, number: int, on: bool = True) -> None:
+    if ctx.ledger.release(app, env, number) is None:
+        raise UsageError(f"{app}/{env} has no release v{number}.", f"`kiln releases -e {env}` lists them.")
+    if on:
+        ctx.ledger.pin(app, env, number)
+    else:
+        ctx.ledger.unpin(app, env, number)
+
+
+def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> dict[str, Any]:
+    """Remove the app's images that no recent (last `keep` per environment), pinned, serving or
+    still-running release needs, and its instances that have stopped. Never what serves."""
+    needed: dict[str, str] = {}  # image id -> why it stays
+    pins = ctx.ledger.pins(app)
+    for env in ctx.ledger.released_environments(app):
+        releases = ctx.ledger.releases(app, env)
+        current = ctx.ledger.current_release(app, env)
+        for i, r in enumerate(releases):
+            why = ("serving" if current and r.number == current.number else
+                   "pinned" if (env, r.number) in pins else
+                   f"among the last {keep}" if i < keep else None)
+            if why:
+                needed.setdefault(r.image, f"{env} v{r.number} ({why})")
+        for r in ctx.ledger.unfinished_rollouts(app, env):
+            release = ctx.ledger.release(app, env, r.to_release)
+            if release:
+                needed.setdefault(release.image, f"{env} v{release.number} (rollout {r.id} unfinished)")
+    containers = ctx.docker.containers({"kiln.app": app, "kiln.role": "instance"})
+    for c in containers:
+        if c.running:
+            needed.setdefault(c.image, f"runs in {c.name}")
+    images = [(image, tags) for image, tags in ctx.docker.images({"kiln.app": app}) if image not in needed]
+    stopped = [c for c in containers if not c.running]
+    if not dry_run:
+        for c in stopped:
+            ctx.docker.remove(c.name)
+        for image, _ in images:
+            ctx.docker.remove_image(image)
+    return {"dry_run": dry_run, "keep": keep,
+            "images": [{"image": image, "tags": list(tags)} for image, tags in images],
+            "instances": [{"instance": c.name, "state": c.state} for c in stopped],
+            "kept": [{"image": image, "why": why} for image, why in sorted(needed.items(), key=lambda kv: kv[1])]}

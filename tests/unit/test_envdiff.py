@@ -1,0 +1,60 @@
+"""kiln.spec.envdiff: flattening resolved configs, declared overlay keys, key-by-key differences."""
+
+from __future__ import annotations
+
+from kiln.spec.envdiff import ABSENT, declared_keys, diff, flatten
+from kiln.spec.loader import parse_spec
+from kiln.spec.resolve import resolve
+
+SPEC = """\
+app: shop
+build: {steps: ["COPY . /app"]}
+services:
+  web:
+    port: 8000
+    replicas: 2
+    environment: {GREETING: hello, LEVEL: info}
+environments:
+  production: {port: 8080}
+  staging:
+    port: 8081
+    services: {web: {replicas: 1, environment: {LEVEL: debug}}}
+"""
+
+
+def configs():
+    spec = parse_spec(SPEC)
+    return spec, resolve(spec, "production").model_dump(mode="json"), resolve(spec, "staging").model_dump(mode="json")
+
+
+def test_flatten_names_services_by_name():
+    _, prod, _ = configs()
+    flat = flatten(prod)
+    assert flat["services.web.replicas"] == 2
+    assert flat["services.web.environment.GREETING"] == "hello"
+    assert flat["port"] == 8080 and "services.web.name" not in flat
+
+
+def test_declared_keys_come_from_the_overlay():
+    spec, _, _ = configs()
+    assert declared_keys(spec, "staging") >= {"port", "env", "services.web.replicas", "services.web.environment.LEVEL"}
+    assert "services.web.replicas" not in declared_keys(spec, "production")
+    assert declared_keys(spec, "preview-1234") == {"env", "port", "bind", "preview_port"}
+
+
+def test_environments_of_one_spec_differ_only_in_declared_keys():
+    spec, prod, staging = configs()
+    declared = declared_keys(spec, "production") | declared_keys(spec, "staging")
+    rows = diff(prod, staging, declared)
+    assert {r.key for r in rows} == {"env", "port", "services.web.replicas", "services.web.environment.LEVEL"}
+    assert all(r.declared for r in rows)
+
+
+def test_an_undeclared_change_is_named_and_a_missing_key_shown_absent():
+    spec, prod, staging = configs()
+    staging["services"][0]["environment"]["GREETING"] = "hi"
+    staging["services"][0]["environment"]["NEW"] = "1"
+    declared = declared_keys(spec, "production") | declared_keys(spec, "staging")
+    undeclared = [r for r in diff(prod, staging, declared) if not r.declared]
+    assert [(r.key, r.a, r.b) for r in undeclared] == [("services.web.environment.GREETING", "hello", "hi"),
+                                                       ("services.web.environment.NEW", ABSENT, "1")]
