@@ -62,7 +62,7 @@ def main():
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"hello v{RELEASE} ({INSTANCE}) listening on :{server.server_port}", flush=True)
-    server.serve_forever()
+    server.serve_forever(poll_interval=0.1)  # SIGTERM to exit within ~0.1 s once in-flight requests end
     server.server_close()
     sys.exit(0)
 

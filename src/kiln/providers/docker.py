@@ -76,11 +76,16 @@ class DockerProvider:
         return _env(config.get("Env"))
 
     def find_image(self, tag: str, labels: dict[str, str]) -> str | None:
-        """The image tagged `tag`, if it carries `labels` (children inherit labels, tags not)."""
-        with _engine("listing images"):
-            found = self.client.images.list(filters={"reference": tag,
-                                                     "label": [f"{k}={v}" for k, v in labels.items()]})
-        return found[0].id if found else None
+        """The image tagged `tag`, if it carries `labels` (children inherit labels, tags not).
+        One inspect of the tag: listing with filters costs ~0.1 s on an engine with many images."""
+        try:
+            attrs = self.api.inspect_image(tag)
+        except NotFound:
+            return None
+        except DockerException as exc:
+            raise EngineError(f"looking up image {tag}: {_short(exc)}") from None
+        have = (attrs.get("Config") or {}).get("Labels") or {}
+        return attrs["Id"] if all(have.get(k) == v for k, v in labels.items()) else None
 
     def images(self, labels: dict[str, str]) -> list[tuple[str, tuple[str, ...]]]:
         """(image id, tags) of every image carrying `labels`."""

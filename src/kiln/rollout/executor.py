@@ -258,7 +258,9 @@ class Executor:
                 what = _describe(svc)
                 raise RolloutError(f"new instance {name} did not pass its healthcheck ({what}) within "
                                    f"{hc.deadline if hc else 0:g}s.{self._log_hint(name)}")
-            time.sleep(min(hc.interval if hc else 0.5, 0.25))
+            # Polled faster than the service's interval: a new instance is often ready within
+            # 100-200 ms, and each poll is one small request to it alone.
+            time.sleep(min(hc.interval if hc else 0.5, 0.05))
 
     def _await_routed(self, name: str, svc: ServiceConfig) -> float:
         """Until the router's own check has passed: only then does the instance take traffic."""

@@ -111,9 +111,10 @@ def plan(desired: Desired, facts: list[Instance]) -> list[Step]:
 
     # 4. Start what is missing, within the surge allowance.
     starts: list[Task] = []
+    retiring = {i.name for i in retire}  # a set: a list of dataclasses made this quadratic
     for svc in services:
         want = desired.replicas.get(svc, 0)
-        mine = [i for i in live if i.service == svc and i not in retire]
+        mine = [i for i in live if i.service == svc and i.name not in retiring]
         missing = max(0, want - len([i for i in mine if _current(i, desired)]))
         room = missing if desired.surge is None or desired.hold else max(0, want + desired.surge - len(mine))
         starts += [(Start(svc, desired.release),)] * min(missing, room)
