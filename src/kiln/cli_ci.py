@@ -292,13 +292,13 @@ def serve(
     before, and queue a run for the pushed ref (401 and nothing runs when the check fails)."""
     import uvicorn
 
+    from kiln import secretref
     from kiln.ci import git
-    from kiln.ci.steps import secret_lookup
     from kiln.server.app import Config, make_app
 
     ctx = _ctx()
     root = git.repo_root(repo.resolve())
-    key = secret_lookup(_secrets().get)(secret)
+    key = secretref.lookup(ctx.settings, secret)
     if not key:
         raise UsageError(f"secret {secret!r} is not set, so no webhook could be verified.",
                          f"Store the webhook secret first: `kiln secret set {secret}` (value on stdin).")

@@ -12,15 +12,16 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
+from kiln import secretref
 from kiln.bake.baker import BakedImage, bake
 from kiln.ci import git
 from kiln.ci.logsink import StepLog, StepOutput
 from kiln.ci.plan import Planned, plan
-from kiln.ci.steps import Cancelled, StepContext, execute, secret_lookup
+from kiln.ci.steps import Cancelled, StepContext, execute
 from kiln.context import Context
 from kiln.errors import KilnError, PipelineError, SpecError, SpecIssue
 from kiln.ledger.ci_store import CiRun, CiStore
-from kiln.secretstore import Masker, SecretStore
+from kiln.secretstore import Masker
 from kiln.spec.loader import LoadedSpec, find_spec, load_spec
 from kiln.spec.pipeline import SECRET, Pipeline, pipeline_problems
 
@@ -120,7 +121,9 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
                                          "skipped" if p.skip else "pending", p.skip or "")
                                         for stage in stages for p in stage])
         ids = {row.position: row.id for row in rows}
-        find = secret_lookup(SecretStore(ctx.settings).get)
+        def find(name: str) -> str | None:  # the encrypted store, then KILN_SECRET_<NAME>
+            return secretref.lookup(ctx.settings, name)
+
         masker = Masker(v for name in _secret_names(pipeline) if (v := find(name)) is not None)
         log.mask = masker
         image = bake(ctx.docker, loaded, StepOutput(log), ctx.settings.home / "tmp")

@@ -4,7 +4,6 @@ and their sidecars), the use cases (deploy, promote) and HTTP (smoke checks)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -261,14 +260,4 @@ def smoke(sc: StepContext, env: str, checks: tuple[Check, ...]) -> str:
             sc.log.write(f"  GET {url}{check.path}: {problem}; retrying")
             time.sleep(POLL)
     return f"{len(checks)} check{'s' if len(checks) != 1 else ''} passed on {url}"
-
-
-def secret_lookup(store_get: Callable[[str], str | None]) -> Callable[[str], str | None]:
-    """A secret by name: the encrypted store first, then KILN_SECRET_<NAME> in kiln's environment."""
-    def find(name: str) -> str | None:
-        value = store_get(name)
-        if value is None:
-            value = os.environ.get("KILN_SECRET_" + name.replace("-", "_").replace(".", "_").upper())
-        return value
-    return find
 
