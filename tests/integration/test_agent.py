@@ -247,7 +247,7 @@ def restart_dockerd(engine: docker.DockerClient) -> None:
     def answers() -> bool:
         try:
             return bool(engine.ping())
-        except docker.errors.DockerException:
+        except Exception:  # the SDK lets connection errors through as requests' own exceptions
             return False
     wait_for("dockerd to answer", answers, timeout=60, every=0.2)
 
