@@ -48,7 +48,7 @@ class DockerProvider:
         try:
             self.client = docker.from_env(timeout=120)
             self.client.ping()
-        except DockerException:
+        except (DockerException, RequestException):
             where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
             raise EngineError(
                 f"cannot reach the Docker engine at {where}.",
@@ -63,11 +63,10 @@ class DockerProvider:
 
     def image_id(self, ref: str) -> str | None:
         try:
-            return self.client.images.get(ref).id
+            with _engine(f"looking up image {ref}"):
+                return self.client.images.get(ref).id
         except ImageNotFound:
             return None
-        except DockerException as exc:
-            raise EngineError(f"looking up image {ref}: {_short(exc)}") from None
 
     def image_env(self, image: str) -> dict[str, str]:
         """The environment an image gives every container (the engine merges it into theirs)."""
@@ -79,11 +78,10 @@ class DockerProvider:
         """The image tagged `tag`, if it carries `labels` (children inherit labels, tags not).
         One inspect of the tag: listing with filters costs ~0.1 s on an engine with many images."""
         try:
-            attrs = self.api.inspect_image(tag)
+            with _engine(f"looking up image {tag}"):
+                attrs = self.api.inspect_image(tag)
         except NotFound:
             return None
-        except DockerException as exc:
-            raise EngineError(f"looking up image {tag}: {_short(exc)}") from None
         have = (attrs.get("Config") or {}).get("Labels") or {}
         return attrs["Id"] if all(have.get(k) == v for k, v in labels.items()) else None
 
@@ -196,16 +194,15 @@ class DockerProvider:
 
     def container(self, name: str) -> ContainerFacts | None:
         try:
-            return _facts(self.api.inspect_container(name))
+            with _engine(f"inspecting container {name}"):
+                return _facts(self.api.inspect_container(name))
         except NotFound:
             return None
-        except DockerException as exc:
-            raise EngineError(f"inspecting container {name}: {_short(exc)}") from None
 
     def logs(self, name: str, tail: int = 20) -> str:
         try:
             return self.api.logs(name, tail=tail).decode(errors="replace").strip()
-        except DockerException:
+        except (DockerException, RequestException):
             return ""
 
     def stop(self, name: str, grace: float) -> None:
@@ -231,11 +228,10 @@ class DockerProvider:
 
     def details(self, name: str) -> ContainerDetails | None:
         try:
-            attrs = self.api.inspect_container(name)
+            with _engine(f"inspecting container {name}"):
+                attrs = self.api.inspect_container(name)
         except NotFound:
             return None
-        except DockerException as exc:
-            raise EngineError(f"inspecting container {name}: {_short(exc)}") from None
         host, config = attrs.get("HostConfig") or {}, attrs.get("Config") or {}
         return ContainerDetails(
             env=_env(config.get("Env")),
@@ -253,11 +249,10 @@ class DockerProvider:
         """`docker diff`: paths changed in the container's writable layer, as "A /path" (added),
         "C /path" (changed) or "D /path" (deleted)."""
         try:
-            found = self.api.diff(name) or []
+            with _engine(f"reading the changes of {name}"):
+                found = self.api.diff(name) or []
         except NotFound:
             return []
-        except DockerException as exc:
-            raise EngineError(f"reading the changes of {name}: {_short(exc)}") from None
         return [f"{'CAD'[c['Kind']]} {c['Path']}" for c in found]
 
     def events(self, labels: dict[str, str], since: float | None = None,
@@ -301,8 +296,3 @@ def _facts(attrs: dict) -> ContainerFacts:
         ip=ip,
         exit_code=state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None,
     )
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    return text.split("(Caused by")[0].strip()[:300]
