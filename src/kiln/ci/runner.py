@@ -19,11 +19,11 @@ from kiln.ci.logsink import StepLog, StepOutput
 from kiln.ci.plan import Planned, plan
 from kiln.ci.steps import Cancelled, StepContext, execute
 from kiln.context import Context
-from kiln.errors import KilnError, PipelineError, SpecError, SpecIssue
+from kiln.errors import KilnError, PipelineError
 from kiln.ledger.ci_store import CiRun, CiStore
 from kiln.secretstore import Masker
 from kiln.spec.loader import LoadedSpec, find_spec, load_spec
-from kiln.spec.pipeline import SECRET, Pipeline, pipeline_problems
+from kiln.spec.pipeline import SECRET, Pipeline
 
 POLL = 0.5
 
@@ -193,16 +193,7 @@ def _pipeline(loaded: LoadedSpec) -> Pipeline:
     if pipeline is None:
         raise PipelineError(f"{loaded.path.name} at this commit has no `pipeline` section.",
                             "Add one (docs/ci.md) and commit it.")
-    problems = list(pipeline_problems(pipeline, loaded.spec.environments))
-    if problems:
-        from ruamel.yaml import YAML
-
-        from kiln.spec.loader import _dotted, _line_of
-
-        tree = YAML(typ="rt").load(loaded.path.read_text())
-        raise SpecError([SpecIssue(loaded.path.name, _line_of(tree, loc), _dotted(loc), msg)
-                         for loc, msg in problems])
-    return pipeline
+    return pipeline  # its environments were checked when the spec was loaded (spec/checks.py)
 
 
 def _secret_names(pipeline: Pipeline) -> set[str]:

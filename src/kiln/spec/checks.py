@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 
 from kiln.spec.models import Spec
+from kiln.spec.pipeline import pipeline_problems
 
 Path = tuple[str | int, ...]
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
@@ -43,6 +44,9 @@ def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
             if (env.bind, port) in seen:
                 yield ("environments", name, key_name), f"port {port} is already used by {seen[env.bind, port]}"
             seen[env.bind, port] = f"environment {name} ({key_name})"
+
+    if spec.pipeline is not None:
+        yield from pipeline_problems(spec.pipeline, spec.environments)
 
     for name, svc in spec.services.items():
         if svc.rollout.strategy != "rolling" and name != spec.public_service:
