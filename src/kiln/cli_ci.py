@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from kiln.cli_common import JsonOpt
+from kiln.cli_common import ctx_of as _ctx
 from kiln.errors import UsageError
 from kiln.output import Output
 from kiln.settings import Settings
@@ -23,7 +25,6 @@ ci_app.add_typer(hook_app, name="hook")
 secret_app = typer.Typer(help="Secrets for pipeline steps and `secret:NAME` references, encrypted at rest.",
                          no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Path to kiln.yaml (its place in the repository is used).")]
 RunArg = Annotated[int, typer.Argument(help="Run number (`kiln ci list`).")]
 FINAL = ("succeeded", "failed", "cancelled", "superseded")
@@ -33,12 +34,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(ci_app, name="ci")
     app.add_typer(secret_app, name="secret")
     app.command("serve")(serve)
-
-
-def _ctx(quiet: bool = False):
-    from kiln.context import Context
-
-    return Context(Settings.from_env(), Output(quiet=quiet))
 
 
 def _store(ctx):

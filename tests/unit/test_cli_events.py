@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import threading
 
 from kiln.ledger.store import Ledger
 
@@ -47,13 +47,16 @@ def test_events_filtered_as_json_and_followed(tmp_path):
     text = kiln("-e", "production").stdout
     assert "instance.failed" in text and "replaced [brackets] kept literally" in text and "staging" not in text
 
-    follow = subprocess.Popen([sys.executable, "-m", "kiln", "events", "--follow", "--json", "-n", "0"], cwd=tmp_path,
+    follow = subprocess.Popen([sys.executable, "-m", "kiln", "events", "--follow", "--json", "-n", "1"], cwd=tmp_path,
                               env=kiln_env(tmp_path), stdout=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(60, follow.kill)  # a broken --follow fails the test instead of hanging it
+    watchdog.start()
     try:
-        time.sleep(1.5)  # started and polling
+        # The newest event comes first: from then on it is following, whatever the machine's load.
+        assert json.loads(follow.stdout.readline())["kind"] == "instance.replaced"
         ledger.event("shop", "production", "agent.halted", "2 instance failures within 60s exceed the limit of 1")
-        line = follow.stdout.readline()
-        assert json.loads(line)["kind"] == "agent.halted"
+        assert json.loads(follow.stdout.readline())["kind"] == "agent.halted"
     finally:
+        watchdog.cancel()
         follow.terminate()
         follow.wait(timeout=10)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from kiln.agent.reconcile import WATCHED, Reconciler
 from kiln.context import Context
 from kiln.errors import EngineError, KilnError, LockHeld
+from kiln.providers.base import EngineEvent
 from kiln.rollout.lock import Held, hold
 from kiln.spec.models import AgentPolicy
 
@@ -142,19 +143,21 @@ class Agent:
                 item = self.events.get_nowait()
             except queue.Empty:
                 return
-            if item is None:
-                continue
             if isinstance(item, _Disconnected):
                 for env, reconciler in self.reconcilers.items():
                     reconciler.engine_restarted()
                     due[env] = 0.0
                 continue
-            env = item.label("env")  # type: ignore[attr-defined]
-            reconciler = self.reconcilers.get(env or "")
-            if reconciler and item.label("role") == "instance" and reconciler.note(item):  # type: ignore[attr-defined]
-                due[env] = 0.0  # type: ignore[index]
-            elif reconciler and item.label("role") == "router" and item.action in ("die", "destroy"):  # type: ignore[attr-defined]
-                due[env] = 0.0  # type: ignore[index]
+            if not isinstance(item, EngineEvent):
+                continue
+            env = item.label("env") or ""
+            reconciler = self.reconcilers.get(env)
+            if reconciler is None:
+                continue
+            if item.label("role") == "instance" and reconciler.note(item):
+                due[env] = 0.0
+            elif item.label("role") == "router" and item.action in ("die", "destroy"):
+                due[env] = 0.0
 
     def _watch(self, stop: threading.Event) -> None:
         """Feed the engine's container events to the queue; reconnect when the engine goes away."""
