@@ -19,16 +19,12 @@ from kiln.agent.reconcile import WATCHED, Reconciler
 from kiln.context import Context
 from kiln.errors import EngineError, KilnError, LockHeld
 from kiln.providers.base import EngineEvent
-from kiln.rollout.lock import Held, hold
+from kiln.rollout.lock import Held, hold, lease_name
 from kiln.spec.models import AgentPolicy
 
 LEASE = 15.0  # seconds an agent that stopped renewing still leads its environments
 RETRY = 2.0  # how often a standby agent asks for the lease
 PRUNE_EVERY = 10.0  # how often expired previews are looked for
-
-
-def lease_name(env: str) -> str:
-    return f"{env}/agent"
 
 
 class _Disconnected:

@@ -54,6 +54,13 @@ def holder_alive(lock: Lock) -> bool:
 
 
 AGENT = "agent"  # the reason an agent's reconcile pass gives: short, so others wait for it
+
+
+def lease_name(env: str) -> str:
+    """The lock that makes one agent the leader of `env` (beside env's own lock)."""
+    return f"{env}/agent"
+
+
 PATIENCE = 30.0  # how long a change waits for an agent's pass to end
 
 

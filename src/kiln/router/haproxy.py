@@ -17,6 +17,7 @@ from kiln.providers.base import ContainerFacts, ContainerSpec, Runtime
 from kiln.router.config import PREVIEW_PORT, SOCKET_DIR, SOCKET_NAME, backend_name, render_config
 from kiln.router.runtime import (
     FULL_WEIGHT,
+    POOL_PURGE_MS,
     RuntimeClient,
     ServerStat,
     add_server,
@@ -143,13 +144,26 @@ class Router:
                 break
             time.sleep(0.05)
         waited = time.monotonic() - start
-        self.client.run(remove_server(self.backend, server))
+        self._remove(self.backend, server)
         self.remove_preview(server)
         return waited
 
     def remove_preview(self, server: str) -> None:
         if self.preview and server in self.servers(preview=True):
-            self.client.run(remove_server(self.preview, server))
+            self._remove(self.preview, server)
+
+    def _remove(self, backend: str, server: str) -> None:
+        """Delete the server. HAProxy refuses while connections are still attached to it (its idle
+        pool among them); they are cut again and the delete retried until the pool is purged."""
+        deadline = time.monotonic() + POOL_PURGE_MS / 1000 + 2.0
+        while True:
+            try:
+                self.client.run(remove_server(backend, server))
+                return
+            except RouterError as exc:
+                if "still has connections" not in exc.message or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
 
 
 def _check_port_free(bind: str, port: int) -> None:

@@ -37,7 +37,7 @@ class ServerStat:
 
 FULL_WEIGHT = 100  # a server's share when it takes its full part of the traffic
 POOL_MAX_CONN = 128  # idle connections HAProxy keeps to one instance for reuse
-POOL_PURGE_MS = 10_000  # how long an unused idle connection stays open
+POOL_PURGE_MS = 1_000  # how often unused idle connections are closed (also what a server's removal may wait for)
 
 
 def add_server(backend: str, server: str, address: str, port: int, inter_ms: int, weight: int = FULL_WEIGHT) -> list[str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.agent.loop import lease_name
 from kiln.context import Context
 from kiln.errors import RouterError
 from kiln.ledger.store import now
+from kiln.rollout.lock import lease_name
 from kiln.router.haproxy import router_name
 from kiln.router.runtime import ServerStat
 from kiln.spec.resolve import EnvConfig
