@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 from kiln.errors import SecretMissing
 from kiln.settings import Settings
@@ -25,6 +28,20 @@ def reference(value: str) -> str | None:
     return value[len(PREFIX):] if value.startswith(PREFIX) else None
 
 
+def validate_environment(value: object) -> object:
+    """A kiln.yaml environment map: a value `secret:NAME` must name a secret validly."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = reference(item) if isinstance(item, str) else None
+            if name is not None and not NAME.match(name):
+                raise ValueError(f"{key}: not a valid secret reference ({item!r}); write secret:NAME with NAME of "
+                                 "lowercase letters, digits, '-', '_' or '.'")
+    return value
+
+
+Environ = Annotated[dict[str, str], BeforeValidator(validate_environment)]  # environment values in kiln.yaml
+
+
 def env_var(name: str) -> str:
     return "KILN_SECRET_" + re.sub(r"[-.]", "_", name).upper()
 
@@ -38,8 +55,9 @@ def lookup(settings: Settings, name: str, environ: Mapping[str, str] | None = No
     return stored if stored is not None else env.get(env_var(name))
 
 
-def resolve(environment: Mapping[str, str], find: Lookup) -> dict[str, str]:
-    """`environment` with every reference replaced by its value (raises SecretMissing)."""
+def resolve(environment: Mapping[str, str], find: Lookup, where: str = "") -> dict[str, str]:
+    """`environment` with every reference replaced by its value (raises SecretMissing naming
+    `where.KEY`)."""
     out = {}
     for key, value in environment.items():
         name = reference(value)
@@ -48,7 +66,7 @@ def resolve(environment: Mapping[str, str], find: Lookup) -> dict[str, str]:
             continue
         secret = find(name)
         if secret is None:
-            raise missing(key, name)
+            raise missing(f"{where}.{key}" if where else key, name)
         out[key] = secret
     return out
 

@@ -8,16 +8,14 @@ log line: pipeline logs are masked with `Masker`."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from kiln.errors import SecretError
+from kiln.secretref import NAME  # the names `secret:NAME` references accept
 from kiln.settings import Settings
 
 KEY_ENV = "KILN_SECRET_KEY"
-# The same names `secret:NAME` references accept (kiln.secretref).
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MASK = "********"
 
 

@@ -17,7 +17,7 @@ from kiln.agent.guard import Health, halted, judge, limit
 from kiln.context import Context
 from kiln.errors import FactsChanged, KilnError, LockHeld
 from kiln.ledger.store import Release, now
-from kiln.providers.base import EngineEvent
+from kiln.providers.base import ContainerFacts, EngineEvent
 from kiln.rollout.driver import PAUSED
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.lock import AGENT, Held, hold
@@ -105,13 +105,14 @@ class Reconciler:
         if mem.fresh:
             mem.execs = {**recent_execs(ctx, app, env), **mem.execs}
 
-        keep = kept(ctx, app, env) | self._paused_instances()
         target = Target.of(release)
         executor = Executor(ctx.docker, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=self._journal)
         executor.watch = lambda seen: self._unchanged(executor, seen)
         executor.goal = target  # instances of an equal release (a rollback onto them) count as current
         executor.targets[release.number] = target
-        containers = {c.name: c for c in executor.containers() if c.name not in keep}
+        listed = executor.containers()
+        keep = kept(ctx, app, env) | self._paused_instances(listed)
+        containers = {c.name: c for c in listed if c.name not in keep}
         facts_now = [i for i in executor.observe() if i.name not in keep]
 
         health = judge(facts_now, cfg.public_service.name if cfg.public_service else None, mem.suspects)
@@ -225,15 +226,11 @@ class Reconciler:
         last = self.ctx.ledger.events(self.app, self.env, kinds=("agent.halted", "agent.resumed"), limit=1)
         return bool(last) and last[-1]["kind"] == "agent.halted"
 
-    def _paused_instances(self) -> frozenset[str]:
+    def _paused_instances(self, containers: list[ContainerFacts]) -> frozenset[str]:
         """Instances of a blue-green release waiting for `kiln promote`: that rollout owns them."""
         waiting = {str(r.to_release) for r in self.ctx.ledger.unfinished_rollouts(self.app, self.env)
                    if r.state == PAUSED}
-        if not waiting:
-            return frozenset()
-        return frozenset(c.name for c in self.ctx.docker.containers({"kiln.app": self.app, "kiln.env": self.env,
-                                                                     "kiln.role": "instance"})
-                         if c.label("release") in waiting)
+        return frozenset(c.name for c in containers if c.label("release") in waiting)
 
     def _journal(self, action: str, target: str, state: str, detail: str) -> None:
         if state != "started":

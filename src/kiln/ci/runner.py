@@ -23,7 +23,7 @@ from kiln.errors import KilnError, PipelineError
 from kiln.ledger.ci_store import CiRun, CiStore
 from kiln.secretstore import Masker
 from kiln.spec.loader import LoadedSpec, find_spec, load_spec
-from kiln.spec.pipeline import SECRET, Pipeline
+from kiln.spec.pipeline import Pipeline
 
 POLL = 0.5
 
@@ -201,5 +201,5 @@ def _secret_names(pipeline: Pipeline) -> set[str]:
     for step in pipeline.steps:
         for inner in step.parallel or (step,):
             envs = [inner.environment, *(s.environment for s in inner.services.values())]
-            names |= {v[len(SECRET):] for env in envs for v in env.values() if v.startswith(SECRET)}
+            names |= {n for env in envs for v in env.values() if (n := secretref.reference(v))}
     return names

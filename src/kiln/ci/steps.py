@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from docker.errors import DockerException
 
-from kiln import probe
+from kiln import probe, secretref
 from kiln.bake.baker import BakedImage
 from kiln.bake.base import ensure_base
 from kiln.ci.logsink import StepLog
@@ -24,7 +24,7 @@ from kiln.ledger.ci_store import CiRun, CiStore
 from kiln.providers.base import ContainerSpec
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Base
-from kiln.spec.pipeline import SECRET, Check, Sidecar, Step
+from kiln.spec.pipeline import Check, Sidecar, Step
 
 POLL = 0.5
 
@@ -66,26 +66,11 @@ def execute(sc: StepContext, step: Step) -> str:
 # --- run: a command in a throwaway container of the baked image --------------------------------
 
 
-def environment(values: dict[str, str], secret: Callable[[str], str | None], where: str) -> dict[str, str]:
-    """Values with every `secret:NAME` replaced by the secret (a missing one fails the step)."""
-    out = {}
-    for key, value in values.items():
-        if value.startswith(SECRET):
-            name = value[len(SECRET):]
-            found = secret(name)
-            if found is None:
-                raise PipelineError(f"{where}.{key} refers to secret {name!r}, which is not set.",
-                                    f"Store it with `kiln secret set {name}` (the value is read from stdin).")
-            value = found
-        out[key] = value
-    return out
-
-
 def run_command(sc: StepContext, step: Step) -> str:
     docker = sc.ctx.docker
     prefix = f"kiln-ci-{sc.run.id}-{sc.position}"
     network = prefix  # "kiln-…": the provider reports addresses on kiln networks
-    env = {**environment(step.environment, sc.secret, "environment"), "CI": "true", "KILN_CI": "1",
+    env = {**secretref.resolve(step.environment, sc.secret, "environment"), "CI": "true", "KILN_CI": "1",
            "KILN_CI_RUN": str(sc.run.id), "KILN_CI_REF": sc.run.ref, "KILN_CI_COMMIT": sc.run.commit}
     docker.ensure_network(network, sc.labels())
     started: list[str] = []
@@ -114,7 +99,7 @@ def _start_sidecar(sc: StepContext, network: str, name: str, alias: str, sidecar
     image = sc.image.id
     if sidecar.packages:
         image = ensure_base(docker, Base(packages=sidecar.packages), sc.ctx.out, sc.ctx.settings.home / "tmp").id
-    env = environment(sidecar.environment, sc.secret, f"services.{alias}.environment")
+    env = secretref.resolve(sidecar.environment, sc.secret, f"services.{alias}.environment")
     api = docker.api
     sc.log.write(f"› starting service {alias} ({image[:19]})")
     try:
@@ -203,11 +188,8 @@ def promote(sc: StepContext, step: Step) -> str:
     assert target is not None
     if target.approval == "manual":
         wait_for_approval(sc, f"promote {target.source} → {target.to}")
-    try:
-        from kiln.usecases.environments import promote_artifact
-    except ImportError:
-        raise PipelineError("this kiln cannot promote between environments yet (`kiln promote --from/--to`).",
-                            "Use a deploy step to the target environment instead.") from None
+    from kiln.usecases.environments import promote_artifact
+
     outcome = promote_artifact(sc.ctx, sc.loaded, target.source, target.to)
     return f"{target.to} v{outcome.release.number} serving {outcome.release.image[:19]} (from {target.source})"
 

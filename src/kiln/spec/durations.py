@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -31,3 +34,5 @@ def parse_duration(value: object) -> float:
         raise ValueError("a duration must be a finite number of seconds, 0 or more")
     return seconds
 
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]  # a kiln.yaml field holding a duration

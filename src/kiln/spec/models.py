@@ -7,25 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from kiln.secretref import NAME, reference
-from kiln.spec.durations import parse_duration
+from kiln.secretref import Environ
+from kiln.spec.durations import Duration
 from kiln.spec.pipeline import Pipeline
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-def _environment(value: object) -> object:
-    """Values are strings; `secret:NAME` refers to a secret by name (its value never enters kiln.yaml)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            name = reference(item) if isinstance(item, str) else None
-            if name is not None and not NAME.match(name):
-                raise ValueError(f"{key}: {item!r} is not a valid secret reference; write secret:NAME with NAME "
-                                 "of lowercase letters, digits, '-', '_' or '.'")
-    return value
-
-
-Environ = Annotated[dict[str, str], BeforeValidator(_environment)]
 
 
 class Model(BaseModel):

@@ -5,32 +5,19 @@ Imports nothing of spec/models.py (which imports this module for its `pipeline` 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kiln.secretstore import NAME
-from kiln.spec.durations import parse_duration
+from kiln.secretref import Environ
+from kiln.spec.durations import Duration
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 KINDS = ("run", "deploy", "promote", "smoke", "parallel")
 RUN_ONLY = ("environment", "services", "timeout")
-SECRET = "secret:"  # a value `secret:NAME` names a stored secret
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-def _secret_refs(value: object) -> object:
-    if isinstance(value, dict):
-        bad = [k for k, v in value.items() if isinstance(v, str) and v.startswith(SECRET) and not NAME.match(v[len(SECRET):])]
-        if bad:
-            raise ValueError(f"{bad[0]}: not a valid secret reference; write secret:NAME (lowercase letters, digits, '-', '_', '.')")
-    return value
-
-
-StepEnv = Annotated[dict[str, str], BeforeValidator(_secret_refs)]
 
 
 class Check(_Model):
@@ -62,7 +49,7 @@ class Sidecar(_Model):
 
     packages: tuple[str, ...] = Field((), description="Debian packages of a base image kiln bakes for it; none: the app image")
     command: str | tuple[str, ...] | None = Field(None, description="what it runs; a string runs with `sh -c`")
-    environment: StepEnv = Field(default_factory=dict, description="environment variables; `secret:NAME` refers to a stored secret")
+    environment: Environ = Field(default_factory=dict, description="environment variables; `secret:NAME` refers to a stored secret")
     port: int | None = Field(None, ge=1, le=65535, description="the step starts once this port accepts TCP connections")
     ready_timeout: Duration = Field(60.0, description="how long the port may take to open")
 
@@ -78,7 +65,7 @@ class Step(_Model):
     smoke: str | None = Field(None, description="environment whose public URL gets the `checks`")
     parallel: tuple[Step, ...] | None = Field(None, description="steps run at the same time (no nesting)")
     checks: tuple[Check, ...] = Field((Check(),), description="smoke: the requests that must pass")
-    environment: StepEnv = Field(default_factory=dict, description="run: environment variables; `secret:NAME` refers to a secret from `kiln secret set` (masked in every log)")
+    environment: Environ = Field(default_factory=dict, description="run: environment variables; `secret:NAME` refers to a secret from `kiln secret set` (masked in every log)")
     services: dict[str, Sidecar] = Field(default_factory=dict, description="run: sidecar containers by name (see pipeline.steps[].services.NAME)")
     timeout: Duration = Field(1800.0, description="run: longest time the command may take")
     branches: tuple[str, ...] = Field((), description="run only for pushes to these branches (glob patterns such as `main`, `release/*`)")

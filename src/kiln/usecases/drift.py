@@ -68,7 +68,9 @@ def inspect(ctx: Context, app: str, env: str, containers: list[ContainerFacts],
                 for cmd, at in execs.get(c.name, []) if cmd != own]
         expected = instance_spec(cfg, svc, number, release.image, c.name)
         expected = replace(expected, environment=_with_secrets(ctx, expected.environment, details.env))
-        reasons = taints(expected, image_envs[release.image], c, details, ctx.docker.changes(c.name), seen)
+        # A read-only root filesystem cannot be written (not even by `docker cp`): no `docker diff` needed.
+        changes = [] if details.read_only and expected.read_only else ctx.docker.changes(c.name)
+        reasons = taints(expected, image_envs[release.image], c, details, changes, seen)
         if reasons:
             out[c.name] = reasons
     return out

@@ -7,6 +7,7 @@ resolved config is their release's, so every command that works on an environmen
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -202,8 +203,6 @@ def rebake(ctx: Context, loaded: LoadedSpec, release: Release) -> Artifact:
 
 
 def _check_new_env(ctx: Context, loaded: LoadedSpec, env: str) -> None:
-    import re
-
     if not re.fullmatch(r"[a-z][a-z0-9-]*", env) or len(env) > ENV_NAME_MAX:
         raise UsageError(f"{env!r} is not a valid environment name: lowercase letters, digits and '-', "
                          f"starting with a letter, at most {ENV_NAME_MAX} characters.")
