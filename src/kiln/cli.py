@@ -107,7 +107,7 @@ def base_build(file: SpecFile = DEFAULT_SPEC, json: JsonOpt = False) -> None:
     ctx = _ctx(quiet=json)
     results = {}
     for role, base in (("app", loaded.spec.build.base), ("router", ROUTER_BASE)):
-        img = ensure_base(ctx.docker, base, ctx.out, ctx.settings.home / "tmp")
+        img = ensure_base(ctx.engine(), base, ctx.out, ctx.settings.home / "tmp")
         results[role] = {"image": img.id, "tag": img.tag, "inputs_hash": img.inputs_hash, "built": img.built}
         if not img.built:
             ctx.out.done(f"{role} base {img.tag} is up to date")
@@ -122,7 +122,7 @@ def bake(file: SpecFile = DEFAULT_SPEC, json: JsonOpt = False) -> None:
 
     loaded = _load(file)
     ctx = _ctx(quiet=json)
-    img = do_bake(ctx.docker, loaded, ctx.out, ctx.settings.home / "tmp")
+    img = do_bake(ctx.engine(), loaded, ctx.out, ctx.settings.home / "tmp")
     if json:
         ctx.out.json({"image": img.id, "tag": img.tag, "inputs_hash": img.inputs_hash, "commit": img.commit,
                       "dirty": img.dirty, "built": img.built})
@@ -363,7 +363,7 @@ def destroy(
     loaded, cfg = _env_config(file, env)
     env_name = cfg.env
     ctx = _ctx()
-    count = do_destroy(ctx, loaded.spec.app, env_name)
+    count = do_destroy(ctx, cfg)
     ctx.out.done(f"destroyed {loaded.spec.app}/{env_name} ({count} containers); its history stays in the ledger")
 
 
@@ -391,7 +391,8 @@ def agent(
     loaded = _load(file)
     names = [pick_env(loaded.spec, e) for e in env] if env else list(loaded.spec.environments)
     ctx = _ctx()
-    agent_ = Agent(ctx, loaded.spec.app, {n: loaded.spec.environments[n].agent for n in names})
+    agent_ = Agent(ctx, loaded.spec.app, {n: loaded.spec.environments[n].agent for n in names},
+                   {n: loaded.spec.environments[n].engine for n in names})
     signal.signal(signal.SIGTERM, lambda *_: agent_.stop())
     if not once:
         ctx.out.step(f"kiln agent: watching {', '.join(f'{loaded.spec.app}/{n}' for n in names)} (Ctrl-C stops)")
@@ -417,7 +418,7 @@ def drift(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fal
 
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    found = report(ctx, cfg.app, cfg.env)
+    found = report(ctx, cfg)
     if json:
         ctx.out.json(found)
     elif not found:

@@ -1,36 +1,65 @@
-"""The Context: settings, output and the boundaries (engine, ledger), passed explicitly.
-Boundaries open on first use, so `kiln validate` needs neither Docker nor a database."""
+"""The Context: settings, output and the boundaries (engines, router factory, ledger), passed
+explicitly. Every boundary is injected: `Context.real` wires Docker, HAProxy and the SQL ledger;
+tests hand in fakes. Real boundaries open on first use, so `kiln validate` needs neither Docker
+nor a database."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kiln.errors import UsageError
 from kiln.output import Output
 from kiln.settings import Settings
 
 if TYPE_CHECKING:  # imported on first use: SQLAlchemy and the Docker SDK cost ~0.4 s to import
     from kiln.ledger.store import Ledger
-    from kiln.providers.docker import DockerProvider
+    from kiln.providers.base import Engine
+    from kiln.router.base import Router, RouterFactory
+    from kiln.spec.resolve import EnvConfig
+
+DEFAULT_ENGINE = "docker"
+ENGINES = ("docker",)  # what environments.NAME.engine may name
+
+
+def open_engine(settings: Settings, name: str) -> Engine:
+    """The real engine called `name` (a spec's environments.NAME.engine)."""
+    if name == "docker":
+        from kiln.providers.docker import DockerProvider
+        from kiln.secretref import lookup
+
+        return DockerProvider(settings.extra_labels, secrets=lambda secret: lookup(settings, secret))
+    raise UsageError(f"unknown engine {name!r}.", f"Engines kiln knows: {', '.join(ENGINES)}.")
 
 
 @dataclass
 class Context:
     settings: Settings
     out: Output
+    engines: Callable[[str], Engine] | None = None  # engine by name; default: open_engine
+    routers: RouterFactory | None = None  # default: an HAProxy router per environment
     lost_lock: threading.Event | None = None  # set when the environment lock this command holds is lost
-    _docker: DockerProvider | None = field(default=None, repr=False)
     _ledger: Ledger | None = field(default=None, repr=False)
+    _open: dict[str, Engine] = field(default_factory=dict, repr=False)
 
-    @property
-    def docker(self) -> DockerProvider:
-        if self._docker is None:
-            from kiln.providers.docker import DockerProvider
-            from kiln.secretref import lookup
+    def engine(self, name: str = DEFAULT_ENGINE) -> Engine:
+        """The engine called `name`, opened once per Context."""
+        if name not in self._open:
+            self._open[name] = (self.engines or (lambda n: open_engine(self.settings, n)))(name)
+        return self._open[name]
 
-            self._docker = DockerProvider(self.settings.extra_labels, secrets=lambda name: lookup(self.settings, name))
-        return self._docker
+    def engine_for(self, cfg: EnvConfig) -> Engine:
+        return self.engine(cfg.engine)
+
+    def router(self, cfg: EnvConfig) -> Router:
+        """The router of the environment `cfg` describes, on that environment's engine."""
+        if self.routers is None:
+            from kiln.router.haproxy import haproxy_routers
+
+            self.routers = haproxy_routers(self.settings.home, self.out)
+        return self.routers(self.engine_for(cfg), cfg)
 
     @property
     def ledger(self) -> Ledger:

@@ -5,6 +5,24 @@ from __future__ import annotations
 import http.client
 import socket
 
+from kiln.providers.base import ContainerFacts
+from kiln.spec.models import HealthCheck
+
+
+def instance_ready(c: ContainerFacts, check: HealthCheck | None, port: int | None) -> bool:
+    """A service's readiness check against one instance reachable at its address, right now."""
+    if not c.running:
+        return False
+    if check is None:
+        return True
+    if check.kind == "command":
+        return c.health == "healthy"  # run by the engine inside the instance
+    if not c.ip or port is None:
+        return False
+    if check.kind == "http":
+        return http_ok(c.ip, port, check.http or "/", check.timeout)
+    return tcp_ok(c.ip, port, check.timeout)
+
 
 def http_ok(address: str, port: int, path: str, timeout: float) -> bool:
     conn = http.client.HTTPConnection(address, port, timeout=timeout)

@@ -8,7 +8,7 @@ import pytest
 from kiln.errors import RolloutError
 from kiln.ledger.store import Ledger
 from kiln.output import Output
-from kiln.providers.fake import FakeRouter, FakeRuntime
+from kiln.providers.fake import FakeEngine, FakeRouter
 from kiln.rollout.driver import PAUSED, SUCCEEDED, Driver, Progress
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.strategy import phases
@@ -32,7 +32,10 @@ environments:
 @pytest.fixture
 def world(tmp_path):
     cfg = resolve(parse_spec(SPEC), "prod")
-    runtime = FakeRuntime()
+    runtime = FakeEngine()
+    runtime.ensure_network("kiln-shop-prod", {})
+    for n in range(1, 5):
+        runtime.add_image(f"sha256:{n}")
     router = FakeRouter(cfg, runtime)
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
 
@@ -55,7 +58,7 @@ def world(tmp_path):
     return runtime, router, ledger, release, run
 
 
-def web(runtime: FakeRuntime, image: str) -> set[str]:
+def web(runtime: FakeEngine, image: str) -> set[str]:
     return {n for n, s in runtime.specs.items() if s.image == image}
 
 

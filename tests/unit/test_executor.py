@@ -7,7 +7,7 @@ import pytest
 from kiln.errors import RolloutError
 from kiln.ledger.store import Ledger, Release
 from kiln.output import Output
-from kiln.providers.fake import FakeRouter, FakeRuntime
+from kiln.providers.fake import FakeEngine, FakeRouter
 from kiln.rollout.executor import Executor, Target
 from kiln.spec.loader import parse_spec
 from kiln.spec.resolve import resolve
@@ -31,7 +31,10 @@ environments:
 @pytest.fixture
 def world(tmp_path):
     cfg = resolve(parse_spec(SPEC), "prod")
-    runtime = FakeRuntime()
+    runtime = FakeEngine()
+    runtime.ensure_network("kiln-shop-prod", {})
+    for n in range(1, 5):
+        runtime.add_image(f"sha256:{n}")
     router = FakeRouter(cfg, runtime)
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
 
@@ -48,7 +51,7 @@ def world(tmp_path):
     return runtime, router, ledger, release, executor
 
 
-def names(runtime: FakeRuntime, release: int) -> set[str]:
+def names(runtime: FakeEngine, release: int) -> set[str]:
     return {n for n, s in runtime.specs.items() if s.labels["kiln.release"] == str(release)}
 
 

@@ -123,9 +123,12 @@ environments:
     assert cfg.service("worker").public is False
 
 
-def test_service_lookup_raises_keyerror(spec):
-    with pytest.raises(KeyError):
-        resolve(spec, "production").service("nope")
+def test_unknown_service_is_a_usage_error_naming_the_services(spec):
+    cfg = resolve(spec, "production")
+    assert cfg.find("nope") is None
+    with pytest.raises(UsageError, match="has no service 'nope'") as caught:
+        cfg.service("nope")
+    assert caught.value.hint == f"Its services: {', '.join(s.name for s in cfg.services)}."
 
 
 # --- the recorded form ---------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from kiln.agent.reconcile import WATCHED, Reconciler
-from kiln.context import Context
+from kiln.context import DEFAULT_ENGINE, Context
 from kiln.errors import EngineError, KilnError, LockHeld
-from kiln.providers.base import EngineEvent
+from kiln.providers.base import EngineEvent, selector
 from kiln.rollout.lock import Held, hold, lease_name
 from kiln.spec.models import AgentPolicy
 
@@ -38,8 +38,11 @@ class _Lead:
 
 
 class Agent:
-    def __init__(self, ctx: Context, app: str, policies: dict[str, AgentPolicy]) -> None:
+    def __init__(self, ctx: Context, app: str, policies: dict[str, AgentPolicy],
+                 engines: dict[str, str] | None = None) -> None:
         self.ctx, self.app = ctx, app
+        # The engines to watch: each environment's (default: the default engine for all).
+        self.engines = sorted(set((engines or {}).values()) or {DEFAULT_ENGINE})
         self.reconcilers = {env: Reconciler(ctx, app, env, policy) for env, policy in policies.items()}
         self.leads: dict[str, _Lead] = {}
         self.standby_said: set[str] = set()
@@ -54,7 +57,9 @@ class Agent:
     def run(self, once: bool = False) -> None:
         stop = self.stopping
         if not once:
-            threading.Thread(target=self._watch, args=(stop,), name="kiln-agent-events", daemon=True).start()
+            for engine in self.engines:
+                threading.Thread(target=self._watch, args=(stop, engine), name=f"kiln-agent-events-{engine}",
+                                 daemon=True).start()
         due = {env: 0.0 for env in self.reconcilers}
         prune_at = 0.0
         try:
@@ -155,13 +160,13 @@ class Agent:
             elif item.label("role") == "router" and item.action in ("die", "destroy"):
                 due[env] = 0.0
 
-    def _watch(self, stop: threading.Event) -> None:
+    def _watch(self, stop: threading.Event, engine: str) -> None:
         """Feed the engine's container events to the queue; reconnect when the engine goes away."""
         since: float | None = None
         backoff = 0.5
         while not stop.is_set():
             try:
-                for ev in self.ctx.docker.events({"kiln.app": self.app}, since=since):
+                for ev in self.ctx.engine(engine).events(selector(self.app), since=since):
                     if ev.action in WATCHED:
                         self.events.put(ev)
                     since, backoff = ev.at, 0.5

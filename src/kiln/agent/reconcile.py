@@ -24,7 +24,7 @@ from kiln.rollout.lock import AGENT, Held, hold
 from kiln.rollout.plan import Desired, Instance, plan
 from kiln.spec.models import AgentPolicy
 from kiln.spec.resolve import EnvConfig
-from kiln.usecases.deploy import kept, prepare, router_for, settle
+from kiln.usecases.deploy import kept, prepare, settle
 from kiln.usecases.drift import TAINTED, inspect, recent_execs
 
 FAILED = "instance.failed"
@@ -91,8 +91,9 @@ class Reconciler:
     def _pass(self, release: Release, held: Held) -> str:
         ctx, app, env, mem = self.ctx, self.app, self.env, self.memory
         started = time.monotonic()
-        cfg = EnvConfig.model_validate(release.config)
-        router = router_for(ctx, cfg)
+        cfg = EnvConfig.recorded(release.config)
+        router = ctx.router(cfg)
+        engine = ctx.engine_for(cfg)
         said = []
         facts = router.facts()
         if facts is None or not facts.running:
@@ -103,10 +104,10 @@ class Reconciler:
             settle(ctx, router, drop_paused=False)
             return "settled a rollout a killed kiln left unfinished"
         if mem.fresh:
-            mem.execs = {**recent_execs(ctx, app, env), **mem.execs}
+            mem.execs = {**recent_execs(engine, app, env), **mem.execs}
 
         target = Target.of(release)
-        executor = Executor(ctx.docker, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=self._journal)
+        executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=self._journal)
         executor.watch = lambda seen: self._unchanged(executor, seen)
         executor.goal = target  # instances of an equal release (a rollback onto them) count as current
         executor.targets[release.number] = target
@@ -117,7 +118,7 @@ class Reconciler:
 
         health = judge(facts_now, cfg.public_service.name if cfg.public_service else None, mem.suspects)
         self._record_failures(health)
-        tainted = inspect(ctx, app, env, [c for n, c in containers.items() if n not in health.failed], mem.execs)
+        tainted = inspect(ctx, engine, app, env, [c for n, c in containers.items() if n not in health.failed], mem.execs)
         self._record_taints(tainted)
         self._forget(set(containers) | {i.name for i in facts_now})
         if self._halted(cfg):

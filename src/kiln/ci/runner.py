@@ -126,7 +126,7 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
 
         masker = Masker(v for name in _secret_names(pipeline) if (v := find(name)) is not None)
         log.mask = masker
-        image = bake(ctx.docker, loaded, StepOutput(log), ctx.settings.home / "tmp")
+        image = bake(ctx.engine(), loaded, StepOutput(log), ctx.settings.home / "tmp")
         store.update_run(run.id, image=image.id)
         store.set_step(bake_step, "succeeded", f"{image.tag} ({image.id[:19]})" + ("" if image.built else ", reused"))
         ctx.out.done(f"baked {image.tag} ({image.id[:19]})")

@@ -11,17 +11,15 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from urllib.parse import urlsplit
 
-from docker.errors import DockerException
-
 from kiln import probe, secretref
 from kiln.bake.baker import BakedImage
 from kiln.bake.base import ensure_base
 from kiln.ci.logsink import StepLog
 from kiln.ci.plan import check_problem, command_argv
 from kiln.context import Context
-from kiln.errors import EngineError, PipelineError
+from kiln.errors import PipelineError
 from kiln.ledger.ci_store import CiRun, CiStore
-from kiln.providers.base import ContainerSpec
+from kiln.providers.base import CI, ContainerSpec, Engine, selector
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Base
 from kiln.spec.pipeline import Check, Sidecar, Step
@@ -47,7 +45,7 @@ class StepContext:
     cancelled: threading.Event
 
     def labels(self) -> dict[str, str]:
-        return {"kiln.app": self.loaded.spec.app, "kiln.role": "ci", "kiln.ci.run": str(self.run.id)}
+        return {**selector(self.loaded.spec.app, role=CI), "kiln.ci.run": str(self.run.id)}
 
 
 def execute(sc: StepContext, step: Step) -> str:
@@ -67,106 +65,61 @@ def execute(sc: StepContext, step: Step) -> str:
 
 
 def run_command(sc: StepContext, step: Step) -> str:
-    docker = sc.ctx.docker
+    engine = sc.ctx.engine()  # where the run baked its image
     prefix = f"kiln-ci-{sc.run.id}-{sc.position}"
     network = prefix  # "kiln-…": the provider reports addresses on kiln networks
     env = {**secretref.resolve(step.environment, sc.secret, "environment"), "CI": "true", "KILN_CI": "1",
            "KILN_CI_RUN": str(sc.run.id), "KILN_CI_REF": sc.run.ref, "KILN_CI_COMMIT": sc.run.commit}
-    docker.ensure_network(network, sc.labels())
+    engine.ensure_network(network, sc.labels())
     started: list[str] = []
     try:
         for name, sidecar in step.services.items():
             started.append(f"{prefix}-{name}")
-            _start_sidecar(sc, network, f"{prefix}-{name}", name, sidecar)
+            _start_sidecar(sc, engine, network, f"{prefix}-{name}", name, sidecar)
         name = f"{prefix}-step"
         started.append(name)
-        docker.start(ContainerSpec(name=name, image=sc.image.id, network=network, labels=sc.labels(),
-                                   command=command_argv(step.run or ()), environment=env, writable=("/tmp",),
-                                   read_only=False))
-        code = _follow(sc, name, step.timeout)
+        # Hardened as instances are (the provider drops every capability and adds an init).
+        spec = ContainerSpec(name=name, image=sc.image.id, network=network, labels=sc.labels(),
+                             command=command_argv(step.run or ()), environment=env, writable=step.writable,
+                             read_only=step.read_only)
+        finished = engine.run_streamed(spec, sc.log.write, step.timeout, sc.cancelled.is_set)
     finally:
         for name in reversed(started):
-            docker.remove(name)
-        docker.remove_network(network)
-    if code != 0:
+            engine.remove(name)
+        engine.remove_network(network)
+    if finished.stopped == "cancelled":
+        raise Cancelled()
+    if finished.stopped == "timeout":
+        raise PipelineError(f"did not finish within its timeout of {step.timeout:g}s; stopped")
+    if finished.code != 0:
         last = "; ".join(line for line in sc.log.tail[-3:] if line.strip())
-        raise PipelineError(f"exited with code {code}" + (f": {last}" if last else ""))
+        raise PipelineError(f"exited with code {finished.code}" + (f": {last}" if last else ""))
     return "exit code 0"
 
 
-def _start_sidecar(sc: StepContext, network: str, name: str, alias: str, sidecar: Sidecar) -> None:
-    docker = sc.ctx.docker
+def _start_sidecar(sc: StepContext, engine: Engine, network: str, name: str, alias: str, sidecar: Sidecar) -> None:
     image = sc.image.id
     if sidecar.packages:
-        image = ensure_base(docker, Base(packages=sidecar.packages), sc.ctx.out, sc.ctx.settings.home / "tmp").id
+        image = ensure_base(engine, Base(packages=sidecar.packages), sc.ctx.out, sc.ctx.settings.home / "tmp").id
     env = secretref.resolve(sidecar.environment, sc.secret, f"services.{alias}.environment")
-    api = docker.api
     sc.log.write(f"› starting service {alias} ({image[:19]})")
-    try:
-        made = api.create_container(
-            image, name=name, command=list(command_argv(sidecar.command)) if sidecar.command else None,
-            environment=env, labels={**sc.labels(), **docker.extra_labels},
-            host_config=api.create_host_config(init=True, tmpfs={"/tmp": "rw,size=64m"}),
-            networking_config=api.create_networking_config({network: api.create_endpoint_config(aliases=[alias])}))
-        api.start(made["Id"])
-    except DockerException as exc:
-        raise EngineError(f"starting service {alias}: {exc}") from None
+    engine.start(ContainerSpec(name=name, image=image, network=network, labels=sc.labels(), aliases=(alias,),
+                               command=command_argv(sidecar.command) if sidecar.command else None,
+                               environment=env, writable=sidecar.writable, read_only=sidecar.read_only))
     if sidecar.port is None:
         return
     deadline = time.monotonic() + sidecar.ready_timeout
     while time.monotonic() < deadline:
         _check_cancel(sc)
-        facts = docker.container(name)
+        facts = engine.container(name)
         if facts is None or facts.state == "exited":
             raise PipelineError(f"service {alias} exited before it opened port {sidecar.port}: "
-                                f"{docker.logs(name, tail=5)}")
+                                f"{engine.logs(name, tail=5)}")
         if facts.ip and probe.tcp_ok(facts.ip, sidecar.port, 1.0):
             sc.log.write(f"✓ service {alias} accepts connections on port {sidecar.port}")
             return
         time.sleep(0.2)
     raise PipelineError(f"service {alias} did not open port {sidecar.port} within {sidecar.ready_timeout:g}s.")
-
-
-def _follow(sc: StepContext, name: str, timeout: float) -> int | None:
-    """Stream the container's output into the log until it exits; kill it on timeout or cancel."""
-    api = sc.ctx.docker.api
-    stop = threading.Event()
-    why: list[str] = []
-
-    def watchdog() -> None:
-        deadline = time.monotonic() + timeout
-        while not stop.wait(POLL):
-            late = time.monotonic() > deadline
-            if late or sc.cancelled.is_set():
-                why.append("timeout" if late else "cancelled")
-                try:
-                    api.kill(name)
-                except DockerException:
-                    pass
-                return
-
-    guard = threading.Thread(target=watchdog, daemon=True)
-    guard.start()
-    try:
-        partial = ""
-        for chunk in api.logs(name, stream=True, follow=True):
-            partial += chunk.decode(errors="replace")
-            *lines, partial = partial.split("\n")
-            for line in lines:
-                sc.log.write(line)
-        if partial:
-            sc.log.write(partial)
-        code = api.wait(name, timeout=60)["StatusCode"]
-    except DockerException as exc:
-        raise EngineError(f"following {name}: {exc}") from None
-    finally:
-        stop.set()
-        guard.join()
-    if why == ["cancelled"]:
-        raise Cancelled()
-    if why == ["timeout"]:
-        raise PipelineError(f"did not finish within its timeout of {timeout:g}s; stopped")
-    return code
 
 
 # --- deploy, promote ---------------------------------------------------------------------------
@@ -185,7 +138,8 @@ def deploy(sc: StepContext, env: str) -> str:
 
 def promote(sc: StepContext, step: Step) -> str:
     target = step.promote
-    assert target is not None
+    if target is None:
+        raise PipelineError("a promote step names no environments")
     if target.approval == "manual":
         wait_for_approval(sc, f"promote {target.source} → {target.to}")
     from kiln.usecases.environments import promote_artifact

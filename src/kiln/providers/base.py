@@ -1,7 +1,10 @@
-"""What kiln asks of a place that runs instances, as plain values and small protocols.
+"""What kiln asks of an engine (a place that runs instances), as plain values and small protocols.
 
-Capabilities, not one fat interface: an Images provider bakes and finds images, a Runtime
-provider runs containers on networks. The Docker provider has both."""
+Capabilities, not one fat interface: `Images` bakes, finds, pushes and pulls images;
+`Networks` makes the networks instances meet on; `Runtime` starts, lists, stops and removes
+containers; `Observer` reads what drift detection and the agent need (configuration, changed
+files, the engine's event stream). An `Engine` has all four: the Docker provider is one, the
+in-memory fake another, and the contract tests hold both to the same behaviour."""
 
 from __future__ import annotations
 
@@ -10,7 +13,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from kiln.spec.models import HealthCheck
+
 LABEL_PREFIX = "kiln."
+
+# Roles a container plays, in its kiln.role label.
+INSTANCE, ROUTER, HOOK, CI = "instance", "router", "hook", "ci"
+
+
+def network_name(app: str, env: str) -> str:
+    """The network an environment's instances and router meet on."""
+    return f"kiln-{app}-{env}"
+
+
+def selector(app: str, env: str | None = None, role: str | None = None) -> dict[str, str]:
+    """The labels that select an app's containers (of one environment, of one role)."""
+    labels = {"kiln.app": app}
+    if env is not None:
+        labels["kiln.env"] = env
+    if role is not None:
+        labels["kiln.role"] = role
+    return labels
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,7 @@ class ContainerSpec:
     publish: dict[int, tuple[str, int]] = field(default_factory=dict)  # container port -> (host ip, port)
     binds: dict[str, str] = field(default_factory=dict)  # host path -> container path
     restart: bool = False  # restart with the engine (the router); instances are replaced instead
+    aliases: tuple[str, ...] = ()  # other names the container answers to on its network (CI sidecars)
 
 
 @dataclass(frozen=True)
@@ -87,18 +111,33 @@ class EngineEvent:
         return self.labels.get(LABEL_PREFIX + key)
 
 
+@dataclass(frozen=True)
+class Finished:
+    """How a container run to its end finished: its exit code, or None with why it was stopped."""
+
+    code: int | None
+    stopped: str = ""  # "timeout" or "cancelled" when kiln stopped it
+
+
 class Images(Protocol):
     def image_id(self, ref: str) -> str | None: ...
     def image_env(self, image: str) -> dict[str, str]: ...
     def find_image(self, tag: str, labels: dict[str, str]) -> str | None: ...
+    def images(self, labels: dict[str, str]) -> list[tuple[str, tuple[str, ...]]]: ...
+    def remove_image(self, image: str) -> None: ...
     def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str: ...
     def build(self, context: BinaryIO, dockerfile: str, tag: str, args: dict[str, str],
               labels: dict[str, str], on_line: Callable[[str], None]) -> str: ...
+    def push(self, image: str, repository: str) -> str: ...
+    def pull(self, ref: str) -> str: ...
+
+
+class Networks(Protocol):
+    def ensure_network(self, name: str, labels: dict[str, str]) -> None: ...
+    def remove_network(self, name: str) -> None: ...
 
 
 class Runtime(Protocol):
-    def ensure_network(self, name: str, labels: dict[str, str]) -> None: ...
-    def remove_network(self, name: str) -> None: ...
     def start(self, spec: ContainerSpec) -> ContainerFacts: ...
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]: ...
     def container(self, name: str) -> ContainerFacts | None: ...
@@ -106,7 +145,25 @@ class Runtime(Protocol):
     def stop(self, name: str, grace: float) -> None: ...
     def remove(self, name: str) -> None: ...
     def run_once(self, spec: ContainerSpec, timeout: float) -> tuple[int | None, str]: ...
+    def run_streamed(self, spec: ContainerSpec, on_line: Callable[[str], None], timeout: float,
+                     cancelled: Callable[[], bool]) -> Finished: ...
+
+
+class Prober(Protocol):
+    """kiln's own requests to an instance: its readiness check, and a smoke check's GET."""
+
+    def probe(self, c: ContainerFacts, check: HealthCheck | None, port: int | None) -> bool: ...
+    def get(self, c: ContainerFacts, port: int, path: str, timeout: float) -> tuple[int, str]: ...
+
+
+class Observer(Protocol):
     def details(self, name: str) -> ContainerDetails | None: ...
     def changes(self, name: str) -> list[str]: ...
     def events(self, labels: dict[str, str], since: float | None = None,
                until: float | None = None) -> Iterator[EngineEvent]: ...
+
+
+class Engine(Images, Networks, Runtime, Prober, Observer, Protocol):
+    """Everything a rollout, the agent and a pipeline need from one engine."""
+
+    name: str

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -16,8 +18,16 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from requests.exceptions import RequestException
 
 from kiln.errors import BuildError, EngineError, PortInUse
-from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec, EngineEvent
+from kiln.probe import http_get, instance_ready
+from kiln.providers.base import (
+    ContainerDetails,
+    ContainerFacts,
+    ContainerSpec,
+    EngineEvent,
+    Finished,
+)
 from kiln.secretref import Lookup, resolve
+from kiln.spec.models import HealthCheck
 
 _NS = 1_000_000_000
 
@@ -42,6 +52,10 @@ def _engine(action: str) -> Iterator[None]:
 
 
 class DockerProvider:
+    """One Docker engine (DOCKER_HOST, else the local socket): images, networks, containers."""
+
+    name = "docker"
+
     def __init__(self, extra_labels: dict[str, str] | None = None, secrets: Lookup | None = None) -> None:
         self.extra_labels = dict(extra_labels or {})
         self.secrets: Lookup = secrets or (lambda _name: None)  # values of `secret:NAME` references
@@ -126,6 +140,37 @@ class DockerProvider:
             raise BuildError(f"the build of {tag} finished without an image")
         return image
 
+    def push(self, image: str, repository: str) -> str:
+        """Tag `image` into `repository` (host/path, no tag) and push it; returns `repository@sha256:…`,
+        the reference every node pulls the very same bytes by."""
+        tag = image.removeprefix("sha256:")[:16]
+        digest = None
+        with _engine(f"pushing {repository}:{tag}"):
+            self.api.tag(image, repository, tag)
+            for chunk in self.api.push(repository, tag=tag, stream=True, decode=True):
+                if "error" in chunk:
+                    raise EngineError(f"pushing {repository}:{tag}: {chunk['error'].strip()}",
+                                      "Check that the registry is reachable from this engine.")
+                digest = (chunk.get("aux") or {}).get("Digest") or digest
+        if digest is None:
+            raise EngineError(f"pushing {repository}:{tag}: the registry reported no digest")
+        return f"{repository}@{digest}"
+
+    def pull(self, ref: str) -> str:
+        """Pull `ref` (repo:tag or repo@sha256:…) unless the engine has it; returns the image id."""
+        found = self.image_id(ref)
+        if found:
+            return found
+        repo, sep, rest = ref.partition("@")
+        if not sep:
+            repo, _, rest = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
+        with _engine(f"pulling {ref}"):
+            self.api.pull(repo, tag=rest, stream=False)
+        found = self.image_id(ref)
+        if found is None:
+            raise EngineError(f"pulling {ref}: the engine has no such image afterwards")
+        return found
+
     # --- networks -------------------------------------------------------------------------
 
     def ensure_network(self, name: str, labels: dict[str, str]) -> None:
@@ -174,6 +219,8 @@ class DockerProvider:
             kwargs["volumes"] = {host: {"bind": inner, "mode": "rw"} for host, inner in spec.binds.items()}
         if spec.restart:
             kwargs["restart_policy"] = {"Name": "unless-stopped"}
+        if spec.aliases:
+            kwargs["networking_config"] = {spec.network: {"Aliases": list(spec.aliases)}}
         with _engine(f"creating container {spec.name}"):
             container = self.client.containers.create(spec.image, **kwargs)
         try:
@@ -225,6 +272,52 @@ class DockerProvider:
             return code, self.logs(spec.name, tail=200)
         finally:
             self.remove(spec.name)
+
+    def run_streamed(self, spec: ContainerSpec, on_line: Callable[[str], None], timeout: float,
+                     cancelled: Callable[[], bool]) -> Finished:
+        """Run a container to its end, handing each output line to `on_line`; kill it when
+        `timeout` passes or `cancelled()` turns true. The container is left for the caller to remove."""
+        self.start(spec)
+        done = threading.Event()
+        why: list[str] = []
+
+        def watchdog() -> None:
+            deadline = time.monotonic() + timeout
+            while not done.wait(0.5):
+                late = time.monotonic() > deadline
+                if late or cancelled():
+                    why.append("timeout" if late else "cancelled")
+                    with contextlib.suppress(DockerException, RequestException):
+                        self.api.kill(spec.name)
+                    return
+
+        guard = threading.Thread(target=watchdog, daemon=True)
+        guard.start()
+        try:
+            with _engine(f"following {spec.name}"):
+                partial = ""
+                for chunk in self.api.logs(spec.name, stream=True, follow=True):
+                    partial += chunk.decode(errors="replace")
+                    *lines, partial = partial.split("\n")
+                    for line in lines:
+                        on_line(line)
+                if partial:
+                    on_line(partial)
+                code = self.api.wait(spec.name, timeout=60)["StatusCode"]
+        finally:
+            done.set()
+            guard.join()
+        return Finished(None, why[0]) if why else Finished(code)
+
+    # --- kiln's own requests to instances: straight to their address on the environment network --
+
+    def probe(self, c: ContainerFacts, check: HealthCheck | None, port: int | None) -> bool:
+        return instance_ready(c, check, port)
+
+    def get(self, c: ContainerFacts, port: int, path: str, timeout: float) -> tuple[int, str]:
+        if not c.ip:
+            raise OSError(f"{c.name} has no address")
+        return http_get(c.ip, port, path, timeout)
 
     def details(self, name: str) -> ContainerDetails | None:
         try:

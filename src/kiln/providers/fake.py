@@ -1,108 +1,309 @@
-"""In-memory stand-ins for the Runtime provider and the router, for fast tests of the engine.
+"""In-memory stand-ins for an engine and a router, for fast tests of the use cases, the executor
+and the agent. They implement every method of the protocols (mypy checks it) and the contract
+tests (tests/contract) hold the fake engine to the Docker provider's behaviour.
 
-They keep the same facts the real ones report (container state, labels, an address; router
-servers and their status) and let a test break things: `kill` an instance, make one unhealthy."""
+They keep the facts the real ones report (container state, labels, an address; images; router
+servers with their status, weights and counters) and let a test break things: `kill` an
+instance, make one `unhealthy`, make a release's instances crash at start."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
 
-from kiln.providers.base import ContainerFacts, ContainerSpec
+from kiln.errors import BuildError, EngineError, PortInUse, RouterError
+from kiln.providers.base import (
+    ContainerDetails,
+    ContainerFacts,
+    ContainerSpec,
+    EngineEvent,
+    Finished,
+    network_name,
+    selector,
+)
 from kiln.router.runtime import FULL_WEIGHT, ServerStat
+from kiln.spec.models import HealthCheck
 from kiln.spec.resolve import EnvConfig
 
 
-class FakeRuntime:
-    def __init__(self) -> None:
+def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+class FakeEngine:
+    name = "fake"
+
+    def __init__(self, extra_labels: dict[str, str] | None = None) -> None:
+        self.extra_labels = dict(extra_labels or {})
         self.specs: dict[str, ContainerSpec] = {}
         self.state: dict[str, str] = {}
+        self.exit_codes: dict[str, int] = {}
         self.unhealthy: set[str] = set()  # instances whose health check fails
-        self.crash_on_start: set[int] = set()  # releases whose instances exit at once
-        self.networks: set[str] = set()
+        self.crash_on_start: set[int] = set()  # releases whose instances (and hooks) exit at once
+        self.networks: dict[str, dict[str, str]] = {}
+        self.image_store: dict[str, tuple[set[str], dict[str, str], dict[str, str]]] = {}  # id -> (refs, labels, env)
+        self.registry: dict[str, str] = {}  # repository@digest -> image id (what push made)
+        self.output: dict[str, list[str]] = {}  # what a container printed
+        self.written: dict[str, list[str]] = {}  # "docker diff" of a container
+        self.execs: list[EngineEvent] = []
+        self.history: list[EngineEvent] = []
         self.log: list[tuple[str, str]] = []  # (verb, container) in order
+        self.answers: Callable[[ContainerFacts, str], tuple[int, str]] = lambda c, path: (200, "ok")
         self._ips = itertools.count(2)
         self.ips: dict[str, str] = {}
 
+    # --- images -------------------------------------------------------------------------
+
+    def add_image(self, ref: str, labels: dict[str, str] | None = None, env: dict[str, str] | None = None) -> str:
+        image = ref if ref.startswith("sha256:") else "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+        refs, _, _ = self.image_store.setdefault(image, (set(), dict(labels or {}), dict(env or {})))
+        refs.update({ref, image})
+        return image
+
+    def image_id(self, ref: str) -> str | None:
+        return next((i for i, (refs, _, _) in self.image_store.items() if ref in refs), None)
+
+    def image_env(self, image: str) -> dict[str, str]:
+        found = self.image_store.get(image)
+        if found is None:
+            raise EngineError(f"inspecting image {image[:19]}: no such image")
+        return dict(found[2])
+
+    def find_image(self, tag: str, labels: dict[str, str]) -> str | None:
+        image = self.image_id(tag)
+        return image if image and _matches(self.image_store[image][1], labels) else None
+
+    def images(self, labels: dict[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+        return [(i, tuple(sorted(r for r in refs if not r.startswith("sha256:"))))
+                for i, (refs, have, _) in self.image_store.items() if _matches(have, labels)]
+
+    def remove_image(self, image: str) -> None:
+        self.image_store.pop(image, None)
+
+    def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str:
+        if not tarball.exists():
+            raise BuildError(f"the engine did not create {tag} from {tarball}")
+        return self.add_image(tag, labels)
+
+    def build(self, context: BinaryIO, dockerfile: str, tag: str, args: dict[str, str],
+              labels: dict[str, str], on_line: Callable[[str], None]) -> str:
+        on_line(f"fake build of {tag}")
+        return self.add_image(tag, labels)
+
+    def push(self, image: str, repository: str) -> str:
+        if image not in self.image_store:
+            raise EngineError(f"pushing {repository}: no such image {image[:19]}")
+        if not repository or repository.startswith("unreachable"):
+            raise EngineError(f"pushing {repository}: the registry cannot be reached",
+                              "Check that the registry is reachable from this engine.")
+        ref = f"{repository}@sha256:{hashlib.sha256((repository + image).encode()).hexdigest()}"
+        self.registry[ref] = image
+        return ref
+
+    def pull(self, ref: str) -> str:
+        found = self.image_id(ref) or self.registry.get(ref)
+        if found is None:
+            raise EngineError(f"pulling {ref}: not found in its registry")
+        self.image_store[found][0].add(ref)
+        return found
+
+    # --- networks -----------------------------------------------------------------------
+
     def ensure_network(self, name: str, labels: dict[str, str]) -> None:
-        self.networks.add(name)
+        self.networks.setdefault(name, {**labels, **self.extra_labels})
 
     def remove_network(self, name: str) -> None:
-        self.networks.discard(name)
+        if any(s.network == name for s in self.specs.values()):
+            raise EngineError(f"removing network {name}: it has active endpoints")
+        self.networks.pop(name, None)
+
+    # --- containers ---------------------------------------------------------------------
 
     def start(self, spec: ContainerSpec) -> ContainerFacts:
+        if spec.name in self.specs:
+            raise EngineError(f"creating container {spec.name}: the name is already in use")
+        if spec.network not in self.networks:
+            raise EngineError(f"creating container {spec.name}: network {spec.network} not found")
+        if self.image_id(spec.image) is None:
+            raise EngineError(f"creating container {spec.name}: no such image {spec.image[:19]}")
+        taken = {hp for s in self.specs.values() for hp in s.publish.values()}
+        if any(hp in taken for hp in spec.publish.values()):
+            raise PortInUse(f"creating container {spec.name}: the port is already taken.")
         self.specs[spec.name] = spec
         release = int(spec.labels.get("kiln.release", "0"))
-        self.state[spec.name] = "exited" if release in self.crash_on_start else "running"
+        crashed = release in self.crash_on_start
+        self.state[spec.name] = "exited" if crashed else "running"
+        if crashed:
+            self.exit_codes[spec.name] = 1
+            self.output[spec.name] = ["fake crash"]
         self.ips[spec.name] = f"10.0.0.{next(self._ips)}"
         self.log.append(("start", spec.name))
-        facts = self.container(spec.name)
-        assert facts is not None
-        return facts
+        self._event("start", spec.name)
+        if crashed:
+            self._event("die", spec.name, exitCode="1")
+        return self._facts(spec.name)
 
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
-        out = []
-        for name, spec in self.specs.items():
-            if all(spec.labels.get(k) == v for k, v in labels.items()):
-                facts = self.container(name)
-                assert facts is not None
-                out.append(facts)
-        return out
+        return [self._facts(n) for n, s in self.specs.items() if _matches({**s.labels, **self.extra_labels}, labels)]
 
     def container(self, name: str) -> ContainerFacts | None:
-        spec = self.specs.get(name)
-        if spec is None:
-            return None
-        state = self.state[name]
-        return ContainerFacts(id=f"id-{name}", name=name, image=spec.image, labels=dict(spec.labels), state=state,
-                              health=None, ip=self.ips[name], exit_code=1 if state == "exited" else None)
+        return self._facts(name) if name in self.specs else None
 
     def logs(self, name: str, tail: int = 20) -> str:
-        return "fake crash" if self.state.get(name) == "exited" else ""
+        return "\n".join(self.output.get(name, [])[-tail:])
 
     def stop(self, name: str, grace: float) -> None:
-        if name in self.state:
+        if self.state.get(name) == "running":
             self.state[name] = "exited"
+            self.exit_codes[name] = 0
             self.log.append(("stop", name))
+            self._event("die", name, exitCode="0")
 
     def remove(self, name: str) -> None:
         if self.specs.pop(name, None) is not None:
             self.state.pop(name)
+            self.exit_codes.pop(name, None)
             self.log.append(("remove", name))
+            self._event("destroy", name)
 
     def run_once(self, spec: ContainerSpec, timeout: float) -> tuple[int | None, str]:
+        finished = self.run_streamed(spec, lambda _line: None, timeout, lambda: False)
+        try:
+            return finished.code, self.logs(spec.name, tail=200)
+        finally:
+            self.remove(spec.name)
+
+    def run_streamed(self, spec: ContainerSpec, on_line: Callable[[str], None], timeout: float,
+                     cancelled: Callable[[], bool]) -> Finished:
+        self.start(spec)
         self.log.append(("run", spec.name))
-        failing = int(spec.labels.get("kiln.release", "0")) in self.crash_on_start
-        return (1, "fake hook failed") if failing else (0, "fake hook ok")
+        failing = spec.name in self.exit_codes
+        lines = ["fake hook failed"] if failing else ["fake hook ok"]
+        self.output[spec.name] = lines
+        for line in lines:
+            on_line(line)
+        if cancelled():
+            return Finished(None, "cancelled")
+        if timeout <= 0:
+            return Finished(None, "timeout")
+        self.state[spec.name] = "exited"
+        self.exit_codes[spec.name] = 1 if failing else 0
+        return Finished(self.exit_codes[spec.name])
+
+    # --- probes ---------------------------------------------------------------------------
+
+    def probe(self, c: ContainerFacts, check: HealthCheck | None, port: int | None) -> bool:
+        return self.healthy(c.name)
+
+    def get(self, c: ContainerFacts, port: int, path: str, timeout: float) -> tuple[int, str]:
+        if not self.healthy(c.name):
+            raise ConnectionRefusedError(f"{c.name} does not answer")
+        return self.answers(c, path)
+
+    # --- observation ----------------------------------------------------------------------
+
+    def details(self, name: str) -> ContainerDetails | None:
+        spec = self.specs.get(name)
+        if spec is None:
+            return None
+        image_env = self.image_store.get(spec.image, (set(), {}, {}))[2]
+        return ContainerDetails(
+            env={**image_env, **spec.environment}, read_only=spec.read_only, cap_drop=("ALL",),
+            cap_add=spec.cap_add, security_opt=("no-new-privileges:true",) if spec.no_new_privileges else (),
+            user=spec.user or "", privileged=False, tmpfs=tuple(sorted(spec.writable)),
+            mounts=tuple(f"{host}:{inner}" for host, inner in spec.binds.items()))
+
+    def changes(self, name: str) -> list[str]:
+        return list(self.written.get(name, []))
+
+    def events(self, labels: dict[str, str], since: float | None = None,
+               until: float | None = None) -> Iterator[EngineEvent]:
+        for ev in list(self.history):
+            if _matches(ev.labels, labels) and (since is None or ev.at >= since) and (until is None or ev.at <= until):
+                yield ev
+
+    # --- what a test does to the world ------------------------------------------------------
 
     def kill(self, name: str) -> None:
         self.state[name] = "exited"
+        self.exit_codes[name] = 137
+        self._event("die", name, exitCode="137")
+
+    def exec(self, name: str, command: str) -> None:
+        self._event("exec_start", name, detail=command)
 
     def healthy(self, name: str) -> bool:
         return self.state.get(name) == "running" and name not in self.unhealthy
 
+    def _facts(self, name: str) -> ContainerFacts:
+        spec = self.specs[name]
+        state = self.state[name]
+        return ContainerFacts(id=f"id-{name}", name=name, image=self.image_id(spec.image) or spec.image,
+                              labels={**spec.labels, **self.extra_labels}, state=state,
+                              health=("unhealthy" if name in self.unhealthy else "healthy") if spec.health_command else None,
+                              ip=self.ips[name], exit_code=self.exit_codes.get(name) if state == "exited" else None)
+
+    def _event(self, action: str, name: str, detail: str = "", **attrs: str) -> None:
+        spec = self.specs.get(name)
+        labels = {**(spec.labels if spec else {}), **self.extra_labels, **attrs}
+        self.history.append(EngineEvent(action, detail, name, labels, time.time()))
+
 
 class FakeRouter:
-    def __init__(self, cfg: EnvConfig, runtime: FakeRuntime) -> None:
+    """An environment's router: servers by name with status, weight and counters; GETs on its
+    preview port answered by the engine's `answers` from a serving preview server."""
+
+    def __init__(self, cfg: EnvConfig, engine: FakeEngine) -> None:
         self.cfg = cfg
-        self.runtime = runtime
+        self.runtime = engine
+        self.name = f"kiln-{cfg.app}-{cfg.env}-router"
         self.added: dict[str, str] = {}  # server -> address:port
         self.weights: dict[str, int] = {}
         self.preview: set[str] = set()
         self.maint: set[str] = set()  # servers left in maintenance (added by a kiln killed before enabling them)
+        self.counters: dict[str, tuple[int, int, int]] = {}  # server -> (responses, 5xx, mean ms): canary analysis
         self.log: list[tuple[str, str]] = []
 
+    def facts(self) -> ContainerFacts | None:
+        return self.runtime.container(self.name)
+
+    def ensure(self) -> bool:
+        current = self.facts()
+        if current and current.running:
+            return False
+        if current:
+            self.runtime.remove(self.name)
+        image = self.runtime.image_id("kiln/router") or self.runtime.add_image("kiln/router")
+        self.runtime.start(ContainerSpec(name=self.name, image=image, network=network_name(self.cfg.app, self.cfg.env),
+                                         labels=selector(self.cfg.app, self.cfg.env, "router"),
+                                         publish={8080: (self.cfg.bind, self.cfg.port)}, restart=True))
+        self.log.append(("ensure", self.name))
+        return True
+
+    def remove(self) -> bool:
+        there = self.facts() is not None
+        self.runtime.remove(self.name)
+        return there
+
     def servers(self, preview: bool = False) -> dict[str, ServerStat]:
+        self._check_up()
         out = {}
         for name, address in self.added.items():
             if preview and name not in self.preview:
                 continue
             status = "MAINT" if name in self.maint else "UP" if self.runtime.healthy(name) else "DOWN"
             weight = FULL_WEIGHT if preview else self.weights[name]
-            out[name] = ServerStat("svc", name, status, 0, 0, 0, weight, address)
+            responses, errors, ms = self.counters.get(name, (0, 0, 0))
+            out[name] = ServerStat("svc", name, status, 0, 0, responses, weight, address, responses, errors, ms)
         return out
 
     def add(self, server: str, address: str, port: int, check_interval: float, weight: int = FULL_WEIGHT,
             preview: bool = False) -> None:
+        self._check_up()
         if preview:
             self.preview.add(server)
         else:
@@ -112,10 +313,15 @@ class FakeRouter:
         self.log.append(("add-preview" if preview else "add", server))
 
     def set_weights(self, weights: dict[str, int]) -> None:
+        self._check_up()
+        unknown = set(weights) - set(self.added)
+        if unknown:
+            raise RouterError(f"no such server: {', '.join(sorted(unknown))}")
         self.weights.update(weights)
         self.log += [("weight", f"{name}={w}") for name, w in sorted(weights.items())]
 
     def drain_and_remove(self, server: str, drain_timeout: float, dead: bool = False) -> float:
+        self._check_up()
         self.added.pop(server, None)
         self.weights.pop(server, None)
         self.remove_preview(server)
@@ -124,3 +330,15 @@ class FakeRouter:
 
     def remove_preview(self, server: str) -> None:
         self.preview.discard(server)
+
+    def get(self, path: str, timeout: float) -> tuple[int, str]:
+        serving = [n for n in sorted(self.preview) if n in self.added and self.runtime.healthy(n)]
+        facts = self.runtime.container(serving[0]) if serving else None
+        if facts is None:
+            return 503, "no server is available to handle this request"
+        return self.runtime.answers(facts, path)
+
+    def _check_up(self) -> None:
+        facts = self.facts()
+        if facts is not None and not facts.running:
+            raise RouterError(f"the router {self.name} is not running")

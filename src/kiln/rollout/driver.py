@@ -10,18 +10,19 @@ from __future__ import annotations
 import http.client
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from kiln import faults, probe
+from kiln import faults
 from kiln.errors import RolloutError
 from kiln.ledger.store import Ledger
 from kiln.output import Output
-from kiln.providers.base import Runtime
+from kiln.providers.base import Engine
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.instances import instance_spec
 from kiln.rollout.strategy import Sample, canary_weights, count, judge
-from kiln.router.base import Traffic
+from kiln.router.base import Router
 from kiln.router.runtime import ServerStat
 from kiln.spec.models import Rollout as Policy
 from kiln.spec.models import SmokeCheck
@@ -50,7 +51,7 @@ class Progress:
 
 
 class Driver:
-    def __init__(self, runtime: Runtime, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
+    def __init__(self, runtime: Engine, router: Router, ledger: Ledger, out: Output, rollout_id: int,
                  target: Target, executor: Executor) -> None:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
         self.rollout_id = rollout_id
@@ -81,7 +82,8 @@ class Driver:
         policy = progress.policy
         if phase in ("before_traffic", "after_traffic"):
             argv = policy.before_traffic if phase == "before_traffic" else policy.after_traffic
-            assert argv is not None
+            if argv is None:
+                raise RolloutError(f"the rollout has a {phase} phase but its policy no {phase} hook.")
             return self._hook(phase, argv, policy.hook_timeout)
         if phase == "roll":
             replicas = self.target.cfg.lead_service.replicas
@@ -126,17 +128,19 @@ class Driver:
 
     def _smoke(self, checks: tuple[SmokeCheck, ...]) -> str:
         cfg = self.target.cfg
+        targets: list[tuple[str, Callable[[SmokeCheck], tuple[int, str]]]]
         if cfg.preview_port:
-            host = "127.0.0.1" if cfg.bind in ("0.0.0.0", "") else cfg.bind
-            targets = [(f"preview port {cfg.preview_port}", host, cfg.preview_port)]
-        else:  # no preview port: each new instance directly, on the environment's network
+            targets = [(f"preview port {cfg.preview_port}", lambda check: self.router.get(check.path, check.timeout))]
+        else:  # no preview port: each new instance directly, as its engine reaches it
             svc = cfg.public_service
-            assert svc and svc.port
-            targets = [(c.name, c.ip or "", svc.port) for c in self.ex.containers()
-                       if c.label("service") == svc.name and self.target.same_as(c)]
+            port = svc.port if svc else None
+            if svc is None or port is None:
+                raise RolloutError(f"smoke checks need a public service with a port in {cfg.app}/{cfg.env}.")
+            targets = [(c.name, lambda check, c=c: self.runtime.get(c, port, check.path, check.timeout))
+                       for c in self.ex.containers() if c.label("service") == svc.name and self.target.same_as(c)]
         for check in checks:
-            for where, host, port in targets:
-                problem = _smoke_problem(check, host, port)
+            for where, get in targets:
+                problem = _smoke_problem(check, get)
                 if problem:
                     raise RolloutError(f"smoke check GET {check.path} on {where} failed: {problem}.")
                 self.out.step(f"smoke check GET {check.path} on {where} passed")
@@ -197,9 +201,9 @@ class Driver:
         return new, sorted(n for n in servers if n not in mine)
 
 
-def _smoke_problem(check: SmokeCheck, host: str, port: int) -> str | None:
+def _smoke_problem(check: SmokeCheck, get: Callable[[SmokeCheck], tuple[int, str]]) -> str | None:
     try:
-        status, body = probe.http_get(host, port, check.path, check.timeout)
+        status, body = get(check)
     except (OSError, http.client.HTTPException) as exc:
         return f"no answer ({exc.__class__.__name__}: {exc})"
     if status != check.status:

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from kiln import faults, probe
-from kiln.errors import LockLost, RolloutError
+from kiln import faults
+from kiln.errors import LockLost, RolloutError, UsageError
 from kiln.ledger.store import Ledger, Release
 from kiln.output import Output
-from kiln.providers.base import ContainerFacts, Runtime
+from kiln.providers.base import ContainerFacts, Engine
 from kiln.rollout.instances import instance_spec, new_instance_name
 from kiln.rollout.plan import (
     Action,
@@ -44,7 +44,7 @@ class Target:
 
     @classmethod
     def of(cls, release: Release) -> Target:
-        return cls(release, EnvConfig.model_validate(release.config))
+        return cls(release, EnvConfig.recorded(release.config))
 
     def same_as(self, c: ContainerFacts) -> bool:
         """An instance of any release with this release's exact image and resolved config."""
@@ -62,12 +62,12 @@ Journal = Callable[[str, str, str, str], None]
 
 
 class Executor:
-    def __init__(self, runtime: Runtime, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
+    def __init__(self, runtime: Engine, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
                  probe: Callable[[ServiceConfig, ContainerFacts], bool] | None = None,
                  lost_lock: threading.Event | None = None, journal: Journal | None = None,
                  watch: Callable[[list[Instance]], None] | None = None) -> None:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
-        self.probe = probe or health_check
+        self.probe = probe or (lambda svc, c: runtime.probe(c, svc.healthcheck, svc.port))
         self.rollout_id = rollout_id
         self.journal: Journal = journal or (lambda *entry: ledger.record_step(rollout_id, *entry))
         self.watch = watch  # sees every observation of converge(); may raise to stop it
@@ -185,7 +185,8 @@ class Executor:
             return f"healthy after {took:.2f}s"
         if isinstance(action, Route):
             facts, svc = self._instance(action.name)
-            assert facts.ip and svc.port and svc.healthcheck
+            if not facts.ip or svc.port is None or svc.healthcheck is None:
+                raise RolloutError(f"{action.name} cannot be routed: it has no address, port or health check.")
             server = self.router.servers().get(action.name)
             if server is not None and server.status.startswith("MAINT"):
                 # Added by a kiln killed before it enabled the server: add it again, whole.
@@ -232,15 +233,12 @@ class Executor:
     def _grace(self, name: str) -> float:
         try:
             return self._instance(name)[1].stop_grace_period
-        except (RolloutError, KeyError):
+        except (RolloutError, UsageError):
             return 10.0
 
     def _healthy_now(self, c: ContainerFacts) -> bool:
-        try:
-            svc = self.router.cfg.service(c.label("service") or "")
-        except KeyError:
-            return False
-        return self.probe(svc, c)
+        svc = self.router.cfg.find(c.label("service") or "")
+        return svc is not None and self.probe(svc, c)
 
     def _await_healthy(self, name: str) -> float:
         facts, svc = self._instance(name)
@@ -278,22 +276,6 @@ class Executor:
     def _log_hint(self, name: str) -> str:
         logs = self.runtime.logs(name, tail=5)
         return f" Its last output:\n{logs}" if logs else ""
-
-
-def health_check(svc: ServiceConfig, c: ContainerFacts) -> bool:
-    """The service's readiness check against one instance, right now."""
-    hc = svc.healthcheck
-    if not c.running:
-        return False
-    if hc is None:
-        return True
-    if hc.kind == "command":
-        return c.health == "healthy"
-    if not c.ip or svc.port is None:
-        return False
-    if hc.kind == "http":
-        return probe.http_ok(c.ip, svc.port, hc.http or "/", hc.timeout)
-    return probe.tcp_ok(c.ip, svc.port, hc.timeout)
 
 
 def _describe(svc: ServiceConfig) -> str:

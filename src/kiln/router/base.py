@@ -1,9 +1,13 @@
-"""What the rollout executor needs from a router: the servers it has, add one, weigh them, take one out."""
+"""What kiln needs from a router: `Traffic` is what a rollout moves (servers, weights), `Router`
+adds what keeps the router itself running. A `RouterFactory` makes the router of an environment
+on its engine; the Context holds one, so use cases never name HAProxy."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from kiln.providers.base import ContainerFacts, Engine
 from kiln.router.runtime import ServerStat
 from kiln.spec.resolve import EnvConfig
 
@@ -17,3 +21,15 @@ class Traffic(Protocol):
     def set_weights(self, weights: dict[str, int]) -> None: ...
     def drain_and_remove(self, server: str, drain_timeout: float, dead: bool = False) -> float: ...
     def remove_preview(self, server: str) -> None: ...
+
+
+class Router(Traffic, Protocol):
+    name: str  # its container's name
+
+    def get(self, path: str, timeout: float) -> tuple[int, str]: ...  # GET on the preview port
+    def facts(self) -> ContainerFacts | None: ...
+    def ensure(self) -> bool: ...
+    def remove(self) -> bool: ...
+
+
+RouterFactory = Callable[[Engine, EnvConfig], Router]

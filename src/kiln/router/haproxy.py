@@ -7,13 +7,25 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kiln import faults
+from kiln.bake.base import ensure_base
 from kiln.errors import PortInUse, RouterError
-from kiln.providers.base import ContainerFacts, ContainerSpec, Runtime
+from kiln.output import Output
+from kiln.probe import http_get
+from kiln.providers.base import (
+    ROUTER,
+    ContainerFacts,
+    ContainerSpec,
+    Engine,
+    network_name,
+    selector,
+)
 from kiln.router.config import PREVIEW_PORT, SOCKET_DIR, SOCKET_NAME, backend_name, render_config
 from kiln.router.runtime import (
     FULL_WEIGHT,
@@ -27,7 +39,7 @@ from kiln.router.runtime import (
     stop_server,
 )
 from kiln.spec.models import Base
-from kiln.spec.resolve import EnvConfig
+from kiln.spec.resolve import EnvConfig, url_host
 
 ROUTER_BASE = Base(packages=("haproxy",))
 ROUTER_PORT = 8080  # inside the router container; published on the environment's bind:port
@@ -37,15 +49,14 @@ def router_name(app: str, env: str) -> str:
     return f"kiln-{app}-{env}-router"
 
 
-def network_name(app: str, env: str) -> str:
-    return f"kiln-{app}-{env}"
+class HaproxyRouter:
+    """The Router of one environment on one engine (router/base.py's protocol)."""
 
-
-class Router:
-    def __init__(self, runtime: Runtime, cfg: EnvConfig, state_dir: Path) -> None:
-        self.runtime = runtime
+    def __init__(self, engine: Engine, cfg: EnvConfig, state_dir: Path, out: Output, scratch: Path) -> None:
+        self.runtime = engine
         self.cfg = cfg
         self.dir = state_dir
+        self.out, self.scratch = out, scratch
         self.name = router_name(cfg.app, cfg.env)
         self.client = RuntimeClient(state_dir / SOCKET_NAME)
         svc = cfg.public_service
@@ -56,13 +67,14 @@ class Router:
         return render_config(self.cfg.model_copy(update={"port": ROUTER_PORT}))
 
     def labels(self) -> dict[str, str]:
-        return {"kiln.app": self.cfg.app, "kiln.env": self.cfg.env, "kiln.role": "router"}
+        return selector(self.cfg.app, self.cfg.env, ROUTER)
 
     def facts(self) -> ContainerFacts | None:
         return self.runtime.container(self.name)
 
-    def ensure(self, image: str) -> bool:
+    def ensure(self) -> bool:
         """Start the router unless one with the same config is running. True if it was started."""
+        image = ensure_base(self.runtime, ROUTER_BASE, self.out, self.scratch).id
         text = self._config_text()
         digest = hashlib.sha256(f"{text}{self.cfg.bind}:{self.cfg.port}:{self.cfg.preview_port}".encode()).hexdigest()[:16]
         current = self.facts()
@@ -93,6 +105,19 @@ class Router:
         self._wait_ready()
         return True
 
+    def get(self, path: str, timeout: float) -> tuple[int, str]:
+        """One GET through the preview port, as a client of the environment would send it."""
+        if not self.cfg.preview_port:
+            raise RouterError(f"{self.cfg.app}/{self.cfg.env} has no preview port.")
+        return http_get(url_host(self.cfg.bind), self.cfg.preview_port, path, timeout)
+
+    def remove(self) -> bool:
+        """Remove the router and its state (config, admin socket). True if a router was there."""
+        there = self.facts() is not None
+        self.runtime.remove(self.name)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return there
+
     def _wait_ready(self, timeout: float = 15.0) -> None:
         end = time.monotonic() + timeout
         while True:
@@ -116,27 +141,27 @@ class Router:
     def add(self, server: str, address: str, port: int, check_interval: float, weight: int = FULL_WEIGHT,
             preview: bool = False) -> None:
         backend = self.preview if preview else self.backend
-        assert backend
+        if backend is None:
+            raise RouterError(f"{self.cfg.app}/{self.cfg.env} has no {'preview ' if preview else ''}backend to add {server} to.")
         self.client.run(add_server(backend, server, address, port, max(100, int(check_interval * 1000)), weight))
 
     def set_weights(self, weights: dict[str, int]) -> None:
         """All at once: one request to HAProxy, so the switch lands between two requests."""
-        assert self.backend
-        self.client.run_at_once(set_weights(self.backend, weights))
+        self.client.run_at_once(set_weights(self._backend(), weights))
 
     def drain_and_remove(self, server: str, drain_timeout: float, dead: bool = False) -> float:
         """No new requests, wait for in-flight ones (bounded), then delete. Returns the wait.
         A `dead` server's sessions can only be stuck connecting to it: they are waited for too,
         since they move to another server when their connect times out."""
-        assert self.backend
+        backend = self._backend()
         start = time.monotonic()
         if server not in self.servers():
             self.remove_preview(server)
             return 0.0
-        self.client.run((stop_server if dead else drain_server)(self.backend, server))
+        self.client.run((stop_server if dead else drain_server)(backend, server))
         faults.point("draining")
         while time.monotonic() - start < drain_timeout:
-            busy = self.client.in_flight(self.backend).get(server, 0)
+            busy = self.client.in_flight(backend).get(server, 0)
             if dead:
                 stat = self.servers().get(server)
                 busy += stat.current_sessions if stat else 0
@@ -144,9 +169,14 @@ class Router:
                 break
             time.sleep(0.05)
         waited = time.monotonic() - start
-        self._remove(self.backend, server)
+        self._remove(backend, server)
         self.remove_preview(server)
         return waited
+
+    def _backend(self) -> str:
+        if self.backend is None:
+            raise RouterError(f"{self.cfg.app}/{self.cfg.env} has no public service, so its router has no servers.")
+        return self.backend
 
     def remove_preview(self, server: str) -> None:
         if self.preview and server in self.servers(preview=True):
@@ -164,6 +194,12 @@ class Router:
                 if "still has connections" not in exc.message or time.monotonic() > deadline:
                     raise
             time.sleep(0.1)
+
+
+def haproxy_routers(home: Path, out: Output) -> Callable[[Engine, EnvConfig], HaproxyRouter]:
+    """The RouterFactory of a kiln home: router state (config, admin socket) lives under it."""
+    return lambda engine, cfg: HaproxyRouter(engine, cfg, home / "routers" / f"{cfg.app}-{cfg.env}", out,
+                                             home / "tmp")
 
 
 def _check_port_free(bind: str, port: int) -> None:

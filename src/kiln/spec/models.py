@@ -195,6 +195,7 @@ class Environment(Model):
     """One environment: only what differs from the shared definition."""
 
     port: int = Field(..., ge=1, le=65535, description="public port of the environment's router")
+    engine: Literal["docker"] = Field("docker", description="what runs its instances: `docker`, the Docker engine of DOCKER_HOST (else the local socket)")
     bind: str = Field("127.0.0.1", description="address the router listens on (loopback unless told otherwise)")
     preview_port: int | None = Field(None, ge=1, le=65535, description="port where a blue-green release is reachable before it gets public traffic")
     services: dict[str, ServiceOverride] = Field(default_factory=dict, description="per-service overrides")

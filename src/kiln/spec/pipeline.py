@@ -52,6 +52,8 @@ class Sidecar(_Model):
     environment: Environ = Field(default_factory=dict, description="environment variables; `secret:NAME` refers to a stored secret")
     port: int | None = Field(None, ge=1, le=65535, description="the step starts once this port accepts TCP connections")
     ready_timeout: Duration = Field(60.0, description="how long the port may take to open")
+    read_only: bool = Field(True, description="read-only root filesystem, as for instances; list the paths it writes in `writable`, or set false")
+    writable: tuple[str, ...] = Field(("/tmp",), description="paths mounted writable (tmpfs) on a read-only root")
 
 
 class Step(_Model):
@@ -68,6 +70,8 @@ class Step(_Model):
     environment: Environ = Field(default_factory=dict, description="run: environment variables; `secret:NAME` refers to a secret from `kiln secret set` (masked in every log)")
     services: dict[str, Sidecar] = Field(default_factory=dict, description="run: sidecar containers by name (see pipeline.steps[].services.NAME)")
     timeout: Duration = Field(1800.0, description="run: longest time the command may take")
+    read_only: bool = Field(True, description="run: read-only root filesystem, as for instances; list the paths the command writes in `writable`, or set false")
+    writable: tuple[str, ...] = Field(("/tmp",), description="run: paths mounted writable (tmpfs) on a read-only root")
     branches: tuple[str, ...] = Field((), description="run only for pushes to these branches (glob patterns such as `main`, `release/*`)")
     tags: tuple[str, ...] = Field((), description="run only for these tags (glob patterns such as `v*`)")
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from kiln.errors import UsageError
+from kiln.errors import LedgerError, UsageError
 from kiln.spec.models import HealthCheck, Spec
 
 
@@ -51,12 +52,27 @@ class EnvConfig(Resolved):
     bind: str
     services: tuple[ServiceConfig, ...]
     preview_port: int | None = None
+    engine: str = "docker"
+
+    @classmethod
+    def recorded(cls, data: dict[str, Any]) -> EnvConfig:
+        """The config a release recorded. Unreadable only if the ledger was changed outside kiln."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            where = f"{data.get('app', '?')}/{data.get('env', '?')}" if isinstance(data, dict) else "a release"
+            raise LedgerError(f"the recorded config of {where} is unreadable: {exc.errors()[0]['msg']}.",
+                              "The ledger was changed outside kiln; restore it from a backup.") from None
+
+    def find(self, name: str) -> ServiceConfig | None:
+        return next((svc for svc in self.services if svc.name == name), None)
 
     def service(self, name: str) -> ServiceConfig:
-        for svc in self.services:
-            if svc.name == name:
-                return svc
-        raise KeyError(name)
+        svc = self.find(name)
+        if svc is not None:
+            return svc
+        raise UsageError(f"{self.app}/{self.env} has no service {name!r}.",
+                         f"Its services: {', '.join(s.name for s in self.services)}.")
 
     @property
     def public_service(self) -> ServiceConfig | None:
@@ -76,11 +92,18 @@ class EnvConfig(Resolved):
         return self._url(self.preview_port) if self.preview_port else None
 
     def _url(self, port: int) -> str:
-        host = "127.0.0.1" if self.bind in ("0.0.0.0", "") else self.bind
-        return f"http://{host}:{port}"
+        return f"http://{url_host(self.bind)}:{port}"
 
     def digest(self) -> str:
-        return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()
+        data = self.model_dump(mode="json")
+        if data["engine"] == "docker":
+            del data["engine"]  # the default: digests of releases recorded before engines existed stay valid
+        return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
+def url_host(bind: str) -> str:
+    """Where a client on this host reaches a listener bound to `bind` (any address: loopback)."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "") else bind
 
 
 def canonical_json(value: object) -> str:
@@ -127,4 +150,4 @@ def resolve(spec: Spec, env: str) -> EnvConfig:
             )
         )
     return EnvConfig(app=spec.app, env=env, port=overlay.port, bind=overlay.bind, services=tuple(services),
-                     preview_port=overlay.preview_port)
+                     preview_port=overlay.preview_port, engine=overlay.engine)

@@ -16,15 +16,15 @@ from datetime import UTC, datetime
 
 from kiln import secretref
 from kiln.bake.baker import bake
-from kiln.bake.base import ensure_base
 from kiln.context import Context
 from kiln.errors import KilnError, LockLost, RolloutError, UsageError
 from kiln.ledger.store import Release, Rollout
+from kiln.providers.base import HOOK, network_name, selector
 from kiln.rollout.driver import PAUSED, Driver, Progress
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.lock import hold
 from kiln.rollout.strategy import phases, resume_forward
-from kiln.router.haproxy import ROUTER_BASE, Router, network_name
+from kiln.router.base import Router
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Rollout as Policy
 from kiln.spec.models import Spec
@@ -65,7 +65,7 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = No
     check_secrets(ctx, cfg)
     # Locked before the bake, so that a second deploy fails at once instead of after its build.
     with locked(ctx, cfg.app, env, "deploy"):
-        image = bake(ctx.docker, loaded, ctx.out, ctx.settings.home / "tmp")
+        image = bake(ctx.engine_for(cfg), loaded, ctx.out, ctx.settings.home / "tmp")
         artifact = Artifact(image.id, image.tag, image.inputs_hash, image.commit, image.dirty)
         return ship(ctx, cfg, artifact, loaded.digest, policy)
 
@@ -100,7 +100,7 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
     with locked(ctx, app, env, "rollback"):
         unfinished = ctx.ledger.unfinished_rollouts(app, env)
         if unfinished:
-            settle(ctx, router_for(ctx, _config_of(ctx, unfinished[-1])))
+            settle(ctx, ctx.router(_config_of(ctx, unfinished[-1])))
         current = ctx.ledger.current_release(app, env)
         if current and any(r.state == PAUSED for r in unfinished):
             # Rolling back while a blue-green release waits for promotion means: drop that release.
@@ -118,13 +118,13 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
         target = ctx.ledger.release(app, env, to)
         if target is None:
             raise UsageError(f"{app}/{env} has no release v{to}.", "`kiln releases` lists them.")
-        if ctx.docker.image_id(target.image) is None:
+        if ctx.engine_for(EnvConfig.recorded(target.config)).image_id(target.image) is None:
             raise KilnError(f"the image of v{to} ({target.image[:19]}) is no longer on this engine.",
                             "Check out its commit and run `kiln deploy` to bake it again.")
         if target.image == current.image and target.config_digest == current.config_digest:
             ctx.out.done(f"v{current.number} already runs the same image and config as v{to}")
             return Outcome(current, changed=False)
-        router = prepare(ctx, EnvConfig.model_validate(target.config))
+        router = prepare(ctx, EnvConfig.recorded(target.config))
         release = ctx.ledger.record_release(
             app=app, env=env, image=target.image, image_tag=target.image_tag, inputs_hash=target.inputs_hash,
             config=target.config, config_digest=target.config_digest, spec_digest=target.spec_digest,
@@ -144,7 +144,7 @@ def promote(ctx: Context, app: str, env: str) -> Outcome:
         ctx.ledger.finish_rollout(rollout.id, "running")
         progress = Progress.from_data(rollout.data)
         progress.index += 1  # past "promotion"
-        return _continue(ctx, router_for(ctx, _config_of(ctx, rollout)), rollout, progress)
+        return _continue(ctx, ctx.router(_config_of(ctx, rollout)), rollout, progress)
 
 
 def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
@@ -152,7 +152,7 @@ def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
     with locked(ctx, app, env, "resume"):
         unfinished = [r for r in ctx.ledger.unfinished_rollouts(app, env) if r.state != PAUSED]
         if unfinished:
-            settle(ctx, router_for(ctx, _config_of(ctx, unfinished[-1])), drop_paused=False)
+            settle(ctx, ctx.router(_config_of(ctx, unfinished[-1])), drop_paused=False)
         return [r for r in (ctx.ledger.rollout(u.id) for u in unfinished) if r]
 
 
@@ -166,16 +166,11 @@ def locked(ctx: Context, app: str, env: str, reason: str) -> Iterator[None]:
             ctx.lost_lock = None
 
 
-def router_for(ctx: Context, cfg: EnvConfig) -> Router:
-    return Router(ctx.docker, cfg, ctx.settings.router_dir(cfg.app, cfg.env))
-
-
 def prepare(ctx: Context, cfg: EnvConfig) -> Router:
     """The environment's network and router, before any release is recorded for it."""
-    router = router_for(ctx, cfg)
-    router_image = ensure_base(ctx.docker, ROUTER_BASE, ctx.out, ctx.settings.home / "tmp")
-    ctx.docker.ensure_network(network_name(cfg.app, cfg.env), {"kiln.app": cfg.app, "kiln.env": cfg.env})
-    if router.ensure(router_image.id):
+    router = ctx.router(cfg)
+    ctx.engine_for(cfg).ensure_network(network_name(cfg.app, cfg.env), selector(cfg.app, cfg.env))
+    if router.ensure():
         ctx.out.step(f"Router listening on {cfg.url}" + (f", preview on {cfg.preview_url}" if cfg.preview_url else ""))
     return router
 
@@ -185,10 +180,11 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
     their kiln is gone). Past the traffic switch they are completed; before it, undone. A
     blue-green release waiting for promotion is dropped when a new change comes."""
     app, env = router.cfg.app, router.cfg.env
+    engine = ctx.engine_for(router.cfg)
     # A hook container outlives only a killed kiln (run_once removes it otherwise): an orphan.
-    for hook in ctx.docker.containers({"kiln.app": app, "kiln.env": env, "kiln.role": "hook"}):
+    for hook in engine.containers(selector(app, env, HOOK)):
         ctx.out.warn(f"removing {hook.name}, a hook container left by an interrupted rollout")
-        ctx.docker.remove(hook.name)
+        engine.remove(hook.name)
     for rollout in ctx.ledger.unfinished_rollouts(app, env):
         if rollout.state == PAUSED and not drop_paused:
             continue
@@ -210,9 +206,9 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
 
 
 def roll_out(ctx: Context, router: Router, release: Release, previous: Release | None, policy: Policy) -> Outcome:
-    cfg = EnvConfig.model_validate(release.config)
+    cfg = EnvConfig.recorded(release.config)
     if previous and previous.number == release.number:
-        probe_only = Executor(ctx.docker, router, ctx.ledger, ctx.out, rollout_id=0)
+        probe_only = Executor(ctx.engine_for(cfg), router, ctx.ledger, ctx.out, rollout_id=0)
         if probe_only.converged(Target.of(release), kept(ctx, cfg.app, cfg.env)):
             ctx.out.done(f"Nothing to do: v{release.number} is serving as desired")
             return Outcome(release, changed=False)
@@ -231,11 +227,10 @@ def roll_out(ctx: Context, router: Router, release: Release, previous: Release |
 def _continue(ctx: Context, router: Router, rollout: Rollout, progress: Progress) -> Outcome:
     """Run `rollout` from progress.index to its end; abort it (converging back) when it fails."""
     app, env = router.cfg.app, router.cfg.env
-    release = _release(ctx, rollout.to_release, app, env)
+    release = _recorded(ctx, rollout.to_release, app, env)
     previous = _release(ctx, rollout.from_release, app, env) if rollout.from_release else None
-    assert release is not None
     executor = _executor(ctx, router, rollout.id, rollout)
-    driver = Driver(ctx.docker, router, ctx.ledger, ctx.out, rollout.id, Target.of(release), executor)
+    driver = Driver(ctx.engine_for(router.cfg), router, ctx.ledger, ctx.out, rollout.id, Target.of(release), executor)
     try:
         state = driver.run(progress)
     except LockLost:
@@ -270,7 +265,7 @@ def kept(ctx: Context, app: str, env: str) -> frozenset[str]:
 
 
 def _executor(ctx: Context, router: Router, rollout_id: int, rollout: Rollout) -> Executor:
-    executor = Executor(ctx.docker, router, ctx.ledger, ctx.out, rollout_id, lost_lock=ctx.lost_lock)
+    executor = Executor(ctx.engine_for(router.cfg), router, ctx.ledger, ctx.out, rollout_id, lost_lock=ctx.lost_lock)
     for number in (rollout.from_release, rollout.to_release):
         release = _release(ctx, number, router.cfg.app, router.cfg.env)
         if release:
@@ -282,10 +277,17 @@ def _release(ctx: Context, number: int | None, app: str, env: str) -> Release | 
     return ctx.ledger.release(app, env, number) if number else None
 
 
+def _recorded(ctx: Context, number: int, app: str, env: str) -> Release:
+    """A release a rollout names; the ledger keeps every release, so its absence is corruption."""
+    release = ctx.ledger.release(app, env, number)
+    if release is None:
+        raise KilnError(f"the ledger has no release v{number} of {app}/{env}, which a rollout names.",
+                        "The ledger was changed outside kiln; restore it from a backup.")
+    return release
+
+
 def _config_of(ctx: Context, rollout: Rollout) -> EnvConfig:
-    release = _release(ctx, rollout.to_release, rollout.app, rollout.env)
-    assert release is not None
-    return EnvConfig.model_validate(release.config)
+    return EnvConfig.recorded(_recorded(ctx, rollout.to_release, rollout.app, rollout.env).config)
 
 
 def _abort(ctx: Context, executor: Executor, previous: Release | None, failed: Release | None) -> None:

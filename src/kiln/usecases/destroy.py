@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import shutil
-
 from kiln.context import Context
-from kiln.router.haproxy import network_name
+from kiln.providers.base import ROUTER, network_name, selector
+from kiln.spec.resolve import EnvConfig
 
 
-def destroy(ctx: Context, app: str, env: str) -> int:
-    containers = ctx.docker.containers({"kiln.app": app, "kiln.env": env})
+def destroy(ctx: Context, cfg: EnvConfig) -> int:
+    app, env = cfg.app, cfg.env
+    engine = ctx.engine_for(cfg)
+    containers = [c for c in engine.containers(selector(app, env)) if c.label("role") != ROUTER]
     # Instances first, the router last: nothing is routed to a container that is gone.
-    for c in sorted(containers, key=lambda c: c.label("role") == "router"):
-        ctx.docker.remove(c.name)
+    for c in containers:
+        engine.remove(c.name)
         ctx.out.step(f"removed {c.name}")
-    ctx.docker.remove_network(network_name(app, env))
-    shutil.rmtree(ctx.settings.router_dir(app, env), ignore_errors=True)
+    router = ctx.router(cfg)
+    removed = router.remove()
+    if removed:
+        ctx.out.step(f"removed {router.name}")
+    engine.remove_network(network_name(app, env))
     ctx.ledger.forget_environment(app, env)  # an environment kiln made (recreated, preview) is gone
-    ctx.ledger.event(app, env, "destroyed", f"removed {len(containers)} containers and the network")
-    return len(containers)
+    count = len(containers) + (1 if removed else 0)
+    ctx.ledger.event(app, env, "destroyed", f"removed {count} containers and the network")
+    return count

@@ -14,7 +14,7 @@ from kiln import secretref
 from kiln.agent.drift import exec_detail, taints
 from kiln.context import Context
 from kiln.ledger.store import Release
-from kiln.providers.base import ContainerFacts
+from kiln.providers.base import INSTANCE, ContainerFacts, Engine, selector
 from kiln.rollout.instances import instance_spec
 from kiln.spec.resolve import EnvConfig
 
@@ -22,21 +22,17 @@ TAINTED = "instance.tainted"  # ledger event: "NAME: reason; reason"
 EXEC_MEMORY = 24 * 3600.0  # how far back engine events are asked for (the engine keeps only its last 256)
 
 
-def selector(app: str, env: str) -> dict[str, str]:
-    return {"kiln.app": app, "kiln.env": env, "kiln.role": "instance"}
-
-
-def recent_execs(ctx: Context, app: str, env: str) -> dict[str, list[tuple[str, float]]]:
+def recent_execs(engine: Engine, app: str, env: str) -> dict[str, list[tuple[str, float]]]:
     """`docker exec`s into the environment's instances that the engine still remembers."""
     now = time.time()
     found: dict[str, list[tuple[str, float]]] = {}
-    for ev in ctx.docker.events(selector(app, env), since=int(now - EXEC_MEMORY), until=int(now) + 1):
+    for ev in engine.events(selector(app, env, INSTANCE), since=int(now - EXEC_MEMORY), until=int(now) + 1):
         if ev.action == "exec_start":
             found.setdefault(ev.name, []).append((ev.detail, ev.at))
     return found
 
 
-def inspect(ctx: Context, app: str, env: str, containers: list[ContainerFacts],
+def inspect(ctx: Context, engine: Engine, app: str, env: str, containers: list[ContainerFacts],
             execs: dict[str, list[tuple[str, float]]]) -> dict[str, list[str]]:
     """Taint reasons of each running instance in `containers` (untainted ones are left out)."""
     releases: dict[int, Release | None] = {}
@@ -52,24 +48,23 @@ def inspect(ctx: Context, app: str, env: str, containers: list[ContainerFacts],
         if release is None:
             out[c.name] = [f"claims release v{number}, which {app}/{env} does not have"]
             continue
-        cfg = EnvConfig.model_validate(release.config)
-        try:
-            svc = cfg.service(c.label("service") or "")
-        except KeyError:
+        cfg = EnvConfig.recorded(release.config)
+        svc = cfg.find(c.label("service") or "")
+        if svc is None:
             out[c.name] = [f"claims service {c.label('service')!r}, which release v{number} does not have"]
             continue
-        details = ctx.docker.details(c.name)
+        details = engine.details(c.name)
         if details is None:  # removed since it was listed
             continue
         if release.image not in image_envs:
-            image_envs[release.image] = ctx.docker.image_env(release.image)
+            image_envs[release.image] = engine.image_env(release.image)
         own = exec_detail(svc.healthcheck.command) if svc.healthcheck and svc.healthcheck.kind == "command" else None
         seen = [f"{cmd} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC"
                 for cmd, at in execs.get(c.name, []) if cmd != own]
         expected = instance_spec(cfg, svc, number, release.image, c.name)
         expected = replace(expected, environment=_with_secrets(ctx, expected.environment, details.env))
         # A read-only root filesystem cannot be written (not even by `docker cp`): no `docker diff` needed.
-        changes = [] if details.read_only and expected.read_only else ctx.docker.changes(c.name)
+        changes = [] if details.read_only and expected.read_only else engine.changes(c.name)
         reasons = taints(expected, image_envs[release.image], c, details, changes, seen)
         if reasons:
             out[c.name] = reasons
@@ -97,10 +92,11 @@ def recorded(ctx: Context, app: str, env: str) -> dict[str, list[str]]:
     return out
 
 
-def report(ctx: Context, app: str, env: str) -> list[dict[str, Any]]:
-    """`kiln drift`: every tainted instance of app/env with its reasons."""
-    containers = ctx.docker.containers(selector(app, env))
-    found = inspect(ctx, app, env, containers, recent_execs(ctx, app, env))
+def report(ctx: Context, cfg: EnvConfig) -> list[dict[str, Any]]:
+    """`kiln drift`: every tainted instance of the environment with its reasons."""
+    app, env, engine = cfg.app, cfg.env, ctx.engine_for(cfg)
+    containers = engine.containers(selector(app, env, INSTANCE))
+    found = inspect(ctx, engine, app, env, containers, recent_execs(engine, app, env))
     for name, reasons in recorded(ctx, app, env).items():
         if name in found or any(c.name == name and c.running for c in containers):
             found[name] = found.get(name, []) + [r for r in reasons if r not in found.get(name, [])]

@@ -18,6 +18,7 @@ from kiln.bake.git import checkout, commit_of, toplevel
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
 from kiln.ledger.store import MadeEnv, Release, now
+from kiln.providers.base import INSTANCE, selector
 from kiln.spec.envdiff import KeyDiff, declared_keys, diff
 from kiln.spec.loader import LoadedSpec, load_spec
 from kiln.spec.models import Rollout as Policy
@@ -41,7 +42,17 @@ def config_of(ctx: Context, loaded: LoadedSpec, env: str) -> EnvConfig:
     if release is None:
         known = list(loaded.spec.environments) + [m.env for m in ctx.ledger.made_environments(loaded.spec.app)]
         raise UsageError(f"unknown environment {env!r}.", f"Environments: {', '.join(known)}.")
-    return EnvConfig.model_validate(release.config)
+    return EnvConfig.recorded(release.config)
+
+
+def config_of_made(ctx: Context, app: str, env: str) -> EnvConfig:
+    """The config of an environment kiln made: its newest release's; with none (its first deploy
+    failed), an empty one on the default engine, enough to remove what it left."""
+    release = ctx.ledger.current_release(app, env) or next(iter(ctx.ledger.releases(app, env, limit=1)), None)
+    if release is not None:
+        return EnvConfig.recorded(release.config)
+    made = ctx.ledger.made_environment(app, env)
+    return EnvConfig(app=app, env=env, port=made.port if made else 0, bind="127.0.0.1", services=())
 
 
 def listing(ctx: Context, loaded: LoadedSpec) -> list[dict[str, Any]]:
@@ -51,7 +62,7 @@ def listing(ctx: Context, loaded: LoadedSpec) -> list[dict[str, Any]]:
     out = []
     for env in list(loaded.spec.environments) + sorted(made):
         release = ctx.ledger.current_release(app, env)
-        cfg = EnvConfig.model_validate(release.config) if release else resolve(loaded.spec, env)
+        cfg = EnvConfig.recorded(release.config) if release else resolve(loaded.spec, env)
         m = made.get(env)
         out.append({"env": env, "kind": m.kind if m else "declared", "url": cfg.url,
                     "release": release.number if release else None, "image": release.image if release else None,
@@ -102,9 +113,9 @@ def compare(ctx: Context, loaded: LoadedSpec, a: str, b: str) -> EnvDiff:
     sides = []
     for env in (a, b):
         release = ctx.ledger.current_release(loaded.spec.app, env)
-        cfg = EnvConfig.model_validate(release.config) if release else config_of(ctx, loaded, env)
+        cfg = EnvConfig.recorded(release.config) if release else config_of(ctx, loaded, env)
         running: dict[str, int] = {}
-        for c in ctx.docker.containers({"kiln.app": cfg.app, "kiln.env": env, "kiln.role": "instance"}):
+        for c in ctx.engine_for(cfg).containers(selector(cfg.app, env, INSTANCE)):
             if c.running:
                 running[c.label("service") or "?"] = running.get(c.label("service") or "?", 0) + 1
         sides.append((release.image if release else None, cfg, running))
@@ -134,10 +145,10 @@ def promote_artifact(ctx: Context, loaded: LoadedSpec, source: str, target: str,
     if serving is None:
         raise UsageError(f"{app}/{source} has no release in service, so there is nothing to promote.",
                          f"Deploy it first: `kiln deploy -e {source}`.")
-    if ctx.docker.image_id(serving.image) is None:
-        raise KilnError(f"the image of {source} v{serving.number} ({serving.image[:19]}) is no longer on this engine.",
-                        "Re-create it first (`kiln recreate`), or deploy a fresh bake.")
     cfg = resolve(loaded.spec, target)
+    if ctx.engine_for(cfg).image_id(serving.image) is None:
+        raise KilnError(f"the image of {source} v{serving.number} ({serving.image[:19]}) is not on {target}'s engine.",
+                        "Re-create it first (`kiln recreate`), or deploy a fresh bake.")
     policy = policy_for(loaded.spec, strategy)
     check_secrets(ctx, cfg)
     with locked(ctx, app, target, "promote"):
@@ -162,12 +173,12 @@ def recreate(ctx: Context, loaded: LoadedSpec, number: int, source: str, new_env
     release = ctx.ledger.release(app, source, number)
     if release is None:
         raise UsageError(f"{app}/{source} has no release v{number}.", f"`kiln releases -e {source}` lists them.")
-    old = EnvConfig.model_validate(release.config)
+    old = EnvConfig.recorded(release.config)
     cfg = old.model_copy(update={"env": new_env, "port": port or free_port(old.bind), "preview_port": None})
     check_secrets(ctx, cfg)
     origin = f"{source} v{number}"
     with locked(ctx, app, new_env, "recreate"):
-        if ctx.docker.image_id(release.image) is not None:
+        if ctx.engine_for(cfg).image_id(release.image) is not None:
             artifact = Artifact(release.image, release.image_tag, release.inputs_hash, release.commit, release.dirty)
         else:
             artifact = rebake(ctx, loaded, release)
@@ -193,7 +204,7 @@ def rebake(ctx: Context, loaded: LoadedSpec, release: Release) -> Artifact:
     ctx.out.step(f"The image of {what} is gone; rebaking it from commit {release.commit[:12]}")
     with checkout(top, release.commit, ctx.settings.home / "tmp") as tree:
         then = load_spec(tree / loaded.path.resolve().relative_to(top))
-        image = bake(ctx.docker, then, ctx.out, ctx.settings.home / "tmp")
+        image = bake(ctx.engine_for(EnvConfig.recorded(release.config)), then, ctx.out, ctx.settings.home / "tmp")
     if image.inputs_hash != release.inputs_hash:
         raise KilnError(f"rebaking {what} from commit {release.commit[:12]} gave inputs hash {image.inputs_hash[:16]}, "
                         f"not the recorded {release.inputs_hash[:16]}: its inputs cannot be reproduced exactly "
@@ -240,7 +251,7 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
             base_env = base or next(iter(then.spec.environments))
             if base_env not in then.spec.environments:
                 raise UsageError(f"kiln.yaml at {ref} has no environment {base_env!r}.")
-            image = bake(ctx.docker, then, ctx.out, ctx.settings.home / "tmp")
+            image = bake(ctx.engine(then.spec.environments[base_env].engine), then, ctx.out, ctx.settings.home / "tmp")
         made = ctx.ledger.made_environment(app, env)
         cfg = resolve(then.spec, base_env).model_copy(update={
             "env": env, "port": port or (made.port if made else free_port(then.spec.environments[base_env].bind)),
@@ -263,7 +274,7 @@ def prune_previews(ctx: Context, app: str, everything: bool = False) -> list[str
         if made.kind != "preview" or not (everything or (made.expires_at and made.expires_at <= now())):
             continue
         with locked(ctx, app, made.env, "preview prune"):
-            destroy(ctx, app, made.env)
+            destroy(ctx, config_of_made(ctx, app, made.env))
         ctx.ledger.event(app, made.env, "preview.pruned", f"{made.env} ({made.origin}) removed"
                          + ("" if everything else f"; it expired at {made.expires_at:%Y-%m-%d %H:%M:%S} UTC"))
         gone.append(made.env)

@@ -7,25 +7,25 @@ from typing import Any
 from kiln.context import Context
 from kiln.errors import RouterError
 from kiln.ledger.store import now
+from kiln.providers.base import INSTANCE, selector
 from kiln.rollout.lock import lease_name
-from kiln.router.haproxy import router_name
 from kiln.router.runtime import ServerStat
 from kiln.spec.resolve import EnvConfig
-from kiln.usecases.deploy import router_for
 
 
 def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
     release = ctx.ledger.current_release(cfg.app, cfg.env)
-    containers = ctx.docker.containers({"kiln.app": cfg.app, "kiln.env": cfg.env})
-    router = next((c for c in containers if c.name == router_name(cfg.app, cfg.env)), None)
+    containers = ctx.engine_for(cfg).containers(selector(cfg.app, cfg.env, INSTANCE))
+    router = ctx.router(cfg)
+    router_facts = router.facts()
     servers: dict[str, ServerStat] = {}
-    if router and router.running:
+    if router_facts and router_facts.running:
         try:
-            servers = router_for(ctx, cfg).servers()
+            servers = router.servers()
         except RouterError:
             servers = {}
     instances = []
-    for c in sorted((c for c in containers if c.label("role") == "instance"), key=lambda c: c.name):
+    for c in sorted(containers, key=lambda c: c.name):
         if not c.running:
             health = f"exited ({c.exit_code})" if c.exit_code is not None else c.state
         elif c.name in servers:
@@ -37,7 +37,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         instances.append({"id": c.name, "service": c.label("service"), "release": int(c.label("release") or 0),
                           "health": health, "in_router": c.name in servers, "container": c.id[:12],
                           "weight": servers[c.name].weight if c.name in servers else None})
-    served = EnvConfig.model_validate(release.config) if release else cfg
+    served = EnvConfig.recorded(release.config) if release else cfg
     return {
         "app": cfg.app,
         "env": cfg.env,
@@ -45,7 +45,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         "release": {"number": release.number, "image": release.image, "commit": release.commit,
                     "created_at": release.created_at.isoformat() + "Z"} if release else None,
         "preview_url": served.preview_url,
-        "router": {"state": router.state if router else "absent", "name": router_name(cfg.app, cfg.env)},
+        "router": {"state": router_facts.state if router_facts else "absent", "name": router.name},
         "waiting": [{"rollout": r.id, "release": r.to_release, "state": r.state, "phase": r.phase}
                     for r in ctx.ledger.unfinished_rollouts(cfg.app, cfg.env)],
         "instances": instances,

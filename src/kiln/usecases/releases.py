@@ -13,6 +13,7 @@ from typing import Any
 from kiln.context import Context
 from kiln.errors import UsageError
 from kiln.ledger.store import Release
+from kiln.providers.base import INSTANCE, selector
 from kiln.spec.resolve import EnvConfig
 
 MANIFEST_VERSION = 1
@@ -82,17 +83,18 @@ def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> dict[str, Any]:
             release = ctx.ledger.release(app, env, r.to_release)
             if release:
                 needed.setdefault(release.image, f"{env} v{release.number} (rollout {r.id} unfinished)")
-    containers = ctx.docker.containers({"kiln.app": app, "kiln.role": "instance"})
+    engine = ctx.engine()  # where kiln bakes, so where the app's images pile up
+    containers = engine.containers(selector(app, role=INSTANCE))
     for c in containers:
         if c.running:
             needed.setdefault(c.image, f"runs in {c.name}")
-    images = [(image, tags) for image, tags in ctx.docker.images({"kiln.app": app}) if image not in needed]
+    images = [(image, tags) for image, tags in engine.images(selector(app)) if image not in needed]
     stopped = [c for c in containers if not c.running]
     if not dry_run:
         for c in stopped:
-            ctx.docker.remove(c.name)
+            engine.remove(c.name)
         for image, _ in images:
-            ctx.docker.remove_image(image)
+            engine.remove_image(image)
     return {"dry_run": dry_run, "keep": keep,
             "images": [{"image": image, "tags": list(tags)} for image, tags in images],
             "instances": [{"instance": c.name, "state": c.state} for c in stopped],
