@@ -61,6 +61,12 @@ class Context:
             self.routers = haproxy_routers(self.settings.home, self.out)
         return self.routers(self.engine_for(cfg), cfg)
 
+    def derive(self, out: Output, own_engines: bool = False) -> Context:
+        """The same boundaries with another output; `own_engines` for a thread of its own (an
+        engine client is not shared between threads)."""
+        return Context(self.settings, out, self.engines, self.routers, _ledger=self.ledger,
+                       _open={} if own_engines else self._open)
+
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:

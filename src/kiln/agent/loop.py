@@ -152,10 +152,10 @@ class Agent:
             if not isinstance(item, EngineEvent):
                 continue
             env = item.label("env") or ""
-            reconciler = self.reconcilers.get(env)
-            if reconciler is None:
+            watching = self.reconcilers.get(env)
+            if watching is None:
                 continue
-            if item.label("role") == "instance" and reconciler.note(item):
+            if item.label("role") == "instance" and watching.note(item):
                 due[env] = 0.0
             elif item.label("role") == "router" and item.action in ("die", "destroy"):
                 due[env] = 0.0

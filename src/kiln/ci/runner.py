@@ -158,9 +158,8 @@ def _run_stage(ctx: Context, store: CiStore, run: CiRun, stage: list[Planned], i
                ) -> list[tuple[Planned, str | None]]:
     def one(p: Planned) -> tuple[Planned, str | None]:
         # Each thread gets its own engine client; the ledger's engine is shared (thread-safe).
-        own = Context(ctx.settings, ctx.out, _ledger=ctx.ledger, _docker=ctx._docker if len(stage) == 1 else None)
         log = StepLog(store, run.id, ids[p.position], masker, ctx.out, p.name)
-        sc = StepContext(Context(own.settings, StepOutput(log), _ledger=own.ledger, _docker=own._docker),
+        sc = StepContext(ctx.derive(StepOutput(log), own_engines=len(stage) > 1),
                          store, run, ids[p.position], p.position, loaded, image, log, find, cancelled)
         store.set_step(sc.step_id, "running")
         ctx.out.step(f"step {p.position}: {p.name}")

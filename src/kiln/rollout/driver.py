@@ -18,7 +18,7 @@ from kiln import faults
 from kiln.errors import RolloutError
 from kiln.ledger.store import Ledger
 from kiln.output import Output
-from kiln.providers.base import Engine
+from kiln.providers.base import ContainerFacts, Engine
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.instances import instance_spec
 from kiln.rollout.strategy import Sample, canary_weights, count, judge
@@ -136,8 +136,10 @@ class Driver:
             port = svc.port if svc else None
             if svc is None or port is None:
                 raise RolloutError(f"smoke checks need a public service with a port in {cfg.app}/{cfg.env}.")
-            targets = [(c.name, lambda check, c=c: self.runtime.get(c, port, check.path, check.timeout))
-                       for c in self.ex.containers() if c.label("service") == svc.name and self.target.same_as(c)]
+            def on(c: ContainerFacts) -> Callable[[SmokeCheck], tuple[int, str]]:
+                return lambda check: self.runtime.get(c, port, check.path, check.timeout)
+            targets = [(c.name, on(c)) for c in self.ex.containers()
+                       if c.label("service") == svc.name and self.target.same_as(c)]
         for check in checks:
             for where, get in targets:
                 problem = _smoke_problem(check, get)
