@@ -221,14 +221,19 @@ class DockerProvider:
             kwargs["restart_policy"] = {"Name": "unless-stopped"}
         if spec.aliases:
             kwargs["networking_config"] = {spec.network: {"Aliases": list(spec.aliases)}}
-        with _engine(f"creating container {spec.name}"):
-            container = self.client.containers.create(spec.image, **kwargs)
+        try:
+            with _engine(f"creating container {spec.name}"):
+                container = self.client.containers.create(spec.image, **kwargs)
+        except NotFound as exc:  # its image or network
+            raise EngineError(f"creating container {spec.name}: {exc.explanation or exc}") from None
         try:
             with _engine(f"starting container {spec.name}"):
                 container.start()
-        except EngineError:
+        except (EngineError, NotFound) as exc:
             with contextlib.suppress(DockerException):
                 container.remove(force=True)
+            if isinstance(exc, NotFound):  # its network is gone
+                raise EngineError(f"starting container {spec.name}: {exc.explanation or exc}") from None
             raise
         facts = self.container(spec.name)
         assert facts is not None

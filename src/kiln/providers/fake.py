@@ -47,7 +47,10 @@ class FakeEngine:
         self.networks: dict[str, dict[str, str]] = {}
         self.image_store: dict[str, tuple[set[str], dict[str, str], dict[str, str]]] = {}  # id -> (refs, labels, env)
         self.registry: dict[str, str] = {}  # repository@digest -> image id (what push made)
+        self.registries: set[str] = set()  # registry hosts this engine reaches
         self.output: dict[str, list[str]] = {}  # what a container printed
+        # What a command does when a container runs it: (exit code, or None to run until stopped; lines)
+        self.scripts: dict[tuple[str, ...], tuple[int | None, list[str]]] = {}
         self.written: dict[str, list[str]] = {}  # "docker diff" of a container
         self.execs: list[EngineEvent] = []
         self.history: list[EngineEvent] = []
@@ -97,7 +100,7 @@ class FakeEngine:
     def push(self, image: str, repository: str) -> str:
         if image not in self.image_store:
             raise EngineError(f"pushing {repository}: no such image {image[:19]}")
-        if not repository or repository.startswith("unreachable"):
+        if repository.split("/")[0] not in self.registries:
             raise EngineError(f"pushing {repository}: the registry cannot be reached",
                               "Check that the registry is reachable from this engine.")
         ref = f"{repository}@sha256:{hashlib.sha256((repository + image).encode()).hexdigest()}"
@@ -135,11 +138,15 @@ class FakeEngine:
             raise PortInUse(f"creating container {spec.name}: the port is already taken.")
         self.specs[spec.name] = spec
         release = int(spec.labels.get("kiln.release", "0"))
+        code, lines = self.scripts.get(spec.command or (), (None, []))
         crashed = release in self.crash_on_start
-        self.state[spec.name] = "exited" if crashed else "running"
         if crashed:
-            self.exit_codes[spec.name] = 1
-            self.output[spec.name] = ["fake crash"]
+            code, lines = 1, ["fake crash"]
+        self.state[spec.name] = "running"
+        self.output[spec.name] = list(lines)
+        if code is not None:
+            self.state[spec.name] = "exited"  # a one-off command ran to its end
+            self.exit_codes[spec.name] = code
         self.ips[spec.name] = f"10.0.0.{next(self._ips)}"
         self.log.append(("start", spec.name))
         self._event("start", spec.name)
@@ -179,19 +186,19 @@ class FakeEngine:
 
     def run_streamed(self, spec: ContainerSpec, on_line: Callable[[str], None], timeout: float,
                      cancelled: Callable[[], bool]) -> Finished:
+        """Runs the command's script (default: exit 0); one that runs until stopped ends by
+        cancel or timeout, as the real engine's watchdog would end it."""
         self.start(spec)
         self.log.append(("run", spec.name))
-        failing = spec.name in self.exit_codes
-        lines = ["fake hook failed"] if failing else ["fake hook ok"]
-        self.output[spec.name] = lines
-        for line in lines:
+        for line in self.output[spec.name]:
             on_line(line)
-        if cancelled():
-            return Finished(None, "cancelled")
-        if timeout <= 0:
-            return Finished(None, "timeout")
-        self.state[spec.name] = "exited"
-        self.exit_codes[spec.name] = 1 if failing else 0
+        if self.state[spec.name] == "running" and (spec.command or ()) not in self.scripts:
+            self.state[spec.name] = "exited"  # no script: the command succeeds at once
+            self.exit_codes[spec.name] = 0
+        if self.state[spec.name] == "running":  # runs until stopped
+            self.state[spec.name] = "exited"
+            self.exit_codes[spec.name] = 137
+            return Finished(None, "cancelled" if cancelled() else "timeout")
         return Finished(self.exit_codes[spec.name])
 
     # --- probes ---------------------------------------------------------------------------
