@@ -14,14 +14,17 @@ capture_*.py scripts there for how each was made)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from kiln.agent.drift import exec_detail
 from kiln.bake.context import ContextFile, hash_context, list_context, read_dockerignore
 from kiln.bake.inputs import RECIPE_VERSION, app_inputs_hash, base_inputs_hash, render_dockerfile
-from kiln.providers.docker import create_args
+from kiln.providers.base import ContainerFacts, EngineEvent
+from kiln.providers.docker import _facts, create_args, parse_event
 from kiln.rollout.instances import instance_spec
 from kiln.router import haproxy
 from kiln.router.runtime import ServerStat, parse_conns, parse_stat
@@ -139,8 +142,6 @@ def test_resolved_config_canonical_form_and_digest():
 
 def test_a_recorded_config_keeps_its_digest():
     # A release row holds the config as JSON; read back, it must give the digest it was recorded with.
-    import json
-
     assert EnvConfig.model_validate(json.loads(PRODUCTION_JSON)).digest() == PRODUCTION_DIGEST
 
 
@@ -264,3 +265,123 @@ def test_parse_stat_of_a_real_show_stat():
 def test_parse_conns_of_a_real_show_servers_conn():
     # capture_haproxy.py: taken while one 2 s request was in flight on a.
     assert parse_conns((DATA / "haproxy_show_servers_conn.txt").read_text()) == {"a": 1, "b": 0, "c": 0, "d": 0, "e": 0}
+
+
+# --- Docker engine captures --------------------------------------------------------------------
+# capture_docker.py: containers started by DockerProvider.start on the network kiln-golden-capture
+# (Docker 20.10, cgroup v1), from a tiny imported rootfs.
+
+CAPTURE_IMAGE = "sha256:d02ea7004fb19883470f3d6599002ab9ff88248d7d1a9685a9b5636e6646760a"
+CAPTURE_CONFIG = "1421dd2fa959f6682a7b0968cc65bae1238eafdc505c07cfce91c17ec05511a4"
+
+
+def capture_labels(suffix: str) -> dict[str, str]:
+    name = f"kiln-golden-capture-web-v1-{suffix}"
+    return {"kiln.app": "golden", "kiln.config": CAPTURE_CONFIG, "kiln.env": "capture", "kiln.instance": name,
+            "kiln.release": "1", "kiln.role": "instance", "kiln.service": "web", "kiln.test": "golden"}
+
+
+def test_facts_of_a_real_running_healthy_instance():
+    attrs = json.loads((DATA / "docker_inspect_running.json").read_text())
+    assert _facts(attrs) == ContainerFacts(
+        id="1c5de47306ca3c132c55829f298672d93fd8247489d026b6c4283b231424fcc7",
+        name="kiln-golden-capture-web-v1-0a1b2c",  # the engine's "/name", without its slash
+        image=CAPTURE_IMAGE,
+        labels=capture_labels("0a1b2c"),
+        state="running",
+        health="healthy",
+        ip="172.25.0.2",  # its address on the kiln- network
+        exit_code=None,
+    )
+
+
+def test_facts_of_a_real_exited_instance():
+    # `sh -c "exit 3"` with a command healthcheck that never ran: the engine still says "unhealthy",
+    # and the network entry stays with an empty address.
+    attrs = json.loads((DATA / "docker_inspect_exited.json").read_text())
+    assert list(attrs["NetworkSettings"]["Networks"]) == ["kiln-golden-capture"]
+    assert _facts(attrs) == ContainerFacts(
+        id="f92e38c53ea0ee67f6e64e3ff1df79b90e8187dc9879a7f433ac8ef876b935b5",
+        name="kiln-golden-capture-web-v1-6a7b8c",
+        image=CAPTURE_IMAGE,
+        labels=capture_labels("6a7b8c"),
+        state="exited",
+        health="unhealthy",
+        ip=None,
+        exit_code=3,
+    )
+
+
+def events() -> list[EngineEvent]:
+    return [parse_event(json.loads(line)) for line in (DATA / "docker_events.jsonl").read_text().splitlines()]
+
+
+def test_parse_event_of_a_real_event_stream():
+    # 0a1b2c healthy (/bin/true check, then `docker exec … sh -c "echo hi"`), 3d4e5f unhealthy
+    # (/bin/false check), 6a7b8c exits 3, 9d0e1f is OOM-killed (16 MiB limit, set by the CLI).
+    assert [(e.action, e.detail, e.name.removeprefix("kiln-golden-capture-web-v1-")) for e in events()] == [
+        ("create", "", "0a1b2c"),
+        ("start", "", "0a1b2c"),
+        ("create", "", "3d4e5f"),
+        ("start", "", "3d4e5f"),
+        ("create", "", "6a7b8c"),
+        ("start", "", "6a7b8c"),
+        ("die", "", "6a7b8c"),
+        ("exec_create", "/bin/true", "0a1b2c"),
+        ("exec_start", "/bin/true", "0a1b2c"),
+        ("exec_die", "", "0a1b2c"),
+        ("health_status", "healthy", "0a1b2c"),
+        ("exec_create", "/bin/false", "3d4e5f"),
+        ("exec_start", "/bin/false", "3d4e5f"),
+        ("exec_die", "", "3d4e5f"),
+        ("health_status", "unhealthy", "3d4e5f"),
+        ("exec_create", "sh -c echo hi", "0a1b2c"),
+        ("exec_start", "sh -c echo hi", "0a1b2c"),
+        ("exec_die", "", "0a1b2c"),
+        ("create", "", "9d0e1f"),
+        ("exec_create", "/bin/true", "0a1b2c"),
+        ("exec_start", "/bin/true", "0a1b2c"),
+        ("start", "", "9d0e1f"),
+        ("exec_die", "", "0a1b2c"),
+        ("oom", "", "9d0e1f"),
+        ("die", "", "9d0e1f"),
+        ("exec_create", "/bin/false", "3d4e5f"),
+        ("exec_start", "/bin/false", "3d4e5f"),
+        ("exec_die", "", "3d4e5f"),
+        ("exec_create", "/bin/true", "0a1b2c"),
+        ("exec_start", "/bin/true", "0a1b2c"),
+        ("exec_die", "", "0a1b2c"),
+    ]
+
+
+def test_parse_event_die_oom_exec_and_health_in_full():
+    by_kind = {}
+    for e in events():
+        by_kind.setdefault((e.action, e.detail, e.name[-6:]), e)
+    image = {"image": CAPTURE_IMAGE}
+    # `labels` holds every actor attribute but the name: the container's labels, and the image,
+    # exitCode (die) or execID (exec_*) the engine adds.
+    assert by_kind["die", "", "6a7b8c"] == EngineEvent(
+        "die", "", "kiln-golden-capture-web-v1-6a7b8c", {**capture_labels("6a7b8c"), **image, "exitCode": "3"},
+        1795959948.902105)
+    assert by_kind["oom", "", "9d0e1f"] == EngineEvent(
+        "oom", "", "kiln-golden-capture-web-v1-9d0e1f", {**capture_labels("9d0e1f"), **image}, 1795959950.3462808)
+    assert by_kind["die", "", "9d0e1f"].labels["exitCode"] == "137"  # SIGKILL by the OOM killer
+    assert by_kind["health_status", "unhealthy", "3d4e5f"] == EngineEvent(
+        "health_status", "unhealthy", "kiln-golden-capture-web-v1-3d4e5f", {**capture_labels("3d4e5f"), **image},
+        1795959949.5852468)
+    assert by_kind["exec_start", "sh -c echo hi", "0a1b2c"] == EngineEvent(
+        "exec_start", "sh -c echo hi", "kiln-golden-capture-web-v1-0a1b2c",
+        {**capture_labels("0a1b2c"), **image,
+         "execID": "3ca76e2dd38af76db4b7f4d4154c9777b3ccf48228cffc0c12dfc4cda7a6ca40"},
+        1795959949.7254725)
+    assert by_kind["die", "", "6a7b8c"].label("service") == "web"
+
+
+def test_a_healthcheck_exec_is_named_as_drift_expects():
+    # The engine names a healthcheck's exec "exec_start: /bin/true " (trailing space); parse_event
+    # strips it, so the agent can tell kiln's own exec from someone's `docker exec`.
+    raw = [json.loads(line) for line in (DATA / "docker_events.jsonl").read_text().splitlines()]
+    assert raw[8]["Action"] == "exec_start: /bin/true "
+    assert parse_event(raw[8]).detail == exec_detail(("/bin/true",)) == "/bin/true"
+    assert parse_event(raw[16]).detail == "sh -c echo hi" != exec_detail(("/bin/true",))
