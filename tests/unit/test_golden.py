@@ -17,12 +17,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from kiln.agent.drift import exec_detail
 from kiln.bake.context import ContextFile, hash_context, list_context, read_dockerignore
 from kiln.bake.inputs import RECIPE_VERSION, app_inputs_hash, base_inputs_hash, render_dockerfile
+from kiln.output import Output
 from kiln.providers.base import ContainerFacts, EngineEvent
 from kiln.providers.docker import _facts, create_args, parse_event
 from kiln.rollout.instances import instance_spec
@@ -135,14 +137,20 @@ PRODUCTION_DIGEST = "c629427c9b4d8678929cdb3416c708f26a33fae17b86d99a02bbe17f25f
 
 def test_resolved_config_canonical_form_and_digest():
     cfg = resolve(parse_spec(SPEC), "production")
-    assert canonical_json(cfg.model_dump(mode="json")) == PRODUCTION_JSON
+    # What a release records: the digested form plus the engine, which the digest leaves out
+    # while it is the default (so releases recorded before engines existed keep their digest).
+    assert canonical_json(cfg.model_dump(mode="json")) == PRODUCTION_JSON.replace(
+        '"bind":"127.0.0.1",', '"bind":"127.0.0.1","engine":"docker",')
     assert cfg.digest() == PRODUCTION_DIGEST
     assert hashlib.sha256(PRODUCTION_JSON.encode()).hexdigest() == PRODUCTION_DIGEST
 
 
 def test_a_recorded_config_keeps_its_digest():
-    # A release row holds the config as JSON; read back, it must give the digest it was recorded with.
-    assert EnvConfig.model_validate(json.loads(PRODUCTION_JSON)).digest() == PRODUCTION_DIGEST
+    # A release row holds the config as JSON; read back, it must give the digest it was recorded
+    # with: a config recorded before the engine field existed, and one recorded with it.
+    old = json.loads(PRODUCTION_JSON)
+    assert EnvConfig.model_validate(old).digest() == PRODUCTION_DIGEST
+    assert EnvConfig.model_validate({**old, "engine": "docker"}).digest() == PRODUCTION_DIGEST
 
 
 def test_overlay_environment_digest():
@@ -207,7 +215,7 @@ def test_create_args_of_a_relaxed_instance_with_a_command_healthcheck():
 
 
 class _Recorder:
-    """A runtime with no router running: records the spec Router.ensure starts."""
+    """A runtime with no router running: records the spec HaproxyRouter.ensure starts."""
 
     def __init__(self) -> None:
         self.started: list = []
@@ -221,10 +229,12 @@ class _Recorder:
 
 def test_create_args_of_the_router(tmp_path, monkeypatch):
     monkeypatch.setattr(haproxy, "_check_port_free", lambda bind, port: None)
-    monkeypatch.setattr(haproxy.Router, "_wait_ready", lambda self, timeout=15.0: None)
+    monkeypatch.setattr(haproxy, "ensure_base", lambda *args: SimpleNamespace(id="sha256:" + "4a" * 32))
+    monkeypatch.setattr(haproxy.HaproxyRouter, "_wait_ready", lambda self, timeout=15.0: None)
     runtime = _Recorder()
     cfg = resolve(parse_spec(SPEC), "staging")
-    assert haproxy.Router(runtime, cfg, tmp_path / "routers").ensure("sha256:" + "4a" * 32) is True
+    router = haproxy.HaproxyRouter(runtime, cfg, tmp_path / "routers", Output(quiet=True), tmp_path / "scratch")
+    assert router.ensure() is True
     [spec] = runtime.started
     assert create_args(spec, {"kiln.test": "x"}, dict(spec.environment)) == {
         "name": "kiln-shop-staging-router",
