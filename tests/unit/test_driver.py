@@ -3,8 +3,12 @@ canary move weights, the persisted phase, hooks, and what an abort leaves."""
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import pytest
 
+from kiln import faults
 from kiln.errors import RolloutError
 from kiln.ledger.store import Ledger
 from kiln.output import Output
@@ -15,6 +19,7 @@ from kiln.rollout.strategy import phases
 from kiln.spec.loader import parse_spec
 from kiln.spec.models import Rollout
 from kiln.spec.resolve import resolve
+from kiln.usecases.deploy import settle
 
 SPEC = """\
 app: shop
@@ -44,13 +49,16 @@ def world(tmp_path):
             app="shop", env="prod", image=image, image_tag="t", inputs_hash="h", config=cfg.model_dump(mode="json"),
             config_digest=cfg.digest(), spec_digest="s", commit=None, dirty=False))
 
-    def run(target: Target, policy: Rollout, start_at: int = 0) -> tuple[str, Driver]:
+    def run(target: Target, policy: Rollout, previous: int | None = None) -> tuple[str, Driver]:
         progress = Progress(phases(policy, policy.before_traffic is not None, policy.after_traffic is not None),
-                            start_at, policy)
-        rollout = ledger.start_rollout("shop", "prod", None, target.release.number, policy.strategy, progress.data())
+                            0, policy)
+        rollout = ledger.start_rollout("shop", "prod", previous, target.release.number, policy.strategy,
+                                       progress.data())
         ex = Executor(runtime, router, ledger, Output(quiet=True), rollout.id, probe=lambda svc, c: runtime.healthy(c.name))
         driver = Driver(runtime, router, ledger, Output(quiet=True), rollout.id, target, ex)
-        return driver.run(progress), driver
+        state = driver.run(progress)  # a kill inside leaves the rollout `running`, as a real one would
+        ledger.finish_rollout(rollout.id, state)
+        return state, driver
 
     v1 = release("sha256:1")
     run(v1, Rollout())
@@ -114,19 +122,119 @@ def test_canary_steps_raise_the_new_share(world):
 def test_a_failing_before_traffic_hook_aborts_before_any_instance_starts(world):
     runtime, router, _, release, run = world
     serving = set(router.added)
+    runtime.log.clear()
     runtime.crash_on_start.add(2)  # the fake runs hooks of release 2 to a non-zero exit
     with pytest.raises(RolloutError, match="before_traffic hook `migrate` exited with code 1"):
         run(release("sha256:2"), Rollout(before_traffic=("migrate",)))
-    assert set(router.added) == serving and not web(runtime, "sha256:2")
-    assert ("run", next(name for verb, name in runtime.log if verb == "run")) in runtime.log
+    assert set(router.added) == serving and not web(runtime, "sha256:2") and router.log == []
+    # One hook container ran to its end and was removed, named after its phase and release; no
+    # instance started.
+    name = runtime.log[0][1]
+    assert runtime.log == [("start", name), ("run", name), ("remove", name)]
+    assert re.fullmatch(r"kiln-shop-prod-before-traffic-v2-[0-9a-f]{6}", name)
 
 
-def test_a_resumed_rollout_runs_from_its_recorded_phase(world):
-    runtime, router, _, release, run = world
+class Killed(BaseException):
+    """What SIGKILL at a fault point does to kiln: nothing below it catches this."""
+
+
+def kill_at(point: str):
+    def fault(name: str) -> None:
+        if name == point:
+            raise Killed(name)
+    return fault
+
+
+def settle_now(runtime, router, ledger) -> None:
+    """What the next kiln does first: settle the rollouts a killed one left running."""
+    ctx = SimpleNamespace(engine_for=lambda cfg: runtime, ledger=ledger, out=Output(quiet=True), lost_lock=None)
+    settle(ctx, router)
+
+
+def by_instance(log: list[tuple[str, str]], name: str) -> list[str]:
+    return [verb for verb, who in log if who == name]
+
+
+def watch_stops(runtime, router, monkeypatch) -> list[str]:
+    """Instances stopped while still in the router (there should be none: unroute, then stop)."""
+    found: list[str] = []
+    real = runtime.stop
+
+    def stop(name: str, grace: float) -> None:
+        if name in router.added:
+            found.append(name)
+        real(name, grace)
+
+    monkeypatch.setattr(runtime, "stop", stop)
+    return found
+
+
+def test_a_rollout_killed_after_its_switch_is_completed_from_the_recorded_phase(world, monkeypatch):
+    runtime, router, ledger, release, run = world
+    old = sorted(router.added)
     policy = Rollout(strategy="blue-green", before_traffic=("migrate",))
-    # Interrupted after "start" and "before_traffic": resuming at the switch runs no hook again.
     v2 = release("sha256:2")
-    run(v2, policy.model_copy(update={"strategy": "blue-green"}), start_at=0)
-    runs = [v for v, _ in runtime.log].count("run")
-    state, _ = run(v2, policy, start_at=2)
-    assert state == SUCCEEDED and [v for v, _ in runtime.log].count("run") == runs
+    monkeypatch.setattr(faults, "point", kill_at("switched"))  # right after the weights moved
+    with pytest.raises(Killed):
+        run(v2, policy, previous=1)
+    new = sorted(web(runtime, "sha256:2"))
+    [rollout] = ledger.unfinished_rollouts("shop", "prod")
+    assert (rollout.state, rollout.phase, rollout.data["index"]) == ("running", "switch", 2)
+    assert rollout.data["phases"] == ["start", "before_traffic", "switch"]
+    # Killed between moving the traffic and retiring the old set: both sets run, the new one weighted.
+    assert {n: router.weights[n] for n in old + new} == {**dict.fromkeys(old, 0), **dict.fromkeys(new, 100)}
+    assert [verb for verb, _ in runtime.log].count("run") == 1
+
+    monkeypatch.setattr(faults, "point", lambda name: None)
+    router.log.clear()
+    runtime.log.clear()
+    stopped_while_routed = watch_stops(runtime, router, monkeypatch)
+    settle_now(runtime, router, ledger)
+
+    # Resumed at `switch`: the hook and the start phase are not run again; the switch is redone
+    # in one request (same weights), then each old instance leaves the router, then is stopped and
+    # removed (instances of one step are retired in parallel, so only per-instance order is fixed).
+    switch = dict.fromkeys(new, 100) | dict.fromkeys(old, 0)
+    assert router.log[:4] == [("weight", f"{n}={w}") for n, w in sorted(switch.items())]
+    assert sorted(router.log[4:]) == [("remove", o) for o in old]
+    assert sorted(runtime.log) == sorted([("stop", o) for o in old] + [("remove", o) for o in old])
+    assert all(by_instance(runtime.log, o) == ["stop", "remove"] for o in old)
+    assert stopped_while_routed == []
+    assert sorted(runtime.specs) == new and sorted(router.added) == new
+    after = ledger.rollout(rollout.id)
+    assert (after.state, after.phase) == ("succeeded", "done")
+    assert ledger.unfinished_rollouts("shop", "prod") == []
+
+
+def test_a_rollout_killed_in_its_hook_before_the_switch_is_undone(world, monkeypatch):
+    runtime, router, ledger, release, run = world
+    old = sorted(router.added)
+    policy = Rollout(strategy="blue-green", before_traffic=("migrate",))
+    v2 = release("sha256:2")
+
+    def killed_hook(spec, timeout):
+        runtime.log.append(("run", spec.name))
+        raise Killed("before_traffic")
+
+    monkeypatch.setattr(runtime, "run_once", killed_hook)
+    with pytest.raises(Killed):
+        run(v2, policy, previous=1)
+    new = sorted(web(runtime, "sha256:2"))
+    [rollout] = ledger.unfinished_rollouts("shop", "prod")
+    assert (rollout.state, rollout.phase, rollout.data["index"]) == ("running", "before_traffic", 1)
+    assert len(new) == 2 and {n: router.weights[n] for n in new} == dict.fromkeys(new, 0)
+
+    router.log.clear()
+    runtime.log.clear()
+    stopped_while_routed = watch_stops(runtime, router, monkeypatch)
+    settle_now(runtime, router, ledger)
+
+    # Not past the switch: undone. The idle new set leaves the router and goes; no hook runs again
+    # and the old set, which never lost its traffic, is not touched.
+    assert sorted(router.log) == [("remove", n) for n in new]
+    assert sorted(runtime.log) == sorted([("stop", n) for n in new] + [("remove", n) for n in new])
+    assert all(by_instance(runtime.log, n) == ["stop", "remove"] for n in new)
+    assert stopped_while_routed == []
+    assert sorted(runtime.specs) == old and {o: router.weights[o] for o in old} == dict.fromkeys(old, 100)
+    after = ledger.rollout(rollout.id)
+    assert (after.state, after.reason) == ("aborted", "interrupted before its traffic switch; undone")

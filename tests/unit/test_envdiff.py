@@ -37,7 +37,8 @@ def test_flatten_names_services_by_name():
 
 def test_declared_keys_come_from_the_overlay():
     spec, _, _ = configs()
-    assert declared_keys(spec, "staging") >= {"port", "env", "services.web.replicas", "services.web.environment.LEVEL"}
+    assert declared_keys(spec, "staging") == {"bind", "env", "port", "preview_port", "services.web.environment.LEVEL",
+                                              "services.web.replicas"}
     assert "services.web.replicas" not in declared_keys(spec, "production")
     assert declared_keys(spec, "preview-1234") == {"env", "port", "bind", "preview_port"}
 

@@ -178,7 +178,10 @@ def test_hold_heartbeats_and_releases(ledger):
         assert held.lock.pid == os.getpid() and held.lock.host == socket.gethostname()
         assert held.lock.reason == "deploy v1"
         first = held.lock.heartbeat_at
-        time.sleep(0.5)  # a beat every 0.1 s
+        # A beat every 0.1 s: wait for one (bounded), rather than sleeping and hoping.
+        deadline = time.monotonic() + 10
+        while ledger.lock("shop", "production").heartbeat_at == first and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert ledger.lock("shop", "production").heartbeat_at > first
         assert not held.lost.is_set()
         with pytest.raises(LockHeld):  # this very process holds it
@@ -263,24 +266,64 @@ def test_cli_lock_status_and_release(tmp_path):
     assert ledger.lock("shop", "production") is None
 
 
-def test_a_change_waits_for_an_agents_pass_but_not_for_another_change(ledger):
-    from kiln.rollout.lock import AGENT
+def test_a_change_waits_for_an_agents_pass_but_not_for_another_change(ledger, monkeypatch):
+    from kiln.rollout import lock as lock_module
+    from kiln.rollout.lock import AGENT, RETRY
 
-    released = threading.Event()
+    agent_holds, let_go, agent_done = threading.Event(), threading.Event(), threading.Event()
 
     def agent_pass() -> None:
         with hold(ledger, "shop", "production", AGENT):
-            time.sleep(0.5)
-        released.set()
+            agent_holds.set()
+            let_go.wait(10)
+        agent_done.set()
 
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        # The change found the agent's lock: only now does the agent's pass end, and the change
+        # tries again only once the lock is released. No ordering is left to the scheduler.
+        waits.append(seconds)
+        let_go.set()
+        assert agent_done.wait(10)
+
+    monkeypatch.setattr(lock_module, "_sleep", wait)
     thread = threading.Thread(target=agent_pass)
     thread.start()
-    time.sleep(0.1)
-    started = time.monotonic()
+    assert agent_holds.wait(10)
     with hold(ledger, "shop", "production", "deploy") as held:
-        assert released.is_set() and held.lock.reason == "deploy"
-        assert time.monotonic() - started >= 0.3
+        assert waits == [RETRY] and held.lock.reason == "deploy"
         with pytest.raises(LockHeld):  # an agent's pass does not wait for a change: it skips the environment
             with hold(ledger, "shop", "production", AGENT):
                 pass
+        assert waits == [RETRY]
     thread.join()
+    with hold(ledger, "shop", "production", "deploy"):
+        with pytest.raises(LockHeld):  # and a change does not wait for another change
+            with hold(ledger, "shop", "production", "deploy 2"):
+                pass
+    assert waits == [RETRY]
+
+
+def test_a_change_gives_up_on_an_agent_after_its_patience(ledger, monkeypatch):
+    from kiln.rollout import lock as lock_module
+    from kiln.rollout.lock import AGENT, PATIENCE, RETRY
+
+    agent = take(ledger, host=socket.gethostname(), pid=os.getpid(), reason=AGENT)  # a pass that never ends
+    now_s = [1000.0]
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        now_s[0] += seconds
+
+    monkeypatch.setattr(lock_module, "_clock", lambda: now_s[0])
+    monkeypatch.setattr(lock_module, "_sleep", wait)
+    with pytest.raises(LockHeld) as caught:
+        with hold(ledger, "shop", "production", "deploy"):
+            pass
+    assert caught.value.lock == agent
+    # It tried every RETRY seconds until PATIENCE had passed, and not longer.
+    assert set(waits) == {RETRY}
+    assert PATIENCE < now_s[0] - 1000.0 <= PATIENCE + RETRY + 1e-9
+    assert len(waits) == round((now_s[0] - 1000.0) / RETRY)

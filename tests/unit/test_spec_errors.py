@@ -231,7 +231,10 @@ def test_invalid_environment_name():
 
 
 def test_name_with_trailing_newline_is_invalid():
-    issues(VALID.replace("app: shop", 'app: "shop\\n"'))
+    # `$` in a pattern also matches before a final newline: the name check must not let one through.
+    assert only_issue(VALID.replace("app: shop", 'app: "shop\\n"')) == (
+        "kiln.yaml:1: app: 'shop\\n' is not a valid name; use lowercase letters, digits and '-', "
+        "starting with a letter, at most 31 characters")
 
 
 def test_two_public_services():

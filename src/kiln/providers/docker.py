@@ -187,40 +187,8 @@ class DockerProvider:
     # --- containers -----------------------------------------------------------------------
 
     def start(self, spec: ContainerSpec) -> ContainerFacts:
-        kwargs: dict = {
-            "name": spec.name,
-            "labels": {**spec.labels, **self.extra_labels},
-            "network": spec.network,
-            # The only place a secret's value is used: handed to the engine as the container starts.
-            "environment": resolve(spec.environment, self.secrets),
-            "read_only": spec.read_only,
-            "tmpfs": {path: "rw,nosuid,nodev,size=64m" for path in spec.writable},
-            "cap_drop": ["ALL"],
-            "cap_add": list(spec.cap_add) or None,
-            "security_opt": ["no-new-privileges:true"] if spec.no_new_privileges else None,
-            "init": True,
-            "stop_signal": "SIGTERM",
-            "detach": True,
-        }
-        if spec.command:
-            kwargs["command"] = list(spec.command)
-        if spec.user:
-            kwargs["user"] = spec.user
-        if spec.health_command:
-            kwargs["healthcheck"] = {
-                "test": ["CMD", *spec.health_command],
-                "interval": int(spec.health_interval * _NS),
-                "timeout": int(spec.health_timeout * _NS),
-                "retries": 1,
-            }
-        if spec.publish:
-            kwargs["ports"] = {f"{cport}/tcp": hostport for cport, hostport in spec.publish.items()}
-        if spec.binds:
-            kwargs["volumes"] = {host: {"bind": inner, "mode": "rw"} for host, inner in spec.binds.items()}
-        if spec.restart:
-            kwargs["restart_policy"] = {"Name": "unless-stopped"}
-        if spec.aliases:
-            kwargs["networking_config"] = {spec.network: {"Aliases": list(spec.aliases)}}
+        # The only place a secret's value is used: handed to the engine as the container starts.
+        kwargs = create_args(spec, self.extra_labels, resolve(spec.environment, self.secrets))
         try:
             with _engine(f"creating container {spec.name}"):
                 container = self.client.containers.create(spec.image, **kwargs)
@@ -360,10 +328,56 @@ class DockerProvider:
         filters = {"type": "container", "label": [f"{k}={v}" for k, v in labels.items()]}
         with _engine("watching engine events"):
             for raw in self.api.events(since=_stamp(since), until=_stamp(until), filters=filters, decode=True):
-                action, _, detail = (raw.get("Action") or raw.get("status") or "").partition(":")
-                attrs = dict((raw.get("Actor") or {}).get("Attributes") or {})
-                yield EngineEvent(action.strip(), detail.strip(), attrs.pop("name", ""), attrs,
-                                  raw.get("timeNano", 0) / _NS or float(raw.get("time", 0)))
+                yield parse_event(raw)
+
+
+def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: dict[str, str]) -> dict:
+    """The keyword arguments of `containers.create(spec.image, **…)` for `spec`: hardening, health
+    check, published ports, binds, restart policy, network aliases. Pure; `environment` is spec.environment with
+    its secret references already resolved."""
+    kwargs: dict = {
+        "name": spec.name,
+        "labels": {**spec.labels, **extra_labels},
+        "network": spec.network,
+        "environment": environment,
+        "read_only": spec.read_only,
+        "tmpfs": {path: "rw,nosuid,nodev,size=64m" for path in spec.writable},
+        "cap_drop": ["ALL"],
+        "cap_add": list(spec.cap_add) or None,
+        "security_opt": ["no-new-privileges:true"] if spec.no_new_privileges else None,
+        "init": True,
+        "stop_signal": "SIGTERM",
+        "detach": True,
+    }
+    if spec.command:
+        kwargs["command"] = list(spec.command)
+    if spec.user:
+        kwargs["user"] = spec.user
+    if spec.health_command:
+        kwargs["healthcheck"] = {
+            "test": ["CMD", *spec.health_command],
+            "interval": int(spec.health_interval * _NS),
+            "timeout": int(spec.health_timeout * _NS),
+            "retries": 1,
+        }
+    if spec.publish:
+        kwargs["ports"] = {f"{cport}/tcp": hostport for cport, hostport in spec.publish.items()}
+    if spec.binds:
+        kwargs["volumes"] = {host: {"bind": inner, "mode": "rw"} for host, inner in spec.binds.items()}
+    if spec.restart:
+        kwargs["restart_policy"] = {"Name": "unless-stopped"}
+    if spec.aliases:
+        kwargs["networking_config"] = {spec.network: {"Aliases": list(spec.aliases)}}
+    return kwargs
+
+
+def parse_event(raw: dict) -> EngineEvent:
+    """One decoded engine event (a JSON line of /events) -> EngineEvent: "health_status: healthy"
+    splits into action and detail; the container's name leaves the attributes (the labels)."""
+    action, _, detail = (raw.get("Action") or raw.get("status") or "").partition(":")
+    attrs = dict((raw.get("Actor") or {}).get("Attributes") or {})
+    return EngineEvent(action.strip(), detail.strip(), attrs.pop("name", ""), attrs,
+                       raw.get("timeNano", 0) / _NS or float(raw.get("time", 0)))
 
 
 def _stamp(at: float | None) -> str | None:

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -62,12 +62,16 @@ def lease_name(env: str) -> str:
 
 
 PATIENCE = 30.0  # how long a change waits for an agent's pass to end
+RETRY = 0.1  # between two attempts while an agent's pass holds the lock
+# How _acquire tells the time and waits: replaced by tests to order a waiting change deterministically.
+_clock: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], None] = time.sleep
 
 
 def _acquire(ledger: Ledger, app: str, env: str, reason: str, lease: float) -> Lock:
     from kiln.errors import LockHeld
 
-    deadline = time.monotonic() + PATIENCE
+    deadline = _clock() + PATIENCE
     while True:
         try:
             return ledger.acquire_lock(app, env, user=_user(), host=socket.gethostname(), pid=os.getpid(),
@@ -75,9 +79,9 @@ def _acquire(ledger: Ledger, app: str, env: str, reason: str, lease: float) -> L
         except LockHeld as exc:
             # An agent healing the environment is done in seconds; a deploy waits for it rather
             # than failing. Anything else (another deploy) fails at once.
-            if exc.lock.reason != AGENT or reason == AGENT or time.monotonic() > deadline:
+            if exc.lock.reason != AGENT or reason == AGENT or _clock() > deadline:
                 raise
-            time.sleep(0.1)
+            _sleep(RETRY)
 
 
 @contextmanager
