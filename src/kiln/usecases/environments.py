@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from kiln import git
 from kiln.bake.baker import bake
-from kiln.bake.git import checkout, commit_of, toplevel
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
 from kiln.ledger.store import MadeEnv, Release, now
@@ -186,12 +186,12 @@ def rebake(ctx: Context, loaded: LoadedSpec, release: Release) -> Artifact:
         raise KilnError(f"the image of {what} is gone and it was baked from a work tree with uncommitted "
                         f"changes (commit {release.commit[:12]} + changes never recorded), so its inputs cannot "
                         "be reproduced.", "Nothing can re-create it exactly.")
-    top = toplevel(loaded.root)
+    top = git.root(loaded.root)
     if top is None:
         raise UsageError(f"{loaded.path} is not in a git repository, so commit {release.commit[:12]} cannot be "
                          "checked out to rebake it.")
     ctx.out.step(f"The image of {what} is gone; rebaking it from commit {release.commit[:12]}")
-    with checkout(top, release.commit, ctx.settings.home / "tmp") as tree:
+    with git.checkout(top, release.commit, ctx.settings.home / "tmp") as tree:
         then = load_spec(tree / loaded.path.resolve().relative_to(top))
         image = bake(ctx.docker, then, ctx.out, ctx.settings.home / "tmp")
     if image.inputs_hash != release.inputs_hash:
@@ -227,13 +227,13 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
     """Bake commit `ref` from a clean checkout and run it in its own environment preview-SHA, with
     `base`'s overlay (default: the first environment), until `ttl` seconds from now."""
     app = loaded.spec.app
-    top = toplevel(loaded.root)
+    top = git.root(loaded.root)
     if top is None:
         raise UsageError(f"{loaded.path} is not in a git repository: a preview bakes a commit.")
-    sha = commit_of(top, ref)
+    _, sha = git.resolve_ref(top, ref)
     env = f"preview-{sha[:8]}"
     with locked(ctx, app, env, "preview"):
-        with checkout(top, sha, ctx.settings.home / "tmp") as tree:
+        with git.checkout(top, sha, ctx.settings.home / "tmp") as tree:
             then = load_spec(tree / loaded.path.resolve().relative_to(top))
             if then.spec.app != app:
                 raise UsageError(f"at {ref} kiln.yaml names app {then.spec.app!r}, not {app!r}.")
