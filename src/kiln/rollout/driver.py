@@ -24,7 +24,8 @@ from kiln.rollout.strategy import Sample, canary_weights, count, judge
 from kiln.router.base import Traffic
 from kiln.router.runtime import ServerStat
 from kiln.spec.models import Rollout as Policy
-from kiln.spec.models import SmokeCheck
+from kiln.spec.resolve import url_host
+from kiln.spec.smoke import SmokeCheck, check_problem
 
 PAUSED = "paused"
 SUCCEEDED = "succeeded"
@@ -127,8 +128,7 @@ class Driver:
     def _smoke(self, checks: tuple[SmokeCheck, ...]) -> str:
         cfg = self.target.cfg
         if cfg.preview_port:
-            host = "127.0.0.1" if cfg.bind in ("0.0.0.0", "") else cfg.bind
-            targets = [(f"preview port {cfg.preview_port}", host, cfg.preview_port)]
+            targets = [(f"preview port {cfg.preview_port}", url_host(cfg.bind), cfg.preview_port)]
         else:  # no preview port: each new instance directly, on the environment's network
             svc = cfg.public_service
             assert svc and svc.port
@@ -198,15 +198,12 @@ class Driver:
 
 
 def _smoke_problem(check: SmokeCheck, host: str, port: int) -> str | None:
+    """Send one check's request (once) and judge the answer."""
     try:
         status, body = probe.http_get(host, port, check.path, check.timeout)
     except (OSError, http.client.HTTPException) as exc:
-        return f"no answer ({exc.__class__.__name__}: {exc})"
-    if status != check.status:
-        return f"status {status}, expected {check.status}"
-    if check.body is not None and check.body not in body:
-        return f"the body does not contain {check.body!r} (it starts {body[:80]!r})"
-    return None
+        return check_problem(check, None, "", f"{exc.__class__.__name__}: {exc}")
+    return check_problem(check, status, body)
 
 
 def _sample(before: dict[str, ServerStat], now: dict[str, ServerStat], names: list[str]) -> Sample:

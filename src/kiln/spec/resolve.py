@@ -12,6 +12,12 @@ from kiln.errors import UsageError
 from kiln.spec.models import HealthCheck, Spec
 
 
+def url_host(bind: str) -> str:
+    """The host to reach a listener bound to `bind` at: itself, except that "any address"
+    (0.0.0.0, or empty) is reached on the loopback address."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+
+
 class Resolved(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -76,8 +82,7 @@ class EnvConfig(Resolved):
         return self._url(self.preview_port) if self.preview_port else None
 
     def _url(self, port: int) -> str:
-        host = "127.0.0.1" if self.bind in ("0.0.0.0", "") else self.bind
-        return f"http://{host}:{port}"
+        return f"http://{url_host(self.bind)}:{port}"
 
     def digest(self) -> str:
         return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()

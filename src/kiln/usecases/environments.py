@@ -7,7 +7,6 @@ resolved config is their release's, so every command that works on an environmen
 
 from __future__ import annotations
 
-import re
 import socket
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -20,8 +19,9 @@ from kiln.errors import KilnError, UsageError
 from kiln.ledger.store import MadeEnv, Release, now
 from kiln.spec.envdiff import KeyDiff, declared_keys, diff
 from kiln.spec.loader import LoadedSpec, load_spec
+from kiln.spec.models import NAME_RULE, valid_name
 from kiln.spec.models import Rollout as Policy
-from kiln.spec.resolve import EnvConfig, resolve
+from kiln.spec.resolve import EnvConfig, resolve, url_host
 from kiln.usecases.deploy import Artifact, Outcome, check_secrets, locked, policy_for, ship
 from kiln.usecases.destroy import destroy
 
@@ -203,9 +203,8 @@ def rebake(ctx: Context, loaded: LoadedSpec, release: Release) -> Artifact:
 
 
 def _check_new_env(ctx: Context, loaded: LoadedSpec, env: str) -> None:
-    if not re.fullmatch(r"[a-z][a-z0-9-]*", env) or len(env) > ENV_NAME_MAX:
-        raise UsageError(f"{env!r} is not a valid environment name: lowercase letters, digits and '-', "
-                         f"starting with a letter, at most {ENV_NAME_MAX} characters.")
+    if not valid_name(env, ENV_NAME_MAX):
+        raise UsageError(f"{env!r} is not a valid environment name: {NAME_RULE}, at most {ENV_NAME_MAX} characters.")
     if env in loaded.spec.environments:
         raise UsageError(f"{env!r} is declared in kiln.yaml; a re-created release goes to a new environment.",
                          "Choose another name with --env.")
@@ -215,7 +214,7 @@ def _check_new_env(ctx: Context, loaded: LoadedSpec, env: str) -> None:
 
 def free_port(bind: str) -> int:
     with socket.socket() as sock:
-        sock.bind((bind if bind not in ("0.0.0.0", "") else "127.0.0.1", 0))
+        sock.bind((url_host(bind), 0))
         return sock.getsockname()[1]
 
 
