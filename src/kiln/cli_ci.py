@@ -62,7 +62,7 @@ def ci_run(
 ) -> None:
     """Run the pipeline for one commit, as a server would: a clean checkout of the commit, bake,
     then the steps; every step's state, timing and log go to the ledger. Exit code 1 when it fails."""
-    from kiln.ci import git
+    from kiln import git
     from kiln.ci.runner import wait_and_run
     from kiln.ci.trigger import enqueue, spawn
 
@@ -204,7 +204,8 @@ def hook_install(
 ) -> None:
     """Write a post-receive hook: every push starts a run for each pushed ref (in the background;
     one run per ref at a time, a newer push supersedes the queued older one)."""
-    from kiln.ci import git, hook
+    from kiln import git
+    from kiln.ci import hook
 
     root = git.repo_root(repo.resolve())
     target = hook.install(root, spec, os.environ, force=force)
@@ -287,8 +288,7 @@ def serve(
     before, and queue a run for the pushed ref (401 and nothing runs when the check fails)."""
     import uvicorn
 
-    from kiln import secretref
-    from kiln.ci import git
+    from kiln import git, secretref
     from kiln.server.app import Config, make_app
 
     ctx = _ctx()

@@ -154,6 +154,7 @@ def preview(
     and is destroyed once its TTL ends: by `kiln agent` when one runs, or `kiln preview prune`."""
     if typer_ctx.invoked_subcommand is not None:
         return
+    from kiln.spec.resolve import EnvConfig
     from kiln.usecases.environments import preview as do_preview
 
     try:
@@ -165,7 +166,7 @@ def preview(
     start = time.monotonic()
     made, outcome = do_preview(ctx, loaded, ref, seconds, base, port)
     if json:
-        ctx.out.json({**made.summary(), "release": outcome.release.summary(), "url": f"http://127.0.0.1:{made.port}",
+        ctx.out.json({**made.summary(), "release": outcome.release.summary(), "url": EnvConfig.model_validate(outcome.release.config).url,
                       "seconds": round(time.monotonic() - start, 3)})
     else:
         report(ctx, outcome, loaded.spec.app, made.env, time.monotonic() - start, json)

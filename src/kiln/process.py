@@ -1,7 +1,9 @@
-"""The process runner: the one place kiln starts host programs. Commands are argv tuples."""
+"""The process runner: the one place kiln starts host programs (commands are argv tuples) and
+asks whether a process is still there."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -47,3 +49,30 @@ def stream(argv: Sequence[str], on_line: Callable[[str], None], cwd: Path | None
         on_line(line)
         tail = (tail + [line])[-20:]
     return Result(tuple(argv), proc.wait(), "", "\n".join(tail))
+
+
+def spawn_detached(argv: Sequence[str], log_file: Path) -> int:
+    """Start `argv` without waiting for it, in a session of its own (so it outlives the caller: a
+    git hook, a webhook request, a terminal), with no stdin and its stdout and stderr appended to
+    `log_file` (made with its parent directory if missing). Returns its pid. A missing program
+    raises FileNotFoundError: unlike `run`, nothing would ever report the failure otherwise."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as sink:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    return proc.pid
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this host may still run: False only when no such process exists.
+    One owned by another user is alive; so is a pid that names no single process (<= 0 would
+    signal a process group), since it cannot be checked. Sends nothing (signal 0)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only existence and permission are checked
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but belongs to another user
+        return True
+    return True

@@ -6,7 +6,6 @@ import pytest
 
 from kiln.ci.plan import (
     branch_of,
-    check_problem,
     command_argv,
     plan,
     queue_key,
@@ -16,7 +15,7 @@ from kiln.ci.plan import (
 from kiln.ci.trigger import pushed_refs
 from kiln.errors import SpecError
 from kiln.spec.loader import parse_spec
-from kiln.spec.pipeline import Check, Pipeline, Step, pipeline_problems
+from kiln.spec.pipeline import Pipeline, Step, pipeline_problems
 
 BASE = """
 app: shop
@@ -107,14 +106,6 @@ def test_plan_numbers_steps_and_groups_parallel_ones():
 def test_a_parallel_groups_filter_applies_to_its_steps():
     pipeline = Pipeline.model_validate({"steps": [{"parallel": [{"run": "a"}], "branches": ["main"]}]})
     assert plan(pipeline, "refs/heads/dev")[0][0].skip == "only for branch main"
-
-
-def test_smoke_check_verdicts():
-    check = Check(path="/health", status=200, body="ok")
-    assert check_problem(check, 200, "all ok") is None
-    assert check_problem(check, 503, "ok") == "status 503, expected 200"
-    assert check_problem(check, 200, "fine") == "the body does not contain 'ok'"
-    assert check_problem(check, None, "", "ConnectionRefusedError") == "no answer (ConnectionRefusedError)"
 
 
 def test_commands_and_pushed_refs():

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from kiln.bake.base import ensure_base
 from kiln.bake.context import hash_context, list_context, read_dockerignore
-from kiln.bake.git import git_state
 from kiln.bake.inputs import app_inputs_hash, render_dockerfile
 from kiln.bake.secrets import is_allowed, secret_reason
 from kiln.errors import BuildError, SecretInContext
+from kiln.git import git_state
 from kiln.output import Output
 from kiln.providers.base import Images
 from kiln.spec.loader import LoadedSpec

@@ -12,9 +12,8 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-from kiln import secretref
+from kiln import git, process, secretref
 from kiln.bake.baker import BakedImage, bake
-from kiln.ci import git
 from kiln.ci.logsink import StepLog, StepOutput
 from kiln.ci.plan import Planned, plan
 from kiln.ci.steps import Cancelled, StepContext, execute
@@ -58,13 +57,7 @@ def _dead(worker: str) -> bool:
     host, _, pid = worker.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not process.alive(int(pid))
 
 
 def execute_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
@@ -112,7 +105,7 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
     """(final state, reason)."""
     try:
         log.write(f"› cloning {run.repo} at {run.commit[:12]}")
-        git.checkout(run.repo, run.commit, work)
+        git.clone(run.repo, run.commit, work)
         loaded = load_spec(find_spec(work / run.spec))
         pipeline = _pipeline(loaded)
         store.update_run(run.id, app=loaded.spec.app)

@@ -3,10 +3,10 @@ hand it to a runner, in this process or in a detached `kiln ci work RUN`."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
+from kiln import process
 from kiln.ci.plan import queue_key
 from kiln.context import Context
 from kiln.ledger.ci_store import CiRun, CiStore
@@ -27,10 +27,7 @@ def spawn(ctx: Context, run_id: int) -> Path:
     """A detached runner for `run_id` (it outlives a git hook or a webhook request); its terminal
     output goes to KILN_HOME/ci/run-ID.out. Returns that file."""
     out = ctx.settings.home / "ci" / f"run-{run_id}.out"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "ab") as sink:
-        subprocess.Popen([sys.executable, "-m", "kiln", "ci", "work", str(run_id)], stdin=subprocess.DEVNULL,
-                         stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    process.spawn_detached((sys.executable, "-m", "kiln", "ci", "work", str(run_id)), out)
     return out
 
 

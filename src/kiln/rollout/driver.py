@@ -25,7 +25,7 @@ from kiln.rollout.strategy import Sample, canary_weights, count, judge
 from kiln.router.base import Router
 from kiln.router.runtime import ServerStat
 from kiln.spec.models import Rollout as Policy
-from kiln.spec.models import SmokeCheck
+from kiln.spec.smoke import SmokeCheck, check_problem
 
 PAUSED = "paused"
 SUCCEEDED = "succeeded"
@@ -204,15 +204,12 @@ class Driver:
 
 
 def _smoke_problem(check: SmokeCheck, get: Callable[[SmokeCheck], tuple[int, str]]) -> str | None:
+    """Send one check's request (once) and judge the answer."""
     try:
         status, body = get(check)
     except (OSError, http.client.HTTPException) as exc:
-        return f"no answer ({exc.__class__.__name__}: {exc})"
-    if status != check.status:
-        return f"status {status}, expected {check.status}"
-    if check.body is not None and check.body not in body:
-        return f"the body does not contain {check.body!r} (it starts {body[:80]!r})"
-    return None
+        return check_problem(check, None, "", f"{exc.__class__.__name__}: {exc}")
+    return check_problem(check, status, body)
 
 
 def _sample(before: dict[str, ServerStat], now: dict[str, ServerStat], names: list[str]) -> Sample:

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kiln import process
+
 if TYPE_CHECKING:  # SQLAlchemy costs ~0.3 s to import; callers already hold a Ledger
     from kiln.ledger.store import Ledger, Lock
 
@@ -44,13 +46,7 @@ def holder_alive(lock: Lock) -> bool:
     """Whether the lock's holder may still run. Only a process on this host can be checked."""
     if lock.host != socket.gethostname() or lock.pid <= 0:  # pid <= 0 would signal process groups
         return True
-    try:
-        os.kill(lock.pid, 0)  # signal 0: nothing is sent, only existence and permission are checked
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, but belongs to another user
-        return True
-    return True
+    return process.alive(lock.pid)
 
 
 AGENT = "agent"  # the reason an agent's reconcile pass gives: short, so others wait for it

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
-from kiln.spec.models import Spec
+from kiln.spec.models import NAME_MAX, NAME_RULE, Spec, valid_name
 from kiln.spec.pipeline import pipeline_problems
 
 Path = tuple[str | int, ...]
-_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
-_NAME_HINT = "use lowercase letters, digits and '-', starting with a letter, at most 31 characters"
+_NAME_HINT = f"use {NAME_RULE}, at most {NAME_MAX} characters"
 
 
 def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
-    if not _NAME.fullmatch(spec.app):
+    if not valid_name(spec.app):
         yield ("app",), f"{spec.app!r} is not a valid name; {_NAME_HINT}"
     for name in spec.services:
-        if not _NAME.fullmatch(name):
+        if not valid_name(name):
             yield ("services", name), f"service name {name!r} is not valid; {_NAME_HINT}"
     for name, env in spec.environments.items():
-        if not _NAME.fullmatch(name):
+        if not valid_name(name):
             yield ("environments", name), f"environment name {name!r} is not valid; {_NAME_HINT}"
         for svc in env.services:
             if svc not in spec.services:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -10,6 +11,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
 from kiln.spec.pipeline import Pipeline
+from kiln.spec.smoke import SmokeCheck
+
+NAME = re.compile(r"[a-z][a-z0-9-]*")  # app, service and environment names (they make container names)
+NAME_MAX = 31
+NAME_RULE = "lowercase letters, digits and '-', starting with a letter"
+
+
+def valid_name(name: str, longest: int = NAME_MAX) -> bool:
+    """Whether `name` may name an app, a service or an environment."""
+    return len(name) <= longest and NAME.fullmatch(name) is not None
 
 
 class Model(BaseModel):
@@ -79,21 +90,6 @@ def _count_or_percent(value: object) -> int | str:
 
 
 CountOrPercent = Annotated[int | str, BeforeValidator(_count_or_percent)]
-
-
-class SmokeCheck(Model):
-    """An HTTP request sent to the new release (blue-green: on the preview port) before it gets traffic."""
-
-    path: str = Field("/", description="path to GET, e.g. /health")
-    status: int = Field(200, ge=100, le=599, description="expected HTTP status")
-    body: str | None = Field(None, description="text the response body must contain")
-    timeout: Duration = Field(5.0, description="time the request may take")
-
-    @model_validator(mode="after")
-    def _path(self) -> SmokeCheck:
-        if not self.path.startswith("/"):
-            raise ValueError(f"smoke check path must start with '/', e.g. /{self.path}")
-        return self
 
 
 class CanaryStep(Model):

@@ -1,6 +1,7 @@
 """The `pipeline` section of kiln.yaml: what `kiln ci run` does with each commit.
 
-Imports nothing of spec/models.py (which imports this module for its `pipeline` field)."""
+Imports nothing of spec/models.py (which imports this module for its `pipeline` field). A smoke
+step's `Check` is spec/smoke.py's, shared with the rollout's smoke checks."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
+from kiln.spec.smoke import Check
 
 KINDS = ("run", "deploy", "promote", "smoke", "parallel")
 RUN_ONLY = ("environment", "services", "timeout")
@@ -18,21 +20,6 @@ RUN_ONLY = ("environment", "services", "timeout")
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class Check(_Model):
-    """An HTTP request sent to an environment's public URL; retried until it passes or `within` ends."""
-
-    path: str = Field("/", description="path to GET, e.g. /health")
-    status: int = Field(200, ge=100, le=599, description="expected HTTP status")
-    body: str | None = Field(None, description="text the response body must contain")
-    within: Duration = Field(10.0, description="how long the check may keep failing before the step fails")
-
-    @model_validator(mode="after")
-    def _path(self) -> Check:
-        if not self.path.startswith("/"):
-            raise ValueError(f"check path must start with '/', e.g. /{self.path}")
-        return self
 
 
 class Promote(_Model):

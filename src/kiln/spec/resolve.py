@@ -13,6 +13,12 @@ from kiln.errors import LedgerError, UsageError
 from kiln.spec.models import HealthCheck, Spec
 
 
+def url_host(bind: str) -> str:
+    """The host to reach a listener bound to `bind` at: itself, except that "any address"
+    (0.0.0.0, or empty) is reached on the loopback address."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+
+
 class Resolved(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -99,11 +105,6 @@ class EnvConfig(Resolved):
         if data["engine"] == "docker":
             del data["engine"]  # the default: digests of releases recorded before engines existed stay valid
         return hashlib.sha256(canonical_json(data).encode()).hexdigest()
-
-
-def url_host(bind: str) -> str:
-    """Where a client on this host reaches a listener bound to `bind` (any address: loopback)."""
-    return "127.0.0.1" if bind in ("0.0.0.0", "") else bind
 
 
 def canonical_json(value: object) -> str:

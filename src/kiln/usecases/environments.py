@@ -7,22 +7,22 @@ resolved config is their release's, so every command that works on an environmen
 
 from __future__ import annotations
 
-import re
 import socket
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from kiln import git
 from kiln.bake.baker import bake
-from kiln.bake.git import checkout, commit_of, toplevel
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
 from kiln.ledger.store import MadeEnv, Release, now
 from kiln.providers.base import INSTANCE, selector
 from kiln.spec.envdiff import KeyDiff, declared_keys, diff
 from kiln.spec.loader import LoadedSpec, load_spec
+from kiln.spec.models import NAME_RULE, valid_name
 from kiln.spec.models import Rollout as Policy
-from kiln.spec.resolve import EnvConfig, resolve
+from kiln.spec.resolve import EnvConfig, resolve, url_host
 from kiln.usecases.deploy import Artifact, Outcome, check_secrets, locked, policy_for, ship
 from kiln.usecases.destroy import destroy
 
@@ -197,12 +197,12 @@ def rebake(ctx: Context, loaded: LoadedSpec, release: Release) -> Artifact:
         raise KilnError(f"the image of {what} is gone and it was baked from a work tree with uncommitted "
                         f"changes (commit {release.commit[:12]} + changes never recorded), so its inputs cannot "
                         "be reproduced.", "Nothing can re-create it exactly.")
-    top = toplevel(loaded.root)
+    top = git.root(loaded.root)
     if top is None:
         raise UsageError(f"{loaded.path} is not in a git repository, so commit {release.commit[:12]} cannot be "
                          "checked out to rebake it.")
     ctx.out.step(f"The image of {what} is gone; rebaking it from commit {release.commit[:12]}")
-    with checkout(top, release.commit, ctx.settings.home / "tmp") as tree:
+    with git.checkout(top, release.commit, ctx.settings.home / "tmp") as tree:
         then = load_spec(tree / loaded.path.resolve().relative_to(top))
         image = bake(ctx.engine_for(EnvConfig.recorded(release.config)), then, ctx.out, ctx.settings.home / "tmp")
     if image.inputs_hash != release.inputs_hash:
@@ -214,9 +214,8 @@ def rebake(ctx: Context, loaded: LoadedSpec, release: Release) -> Artifact:
 
 
 def _check_new_env(ctx: Context, loaded: LoadedSpec, env: str) -> None:
-    if not re.fullmatch(r"[a-z][a-z0-9-]*", env) or len(env) > ENV_NAME_MAX:
-        raise UsageError(f"{env!r} is not a valid environment name: lowercase letters, digits and '-', "
-                         f"starting with a letter, at most {ENV_NAME_MAX} characters.")
+    if not valid_name(env, ENV_NAME_MAX):
+        raise UsageError(f"{env!r} is not a valid environment name: {NAME_RULE}, at most {ENV_NAME_MAX} characters.")
     if env in loaded.spec.environments:
         raise UsageError(f"{env!r} is declared in kiln.yaml; a re-created release goes to a new environment.",
                          "Choose another name with --env.")
@@ -226,7 +225,7 @@ def _check_new_env(ctx: Context, loaded: LoadedSpec, env: str) -> None:
 
 def free_port(bind: str) -> int:
     with socket.socket() as sock:
-        sock.bind((bind if bind not in ("0.0.0.0", "") else "127.0.0.1", 0))
+        sock.bind((url_host(bind), 0))
         return sock.getsockname()[1]
 
 
@@ -238,13 +237,13 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
     """Bake commit `ref` from a clean checkout and run it in its own environment preview-SHA, with
     `base`'s overlay (default: the first environment), until `ttl` seconds from now."""
     app = loaded.spec.app
-    top = toplevel(loaded.root)
+    top = git.root(loaded.root)
     if top is None:
         raise UsageError(f"{loaded.path} is not in a git repository: a preview bakes a commit.")
-    sha = commit_of(top, ref)
+    _, sha = git.resolve_ref(top, ref)
     env = f"preview-{sha[:8]}"
     with locked(ctx, app, env, "preview"):
-        with checkout(top, sha, ctx.settings.home / "tmp") as tree:
+        with git.checkout(top, sha, ctx.settings.home / "tmp") as tree:
             then = load_spec(tree / loaded.path.resolve().relative_to(top))
             if then.spec.app != app:
                 raise UsageError(f"at {ref} kiln.yaml names app {then.spec.app!r}, not {app!r}.")
