@@ -217,8 +217,8 @@ def releases(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = 
     """List the environment's releases, newest first."""
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    rels = ctx.ledger.releases(cfg.app, cfg.env, limit)
-    states = ctx.ledger.release_states(cfg.app, cfg.env)
+    rels = ctx.ledger.releases.of(cfg.app, cfg.env, limit)
+    states = ctx.ledger.releases.states(cfg.app, cfg.env)
     if json:
         ctx.out.json([{**r.summary(), "state": states.get(r.number, "recorded")} for r in rels])
         return
@@ -280,7 +280,7 @@ def rollout_list(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOp
     """List the environment's rollouts, newest first: strategy, outcome, duration."""
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    rollouts = ctx.ledger.rollouts(cfg.app, cfg.env, limit=limit)
+    rollouts = ctx.ledger.rollouts.of(cfg.app, cfg.env, limit=limit)
     if json:
         ctx.out.json([_rollout_doc(r) for r in rollouts])
         return
@@ -316,11 +316,11 @@ def rollout_show(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOp
     """Show a rollout: from/to release, outcome, reason and every step."""
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    rollouts = ctx.ledger.rollouts(cfg.app, cfg.env, limit=1000)
+    rollouts = ctx.ledger.rollouts.of(cfg.app, cfg.env, limit=1000)
     chosen = next((r for r in rollouts if rollout_id is None or r.id == rollout_id), None)
     if chosen is None:
         raise UsageError(f"no rollout {rollout_id if rollout_id else ''} in {cfg.app}/{cfg.env}.".replace("  ", " "))
-    steps = _with_durations(ctx.ledger.steps(chosen.id))
+    steps = _with_durations(ctx.ledger.rollouts.steps(chosen.id))
     doc = {**_rollout_doc(chosen), "steps": steps}
     if json:
         ctx.out.json(doc)
@@ -459,14 +459,14 @@ def events(
             else:
                 ctx.out.print(f"{e['at'][:19].replace('T', ' ')}  {e['env']:<12} {e['kind']:<18} {escape(e['message'])}")
 
-    batch = ctx.ledger.events(loaded.spec.app, env_name, limit=limit)
+    batch = ctx.ledger.events.of(loaded.spec.app, env_name, limit=limit)
     show(batch)
-    newest = batch or ctx.ledger.events(loaded.spec.app, env_name, limit=1)  # -n 0: follow from now
+    newest = batch or ctx.ledger.events.of(loaded.spec.app, env_name, limit=1)  # -n 0: follow from now
     last = newest[-1]["id"] if newest else 0
     try:
         while follow:
             time.sleep(0.5)
-            batch = ctx.ledger.events(loaded.spec.app, env_name, after=last, limit=None)
+            batch = ctx.ledger.events.of(loaded.spec.app, env_name, after=last, limit=None)
             show(batch)
             last = batch[-1]["id"] if batch else last
     except KeyboardInterrupt:
@@ -481,11 +481,11 @@ def lock_status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt
     A lock whose lease expired (its holder stopped heartbeating) is taken over by the next kiln."""
     from rich.markup import escape
 
-    from kiln.ledger.store import now
+    from kiln.ledger.db import now
 
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    lock = ctx.ledger.lock(cfg.app, cfg.env)
+    lock = ctx.ledger.locks.get(cfg.app, cfg.env)
     at = now()
     if json:
         ctx.out.json({**lock.summary(), "expired": lock.expired(at)} if lock else None)
@@ -519,7 +519,7 @@ def lock_release(
     is taken over without this command."""
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    lock = ctx.ledger.lock(cfg.app, cfg.env)
+    lock = ctx.ledger.locks.get(cfg.app, cfg.env)
     if lock is None:
         ctx.out.done(f"{cfg.app}/{cfg.env} is not locked; nothing to release")
         return
@@ -528,9 +528,9 @@ def lock_release(
                          "releasing the lock of a holder that still runs lets two rollouts run at once.",
                          f"Check that process is gone (`kiln lock status -e {cfg.env}`), then run "
                          f"`kiln lock release --force -e {cfg.env}`.")
-    from kiln.ledger.store import now
+    from kiln.ledger.db import now
 
-    gone = ctx.ledger.force_release(cfg.app, cfg.env)
+    gone = ctx.ledger.locks.force_release(cfg.app, cfg.env)
     if gone is None:
         ctx.out.done(f"{cfg.app}/{cfg.env} is not locked; nothing to release")
         return

@@ -37,14 +37,14 @@ def world(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
 
     def release(image: str) -> Target:
-        return Target.of(ledger.record_release(
+        return Target.of(ledger.releases.record(
             app="shop", env="prod", image=image, image_tag="t", inputs_hash="h", config=cfg.model_dump(mode="json"),
             config_digest=cfg.digest(), spec_digest="s", commit=None, dirty=False))
 
     def run(target: Target, policy: Rollout, start_at: int = 0) -> tuple[str, Driver]:
         progress = Progress(phases(policy, policy.before_traffic is not None, policy.after_traffic is not None),
                             start_at, policy)
-        rollout = ledger.start_rollout("shop", "prod", None, target.release.number, policy.strategy, progress.data())
+        rollout = ledger.rollouts.start("shop", "prod", None, target.release.number, policy.strategy, progress.data())
         ex = Executor(runtime, router, ledger, Output(quiet=True), rollout.id, probe=lambda svc, c: runtime.healthy(c.name))
         driver = Driver(runtime, router, ledger, Output(quiet=True), rollout.id, target, ex)
         return driver.run(progress), driver
@@ -73,7 +73,7 @@ def test_blue_green_starts_idle_then_switches_in_one_move_then_retires_the_old(w
     assert sorted(weights) == sorted([f"{n}=100" for n in new] + [f"{o}=0" for o in old])
     first_removal = next(i for i, (verb, _) in enumerate(router.log) if verb == "remove")
     assert all(verb != "weight" for verb, _ in router.log[first_removal:])
-    assert ledger.rollout(driver.rollout_id).phase == "done"
+    assert ledger.rollouts.get(driver.rollout_id).phase == "done"
 
 
 def test_manual_blue_green_pauses_with_both_sets_and_no_traffic_moved(world):
@@ -84,7 +84,7 @@ def test_manual_blue_green_pauses_with_both_sets_and_no_traffic_moved(world):
     new = web(runtime, "sha256:2")
     assert {n: router.weights[n] for n in new} == dict.fromkeys(new, 0)
     assert {o: router.weights[o] for o in old} == dict.fromkeys(old, 100)
-    assert ledger.rollout(driver.rollout_id).phase == "promotion"
+    assert ledger.rollouts.get(driver.rollout_id).phase == "promotion"
 
 
 def test_blue_green_keep_old_leaves_the_old_set_idle(world):
@@ -92,7 +92,7 @@ def test_blue_green_keep_old_leaves_the_old_set_idle(world):
     old = set(router.added)
     _, driver = run(release("sha256:2"), Rollout(strategy="blue-green", keep_old=600))
     assert old <= set(runtime.specs) and {o: router.weights[o] for o in old} == dict.fromkeys(old, 0)
-    assert sorted(ledger.rollout(driver.rollout_id).data["kept"]) == sorted(old)
+    assert sorted(ledger.rollouts.get(driver.rollout_id).data["kept"]) == sorted(old)
 
 
 def test_canary_steps_raise_the_new_share(world):

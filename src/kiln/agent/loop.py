@@ -105,7 +105,7 @@ class Agent:
         self.leads[env] = _Lead(stack, held)
         self.standby_said.discard(env)
         self.reconcilers[env].engine_restarted()  # a new leader looks at everything afresh
-        self.ctx.ledger.event(self.app, env, "agent.leading", f"agent {held.lock.holder} watches {self.app}/{env}")
+        self.ctx.ledger.events.record(self.app, env, "agent.leading", f"agent {held.lock.holder} watches {self.app}/{env}")
         self.ctx.out.step(f"{self.app}/{env}: watching (agent {held.lock.holder})")
         return True
 
@@ -113,7 +113,7 @@ class Agent:
         lead = self.leads.pop(env)
         lead.stack.close()
         try:
-            self.ctx.ledger.event(self.app, env, "agent.resigned", f"agent {lead.held.lock.holder} {why}")
+            self.ctx.ledger.events.record(self.app, env, "agent.resigned", f"agent {lead.held.lock.holder} {why}")
         except KilnError:
             pass  # the ledger is unreachable: the lease simply runs out
 

@@ -16,7 +16,8 @@ from datetime import timedelta
 from kiln.agent.guard import Health, halted, judge, limit
 from kiln.context import Context
 from kiln.errors import FactsChanged, KilnError, LockHeld
-from kiln.ledger.store import Release, now
+from kiln.ledger.db import now
+from kiln.ledger.releases import Release
 from kiln.providers.base import ContainerFacts, EngineEvent
 from kiln.rollout.driver import PAUSED
 from kiln.rollout.executor import Executor, Target
@@ -75,7 +76,7 @@ class Reconciler:
         """One pass; returns what it did, or "" when the environment was as it should be."""
         ctx = self.ctx
         self.again = False
-        release = ctx.ledger.current_release(self.app, self.env)
+        release = ctx.ledger.releases.current(self.app, self.env)
         if release is None:
             return ""
         try:
@@ -99,7 +100,7 @@ class Reconciler:
             prepare(ctx, cfg)
             self._event("agent.router", f"router {router.name} was {facts.state if facts else 'missing'}; restarted it")
             said.append("restarted the router")
-        if any(r.state != PAUSED for r in ctx.ledger.unfinished_rollouts(app, env)):
+        if any(r.state != PAUSED for r in ctx.ledger.rollouts.unfinished(app, env)):
             settle(ctx, router, drop_paused=False)
             return "settled a rollout a killed kiln left unfinished"
         if mem.fresh:
@@ -203,7 +204,7 @@ class Reconciler:
 
     def _halted(self, cfg: EnvConfig) -> bool:
         window = self.policy.meltdown.window
-        failures = len(self.ctx.ledger.events(self.app, self.env, kinds=(FAILED,), limit=None,
+        failures = len(self.ctx.ledger.events.of(self.app, self.env, kinds=(FAILED,), limit=None,
                                               since=now() - timedelta(seconds=window)))
         instances = sum(s.replicas for s in cfg.services)
         stop = halted(failures, self.policy.meltdown, instances)
@@ -223,12 +224,12 @@ class Reconciler:
         return stop
 
     def _halted_on_record(self) -> bool:
-        last = self.ctx.ledger.events(self.app, self.env, kinds=("agent.halted", "agent.resumed"), limit=1)
+        last = self.ctx.ledger.events.of(self.app, self.env, kinds=("agent.halted", "agent.resumed"), limit=1)
         return bool(last) and last[-1]["kind"] == "agent.halted"
 
     def _paused_instances(self, containers: list[ContainerFacts]) -> frozenset[str]:
         """Instances of a blue-green release waiting for `kiln promote`: that rollout owns them."""
-        waiting = {str(r.to_release) for r in self.ctx.ledger.unfinished_rollouts(self.app, self.env)
+        waiting = {str(r.to_release) for r in self.ctx.ledger.rollouts.unfinished(self.app, self.env)
                    if r.state == PAUSED}
         return frozenset(c.name for c in containers if c.label("release") in waiting)
 
@@ -237,4 +238,4 @@ class Reconciler:
             self._event(f"agent.{action.lower()}", f"{target}: {state}" + (f" ({detail})" if detail else ""))
 
     def _event(self, kind: str, message: str) -> None:
-        self.ctx.ledger.event(self.app, self.env, kind, message)
+        self.ctx.ledger.events.record(self.app, self.env, kind, message)

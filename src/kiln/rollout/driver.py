@@ -65,16 +65,16 @@ class Driver:
         """Run phases from progress.index on; returns "succeeded" or "paused" (awaiting promotion)."""
         while progress.index < len(progress.phases):
             phase = progress.phases[progress.index]
-            self.ledger.set_rollout_phase(self.rollout_id, phase, progress.data())
+            self.ledger.rollouts.set_phase(self.rollout_id, phase, progress.data())
             if phase == "promotion":
                 self.out.done(f"v{self.target.release.number} is healthy and waits on {self.target.cfg.preview_url}; "
                               "`kiln promote` switches traffic to it, `kiln rollback` drops it")
                 return PAUSED
-            self.ledger.record_step(self.rollout_id, "Phase", phase, "started")
+            self.ledger.rollouts.record_step(self.rollout_id, "Phase", phase, "started")
             detail = self._phase(phase, progress)
-            self.ledger.record_step(self.rollout_id, "Phase", phase, "done", detail)
+            self.ledger.rollouts.record_step(self.rollout_id, "Phase", phase, "done", detail)
             progress.index += 1
-        self.ledger.set_rollout_phase(self.rollout_id, "done", progress.data())
+        self.ledger.rollouts.set_phase(self.rollout_id, "done", progress.data())
         return SUCCEEDED
 
     def _phase(self, phase: str, progress: Progress) -> str:
@@ -176,7 +176,7 @@ class Driver:
         if policy.strategy == "blue-green" and policy.keep_old > 0 and old:
             keep = frozenset(old)
             progress.extra.update(kept=sorted(keep), keep_until=datetime.now(UTC).timestamp() + policy.keep_old)
-            self.ledger.set_rollout_phase(self.rollout_id, "switch", progress.data())
+            self.ledger.rollouts.set_phase(self.rollout_id, "switch", progress.data())
             self.out.step(f"the old set stays running, idle, for {policy.keep_old:g}s so that `kiln rollback` is instant")
         # Old instances now take no traffic: retiring them only waits for their in-flight requests.
         self.ex.converge(self.target, self.target.desired(keep=keep))

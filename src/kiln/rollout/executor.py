@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from kiln import faults, probe
 from kiln.errors import LockLost, RolloutError
-from kiln.ledger.store import Ledger, Release
+from kiln.ledger.releases import Release
+from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.base import ContainerFacts, Runtime
 from kiln.rollout.instances import instance_spec, new_instance_name
@@ -69,7 +70,7 @@ class Executor:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
         self.probe = probe or health_check
         self.rollout_id = rollout_id
-        self.journal: Journal = journal or (lambda *entry: ledger.record_step(rollout_id, *entry))
+        self.journal: Journal = journal or (lambda *entry: ledger.rollouts.record_step(rollout_id, *entry))
         self.watch = watch  # sees every observation of converge(); may raise to stop it
         self.lost_lock = lost_lock
         self.targets: dict[int, Target] = {}

@@ -16,6 +16,6 @@ def destroy(ctx: Context, app: str, env: str) -> int:
         ctx.out.step(f"removed {c.name}")
     ctx.docker.remove_network(network_name(app, env))
     shutil.rmtree(ctx.settings.router_dir(app, env), ignore_errors=True)
-    ctx.ledger.forget_environment(app, env)  # an environment kiln made (recreated, preview) is gone
-    ctx.ledger.event(app, env, "destroyed", f"removed {len(containers)} containers and the network")
+    ctx.ledger.environments.forget(app, env)  # an environment kiln made (recreated, preview) is gone
+    ctx.ledger.events.record(app, env, "destroyed", f"removed {len(containers)} containers and the network")
     return len(containers)

@@ -17,7 +17,9 @@ from kiln.bake.baker import bake
 from kiln.bake.git import checkout, commit_of, toplevel
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
-from kiln.ledger.store import MadeEnv, Release, now
+from kiln.ledger.db import now
+from kiln.ledger.environments import MadeEnv
+from kiln.ledger.releases import Release
 from kiln.spec.envdiff import KeyDiff, declared_keys, diff
 from kiln.spec.loader import LoadedSpec, load_spec
 from kiln.spec.models import Rollout as Policy
@@ -36,10 +38,10 @@ def config_of(ctx: Context, loaded: LoadedSpec, env: str) -> EnvConfig:
     made) the config of its release in service."""
     if env in loaded.spec.environments:
         return resolve(loaded.spec, env)
-    made = ctx.ledger.made_environment(loaded.spec.app, env)
-    release = ctx.ledger.current_release(loaded.spec.app, env) if made else None
+    made = ctx.ledger.environments.get(loaded.spec.app, env)
+    release = ctx.ledger.releases.current(loaded.spec.app, env) if made else None
     if release is None:
-        known = list(loaded.spec.environments) + [m.env for m in ctx.ledger.made_environments(loaded.spec.app)]
+        known = list(loaded.spec.environments) + [m.env for m in ctx.ledger.environments.of(loaded.spec.app)]
         raise UsageError(f"unknown environment {env!r}.", f"Environments: {', '.join(known)}.")
     return EnvConfig.model_validate(release.config)
 
@@ -47,10 +49,10 @@ def config_of(ctx: Context, loaded: LoadedSpec, env: str) -> EnvConfig:
 def listing(ctx: Context, loaded: LoadedSpec) -> list[dict[str, Any]]:
     """Every environment: declared ones in kiln.yaml's order, then those kiln made."""
     app = loaded.spec.app
-    made = {m.env: m for m in ctx.ledger.made_environments(app)}
+    made = {m.env: m for m in ctx.ledger.environments.of(app)}
     out = []
     for env in list(loaded.spec.environments) + sorted(made):
-        release = ctx.ledger.current_release(app, env)
+        release = ctx.ledger.releases.current(app, env)
         cfg = EnvConfig.model_validate(release.config) if release else resolve(loaded.spec, env)
         m = made.get(env)
         out.append({"env": env, "kind": m.kind if m else "declared", "url": cfg.url,
@@ -63,7 +65,7 @@ def listing(ctx: Context, loaded: LoadedSpec) -> list[dict[str, Any]]:
 
 def show(ctx: Context, loaded: LoadedSpec, env: str) -> dict[str, Any]:
     cfg = config_of(ctx, loaded, env)
-    release = ctx.ledger.current_release(cfg.app, env)
+    release = ctx.ledger.releases.current(cfg.app, env)
     return {"env": env, "config": cfg.model_dump(mode="json"), "config_digest": cfg.digest(),
             "release": release.summary() if release else None,
             "declared": sorted(declared_keys(loaded.spec, env))}
@@ -101,7 +103,7 @@ def compare(ctx: Context, loaded: LoadedSpec, a: str, b: str) -> EnvDiff:
     """What the two environments run (their releases in service), key by key."""
     sides = []
     for env in (a, b):
-        release = ctx.ledger.current_release(loaded.spec.app, env)
+        release = ctx.ledger.releases.current(loaded.spec.app, env)
         cfg = EnvConfig.model_validate(release.config) if release else config_of(ctx, loaded, env)
         running: dict[str, int] = {}
         for c in ctx.docker.containers({"kiln.app": cfg.app, "kiln.env": env, "kiln.role": "instance"}):
@@ -130,7 +132,7 @@ def promote_artifact(ctx: Context, loaded: LoadedSpec, source: str, target: str,
         raise UsageError(f"{target!r} is not an environment of kiln.yaml; promotion goes to a declared one.",
                          f"Declared: {', '.join(loaded.spec.environments)}.")
     config_of(ctx, loaded, source)  # an unknown source fails here, naming the environments there are
-    serving = ctx.ledger.current_release(app, source)
+    serving = ctx.ledger.releases.current(app, source)
     if serving is None:
         raise UsageError(f"{app}/{source} has no release in service, so there is nothing to promote.",
                          f"Deploy it first: `kiln deploy -e {source}`.")
@@ -145,7 +147,7 @@ def promote_artifact(ctx: Context, loaded: LoadedSpec, source: str, target: str,
                             origin=f"promoted from {source} v{serving.number}")
         ctx.out.step(f"Promoting {source} v{serving.number} ({serving.image[:19]}) to {target}")
         outcome = ship(ctx, cfg, artifact, loaded.digest, policy)
-    ctx.ledger.event(app, target, "promoted", f"{source} v{serving.number} → {target} v{outcome.release.number}")
+    ctx.ledger.events.record(app, target, "promoted", f"{source} v{serving.number} → {target} v{outcome.release.number}")
     return outcome
 
 
@@ -159,7 +161,7 @@ def recreate(ctx: Context, loaded: LoadedSpec, number: int, source: str, new_env
     the same resolved config, on its own network and router port."""
     app = loaded.spec.app
     _check_new_env(ctx, loaded, new_env)
-    release = ctx.ledger.release(app, source, number)
+    release = ctx.ledger.releases.get(app, source, number)
     if release is None:
         raise UsageError(f"{app}/{source} has no release v{number}.", f"`kiln releases -e {source}` lists them.")
     old = EnvConfig.model_validate(release.config)
@@ -171,7 +173,7 @@ def recreate(ctx: Context, loaded: LoadedSpec, number: int, source: str, new_env
             artifact = Artifact(release.image, release.image_tag, release.inputs_hash, release.commit, release.dirty)
         else:
             artifact = rebake(ctx, loaded, release)
-        ctx.ledger.record_environment(app, new_env, "recreated", cfg.port, origin)
+        ctx.ledger.environments.record(app, new_env, "recreated", cfg.port, origin)
         # A plain rolling start: nothing serves in a new environment yet, so there is nothing to shield.
         return ship(ctx, cfg, replace(artifact, origin=f"recreated from {origin}"), release.spec_digest, Policy())
 
@@ -209,7 +211,7 @@ def _check_new_env(ctx: Context, loaded: LoadedSpec, env: str) -> None:
     if env in loaded.spec.environments:
         raise UsageError(f"{env!r} is declared in kiln.yaml; a re-created release goes to a new environment.",
                          "Choose another name with --env.")
-    if ctx.ledger.made_environment(loaded.spec.app, env) is not None:
+    if ctx.ledger.environments.get(loaded.spec.app, env) is not None:
         raise UsageError(f"environment {env!r} already exists.", f"Remove it first: `kiln destroy -e {env}`.")
 
 
@@ -241,17 +243,17 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
             if base_env not in then.spec.environments:
                 raise UsageError(f"kiln.yaml at {ref} has no environment {base_env!r}.")
             image = bake(ctx.docker, then, ctx.out, ctx.settings.home / "tmp")
-        made = ctx.ledger.made_environment(app, env)
+        made = ctx.ledger.environments.get(app, env)
         cfg = resolve(then.spec, base_env).model_copy(update={
             "env": env, "port": port or (made.port if made else free_port(then.spec.environments[base_env].bind)),
             "preview_port": None})
         check_secrets(ctx, cfg)
-        made = ctx.ledger.record_environment(app, env, "preview", cfg.port, f"ref {ref} ({sha[:12]})",
+        made = ctx.ledger.environments.record(app, env, "preview", cfg.port, f"ref {ref} ({sha[:12]})",
                                              expires_at=now() + timedelta(seconds=ttl))
         artifact = Artifact(image.id, image.tag, image.inputs_hash, sha, False, origin=f"preview of {ref}")
         outcome = ship(ctx, cfg, artifact, then.digest, Policy())
         # Its time counts from when it serves (recorded before too, so that a failed start is pruned).
-        made = ctx.ledger.record_environment(app, env, "preview", cfg.port, made.origin,
+        made = ctx.ledger.environments.record(app, env, "preview", cfg.port, made.origin,
                                              expires_at=now() + timedelta(seconds=ttl))
     return made, outcome
 
@@ -259,12 +261,12 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
 def prune_previews(ctx: Context, app: str, everything: bool = False) -> list[str]:
     """Destroy previews whose time is up (all of them with `everything`); returns their names."""
     gone = []
-    for made in ctx.ledger.made_environments(app):
+    for made in ctx.ledger.environments.of(app):
         if made.kind != "preview" or not (everything or (made.expires_at and made.expires_at <= now())):
             continue
         with locked(ctx, app, made.env, "preview prune"):
             destroy(ctx, app, made.env)
-        ctx.ledger.event(app, made.env, "preview.pruned", f"{made.env} ({made.origin}) removed"
+        ctx.ledger.events.record(app, made.env, "preview.pruned", f"{made.env} ({made.origin}) removed"
                          + ("" if everything else f"; it expired at {made.expires_at:%Y-%m-%d %H:%M:%S} UTC"))
         gone.append(made.env)
     return gone

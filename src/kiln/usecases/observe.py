@@ -6,7 +6,7 @@ from typing import Any
 
 from kiln.context import Context
 from kiln.errors import RouterError
-from kiln.ledger.store import now
+from kiln.ledger.db import now
 from kiln.rollout.lock import lease_name
 from kiln.router.haproxy import router_name
 from kiln.router.runtime import ServerStat
@@ -15,7 +15,7 @@ from kiln.usecases.deploy import router_for
 
 
 def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
-    release = ctx.ledger.current_release(cfg.app, cfg.env)
+    release = ctx.ledger.releases.current(cfg.app, cfg.env)
     containers = ctx.docker.containers({"kiln.app": cfg.app, "kiln.env": cfg.env})
     router = next((c for c in containers if c.name == router_name(cfg.app, cfg.env)), None)
     servers: dict[str, ServerStat] = {}
@@ -47,7 +47,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         "preview_url": served.preview_url,
         "router": {"state": router.state if router else "absent", "name": router_name(cfg.app, cfg.env)},
         "waiting": [{"rollout": r.id, "release": r.to_release, "state": r.state, "phase": r.phase}
-                    for r in ctx.ledger.unfinished_rollouts(cfg.app, cfg.env)],
+                    for r in ctx.ledger.rollouts.unfinished(cfg.app, cfg.env)],
         "instances": instances,
         "relaxations": {s.name: s.relaxations for s in served.services if s.relaxations},
         "agent": agent_state(ctx, cfg.app, cfg.env),
@@ -56,9 +56,9 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
 
 def agent_state(ctx: Context, app: str, env: str) -> dict[str, Any]:
     """Which agent watches app/env, and whether its meltdown guard halted self-healing."""
-    lease = ctx.ledger.lock(app, lease_name(env))
+    lease = ctx.ledger.locks.get(app, lease_name(env))
     leader = lease.holder if lease and not lease.expired(now()) else None
-    last = ctx.ledger.events(app, env, kinds=("agent.halted", "agent.resumed"), limit=1)
+    last = ctx.ledger.events.of(app, env, kinds=("agent.halted", "agent.resumed"), limit=1)
     halted = bool(last) and last[-1]["kind"] == "agent.halted"
     return {"leader": leader, "healing": "halted" if halted else "active",
             "halted": {"at": last[-1]["at"], "why": last[-1]["message"]} if halted else None}
