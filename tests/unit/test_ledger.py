@@ -174,8 +174,6 @@ def test_reopening_an_existing_ledger(tmp_path):
 
 
 def test_unusable_url_is_a_ledger_error(tmp_path):
-
-
     with pytest.raises(LedgerError):
         Ledger("notadialect://x")
 
@@ -285,3 +283,57 @@ def test_made_environments_pins_and_release_origin(ledger):
                                 origin="promoted from staging v4")
     assert ledger.releases.get("shop", "prod", rel.number).origin == "promoted from staging v4"
     assert ledger.releases.environments("shop") == ["prod"]
+
+
+# --- stored names ---------------------------------------------------------------------------------
+
+
+def test_stored_names_keep_their_values():
+    """What ledgers already hold: renaming a constant or a class must not change these."""
+    from kiln.ledger import kinds
+
+    assert {k: v for k, v in vars(kinds).items() if k.isupper() and isinstance(v, str)} == {
+        "RUNNING": "running", "PAUSED": "paused", "SUCCEEDED": "succeeded", "ABORTED": "aborted",
+        "STEP_START": "Start", "STEP_AWAIT_HEALTHY": "AwaitHealthy", "STEP_ROUTE": "Route",
+        "STEP_UNROUTE": "Unroute", "STEP_REMOVE": "Remove", "STEP_PHASE": "Phase",
+        "ROLLOUT_STARTED": "rollout.started", "ROLLOUT_RESUMED": "rollout.resumed",
+        "ROLLOUT_PAUSED": "rollout.paused", "ROLLOUT_SUCCEEDED": "rollout.succeeded",
+        "ROLLOUT_ABORTED": "rollout.aborted",
+        "PROMOTED": "promoted", "PREVIEW_PRUNED": "preview.pruned", "DESTROYED": "destroyed",
+        "INSTANCE_FAILED": "instance.failed", "INSTANCE_LOST": "instance.lost",
+        "INSTANCE_TAINTED": "instance.tainted", "INSTANCE_REPLACED": "instance.replaced",
+        "AGENT_LEADING": "agent.leading", "AGENT_RESIGNED": "agent.resigned", "AGENT_ROUTER": "agent.router",
+        "AGENT_FAILED": "agent.failed", "AGENT_RESTORED": "agent.restored", "AGENT_HALTED": "agent.halted",
+        "AGENT_RESUMED": "agent.resumed",
+        "AGENT_START": "agent.start", "AGENT_AWAIT_HEALTHY": "agent.awaithealthy", "AGENT_ROUTE": "agent.route",
+        "AGENT_UNROUTE": "agent.unroute", "AGENT_REMOVE": "agent.remove",
+    }
+    assert kinds.ROLLOUT_STATES == ("running", "paused", "succeeded", "aborted")
+    assert kinds.UNFINISHED == ("running", "paused")
+    assert kinds.AGENT_ACTION_EVENTS == {"Start": "agent.start", "AwaitHealthy": "agent.awaithealthy",
+                                         "Route": "agent.route", "Unroute": "agent.unroute",
+                                         "Remove": "agent.remove"}
+
+
+def test_every_plan_action_journals_an_explicit_constant():
+    """The executor maps each action class to its stored name; a renamed class keeps it."""
+    import typing
+
+    from kiln.rollout import executor, plan
+
+    actions = set(typing.get_args(plan.Action))
+    assert set(executor.STEP_OF) == actions
+    assert executor.STEP_OF == {plan.Start: "Start", plan.AwaitHealthy: "AwaitHealthy", plan.Route: "Route",
+                                plan.Unroute: "Unroute", plan.Remove: "Remove"}
+    plan.Remove.__name__ = "Retire"  # as if the class were renamed
+    try:
+        assert executor.STEP_OF[plan.Remove] == "Remove"
+    finally:
+        plan.Remove.__name__ = "Remove"
+
+
+def test_a_step_with_an_unknown_action_is_refused(ledger):
+    r = ledger.rollouts.start("shop", "production", None, 1, "rolling")
+    with pytest.raises(LedgerError, match="step action 'Retire' is not one of"):
+        ledger.rollouts.record_step(r.id, "Retire", "web-1", "started")
+    assert ledger.rollouts.steps(r.id) == []

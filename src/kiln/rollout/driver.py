@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from kiln import faults, probe
 from kiln.errors import RolloutError
+from kiln.ledger.kinds import PAUSED, STEP_PHASE, SUCCEEDED
 from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.base import Runtime
@@ -26,8 +27,6 @@ from kiln.router.runtime import ServerStat
 from kiln.spec.models import Rollout as Policy
 from kiln.spec.models import SmokeCheck
 
-PAUSED = "paused"
-SUCCEEDED = "succeeded"
 ANALYSIS_INTERVAL = 0.5  # seconds between two reads of HAProxy's statistics during a canary pause
 
 
@@ -70,9 +69,9 @@ class Driver:
                 self.out.done(f"v{self.target.release.number} is healthy and waits on {self.target.cfg.preview_url}; "
                               "`kiln promote` switches traffic to it, `kiln rollback` drops it")
                 return PAUSED
-            self.ledger.rollouts.record_step(self.rollout_id, "Phase", phase, "started")
+            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "started")
             detail = self._phase(phase, progress)
-            self.ledger.rollouts.record_step(self.rollout_id, "Phase", phase, "done", detail)
+            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "done", detail)
             progress.index += 1
         self.ledger.rollouts.set_phase(self.rollout_id, "done", progress.data())
         return SUCCEEDED

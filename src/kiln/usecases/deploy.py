@@ -19,6 +19,7 @@ from kiln.bake.baker import bake
 from kiln.bake.base import ensure_base
 from kiln.context import Context
 from kiln.errors import KilnError, LockLost, RolloutError, UsageError
+from kiln.ledger import kinds
 from kiln.ledger.releases import Release
 from kiln.ledger.rollouts import Rollout
 from kiln.rollout.driver import PAUSED, Driver, Progress
@@ -142,7 +143,7 @@ def promote(ctx: Context, app: str, env: str) -> Outcome:
             raise UsageError(f"no release of {app}/{env} waits for promotion.",
                              "A blue-green rollout with `promote: manual` waits after its smoke checks.")
         rollout = paused[-1]
-        ctx.ledger.rollouts.finish(rollout.id, "running")
+        ctx.ledger.rollouts.finish(rollout.id, kinds.RUNNING)
         progress = Progress.from_data(rollout.data)
         progress.index += 1  # past "promotion"
         return _continue(ctx, router_for(ctx, _config_of(ctx, rollout)), rollout, progress)
@@ -198,7 +199,7 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
         if forward and progress is not None:
             ctx.out.warn(f"rollout {rollout.id} to v{rollout.to_release} was interrupted in its "
                          f"{progress.phases[progress.index] if progress.index < len(progress.phases) else 'last'} phase; completing it")
-            ctx.ledger.events.record(app, env, "rollout.resumed", f"rollout {rollout.id} to v{rollout.to_release}")
+            ctx.ledger.events.record(app, env, kinds.ROLLOUT_RESUMED, f"rollout {rollout.id} to v{rollout.to_release}")
             _continue(ctx, router, rollout, progress)
         else:
             why = "dropped: a new change came before its promotion" if rollout.state == PAUSED else \
@@ -206,8 +207,8 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
             ctx.out.warn(f"rollout {rollout.id} to v{rollout.to_release} was {why}")
             executor = _executor(ctx, router, rollout.id, rollout)
             _abort(ctx, executor, _release(ctx, rollout.from_release, app, env), _release(ctx, rollout.to_release, app, env))
-            ctx.ledger.rollouts.finish(rollout.id, "aborted", why)
-            ctx.ledger.events.record(app, env, "rollout.aborted", f"rollout {rollout.id} to v{rollout.to_release}: {why}")
+            ctx.ledger.rollouts.finish(rollout.id, kinds.ABORTED, why)
+            ctx.ledger.events.record(app, env, kinds.ROLLOUT_ABORTED, f"rollout {rollout.id} to v{rollout.to_release}: {why}")
 
 
 def roll_out(ctx: Context, router: Router, release: Release, previous: Release | None, policy: Policy) -> Outcome:
@@ -222,7 +223,7 @@ def roll_out(ctx: Context, router: Router, release: Release, previous: Release |
     progress = Progress(phases(policy, policy.before_traffic is not None, policy.after_traffic is not None), 0, policy)
     rollout = ctx.ledger.rollouts.start(cfg.app, cfg.env, previous.number if previous else None,
                                        release.number, policy.strategy, progress.data())
-    ctx.ledger.events.record(cfg.app, cfg.env, "rollout.started",
+    ctx.ledger.events.record(cfg.app, cfg.env, kinds.ROLLOUT_STARTED,
                      f"rollout {rollout.id} to v{release.number} ({policy.strategy})")
     ctx.out.step(f"Rolling out v{release.number} ({policy.strategy}: {', '.join(progress.phases)})")
     outcome = _continue(ctx, router, rollout, progress)
@@ -245,24 +246,24 @@ def _continue(ctx: Context, router: Router, rollout: Rollout, progress: Progress
         reason = exc.message if isinstance(exc, KilnError) else "interrupted"
         ctx.out.warn(f"Aborting the rollout to v{release.number}: {reason}")
         _abort(ctx, executor, previous, release)
-        ctx.ledger.rollouts.finish(rollout.id, "aborted", reason)
-        ctx.ledger.events.record(app, env, "rollout.aborted", f"rollout {rollout.id} to v{release.number}: {reason}")
+        ctx.ledger.rollouts.finish(rollout.id, kinds.ABORTED, reason)
+        ctx.ledger.events.record(app, env, kinds.ROLLOUT_ABORTED, f"rollout {rollout.id} to v{release.number}: {reason}")
         if isinstance(exc, KeyboardInterrupt):
             raise
         kept_msg = f"v{previous.number} keeps serving" if previous else "nothing was serving before"
         raise RolloutError(f"the rollout to v{release.number} was aborted: {reason}", f"{kept_msg}.") from None
     if state == PAUSED:
         ctx.ledger.rollouts.finish(rollout.id, PAUSED)
-        ctx.ledger.events.record(app, env, "rollout.paused", f"rollout {rollout.id}: v{release.number} waits for promotion")
+        ctx.ledger.events.record(app, env, kinds.ROLLOUT_PAUSED, f"rollout {rollout.id}: v{release.number} waits for promotion")
         return Outcome(release, changed=True, state=PAUSED)
-    ctx.ledger.rollouts.finish(rollout.id, "succeeded")
-    ctx.ledger.events.record(app, env, "rollout.succeeded", f"rollout {rollout.id}: v{release.number} serving")
+    ctx.ledger.rollouts.finish(rollout.id, kinds.SUCCEEDED)
+    ctx.ledger.events.record(app, env, kinds.ROLLOUT_SUCCEEDED, f"rollout {rollout.id}: v{release.number} serving")
     return Outcome(release, changed=True)
 
 
 def kept(ctx: Context, app: str, env: str) -> frozenset[str]:
     """Instances a blue-green rollout keeps idle for a fast rollback, while their time lasts."""
-    last = next((r for r in ctx.ledger.rollouts.of(app, env, limit=5) if r.state == "succeeded"), None)
+    last = next((r for r in ctx.ledger.rollouts.of(app, env, limit=5) if r.state == kinds.SUCCEEDED), None)
     if last is None or not last.data.get("kept"):
         return frozenset()
     if datetime.now(UTC).timestamp() > float(last.data.get("keep_until", 0)):

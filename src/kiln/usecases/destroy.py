@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 from kiln.context import Context
+from kiln.ledger import kinds
 from kiln.router.haproxy import network_name
 
 
@@ -17,5 +18,5 @@ def destroy(ctx: Context, app: str, env: str) -> int:
     ctx.docker.remove_network(network_name(app, env))
     shutil.rmtree(ctx.settings.router_dir(app, env), ignore_errors=True)
     ctx.ledger.environments.forget(app, env)  # an environment kiln made (recreated, preview) is gone
-    ctx.ledger.events.record(app, env, "destroyed", f"removed {len(containers)} containers and the network")
+    ctx.ledger.events.record(app, env, kinds.DESTROYED, f"removed {len(containers)} containers and the network")
     return len(containers)

@@ -17,6 +17,7 @@ from kiln.bake.baker import bake
 from kiln.bake.git import checkout, commit_of, toplevel
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
+from kiln.ledger import kinds
 from kiln.ledger.db import now
 from kiln.ledger.environments import MadeEnv
 from kiln.ledger.releases import Release
@@ -147,7 +148,7 @@ def promote_artifact(ctx: Context, loaded: LoadedSpec, source: str, target: str,
                             origin=f"promoted from {source} v{serving.number}")
         ctx.out.step(f"Promoting {source} v{serving.number} ({serving.image[:19]}) to {target}")
         outcome = ship(ctx, cfg, artifact, loaded.digest, policy)
-    ctx.ledger.events.record(app, target, "promoted", f"{source} v{serving.number} → {target} v{outcome.release.number}")
+    ctx.ledger.events.record(app, target, kinds.PROMOTED, f"{source} v{serving.number} → {target} v{outcome.release.number}")
     return outcome
 
 
@@ -266,7 +267,7 @@ def prune_previews(ctx: Context, app: str, everything: bool = False) -> list[str
             continue
         with locked(ctx, app, made.env, "preview prune"):
             destroy(ctx, app, made.env)
-        ctx.ledger.events.record(app, made.env, "preview.pruned", f"{made.env} ({made.origin}) removed"
+        ctx.ledger.events.record(app, made.env, kinds.PREVIEW_PRUNED, f"{made.env} ({made.origin}) removed"
                          + ("" if everything else f"; it expired at {made.expires_at:%Y-%m-%d %H:%M:%S} UTC"))
         gone.append(made.env)
     return gone

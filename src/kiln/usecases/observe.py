@@ -6,6 +6,7 @@ from typing import Any
 
 from kiln.context import Context
 from kiln.errors import RouterError
+from kiln.ledger import kinds
 from kiln.ledger.db import now
 from kiln.rollout.lock import lease_name
 from kiln.router.haproxy import router_name
@@ -58,7 +59,7 @@ def agent_state(ctx: Context, app: str, env: str) -> dict[str, Any]:
     """Which agent watches app/env, and whether its meltdown guard halted self-healing."""
     lease = ctx.ledger.locks.get(app, lease_name(env))
     leader = lease.holder if lease and not lease.expired(now()) else None
-    last = ctx.ledger.events.of(app, env, kinds=("agent.halted", "agent.resumed"), limit=1)
-    halted = bool(last) and last[-1]["kind"] == "agent.halted"
+    last = ctx.ledger.events.of(app, env, kinds=(kinds.AGENT_HALTED, kinds.AGENT_RESUMED), limit=1)
+    halted = bool(last) and last[-1]["kind"] == kinds.AGENT_HALTED
     return {"leader": leader, "healing": "halted" if halted else "active",
             "halted": {"at": last[-1]["at"], "why": last[-1]["message"]} if halted else None}
