@@ -92,7 +92,7 @@ class Reconciler:
     def _pass(self, release: Release, held: Held) -> str:
         ctx, app, env, mem = self.ctx, self.app, self.env, self.memory
         started = time.monotonic()
-        cfg = EnvConfig.model_validate(release.config)
+        cfg = release.env_config()
         router = router_for(ctx, cfg)
         said = []
         facts = router.facts()

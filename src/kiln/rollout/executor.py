@@ -46,7 +46,7 @@ class Target:
 
     @classmethod
     def of(cls, release: Release) -> Target:
-        return cls(release, EnvConfig.model_validate(release.config))
+        return cls(release, release.env_config())
 
     def same_as(self, c: ContainerFacts) -> bool:
         """An instance of any release with this release's exact image and resolved config."""

@@ -126,7 +126,7 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
         if target.image == current.image and target.config_digest == current.config_digest:
             ctx.out.done(f"v{current.number} already runs the same image and config as v{to}")
             return Outcome(current, changed=False)
-        router = prepare(ctx, EnvConfig.model_validate(target.config))
+        router = prepare(ctx, target.env_config())
         release = ctx.ledger.releases.record(
             app=app, env=env, image=target.image, image_tag=target.image_tag, inputs_hash=target.inputs_hash,
             config=target.config, config_digest=target.config_digest, spec_digest=target.spec_digest,
@@ -212,7 +212,7 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
 
 
 def roll_out(ctx: Context, router: Router, release: Release, previous: Release | None, policy: Policy) -> Outcome:
-    cfg = EnvConfig.model_validate(release.config)
+    cfg = release.env_config()
     if previous and previous.number == release.number:
         probe_only = Executor(ctx.docker, router, ctx.ledger, ctx.out, rollout_id=0)
         if probe_only.converged(Target.of(release), kept(ctx, cfg.app, cfg.env)):
@@ -287,7 +287,7 @@ def _release(ctx: Context, number: int | None, app: str, env: str) -> Release | 
 def _config_of(ctx: Context, rollout: Rollout) -> EnvConfig:
     release = _release(ctx, rollout.to_release, rollout.app, rollout.env)
     assert release is not None
-    return EnvConfig.model_validate(release.config)
+    return release.env_config()
 
 
 def _abort(ctx: Context, executor: Executor, previous: Release | None, failed: Release | None) -> None:

@@ -17,7 +17,6 @@ from kiln.ledger import kinds
 from kiln.ledger.releases import Release
 from kiln.providers.base import ContainerFacts
 from kiln.rollout.instances import instance_spec
-from kiln.spec.resolve import EnvConfig
 
 EXEC_MEMORY = 24 * 3600.0  # how far back engine events are asked for (the engine keeps only its last 256)
 
@@ -52,7 +51,7 @@ def inspect(ctx: Context, app: str, env: str, containers: list[ContainerFacts],
         if release is None:
             out[c.name] = [f"claims release v{number}, which {app}/{env} does not have"]
             continue
-        cfg = EnvConfig.model_validate(release.config)
+        cfg = release.env_config()
         try:
             svc = cfg.service(c.label("service") or "")
         except KeyError:

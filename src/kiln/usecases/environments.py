@@ -44,7 +44,7 @@ def config_of(ctx: Context, loaded: LoadedSpec, env: str) -> EnvConfig:
     if release is None:
         known = list(loaded.spec.environments) + [m.env for m in ctx.ledger.environments.of(loaded.spec.app)]
         raise UsageError(f"unknown environment {env!r}.", f"Environments: {', '.join(known)}.")
-    return EnvConfig.model_validate(release.config)
+    return release.env_config()
 
 
 def listing(ctx: Context, loaded: LoadedSpec) -> list[dict[str, Any]]:
@@ -54,7 +54,7 @@ def listing(ctx: Context, loaded: LoadedSpec) -> list[dict[str, Any]]:
     out = []
     for env in list(loaded.spec.environments) + sorted(made):
         release = ctx.ledger.releases.current(app, env)
-        cfg = EnvConfig.model_validate(release.config) if release else resolve(loaded.spec, env)
+        cfg = release.env_config() if release else resolve(loaded.spec, env)
         m = made.get(env)
         out.append({"env": env, "kind": m.kind if m else "declared", "url": cfg.url,
                     "release": release.number if release else None, "image": release.image if release else None,
@@ -105,7 +105,7 @@ def compare(ctx: Context, loaded: LoadedSpec, a: str, b: str) -> EnvDiff:
     sides = []
     for env in (a, b):
         release = ctx.ledger.releases.current(loaded.spec.app, env)
-        cfg = EnvConfig.model_validate(release.config) if release else config_of(ctx, loaded, env)
+        cfg = release.env_config() if release else config_of(ctx, loaded, env)
         running: dict[str, int] = {}
         for c in ctx.docker.containers({"kiln.app": cfg.app, "kiln.env": env, "kiln.role": "instance"}):
             if c.running:
@@ -165,7 +165,7 @@ def recreate(ctx: Context, loaded: LoadedSpec, number: int, source: str, new_env
     release = ctx.ledger.releases.get(app, source, number)
     if release is None:
         raise UsageError(f"{app}/{source} has no release v{number}.", f"`kiln releases -e {source}` lists them.")
-    old = EnvConfig.model_validate(release.config)
+    old = release.env_config()
     cfg = old.model_copy(update={"env": new_env, "port": port or free_port(old.bind), "preview_port": None})
     check_secrets(ctx, cfg)
     origin = f"{source} v{number}"

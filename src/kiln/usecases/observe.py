@@ -38,7 +38,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         instances.append({"id": c.name, "service": c.label("service"), "release": int(c.label("release") or 0),
                           "health": health, "in_router": c.name in servers, "container": c.id[:12],
                           "weight": servers[c.name].weight if c.name in servers else None})
-    served = EnvConfig.model_validate(release.config) if release else cfg
+    served = release.env_config() if release else cfg
     return {
         "app": cfg.app,
         "env": cfg.env,
