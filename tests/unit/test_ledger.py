@@ -337,3 +337,87 @@ def test_a_step_with_an_unknown_action_is_refused(ledger):
     with pytest.raises(LedgerError, match="step action 'Retire' is not one of"):
         ledger.rollouts.record_step(r.id, "Retire", "web-1", "started")
     assert ledger.rollouts.steps(r.id) == []
+
+
+# --- errors reach the user as LedgerError / UsageError, never raw -------------------------------------
+
+
+def test_a_ledger_path_that_cannot_be_made_is_a_ledger_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(LedgerError, match="cannot open the ledger at .*cannot create") as caught:
+        Ledger(f"sqlite:///{tmp_path / 'file' / 'ledger.db'}")
+    assert "KILN_LEDGER_URL" in caught.value.hint
+
+
+def test_a_file_that_is_not_a_database_is_a_ledger_error(tmp_path):
+    (tmp_path / "ledger.db").write_bytes(b"this is not SQLite" * 100)
+    with pytest.raises(LedgerError, match="cannot open the ledger at .*not a database") as caught:
+        Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert "reachable and writable" in caught.value.hint
+
+
+def test_an_unknown_schema_revision_is_a_ledger_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    with ledger.db.engine.begin() as conn:  # as if a newer kiln had migrated it
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    ledger.db.engine.dispose()
+    with pytest.raises(LedgerError, match=f"schema revision '9999', which this kiln does not know .*{SCHEMA_HEAD}") \
+            as caught:
+        Ledger(url)
+    assert "newer kiln" in caught.value.hint
+
+
+def test_a_database_error_in_use_is_a_ledger_error(ledger):
+    with ledger.db.engine.begin() as conn:
+        conn.execute(text("DROP TABLE events"))
+    with pytest.raises(LedgerError, match="the ledger failed at .*no such table: events") as caught:
+        ledger.events.record("shop", "production", "destroyed", "gone")
+    assert "KILN_LEDGER_URL" in caught.value.hint
+
+
+def test_a_missing_release_number_is_a_usage_error(ledger):
+    from kiln.errors import UsageError
+
+    record(ledger)
+    assert ledger.releases.require("shop", "production", 1).number == 1
+    with pytest.raises(UsageError, match=r"shop/production has no release v7\.") as caught:
+        ledger.releases.require("shop", "production", 7)
+    assert caught.value.hint == "`kiln releases -e production` lists them."
+
+
+def test_a_missing_rollout_is_a_ledger_error(ledger):
+    with pytest.raises(LedgerError, match="there is no rollout 42"):
+        ledger.rollouts.set_phase(42, "switch")
+    with pytest.raises(LedgerError, match="there is no rollout 42"):
+        ledger.rollouts.finish(42, "aborted")
+
+
+def test_corrupt_recorded_values_are_ledger_errors(ledger):
+    made = record(ledger)
+    r = ledger.rollouts.start("shop", "production", None, 1, "rolling")
+    with ledger.db.engine.begin() as conn:
+        conn.execute(text("UPDATE releases SET config = '{not json'"))
+        conn.execute(text("UPDATE rollouts SET data = '[broken'"))
+    with pytest.raises(LedgerError, match="release v1 of shop/production has a corrupt config"):
+        ledger.releases.get("shop", "production", 1)
+    with pytest.raises(LedgerError, match=f"rollout {r.id} of shop/production has corrupt phase data"):
+        ledger.rollouts.get(r.id)
+    # A config this kiln's models cannot read (recorded by another version) is a LedgerError too.
+    with pytest.raises(LedgerError, match=r"release v1 of shop/production records a config this kiln cannot read"):
+        made.env_config()
+
+
+def test_unreadable_recorded_progress_is_a_ledger_error():
+    from kiln.rollout.driver import Progress
+
+    with pytest.raises(LedgerError, match="recorded progress cannot be read"):
+        Progress.from_data({"phases": ["roll"], "index": "first"})
+    with pytest.raises(LedgerError, match="recorded progress cannot be read"):
+        Progress.from_data({"phases": ["roll"], "index": 0, "policy": {"strategy": "sideways"}})
+
+
+def test_messages_do_not_show_the_ledger_password():
+    with pytest.raises(LedgerError) as caught:
+        Ledger("nosuchdialect://kiln:hunter2@db.example/kiln")
+    assert "hunter2" not in str(caught.value) and "kiln:***@db.example" in caught.value.message

@@ -36,17 +36,18 @@ def now() -> datetime:
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
+        self.shown = _shown(url)  # the URL for messages: without its password
         if url.startswith("sqlite:///"):
             folder = Path(url.removeprefix("sqlite:///")).parent
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise LedgerError(f"cannot open the ledger at {url}: cannot create {folder}: {exc.strerror}.",
+                raise LedgerError(f"cannot open the ledger at {self.shown}: cannot create {folder}: {exc.strerror}.",
                                   REACH_HINT) from None
         try:
             self.engine: Engine = create_engine(url)
         except (ArgumentError, ImportError) as exc:
-            raise LedgerError(f"cannot use ledger URL {url!r}: {exc}.", URL_HINT) from None
+            raise LedgerError(f"cannot use ledger URL {self.shown!r}: {exc}.", URL_HINT) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrate()
@@ -62,7 +63,7 @@ class Database:
         except passing:
             raise
         except SQLAlchemyError as exc:
-            raise failed(self.url, exc) from None
+            raise failed(self.shown, exc) from None
 
     def schema_revision(self) -> str | None:
         try:
@@ -77,7 +78,7 @@ class Database:
             if revision == SCHEMA_HEAD:
                 return
         except SQLAlchemyError as exc:  # e.g. a file that is not a database
-            raise failed(self.url, exc, "cannot open the ledger at") from None
+            raise failed(self.shown, exc, "cannot open the ledger at") from None
         from alembic import command
         from alembic.config import Config
         from alembic.util import CommandError
@@ -90,12 +91,12 @@ class Database:
                 command.upgrade(config, "head")
         except CommandError as exc:
             raise LedgerError(
-                f"the ledger at {self.url} has schema revision {revision!r}, which this kiln does not know "
+                f"the ledger at {self.shown} has schema revision {revision!r}, which this kiln does not know "
                 f"(it knows up to {SCHEMA_HEAD}): {exc}.",
                 "It was probably written by a newer kiln: upgrade kiln, or point KILN_LEDGER_URL at another "
                 "ledger.") from None
         except SQLAlchemyError as exc:
-            raise failed(self.url, exc, "cannot open the ledger at") from None
+            raise failed(self.shown, exc, "cannot open the ledger at") from None
 
 
 def failed(url: str, exc: SQLAlchemyError, what: str = "the ledger failed at") -> LedgerError:
@@ -103,6 +104,15 @@ def failed(url: str, exc: SQLAlchemyError, what: str = "the ledger failed at") -
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines()
     return LedgerError(f"{what} {url}: {lines[0] if lines else type(cause).__name__}.", REACH_HINT)
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

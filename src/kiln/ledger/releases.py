@@ -98,13 +98,10 @@ class Releases:
             return _release(row) if row else None
 
     def require(self, app: str, env: str, number: int) -> Release:
-        """Release `number` of app/env; UsageError when there is none."""
+        """Release `number` of app/env, a number a user gave: UsageError when there is none."""
         release = self.get(app, env, number)
         if release is None:
-            newest = next(iter(self.of(app, env, limit=1)), None)
-            raise UsageError(f"{app}/{env} has no release v{number}.",
-                             f"Its releases are v1 to v{newest.number} (`kiln releases -e {env}`)." if newest
-                             else f"{app}/{env} has no release yet.")
+            raise UsageError(f"{app}/{env} has no release v{number}.", f"`kiln releases -e {env}` lists them.")
         return release
 
     def current(self, app: str, env: str) -> Release | None:

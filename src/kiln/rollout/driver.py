@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from kiln import faults, probe
-from kiln.errors import RolloutError
+from kiln.errors import LedgerError, RolloutError
 from kiln.ledger.kinds import PAUSED, STEP_PHASE, SUCCEEDED
 from kiln.ledger.store import Ledger
 from kiln.output import Output
@@ -44,8 +44,14 @@ class Progress:
 
     @classmethod
     def from_data(cls, data: dict) -> Progress:
+        """The progress a rollout row recorded; LedgerError when it is incomplete or unreadable."""
         extra = {k: v for k, v in data.items() if k not in ("phases", "index", "policy")}
-        return cls(list(data["phases"]), int(data["index"]), Policy.model_validate(data["policy"]), extra)
+        try:
+            return cls(list(data["phases"]), int(data["index"]), Policy.model_validate(data["policy"]), extra)
+        except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise LedgerError(f"a rollout's recorded progress cannot be read ({type(exc).__name__}: {exc}).",
+                              "It was probably recorded by another kiln version; `kiln rollout show` lists "
+                              "its steps.") from None
 
 
 class Driver:

@@ -18,7 +18,7 @@ from kiln import secretref
 from kiln.bake.baker import bake
 from kiln.bake.base import ensure_base
 from kiln.context import Context
-from kiln.errors import KilnError, LockLost, RolloutError, UsageError
+from kiln.errors import KilnError, LedgerError, LockLost, RolloutError, UsageError
 from kiln.ledger import kinds
 from kiln.ledger.releases import Release
 from kiln.ledger.rollouts import Rollout
@@ -117,9 +117,7 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
             if not earlier:
                 raise UsageError(f"{app}/{env} has no earlier release that served, so there is nothing to roll back to.")
             to = max(earlier)
-        target = ctx.ledger.releases.get(app, env, to)
-        if target is None:
-            raise UsageError(f"{app}/{env} has no release v{to}.", "`kiln releases` lists them.")
+        target = ctx.ledger.releases.require(app, env, to)
         if ctx.docker.image_id(target.image) is None:
             raise KilnError(f"the image of v{to} ({target.image[:19]}) is no longer on this engine.",
                             "Check out its commit and run `kiln deploy` to bake it again.")
@@ -286,7 +284,9 @@ def _release(ctx: Context, number: int | None, app: str, env: str) -> Release | 
 
 def _config_of(ctx: Context, rollout: Rollout) -> EnvConfig:
     release = _release(ctx, rollout.to_release, rollout.app, rollout.env)
-    assert release is not None
+    if release is None:
+        raise LedgerError(f"rollout {rollout.id} of {rollout.app}/{rollout.env} goes to v{rollout.to_release}, "
+                          "which the ledger does not have.")
     return release.env_config()
 
 

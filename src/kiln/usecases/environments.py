@@ -162,9 +162,7 @@ def recreate(ctx: Context, loaded: LoadedSpec, number: int, source: str, new_env
     the same resolved config, on its own network and router port."""
     app = loaded.spec.app
     _check_new_env(ctx, loaded, new_env)
-    release = ctx.ledger.releases.get(app, source, number)
-    if release is None:
-        raise UsageError(f"{app}/{source} has no release v{number}.", f"`kiln releases -e {source}` lists them.")
+    release = ctx.ledger.releases.require(app, source, number)
     old = release.env_config()
     cfg = old.model_copy(update={"env": new_env, "port": port or free_port(old.bind), "preview_port": None})
     check_secrets(ctx, cfg)

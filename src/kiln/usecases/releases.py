@@ -19,9 +19,7 @@ MANIFEST_VERSION = 1
 
 
 def export(ctx: Context, app: str, env: str, number: int) -> dict[str, Any]:
-    release = ctx.ledger.releases.get(app, env, number)
-    if release is None:
-        raise UsageError(f"{app}/{env} has no release v{number}.", f"`kiln releases -e {env}` lists them.")
+    release = ctx.ledger.releases.require(app, env, number)
     rollouts = [r for r in ctx.ledger.rollouts.of(app, env, limit=10_000) if number in (r.to_release, r.from_release)]
     return {
         "kiln_manifest": MANIFEST_VERSION,
@@ -56,8 +54,7 @@ def import_manifest(ctx: Context, manifest: dict[str, Any], env: str | None = No
 
 
 def pin(ctx: Context, app: str, env: str, number: int, on: bool = True) -> None:
-    if ctx.ledger.releases.get(app, env, number) is None:
-        raise UsageError(f"{app}/{env} has no release v{number}.", f"`kiln releases -e {env}` lists them.")
+    ctx.ledger.releases.require(app, env, number)
     if on:
         ctx.ledger.environments.pin(app, env, number)
     else:
