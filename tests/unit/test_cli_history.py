@@ -79,3 +79,27 @@ def test_a_ledger_that_cannot_be_opened_is_one_message(tmp_path):
         assert done.returncode == 1, (args, done.stderr)
         assert "cannot open the ledger at" in done.stderr and "not a database" in done.stderr
         assert "KILN_LEDGER_URL" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ci_runs_show_logs_approve_and_cancel(tmp_path):
+    from kiln.ledger.ci_store import CiStore
+
+    store = CiStore(seeded(tmp_path))
+    run, _ = store.enqueue(repo="/r", spec="kiln.yaml", ref="refs/heads/main", queue="q", commit="a" * 40,
+                           trigger="cli", app="shop")
+    bake, promote = store.add_steps(run.id, [(0, 0, "bake", "bake", "succeeded", ""),
+                                             (1, 1, "promote", "promote", "waiting", "")])
+    store.log(run.id, bake.id, ["hello"])
+    store.log(run.id, None, ["no step"])
+    assert kiln(tmp_path, "ci", "logs", str(run.id)).stdout.splitlines() == [
+        f"{'0:bake':<24} | hello", f"{'-':<24} | no step"]
+    shown = json.loads(kiln(tmp_path, "ci", "show", str(run.id), "--json").stdout)
+    assert [(s["name"], s["state"]) for s in shown["steps"]] == [("bake", "succeeded"), ("promote", "waiting")]
+    assert kiln(tmp_path, "ci", "approve", str(run.id)).returncode == 0
+    assert store.step(promote.id).state == "approved"
+    again = kiln(tmp_path, "ci", "approve", str(run.id))
+    assert again.returncode == 2 and "has no step waiting for approval" in again.stderr
+    assert kiln(tmp_path, "ci", "cancel", str(run.id)).returncode == 0
+    assert store.run(run.id).cancel
+    missing = kiln(tmp_path, "ci", "show", "99")
+    assert missing.returncode == 2 and "there is no run 99." in missing.stderr and "Traceback" not in missing.stderr
