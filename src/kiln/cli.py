@@ -215,16 +215,17 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
 def releases(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False,
              limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 20) -> None:
     """List the environment's releases, newest first."""
+    from kiln.usecases import history
+
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    rels = ctx.ledger.releases(cfg.app, cfg.env, limit)
-    states = ctx.ledger.release_states(cfg.app, cfg.env)
+    rels = history.releases(ctx, cfg.app, cfg.env, limit)
     if json:
-        ctx.out.json([{**r.summary(), "state": states.get(r.number, "recorded")} for r in rels])
+        ctx.out.json([{**rs.release.summary(), "state": rs.state} for rs in rels])
         return
     table = Table("", "release", "state", "image", "commit", "created", "note")
-    for r in rels:
-        state = states.get(r.number, "recorded")
+    for rs in rels:
+        r, state = rs.release, rs.state
         mark = "▶" if state == "serving" else ""
         commit = (r.commit or "-")[:12] + ("+dirty" if r.dirty else "")
         table.add_row(mark, f"v{r.number}", state, r.image[7:19], commit,
@@ -278,9 +279,11 @@ def _rollout_doc(r) -> dict:
 def rollout_list(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False,
                  limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 20) -> None:
     """List the environment's rollouts, newest first: strategy, outcome, duration."""
+    from kiln.usecases import history
+
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    rollouts = ctx.ledger.rollouts(cfg.app, cfg.env, limit=limit)
+    rollouts = history.rollouts(ctx, cfg.app, cfg.env, limit=limit)
     if json:
         ctx.out.json([_rollout_doc(r) for r in rollouts])
         return
@@ -314,13 +317,11 @@ def rollout_resume(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: Json
 def rollout_show(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False,
                  rollout_id: Annotated[Optional[int], typer.Argument(help="Rollout id (default: the latest).")] = None) -> None:
     """Show a rollout: from/to release, outcome, reason and every step."""
+    from kiln.usecases import history
+
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    rollouts = ctx.ledger.rollouts(cfg.app, cfg.env, limit=1000)
-    chosen = next((r for r in rollouts if rollout_id is None or r.id == rollout_id), None)
-    if chosen is None:
-        raise UsageError(f"no rollout {rollout_id if rollout_id else ''} in {cfg.app}/{cfg.env}.".replace("  ", " "))
-    steps = _with_durations(ctx.ledger.steps(chosen.id))
+    chosen, steps = history.rollout(ctx, cfg.app, cfg.env, rollout_id)
     doc = {**_rollout_doc(chosen), "steps": steps}
     if json:
         ctx.out.json(doc)
@@ -332,24 +333,6 @@ def rollout_show(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOp
     for s in steps:
         took = f"{s['seconds']:.2f}s" if s["seconds"] is not None else ""
         ctx.out.print(f"  {s['at'][11:23]}  {s['action']:<12} {s['state']:<8} {took:>8}  {s['target']}  {s['detail']}")
-
-
-def _with_durations(steps: list[dict]) -> list[dict]:
-    """Each finished step gets `seconds`, measured from its matching `started` record."""
-    from datetime import datetime
-
-    began: dict[tuple[str, str], datetime] = {}
-    out = []
-    for s in steps:
-        at = datetime.fromisoformat(s["at"].rstrip("Z"))
-        key = (s["action"], s["target"])
-        seconds = None
-        if s["state"] == "started":
-            began[key] = at
-        elif key in began:
-            seconds = round((at - began.pop(key)).total_seconds(), 3)
-        out.append({**s, "seconds": seconds})
-    return out
 
 
 @app.command()
@@ -448,6 +431,7 @@ def events(
     from rich.markup import escape
 
     from kiln.spec.resolve import pick_env
+    from kiln.usecases import history
 
     loaded = _load(file)
     env_name = pick_env(loaded.spec, env) if env else None
@@ -460,16 +444,9 @@ def events(
             else:
                 ctx.out.print(f"{e['at'][:19].replace('T', ' ')}  {e['env']:<12} {e['kind']:<18} {escape(e['message'])}")
 
-    batch = ctx.ledger.events(loaded.spec.app, env_name, limit=limit)
-    show(batch)
-    newest = batch or ctx.ledger.events(loaded.spec.app, env_name, limit=1)  # -n 0: follow from now
-    last = newest[-1]["id"] if newest else 0
     try:
-        while follow:
-            time.sleep(0.5)
-            batch = ctx.ledger.events(loaded.spec.app, env_name, after=last, limit=None)
+        for batch in history.events(ctx, loaded.spec.app, env_name, limit, follow):
             show(batch)
-            last = batch[-1]["id"] if batch else last
     except KeyboardInterrupt:
         pass
 
@@ -482,14 +459,14 @@ def lock_status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt
     A lock whose lease expired (its holder stopped heartbeating) is taken over by the next kiln."""
     from rich.markup import escape
 
-    from kiln.ledger.store import now
+    from kiln.usecases import locks
 
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    lock = ctx.ledger.lock(cfg.app, cfg.env)
-    at = now()
+    state = locks.status(ctx, cfg.app, cfg.env)
+    lock, at = state.lock, state.at
     if json:
-        ctx.out.json({**lock.summary(), "expired": lock.expired(at)} if lock else None)
+        ctx.out.json({**lock.summary(), "expired": state.expired} if lock else None)
         return
     if lock is None:
         ctx.out.print(f"{cfg.app}/{cfg.env} is not locked")
@@ -498,13 +475,13 @@ def lock_status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt
     def ago(t) -> str:  # the ledger's times are naive UTC
         return f"{t.strftime('%Y-%m-%d %H:%M:%S')} UTC ({max(0, (at - t).total_seconds()):.0f}s ago)"
 
-    left = lock.lease_seconds - (at - lock.heartbeat_at).total_seconds()
+    left = state.seconds_left
     ctx.out.print(f"[bold]{cfg.app}/{cfg.env}[/] is locked by {escape(lock.holder)}")
     ctx.out.print(f"  reason:          {escape(lock.reason) or '-'}")
     ctx.out.print(f"  acquired:        {ago(lock.acquired_at)}")
     ctx.out.print(f"  last heartbeat:  {ago(lock.heartbeat_at)}")
     ctx.out.print(f"  lease:           {lock.lease_seconds:g}s, "
-                  + ("[yellow]expired[/] (the next kiln takes it over)" if lock.expired(at) else f"expires in {left:.0f}s"))
+                  + ("[yellow]expired[/] (the next kiln takes it over)" if state.expired else f"expires in {left:.0f}s"))
 
 
 @lock_app.command("release")
@@ -518,27 +495,19 @@ def lock_release(
     Only for a holder that no longer runs: if it still runs, it and the next kiln would change
     the environment at once. A holder on this host whose process is gone, or whose lease expired,
     is taken over without this command."""
+    from kiln.usecases import locks
+
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    lock = ctx.ledger.lock(cfg.app, cfg.env)
-    if lock is None:
-        ctx.out.done(f"{cfg.app}/{cfg.env} is not locked; nothing to release")
-        return
-    if not force:
-        raise UsageError(f"{cfg.app}/{cfg.env} is locked by {lock.holder}; not releasing it without --force: "
-                         "releasing the lock of a holder that still runs lets two rollouts run at once.",
-                         f"Check that process is gone (`kiln lock status -e {cfg.env}`), then run "
-                         f"`kiln lock release --force -e {cfg.env}`.")
-    from kiln.ledger.store import now
-
-    gone = ctx.ledger.force_release(cfg.app, cfg.env)
+    released = locks.force_release(ctx, cfg.app, cfg.env, force)
+    gone = released.lock
     if gone is None:
         ctx.out.done(f"{cfg.app}/{cfg.env} is not locked; nothing to release")
         return
     why = f" ({gone.reason})" if gone.reason else ""
     ctx.out.done(f"released the lock of {cfg.app}/{cfg.env} held by {gone.holder}{why} "
                  f"since {gone.acquired_at.strftime('%Y-%m-%d %H:%M:%S')} UTC")
-    if not gone.expired(now()):
+    if not released.expired:
         ctx.out.warn("its lease had not expired: if that process still runs, it may still be changing the "
                      "environment (it finds the lock gone at its next heartbeat)")
 

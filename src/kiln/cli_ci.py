@@ -6,7 +6,6 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,7 +26,6 @@ secret_app = typer.Typer(help="Secrets for pipeline steps and `secret:NAME` refe
 
 SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Path to kiln.yaml (its place in the repository is used).")]
 RunArg = Annotated[int, typer.Argument(help="Run number (`kiln ci list`).")]
-FINAL = ("succeeded", "failed", "cancelled", "superseded")
 
 
 def register(app: typer.Typer) -> None:
@@ -37,16 +35,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _store(ctx):
-    from kiln.ledger.ci_store import CiStore
+    from kiln.usecases import ci_runs
 
-    return CiStore(ctx.ledger)
-
-
-def _run_or_fail(store, run_id: int):
-    run = store.run(run_id)
-    if run is None:
-        raise UsageError(f"there is no run {run_id}.", "`kiln ci list` shows the runs.")
-    return run
+    return ci_runs.store(ctx)
 
 
 # --- kiln ci ------------------------------------------------------------------------------------
@@ -85,7 +76,9 @@ def ci_run(
         return
     ended = wait_and_run(ctx, store, run.id)
     if json:
-        ctx.out.json({**ended.summary(), "steps": [s.summary() for s in store.steps(ended.id)]})
+        from kiln.usecases import ci_runs
+
+        ctx.out.json({**ended.summary(), "steps": [s.summary() for s in ci_runs.steps(ctx, ended.id)]})
     _exit_for(ended)
 
 
@@ -112,8 +105,10 @@ def ci_list(json: JsonOpt = False,
     """Pipeline runs, newest first: ref, commit, state, trigger."""
     from rich.table import Table
 
+    from kiln.usecases import ci_runs
+
     ctx = _ctx(quiet=json)
-    runs = _store(ctx).runs(limit=limit)
+    runs = ci_runs.runs(ctx, limit=limit)
     if json:
         ctx.out.json([r.summary() for r in runs])
         return
@@ -129,10 +124,10 @@ def ci_show(run_id: RunArg, json: JsonOpt = False) -> None:
     """One run: its commit, state, image, and each step's state, time and result."""
     from rich.table import Table
 
+    from kiln.usecases import ci_runs
+
     ctx = _ctx(quiet=json)
-    store = _store(ctx)
-    run = _run_or_fail(store, run_id)
-    steps = store.steps(run_id)
+    run, steps = ci_runs.show(ctx, run_id)
     if json:
         ctx.out.json({**run.summary(), "steps": [s.summary() for s in steps]})
         return
@@ -152,47 +147,33 @@ def ci_show(run_id: RunArg, json: JsonOpt = False) -> None:
 def ci_logs(run_id: RunArg,
             follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing until the run ends.")] = False) -> None:
     """A run's full log (secrets masked), each line marked with its step."""
+    from kiln.usecases import ci_runs
+
     ctx = _ctx()
-    store = _store(ctx)
-    _run_or_fail(store, run_id)
-    after, names = 0, {}
-    while True:
-        run = store.run(run_id)
-        lines = store.logs(run_id, after)
-        if lines and any(step not in names for _, step, _ in lines):
-            names = {s.id: f"{s.position}:{s.name}" for s in store.steps(run_id)}
-        for _, step, line in lines:
-            print(f"{names.get(step, '-')[:24]:<24} | {line}")
-        after = lines[-1][0] if lines else after
+    for batch in ci_runs.logs(ctx, run_id, follow):
+        for step, line in batch:
+            print(f"{step[:24]:<24} | {line}")
         sys.stdout.flush()
-        if not follow or (run is not None and run.state in FINAL and not lines):
-            return
-        time.sleep(0.5)
 
 
 @ci_app.command("approve")
 def ci_approve(run_id: RunArg) -> None:
     """Let a run's waiting manual promotion go ahead."""
+    from kiln.usecases import ci_runs
+
     ctx = _ctx()
-    store = _store(ctx)
-    _run_or_fail(store, run_id)
-    waiting = [s for s in store.steps(run_id) if s.state == "waiting"]
-    if not waiting:
-        raise UsageError(f"run {run_id} has no step waiting for approval.", f"`kiln ci show {run_id}` shows its steps.")
-    store.set_step(waiting[0].id, "approved", f"approved by {getpass.getuser()}", only_from=("waiting",))
-    ctx.out.done(f"approved step {waiting[0].position} ({waiting[0].name}) of run {run_id}")
+    step = ci_runs.approve(ctx, run_id, getpass.getuser())
+    ctx.out.done(f"approved step {step.position} ({step.name}) of run {run_id}")
 
 
 @ci_app.command("cancel")
 def ci_cancel(run_id: RunArg) -> None:
     """Cancel a run: a queued one never starts; a running one stops after killing its current
     command (a deploy in progress finishes or aborts on its own first)."""
+    from kiln.usecases import ci_runs
+
     ctx = _ctx()
-    store = _store(ctx)
-    run = _run_or_fail(store, run_id)
-    if run.state in FINAL:
-        raise UsageError(f"run {run_id} has already ended ({run.state}).")
-    run = store.request_cancel(run_id)
+    run = ci_runs.cancel(ctx, run_id)
     ctx.out.done(f"run {run_id} cancelled" if run.state == "cancelled" else f"run {run_id} asked to stop")
 
 

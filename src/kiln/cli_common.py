@@ -53,9 +53,7 @@ def strategy_of(value: str | None) -> str | None:
 
 
 def report(ctx, outcome, app_name: str, env: str, took: float, json: bool) -> None:
-    from kiln.spec.resolve import EnvConfig
-
-    cfg = EnvConfig.recorded(outcome.release.config)
+    cfg = outcome.release.env_config()
     if json:
         ctx.out.json({"app": app_name, "env": env, "release": outcome.release.summary(), "changed": outcome.changed,
                       "state": outcome.state, "url": cfg.url, "preview_url": cfg.preview_url, "seconds": round(took, 3)})

@@ -106,7 +106,7 @@ class FactsChanged(RolloutError):
 
 
 class LockHeld(KilnError):
-    """Another kiln process holds app/env's lock. `lock` is the holder's kiln.ledger.store.Lock
+    """Another kiln process holds app/env's lock. `lock` is the holder's kiln.ledger.locks.Lock
     (typed loosely: this module imports nothing of kiln's)."""
 
     def __init__(self, lock: Any, at: datetime) -> None:

@@ -92,7 +92,7 @@ class Repo:
         raise AssertionError(f"run {run_id} is {run.state} after {timeout}s\n{out.read_text() if out.exists() else ''}")
 
     def serving(self, env: str):
-        return self.store.ledger.current_release(self.app.name, env)
+        return self.store.ledger.releases.current(self.app.name, env)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_secrets_are_masked_in_the_log_and_absent_from_the_ledger(repo: Repo) ->
     assert all(SECRET not in line for _, _, line in repo.store.logs(run.id))
     # Closing a file of the database drops this process's SQLite locks on it (POSIX locks are
     # per process), so the pooled connections go first.
-    repo.store.ledger.engine.dispose()
+    repo.store.ledger.db.engine.dispose()
     for path in repo.app.home.glob("ledger.db*"):  # the database and its WAL
         assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET.encode() not in (repo.app.home / "secrets" / "api-token").read_bytes()

@@ -9,7 +9,8 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
-from kiln.ledger.store import SCHEMA_HEAD, Ledger
+from kiln.ledger.db import SCHEMA_HEAD
+from kiln.ledger.store import Ledger
 
 URL = os.environ.get("KILN_TEST_POSTGRES_URL")
 pytestmark = [pytest.mark.integration,
@@ -31,24 +32,24 @@ def pg_url() -> str:
 
 def test_postgres_ledger_records_releases_and_rollouts(pg_url: str) -> None:
     ledger = Ledger(pg_url)
-    assert ledger.schema_revision() == SCHEMA_HEAD
+    assert ledger.db.schema_revision() == SCHEMA_HEAD
     common = dict(image_tag="kiln/a:1", inputs_hash="h", config={"port": 1}, config_digest="d",
                   spec_digest="s", commit=None, dirty=False)
-    v1 = ledger.record_release(app="a", env="prod", image="sha256:1", **common)
-    v2 = ledger.record_release(app="a", env="prod", image="sha256:2", **common)
-    other = ledger.record_release(app="a", env="staging", image="sha256:9", **common)
+    v1 = ledger.releases.record(app="a", env="prod", image="sha256:1", **common)
+    v2 = ledger.releases.record(app="a", env="prod", image="sha256:2", **common)
+    other = ledger.releases.record(app="a", env="staging", image="sha256:9", **common)
     assert (v1.number, v2.number, other.number) == (1, 2, 1)
 
-    ok = ledger.start_rollout("a", "prod", None, 1, "rolling")
-    ledger.finish_rollout(ok.id, "succeeded")
-    bad = ledger.start_rollout("a", "prod", 1, 2, "rolling")
-    ledger.record_step(bad.id, "Start", "kiln-a-prod-web-v2-abc", "started")
-    ledger.finish_rollout(bad.id, "aborted", "instance exited")
-    assert ledger.current_release("a", "prod").number == 1
-    assert [r.number for r in ledger.releases("a", "prod")] == [2, 1]
-    assert ledger.releases("a", "prod")[0].config == {"port": 1}
-    assert ledger.steps(bad.id)[0]["target"] == "kiln-a-prod-web-v2-abc"
-    assert Ledger(pg_url).schema_revision() == SCHEMA_HEAD  # a second open finds it current
+    ok = ledger.rollouts.start("a", "prod", None, 1, "rolling")
+    ledger.rollouts.finish(ok.id, "succeeded")
+    bad = ledger.rollouts.start("a", "prod", 1, 2, "rolling")
+    ledger.rollouts.record_step(bad.id, "Start", "kiln-a-prod-web-v2-abc", "started")
+    ledger.rollouts.finish(bad.id, "aborted", "instance exited")
+    assert ledger.releases.current("a", "prod").number == 1
+    assert [r.number for r in ledger.releases.of("a", "prod")] == [2, 1]
+    assert ledger.releases.of("a", "prod")[0].config == {"port": 1}
+    assert ledger.rollouts.steps(bad.id)[0]["target"] == "kiln-a-prod-web-v2-abc"
+    assert Ledger(pg_url).db.schema_revision() == SCHEMA_HEAD  # a second open finds it current
 
 
 def test_postgres_lock_is_exclusive(pg_url: str) -> None:
@@ -56,22 +57,22 @@ def test_postgres_lock_is_exclusive(pg_url: str) -> None:
     from datetime import timedelta
 
     from kiln.errors import LockHeld
-    from kiln.ledger.store import Lock
+    from kiln.ledger.locks import Lock
 
     ledger = Ledger(pg_url)
 
     def take(user: str, alive: bool = True, ledger: Ledger = ledger) -> Lock:
-        return ledger.acquire_lock("a", "prod", user=user, host="h", pid=1, reason="deploy", lease=30,
+        return ledger.locks.acquire("a", "prod", user=user, host="h", pid=1, reason="deploy", lease=30,
                                    holder_alive=lambda _lock: alive)
 
     first = take("alice")
     with pytest.raises(LockHeld) as caught:
         take("bob")
     assert caught.value.lock == first and "alice@h pid 1" in caught.value.message
-    assert ledger.heartbeat(first)
+    assert ledger.locks.heartbeat(first)
 
     # An expired lock and several takers on their own connections: exactly one wins.
-    with ledger.engine.begin() as conn:
+    with ledger.db.engine.begin() as conn:
         conn.execute(text("UPDATE locks SET heartbeat_at = heartbeat_at - :d"), {"d": timedelta(minutes=5)})
     others = [Ledger(pg_url) for _ in range(6)]
 
@@ -85,10 +86,10 @@ def test_postgres_lock_is_exclusive(pg_url: str) -> None:
         results = list(pool.map(attempt, range(len(others))))
     winners = [r for r in results if isinstance(r, Lock)]
     assert len(winners) == 1, results
-    assert not ledger.heartbeat(first)  # alice lost it
-    ledger.release_lock(first)  # and her release leaves the winner's lock alone
-    assert ledger.lock("a", "prod") == winners[0]
-    assert ledger.force_release("a", "prod") == winners[0] and ledger.lock("a", "prod") is None
+    assert not ledger.locks.heartbeat(first)  # alice lost it
+    ledger.locks.release(first)  # and her release leaves the winner's lock alone
+    assert ledger.locks.get("a", "prod") == winners[0]
+    assert ledger.locks.force_release("a", "prod") == winners[0] and ledger.locks.get("a", "prod") is None
     for other in others:
-        other.engine.dispose()
-    ledger.engine.dispose()
+        other.db.engine.dispose()
+    ledger.db.engine.dispose()

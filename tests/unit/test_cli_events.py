@@ -30,9 +30,9 @@ def kiln_env(tmp_path) -> dict[str, str]:
 def test_events_filtered_as_json_and_followed(tmp_path):
     (tmp_path / "kiln.yaml").write_text(SPEC)
     ledger = Ledger(f"sqlite:///{tmp_path / '.kiln-home' / 'ledger.db'}")
-    ledger.event("shop", "production", "instance.failed", "kiln-shop-production-web-v1-aaa: exited with code 137")
-    ledger.event("shop", "staging", "rollout.started", "rollout 1 to v1 (rolling)")
-    ledger.event("shop", "production", "instance.replaced", "replaced [brackets] kept literally")
+    ledger.events.record("shop", "production", "instance.failed", "kiln-shop-production-web-v1-aaa: exited with code 137")
+    ledger.events.record("shop", "staging", "rollout.started", "rollout 1 to v1 (rolling)")
+    ledger.events.record("shop", "production", "instance.replaced", "replaced [brackets] kept literally")
 
     def kiln(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "kiln", "events", *args], cwd=tmp_path, env=kiln_env(tmp_path),
@@ -54,7 +54,7 @@ def test_events_filtered_as_json_and_followed(tmp_path):
     try:
         # The newest event comes first: from then on it is following, whatever the machine's load.
         assert json.loads(follow.stdout.readline())["kind"] == "instance.replaced"
-        ledger.event("shop", "production", "agent.halted", "2 instance failures within 60s exceed the limit of 1")
+        ledger.events.record("shop", "production", "agent.halted", "2 instance failures within 60s exceed the limit of 1")
         assert json.loads(follow.stdout.readline())["kind"] == "agent.halted"
     finally:
         watchdog.cancel()

@@ -45,19 +45,19 @@ def world(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
 
     def release(image: str) -> Target:
-        return Target.of(ledger.record_release(
+        return Target.of(ledger.releases.record(
             app="shop", env="prod", image=image, image_tag="t", inputs_hash="h", config=cfg.model_dump(mode="json"),
             config_digest=cfg.digest(), spec_digest="s", commit=None, dirty=False))
 
     def run(target: Target, policy: Rollout, previous: int | None = None) -> tuple[str, Driver]:
         progress = Progress(phases(policy, policy.before_traffic is not None, policy.after_traffic is not None),
                             0, policy)
-        rollout = ledger.start_rollout("shop", "prod", previous, target.release.number, policy.strategy,
+        rollout = ledger.rollouts.start("shop", "prod", previous, target.release.number, policy.strategy,
                                        progress.data())
         ex = Executor(runtime, router, ledger, Output(quiet=True), rollout.id, probe=lambda svc, c: runtime.healthy(c.name))
         driver = Driver(runtime, router, ledger, Output(quiet=True), rollout.id, target, ex)
         state = driver.run(progress)  # a kill inside leaves the rollout `running`, as a real one would
-        ledger.finish_rollout(rollout.id, state)
+        ledger.rollouts.finish(rollout.id, state)
         return state, driver
 
     v1 = release("sha256:1")
@@ -84,7 +84,7 @@ def test_blue_green_starts_idle_then_switches_in_one_move_then_retires_the_old(w
     assert sorted(weights) == sorted([f"{n}=100" for n in new] + [f"{o}=0" for o in old])
     first_removal = next(i for i, (verb, _) in enumerate(router.log) if verb == "remove")
     assert all(verb != "weight" for verb, _ in router.log[first_removal:])
-    assert ledger.rollout(driver.rollout_id).phase == "done"
+    assert ledger.rollouts.get(driver.rollout_id).phase == "done"
 
 
 def test_manual_blue_green_pauses_with_both_sets_and_no_traffic_moved(world):
@@ -95,7 +95,7 @@ def test_manual_blue_green_pauses_with_both_sets_and_no_traffic_moved(world):
     new = web(runtime, "sha256:2")
     assert {n: router.weights[n] for n in new} == dict.fromkeys(new, 0)
     assert {o: router.weights[o] for o in old} == dict.fromkeys(old, 100)
-    assert ledger.rollout(driver.rollout_id).phase == "promotion"
+    assert ledger.rollouts.get(driver.rollout_id).phase == "promotion"
 
 
 def test_blue_green_keep_old_leaves_the_old_set_idle(world):
@@ -103,7 +103,7 @@ def test_blue_green_keep_old_leaves_the_old_set_idle(world):
     old = set(router.added)
     _, driver = run(release("sha256:2"), Rollout(strategy="blue-green", keep_old=600))
     assert old <= set(runtime.specs) and {o: router.weights[o] for o in old} == dict.fromkeys(old, 0)
-    assert sorted(ledger.rollout(driver.rollout_id).data["kept"]) == sorted(old)
+    assert sorted(ledger.rollouts.get(driver.rollout_id).data["kept"]) == sorted(old)
 
 
 def test_canary_steps_raise_the_new_share(world):
@@ -178,7 +178,7 @@ def test_a_rollout_killed_after_its_switch_is_completed_from_the_recorded_phase(
     with pytest.raises(Killed):
         run(v2, policy, previous=1)
     new = sorted(web(runtime, "sha256:2"))
-    [rollout] = ledger.unfinished_rollouts("shop", "prod")
+    [rollout] = ledger.rollouts.unfinished("shop", "prod")
     assert (rollout.state, rollout.phase, rollout.data["index"]) == ("running", "switch", 2)
     assert rollout.data["phases"] == ["start", "before_traffic", "switch"]
     # Killed between moving the traffic and retiring the old set: both sets run, the new one weighted.
@@ -201,9 +201,9 @@ def test_a_rollout_killed_after_its_switch_is_completed_from_the_recorded_phase(
     assert all(by_instance(runtime.log, o) == ["stop", "remove"] for o in old)
     assert stopped_while_routed == []
     assert sorted(runtime.specs) == new and sorted(router.added) == new
-    after = ledger.rollout(rollout.id)
+    after = ledger.rollouts.get(rollout.id)
     assert (after.state, after.phase) == ("succeeded", "done")
-    assert ledger.unfinished_rollouts("shop", "prod") == []
+    assert ledger.rollouts.unfinished("shop", "prod") == []
 
 
 def test_a_rollout_killed_in_its_hook_before_the_switch_is_undone(world, monkeypatch):
@@ -220,7 +220,7 @@ def test_a_rollout_killed_in_its_hook_before_the_switch_is_undone(world, monkeyp
     with pytest.raises(Killed):
         run(v2, policy, previous=1)
     new = sorted(web(runtime, "sha256:2"))
-    [rollout] = ledger.unfinished_rollouts("shop", "prod")
+    [rollout] = ledger.rollouts.unfinished("shop", "prod")
     assert (rollout.state, rollout.phase, rollout.data["index"]) == ("running", "before_traffic", 1)
     assert len(new) == 2 and {n: router.weights[n] for n in new} == dict.fromkeys(new, 0)
 
@@ -236,5 +236,5 @@ def test_a_rollout_killed_in_its_hook_before_the_switch_is_undone(world, monkeyp
     assert all(by_instance(runtime.log, n) == ["stop", "remove"] for n in new)
     assert stopped_while_routed == []
     assert sorted(runtime.specs) == old and {o: router.weights[o] for o in old} == dict.fromkeys(old, 100)
-    after = ledger.rollout(rollout.id)
+    after = ledger.rollouts.get(rollout.id)
     assert (after.state, after.reason) == ("aborted", "interrupted before its traffic switch; undone")

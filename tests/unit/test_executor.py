@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kiln.errors import RolloutError
-from kiln.ledger.store import Ledger, Release
+from kiln.ledger.releases import Release
+from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.fake import FakeEngine, FakeRouter
 from kiln.rollout.executor import Executor, Target
@@ -39,12 +40,12 @@ def world(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
 
     def release(image: str) -> Release:
-        return ledger.record_release(app="shop", env="prod", image=image, image_tag="t", inputs_hash="h",
+        return ledger.releases.record(app="shop", env="prod", image=image, image_tag="t", inputs_hash="h",
                                      config=cfg.model_dump(mode="json"), config_digest=cfg.digest(),
                                      spec_digest="s", commit=None, dirty=False)
 
     def executor() -> Executor:
-        rollout = ledger.start_rollout("shop", "prod", None, 1, "rolling")
+        rollout = ledger.rollouts.start("shop", "prod", None, 1, "rolling")
         return Executor(runtime, router, ledger, Output(quiet=True), rollout.id,
                         probe=lambda svc, c: runtime.healthy(c.name))
 
@@ -62,7 +63,7 @@ def test_first_deploy_starts_routes_and_records_every_action(world):
     web = {n for n in names(runtime, 1) if "-web-" in n}
     assert len(web) == 2 and len(names(runtime, 1)) == 3
     assert set(router.added) == web  # the worker has no port and is never routed
-    steps = ledger.steps(ex.rollout_id)
+    steps = ledger.rollouts.steps(ex.rollout_id)
     started = [s["target"] for s in steps if s["action"] == "Start" and s["state"] == "started"]
     assert set(started) == names(runtime, 1)
     assert {s["target"] for s in steps if s["action"] == "Route" and s["state"] == "done"} == web
@@ -150,7 +151,7 @@ def test_a_lost_lock_stops_the_executor_before_it_acts(world):
     runtime, router, ledger, release, _ = world
     lost = threading.Event()
     lost.set()
-    rollout = ledger.start_rollout("shop", "prod", None, 1, "rolling")
+    rollout = ledger.rollouts.start("shop", "prod", None, 1, "rolling")
     ex = Executor(runtime, router, ledger, Output(quiet=True), rollout.id, lost_lock=lost)
     with pytest.raises(LockLost, match="lost the environment's lock"):
         ex.converge(Target.of(release("sha256:1")))

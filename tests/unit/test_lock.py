@@ -15,7 +15,9 @@ from datetime import timedelta
 import pytest
 
 from kiln.errors import LockHeld
-from kiln.ledger.store import Ledger, Lock, now
+from kiln.ledger.db import now
+from kiln.ledger.locks import Lock
+from kiln.ledger.store import Ledger
 from kiln.rollout.lock import hold, holder_alive
 
 
@@ -25,7 +27,7 @@ def ledger(tmp_path):
 
 
 def take(ledger, user="alice", host="box", pid=123, reason="deploy v4", lease=30.0, alive=True, env="production"):
-    return ledger.acquire_lock("shop", env, user=user, host=host, pid=pid, reason=reason, lease=lease,
+    return ledger.locks.acquire("shop", env, user=user, host=host, pid=pid, reason=reason, lease=lease,
                                holder_alive=lambda _lock: alive)
 
 
@@ -35,18 +37,18 @@ def age(ledger, lock: Lock, seconds: float) -> Lock:
 
     from kiln.ledger.schema import LockRow
 
-    with ledger.session() as s, s.begin():
+    with ledger.db.session() as s, s.begin():
         s.execute(update(LockRow).where(LockRow.token == lock.token)
                   .values(heartbeat_at=now() - timedelta(seconds=seconds)))
-    return ledger.lock(lock.app, lock.env)
+    return ledger.locks.get(lock.app, lock.env)
 
 
 def test_acquire_a_free_lock(ledger):
-    assert ledger.lock("shop", "production") is None
+    assert ledger.locks.get("shop", "production") is None
     lock = take(ledger)
     assert (lock.user, lock.host, lock.pid, lock.reason, lock.lease_seconds) == ("alice", "box", 123, "deploy v4", 30.0)
     assert len(lock.token) == 32 and lock.holder == "alice@box pid 123"
-    assert ledger.lock("shop", "production") == lock
+    assert ledger.locks.get("shop", "production") == lock
     assert not lock.expired(now())
     summary = lock.summary()
     assert summary["holder"] == "alice@box pid 123" and summary["acquired_at"].endswith("Z")
@@ -63,24 +65,24 @@ def test_second_acquire_raises_lock_held_naming_the_holder(ledger):
     assert err.message.startswith("shop/production is locked by alice@box pid 123 (deploy v4) since ")
     assert "heartbeat 0s ago." in err.message
     assert "kiln lock release --force -e production" in err.hint and "lease of 30s" in err.hint
-    assert ledger.lock("shop", "production") == first
+    assert ledger.locks.get("shop", "production") == first
 
 
 def test_takeover_after_the_lease_expired(ledger):
     stale = age(ledger, take(ledger, lease=5), 6)
     assert stale.expired(now())
     calls = []
-    mine = ledger.acquire_lock("shop", "production", user="bob", host="other", pid=9, reason="deploy v5",
+    mine = ledger.locks.acquire("shop", "production", user="bob", host="other", pid=9, reason="deploy v5",
                                lease=30, holder_alive=lambda lock: calls.append(lock) or True)
     assert calls == []  # an expired holder needs no liveness check
-    assert mine.token != stale.token and ledger.lock("shop", "production") == mine
+    assert mine.token != stale.token and ledger.locks.get("shop", "production") == mine
 
 
 def test_takeover_when_the_holder_is_gone(ledger):
     dead = take(ledger)
     mine = take(ledger, user="bob", alive=False)
     assert mine.user == "bob" and mine.token != dead.token
-    assert ledger.lock("shop", "production") == mine
+    assert ledger.locks.get("shop", "production") == mine
 
 
 def test_lock_held_when_the_lease_is_fresh_and_the_holder_alive(ledger):
@@ -95,8 +97,8 @@ def test_a_taker_with_a_stale_read_loses_to_the_first(ledger, monkeypatch):
     # The second taker read the lock before bob took it over: its conditional UPDATE matches no
     # row, it reads again and finds bob's fresh lock.
     reads = iter([stale])
-    real = ledger.lock
-    monkeypatch.setattr(ledger, "lock", lambda app, env: next(reads, None) or real(app, env))
+    real = ledger.locks.get
+    monkeypatch.setattr(ledger.locks, "get", lambda app, env: next(reads, None) or real(app, env))
     with pytest.raises(LockHeld) as caught:
         take(ledger, user="carol")
     assert caught.value.lock == winner
@@ -104,10 +106,10 @@ def test_a_taker_with_a_stale_read_loses_to_the_first(ledger, monkeypatch):
 
 
 def test_a_losing_insert_is_lock_held_not_an_integrity_error(ledger, monkeypatch):
-    real = ledger.lock
+    real = ledger.locks.get
     reads = iter([None])  # the second process saw no lock, then the first inserted
     winner = take(ledger)
-    monkeypatch.setattr(ledger, "lock", lambda app, env: next(reads, "real") and real(app, env))
+    monkeypatch.setattr(ledger.locks, "get", lambda app, env: next(reads, "real") and real(app, env))
     with pytest.raises(LockHeld) as caught:
         take(ledger, user="bob")
     assert caught.value.lock == winner
@@ -136,27 +138,27 @@ def test_concurrent_takers_of_an_expired_lock_exactly_one_wins(tmp_path):
     winners = [r for r in results if isinstance(r, Lock)]
     assert len(winners) == 1, results
     assert all(isinstance(r, LockHeld) and r.lock == winners[0] for r in results if r is not winners[0])
-    assert first.lock("shop", "production") == winners[0]
+    assert first.locks.get("shop", "production") == winners[0]
 
 
 def test_heartbeat_renews_and_fails_after_force_release(ledger):
     lock = age(ledger, take(ledger), 10)
-    assert ledger.heartbeat(lock)
-    assert ledger.lock("shop", "production").heartbeat_at > lock.heartbeat_at
-    assert ledger.force_release("shop", "production").token == lock.token
-    assert ledger.lock("shop", "production") is None
-    assert not ledger.heartbeat(lock)
-    assert ledger.force_release("shop", "production") is None
+    assert ledger.locks.heartbeat(lock)
+    assert ledger.locks.get("shop", "production").heartbeat_at > lock.heartbeat_at
+    assert ledger.locks.force_release("shop", "production").token == lock.token
+    assert ledger.locks.get("shop", "production") is None
+    assert not ledger.locks.heartbeat(lock)
+    assert ledger.locks.force_release("shop", "production") is None
 
 
 def test_release_with_a_stale_token_leaves_the_new_holder_alone(ledger):
     old = take(ledger)
     new = take(ledger, user="bob", alive=False)
-    ledger.release_lock(old)
-    assert not ledger.heartbeat(old)
-    assert ledger.lock("shop", "production") == new
-    ledger.release_lock(new)
-    assert ledger.lock("shop", "production") is None
+    ledger.locks.release(old)
+    assert not ledger.locks.heartbeat(old)
+    assert ledger.locks.get("shop", "production") == new
+    ledger.locks.release(new)
+    assert ledger.locks.get("shop", "production") is None
 
 
 # --- hold() ----------------------------------------------------------------------------------
@@ -180,29 +182,29 @@ def test_hold_heartbeats_and_releases(ledger):
         first = held.lock.heartbeat_at
         # A beat every 0.1 s: wait for one (bounded), rather than sleeping and hoping.
         deadline = time.monotonic() + 10
-        while ledger.lock("shop", "production").heartbeat_at == first and time.monotonic() < deadline:
+        while ledger.locks.get("shop", "production").heartbeat_at == first and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert ledger.lock("shop", "production").heartbeat_at > first
+        assert ledger.locks.get("shop", "production").heartbeat_at > first
         assert not held.lost.is_set()
         with pytest.raises(LockHeld):  # this very process holds it
             with hold(ledger, "shop", "production", "nested"):
                 pass
-    assert ledger.lock("shop", "production") is None
+    assert ledger.locks.get("shop", "production") is None
 
 
 def test_hold_releases_when_the_body_raises(ledger):
     with pytest.raises(RuntimeError):
         with hold(ledger, "shop", "production", "deploy v1", lease=0.3):
             raise RuntimeError("boom")
-    assert ledger.lock("shop", "production") is None
+    assert ledger.locks.get("shop", "production") is None
 
 
 def test_hold_notices_a_lost_lock(ledger):
     with hold(ledger, "shop", "production", "deploy v1", lease=0.3) as held:
-        ledger.force_release("shop", "production")
+        ledger.locks.force_release("shop", "production")
         assert held.lost.wait(2)
         other = take(ledger, user="bob")
-    assert ledger.lock("shop", "production") == other  # leaving did not release bob's lock
+    assert ledger.locks.get("shop", "production") == other  # leaving did not release bob's lock
 
 
 def test_hold_takes_over_from_a_dead_process_on_this_host(ledger):
@@ -243,7 +245,7 @@ def test_cli_lock_status_and_release(tmp_path):
 
     ledger = Ledger(f"sqlite:///{tmp_path / '.kiln-home' / 'ledger.db'}")
     lock = take(ledger, lease=30)
-    ledger.engine.dispose()
+    ledger.db.engine.dispose()
 
     status = kiln("lock", "status", "--json", "-e", "production", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
@@ -258,12 +260,12 @@ def test_cli_lock_status_and_release(tmp_path):
     refused = kiln("lock", "release", cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "--force" in refused.stderr and "two rollouts run at once" in refused.stderr
-    assert ledger.lock("shop", "production") == lock
+    assert ledger.locks.get("shop", "production") == lock
 
     forced = kiln("lock", "release", "--force", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert "alice@box pid 123" in forced.stderr
-    assert ledger.lock("shop", "production") is None
+    assert ledger.locks.get("shop", "production") is None
 
 
 def test_a_change_waits_for_an_agents_pass_but_not_for_another_change(ledger, monkeypatch):

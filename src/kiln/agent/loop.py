@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from kiln.agent.reconcile import WATCHED, Reconciler
 from kiln.context import DEFAULT_ENGINE, Context
 from kiln.errors import EngineError, KilnError, LockHeld
+from kiln.ledger import kinds
 from kiln.providers.base import EngineEvent, selector
 from kiln.rollout.lock import Held, hold, lease_name
 from kiln.spec.models import AgentPolicy
@@ -110,7 +111,7 @@ class Agent:
         self.leads[env] = _Lead(stack, held)
         self.standby_said.discard(env)
         self.reconcilers[env].engine_restarted()  # a new leader looks at everything afresh
-        self.ctx.ledger.event(self.app, env, "agent.leading", f"agent {held.lock.holder} watches {self.app}/{env}")
+        self.ctx.ledger.events.record(self.app, env, kinds.AGENT_LEADING, f"agent {held.lock.holder} watches {self.app}/{env}")
         self.ctx.out.step(f"{self.app}/{env}: watching (agent {held.lock.holder})")
         return True
 
@@ -118,7 +119,7 @@ class Agent:
         lead = self.leads.pop(env)
         lead.stack.close()
         try:
-            self.ctx.ledger.event(self.app, env, "agent.resigned", f"agent {lead.held.lock.holder} {why}")
+            self.ctx.ledger.events.record(self.app, env, kinds.AGENT_RESIGNED, f"agent {lead.held.lock.holder} {why}")
         except KilnError:
             pass  # the ledger is unreachable: the lease simply runs out
 

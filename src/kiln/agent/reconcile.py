@@ -16,7 +16,9 @@ from datetime import timedelta
 from kiln.agent.guard import Health, halted, judge, limit
 from kiln.context import Context
 from kiln.errors import FactsChanged, KilnError, LockHeld
-from kiln.ledger.store import Release, now
+from kiln.ledger import kinds
+from kiln.ledger.db import now
+from kiln.ledger.releases import Release
 from kiln.providers.base import ContainerFacts, EngineEvent
 from kiln.rollout.driver import PAUSED
 from kiln.rollout.executor import Executor, Target
@@ -25,9 +27,8 @@ from kiln.rollout.plan import Desired, Instance, plan
 from kiln.spec.models import AgentPolicy
 from kiln.spec.resolve import EnvConfig
 from kiln.usecases.deploy import kept, prepare, settle
-from kiln.usecases.drift import TAINTED, inspect, recent_execs
+from kiln.usecases.drift import inspect, recent_execs
 
-FAILED = "instance.failed"
 DEATHS = ("die", "oom", "destroy")  # engine events that call for a pass at once
 WATCHED = DEATHS + ("exec_start", "health_status")
 
@@ -75,7 +76,7 @@ class Reconciler:
         """One pass; returns what it did, or "" when the environment was as it should be."""
         ctx = self.ctx
         self.again = False
-        release = ctx.ledger.current_release(self.app, self.env)
+        release = ctx.ledger.releases.current(self.app, self.env)
         if release is None:
             return ""
         try:
@@ -91,16 +92,16 @@ class Reconciler:
     def _pass(self, release: Release, held: Held) -> str:
         ctx, app, env, mem = self.ctx, self.app, self.env, self.memory
         started = time.monotonic()
-        cfg = EnvConfig.recorded(release.config)
+        cfg = release.env_config()
         router = ctx.router(cfg)
         engine = ctx.engine_for(cfg)
         said = []
         facts = router.facts()
         if facts is None or not facts.running:
             prepare(ctx, cfg)
-            self._event("agent.router", f"router {router.name} was {facts.state if facts else 'missing'}; restarted it")
+            self._event(kinds.AGENT_ROUTER, f"router {router.name} was {facts.state if facts else 'missing'}; restarted it")
             said.append("restarted the router")
-        if any(r.state != PAUSED for r in ctx.ledger.unfinished_rollouts(app, env)):
+        if any(r.state != PAUSED for r in ctx.ledger.rollouts.unfinished(app, env)):
             settle(ctx, router, drop_paused=False)
             return "settled a rollout a killed kiln left unfinished"
         if mem.fresh:
@@ -146,9 +147,9 @@ class Reconciler:
             mem.counted.add(name)
             how = mem.deaths.get(name, (why, 0.0))[0]
             if name in mem.exempt:
-                self._event("instance.lost", f"{name}: {how} while the engine or the agent was down; restoring")
+                self._event(kinds.INSTANCE_LOST, f"{name}: {how} while the engine or the agent was down; restoring")
             else:
-                self._event(FAILED, f"{name}: {how}")
+                self._event(kinds.INSTANCE_FAILED, f"{name}: {how}")
                 self.ctx.out.warn(f"{self.app}/{self.env}: {name} failed: {how}")
 
     def _record_taints(self, tainted: dict[str, list[str]]) -> None:
@@ -156,7 +157,7 @@ class Reconciler:
             fresh = [r for r in reasons if f"{name}: {r}" not in self.memory.reported]
             if fresh:
                 self.memory.reported |= {f"{name}: {r}" for r in fresh}
-                self._event(TAINTED, f"{name}: {'; '.join(fresh)}")
+                self._event(kinds.INSTANCE_TAINTED, f"{name}: {'; '.join(fresh)}")
                 self.ctx.out.warn(f"{self.app}/{self.env}: {name} is tainted: {'; '.join(fresh)} "
                                   f"({'replacing it' if self.policy.drift == 'replace' else 'reported only'})")
 
@@ -170,7 +171,7 @@ class Reconciler:
             self.again = True
             return "another instance failed meanwhile; passing again"
         except KilnError as exc:
-            self._event("agent.failed", f"healing {self.app}/{self.env} failed: {exc.message}")
+            self._event(kinds.AGENT_FAILED, f"healing {self.app}/{self.env} failed: {exc.message}")
             self.ctx.out.warn(f"{self.app}/{self.env}: healing failed: {exc.message}")
             return "healing failed"
         # From the engine's death event when there was one, else from the start of this pass.
@@ -180,7 +181,7 @@ class Reconciler:
             mem.execs.pop(name, None)
         what = f"replaced {', '.join(gone)}" if gone else "restored the desired instances"
         message = f"{what} with {', '.join(sorted(executor.started)) or 'no new instance'} in {took:.2f}s"
-        self._event("instance.replaced" if gone else "agent.restored", f"{message} (agent {holder})")
+        self._event(kinds.INSTANCE_REPLACED if gone else kinds.AGENT_RESTORED, f"{message} (agent {holder})")
         return message
 
     # --- helpers ---------------------------------------------------------------------------
@@ -204,7 +205,7 @@ class Reconciler:
 
     def _halted(self, cfg: EnvConfig) -> bool:
         window = self.policy.meltdown.window
-        failures = len(self.ctx.ledger.events(self.app, self.env, kinds=(FAILED,), limit=None,
+        failures = len(self.ctx.ledger.events.of(self.app, self.env, kinds=(kinds.INSTANCE_FAILED,), limit=None,
                                               since=now() - timedelta(seconds=window)))
         instances = sum(s.replicas for s in cfg.services)
         stop = halted(failures, self.policy.meltdown, instances)
@@ -214,28 +215,28 @@ class Reconciler:
             self.memory.halted = stop
             allowed = limit(self.policy.meltdown, instances)
             if stop:
-                self._event("agent.halted", f"{failures} instance failures within {window:g}s exceed the limit of "
+                self._event(kinds.AGENT_HALTED, f"{failures} instance failures within {window:g}s exceed the limit of "
                                             f"{allowed}: self-healing stops until they age out")
                 self.ctx.out.warn(f"{self.app}/{self.env}: meltdown guard: {failures} failures within {window:g}s; "
                                   "not replacing instances")
             else:
-                self._event("agent.resumed", f"failures within {window:g}s are back within the limit of {allowed}; "
+                self._event(kinds.AGENT_RESUMED, f"failures within {window:g}s are back within the limit of {allowed}; "
                                              "self-healing resumes")
         return stop
 
     def _halted_on_record(self) -> bool:
-        last = self.ctx.ledger.events(self.app, self.env, kinds=("agent.halted", "agent.resumed"), limit=1)
-        return bool(last) and last[-1]["kind"] == "agent.halted"
+        last = self.ctx.ledger.events.of(self.app, self.env, kinds=(kinds.AGENT_HALTED, kinds.AGENT_RESUMED), limit=1)
+        return bool(last) and last[-1]["kind"] == kinds.AGENT_HALTED
 
     def _paused_instances(self, containers: list[ContainerFacts]) -> frozenset[str]:
         """Instances of a blue-green release waiting for `kiln promote`: that rollout owns them."""
-        waiting = {str(r.to_release) for r in self.ctx.ledger.unfinished_rollouts(self.app, self.env)
+        waiting = {str(r.to_release) for r in self.ctx.ledger.rollouts.unfinished(self.app, self.env)
                    if r.state == PAUSED}
         return frozenset(c.name for c in containers if c.label("release") in waiting)
 
     def _journal(self, action: str, target: str, state: str, detail: str) -> None:
         if state != "started":
-            self._event(f"agent.{action.lower()}", f"{target}: {state}" + (f" ({detail})" if detail else ""))
+            self._event(kinds.AGENT_ACTION_EVENTS[action], f"{target}: {state}" + (f" ({detail})" if detail else ""))
 
     def _event(self, kind: str, message: str) -> None:
-        self.ctx.ledger.event(self.app, self.env, kind, message)
+        self.ctx.ledger.events.record(self.app, self.env, kind, message)

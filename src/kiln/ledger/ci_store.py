@@ -16,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from kiln.ledger.ci_schema import CiDeliveryRow, CiLogRow, CiRunRow, CiStepRow
-from kiln.ledger.store import Ledger, now
+from kiln.ledger.db import now
+from kiln.ledger.store import Ledger
 
 ACTIVE = ("running", "waiting")  # a run that holds its queue
 FINISHED = ("succeeded", "failed", "cancelled", "superseded")
@@ -94,7 +95,7 @@ class CiStore:
     def enqueue(self, *, repo: str, spec: str, ref: str, queue: str, commit: str, trigger: str,
                 app: str = "") -> tuple[CiRun, list[int]]:
         """A new queued run; returns it and the ids of the older queued runs it superseded."""
-        with self.ledger.session() as s, s.begin():
+        with self.ledger.db.session() as s, s.begin():
             older = list(s.scalars(select(CiRunRow.id).where(CiRunRow.queue == queue, CiRunRow.state == "queued")))
             row = CiRunRow(app=app, repo=repo, spec=spec, ref=ref, queue=queue, commit=commit, trigger=trigger,
                            state="queued", reason="", image="", worker="", cancel=False, created_at=now())
@@ -108,19 +109,19 @@ class CiStore:
     def claim(self, run_id: int, worker: str) -> bool:
         """Start a queued run, if no other run of its queue is running or waiting."""
         other = aliased(CiRunRow)
-        with self.ledger.session() as s, s.begin():
+        with self.ledger.db.session() as s, s.begin():
             queue = s.scalar(select(CiRunRow.queue).where(CiRunRow.id == run_id))
             busy = exists().where(and_(other.queue == queue, other.state.in_(ACTIVE), other.id != run_id))
             return s.execute(update(CiRunRow).where(CiRunRow.id == run_id, CiRunRow.state == "queued", ~busy)
                              .values(state="running", worker=worker, started_at=now())).rowcount == 1
 
     def active_in_queue(self, queue: str) -> list[CiRun]:
-        with self.ledger.session() as s:
+        with self.ledger.db.session() as s:
             q = select(CiRunRow).where(CiRunRow.queue == queue, CiRunRow.state.in_(ACTIVE)).order_by(CiRunRow.id)
             return [_run(r) for r in s.scalars(q)]
 
     def update_run(self, run_id: int, **values: Any) -> None:
-        with self.ledger.session() as s, s.begin():
+        with self.ledger.db.session() as s, s.begin():
             s.execute(update(CiRunRow).where(CiRunRow.id == run_id).values(**values))
 
     def set_state(self, run_id: int, state: str, reason: str = "", *, only_from: Iterable[str] | None = None) -> bool:
@@ -132,7 +133,7 @@ class CiStore:
         q = update(CiRunRow).where(CiRunRow.id == run_id)
         if only_from is not None:
             q = q.where(CiRunRow.state.in_(tuple(only_from)))
-        with self.ledger.session() as s, s.begin():
+        with self.ledger.db.session() as s, s.begin():
             return s.execute(q.values(**values)).rowcount == 1
 
     def request_cancel(self, run_id: int) -> CiRun | None:
@@ -142,7 +143,7 @@ class CiStore:
         return self.run(run_id)
 
     def run(self, run_id: int) -> CiRun | None:
-        with self.ledger.session() as s:
+        with self.ledger.db.session() as s:
             row = s.get(CiRunRow, run_id)
             return _run(row) if row else None
 
@@ -150,14 +151,14 @@ class CiStore:
         q = select(CiRunRow).order_by(CiRunRow.id.desc()).limit(limit)
         if app is not None:
             q = q.where(CiRunRow.app.in_((app, "")))  # "" : not checked out yet
-        with self.ledger.session() as s:
+        with self.ledger.db.session() as s:
             return [_run(r) for r in s.scalars(q)]
 
     # --- steps ----------------------------------------------------------------------------
 
     def add_steps(self, run_id: int, steps: Iterable[tuple[int, int, str, str, str, str]]) -> list[CiStep]:
         """(position, stage, name, kind, state, detail) rows, in order."""
-        with self.ledger.session() as s, s.begin():
+        with self.ledger.db.session() as s, s.begin():
             rows = [CiStepRow(run_id=run_id, position=p, stage=st, name=n, kind=k, state=state, detail=d)
                     for p, st, n, k, state, d in steps]
             s.add_all(rows)
@@ -174,16 +175,16 @@ class CiStore:
         q = update(CiStepRow).where(CiStepRow.id == step_id)
         if only_from is not None:
             q = q.where(CiStepRow.state.in_(tuple(only_from)))
-        with self.ledger.session() as s, s.begin():
+        with self.ledger.db.session() as s, s.begin():
             return s.execute(q.values(**values)).rowcount == 1
 
     def steps(self, run_id: int) -> list[CiStep]:
-        with self.ledger.session() as s:
+        with self.ledger.db.session() as s:
             q = select(CiStepRow).where(CiStepRow.run_id == run_id).order_by(CiStepRow.position)
             return [_step(r) for r in s.scalars(q)]
 
     def step(self, step_id: int) -> CiStep | None:
-        with self.ledger.session() as s:
+        with self.ledger.db.session() as s:
             row = s.get(CiStepRow, step_id)
             return _step(row) if row else None
 
@@ -194,13 +195,13 @@ class CiStore:
         if not lines:
             return
         at = now()
-        with self.ledger.session() as s, s.begin():
+        with self.ledger.db.session() as s, s.begin():
             s.execute(insert(CiLogRow), [{"run_id": run_id, "step_id": step_id, "line": line, "at": at}
                                          for line in lines])
 
     def logs(self, run_id: int, after: int = 0) -> list[tuple[int, int | None, str]]:
         """(id, step id, line) after log id `after`, oldest first."""
-        with self.ledger.session() as s:
+        with self.ledger.db.session() as s:
             q = (select(CiLogRow.id, CiLogRow.step_id, CiLogRow.line)
                  .where(CiLogRow.run_id == run_id, CiLogRow.id > after).order_by(CiLogRow.id))
             return [(i, step, line) for i, step, line in s.execute(q)]
@@ -210,13 +211,13 @@ class CiStore:
     def first_delivery(self, source: str, delivery: str) -> bool:
         """Record a delivery id; False when it was seen before (a replay)."""
         try:
-            with self.ledger.session() as s, s.begin():
+            with self.ledger.db.session(passing=(IntegrityError,)) as s, s.begin():
                 s.execute(insert(CiDeliveryRow).values(source=source, delivery=delivery, received_at=now()))
             return True
         except IntegrityError:
             return False
 
     def link_delivery(self, source: str, delivery: str, run_id: int) -> None:
-        with self.ledger.session() as s, s.begin():
+        with self.ledger.db.session() as s, s.begin():
             s.execute(update(CiDeliveryRow).where(CiDeliveryRow.source == source, CiDeliveryRow.delivery == delivery)
                       .values(run_id=run_id))

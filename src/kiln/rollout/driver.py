@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from kiln import faults
-from kiln.errors import RolloutError
+from kiln.errors import LedgerError, RolloutError
+from kiln.ledger.kinds import PAUSED, STEP_PHASE, SUCCEEDED
 from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.base import ContainerFacts, Engine
@@ -27,8 +28,6 @@ from kiln.router.runtime import ServerStat
 from kiln.spec.models import Rollout as Policy
 from kiln.spec.smoke import SmokeCheck, check_problem
 
-PAUSED = "paused"
-SUCCEEDED = "succeeded"
 ANALYSIS_INTERVAL = 0.5  # seconds between two reads of HAProxy's statistics during a canary pause
 
 
@@ -46,8 +45,14 @@ class Progress:
 
     @classmethod
     def from_data(cls, data: dict) -> Progress:
+        """The progress a rollout row recorded; LedgerError when it is incomplete or unreadable."""
         extra = {k: v for k, v in data.items() if k not in ("phases", "index", "policy")}
-        return cls(list(data["phases"]), int(data["index"]), Policy.model_validate(data["policy"]), extra)
+        try:
+            return cls(list(data["phases"]), int(data["index"]), Policy.model_validate(data["policy"]), extra)
+        except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise LedgerError(f"a rollout's recorded progress cannot be read ({type(exc).__name__}: {exc}).",
+                              "It was probably recorded by another kiln version; `kiln rollout show` lists "
+                              "its steps.") from None
 
 
 class Driver:
@@ -66,16 +71,16 @@ class Driver:
         """Run phases from progress.index on; returns "succeeded" or "paused" (awaiting promotion)."""
         while progress.index < len(progress.phases):
             phase = progress.phases[progress.index]
-            self.ledger.set_rollout_phase(self.rollout_id, phase, progress.data())
+            self.ledger.rollouts.set_phase(self.rollout_id, phase, progress.data())
             if phase == "promotion":
                 self.out.done(f"v{self.target.release.number} is healthy and waits on {self.target.cfg.preview_url}; "
                               "`kiln promote` switches traffic to it, `kiln rollback` drops it")
                 return PAUSED
-            self.ledger.record_step(self.rollout_id, "Phase", phase, "started")
+            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "started")
             detail = self._phase(phase, progress)
-            self.ledger.record_step(self.rollout_id, "Phase", phase, "done", detail)
+            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "done", detail)
             progress.index += 1
-        self.ledger.set_rollout_phase(self.rollout_id, "done", progress.data())
+        self.ledger.rollouts.set_phase(self.rollout_id, "done", progress.data())
         return SUCCEEDED
 
     def _phase(self, phase: str, progress: Progress) -> str:
@@ -182,7 +187,7 @@ class Driver:
         if policy.strategy == "blue-green" and policy.keep_old > 0 and old:
             keep = frozenset(old)
             progress.extra.update(kept=sorted(keep), keep_until=datetime.now(UTC).timestamp() + policy.keep_old)
-            self.ledger.set_rollout_phase(self.rollout_id, "switch", progress.data())
+            self.ledger.rollouts.set_phase(self.rollout_id, "switch", progress.data())
             self.out.step(f"the old set stays running, idle, for {policy.keep_old:g}s so that `kiln rollback` is instant")
         # Old instances now take no traffic: retiring them only waits for their in-flight requests.
         self.ex.converge(self.target, self.target.desired(keep=keep))

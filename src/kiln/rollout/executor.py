@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from kiln import faults
 from kiln.errors import LockLost, RolloutError, UsageError
-from kiln.ledger.store import Ledger, Release
+from kiln.ledger import kinds
+from kiln.ledger.releases import Release
+from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.base import ContainerFacts, Engine
 from kiln.rollout.instances import instance_spec, new_instance_name
@@ -44,7 +46,7 @@ class Target:
 
     @classmethod
     def of(cls, release: Release) -> Target:
-        return cls(release, EnvConfig.recorded(release.config))
+        return cls(release, release.env_config())
 
     def same_as(self, c: ContainerFacts) -> bool:
         """An instance of any release with this release's exact image and resolved config."""
@@ -57,8 +59,17 @@ class Target:
                        svc.name if svc else None, **shape)  # type: ignore[arg-type]
 
 
-# (action, instance, state, detail): state is started, done or failed
+# (action, instance, state, detail): action is one of kinds.STEP_*; state is started, done or failed
 Journal = Callable[[str, str, str, str], None]
+
+# The name journalled for each action: stored data, so an explicit constant, never the class name.
+STEP_OF: dict[type, str] = {
+    Start: kinds.STEP_START,
+    AwaitHealthy: kinds.STEP_AWAIT_HEALTHY,
+    Route: kinds.STEP_ROUTE,
+    Unroute: kinds.STEP_UNROUTE,
+    Remove: kinds.STEP_REMOVE,
+}
 
 
 class Executor:
@@ -69,7 +80,7 @@ class Executor:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
         self.probe = probe or (lambda svc, c: runtime.probe(c, svc.healthcheck, svc.port))
         self.rollout_id = rollout_id
-        self.journal: Journal = journal or (lambda *entry: ledger.record_step(rollout_id, *entry))
+        self.journal: Journal = journal or (lambda *entry: ledger.rollouts.record_step(rollout_id, *entry))
         self.watch = watch  # sees every observation of converge(); may raise to stop it
         self.lost_lock = lost_lock
         self.targets: dict[int, Target] = {}
@@ -158,7 +169,7 @@ class Executor:
         if isinstance(action, Start):
             self._start(action)
             return
-        kind, target = type(action).__name__, action.name
+        kind, target = STEP_OF[type(action)], action.name
         self.journal(kind, target, "started", "")
         try:
             detail = self._do(action)
@@ -172,10 +183,10 @@ class Executor:
         svc = t.cfg.service(action.service)
         name = new_instance_name(t.cfg, svc.name, action.release)
         # Recorded before it exists, so an interrupted rollout knows what it may have made.
-        self.journal("Start", name, "started", "")
+        self.journal(STEP_OF[Start], name, "started", "")
         self.started.add(name)
         self.runtime.start(instance_spec(t.cfg, svc, action.release, t.release.image, name))
-        self.journal("Start", name, "done", "")
+        self.journal(STEP_OF[Start], name, "done", "")
         self.out.step(f"started {name}")
         faults.point("started")
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from kiln.providers.base import ContainerSpec
-from kiln.router.haproxy import network_name
+from kiln.providers.base import ContainerSpec, network_name
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
 

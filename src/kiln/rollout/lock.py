@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 from kiln import process
 
 if TYPE_CHECKING:  # SQLAlchemy costs ~0.3 s to import; callers already hold a Ledger
-    from kiln.ledger.store import Ledger, Lock
+    from kiln.ledger.locks import Lock
+    from kiln.ledger.store import Ledger
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _acquire(ledger: Ledger, app: str, env: str, reason: str, lease: float) -> L
     deadline = _clock() + PATIENCE
     while True:
         try:
-            return ledger.acquire_lock(app, env, user=_user(), host=socket.gethostname(), pid=os.getpid(),
+            return ledger.locks.acquire(app, env, user=_user(), host=socket.gethostname(), pid=os.getpid(),
                                        reason=reason, lease=lease, holder_alive=holder_alive)
         except LockHeld as exc:
             # An agent healing the environment is done in seconds; a deploy waits for it rather
@@ -93,7 +94,7 @@ def hold(ledger: Ledger, app: str, env: str, reason: str, lease: float = 30.0) -
         renewed = time.monotonic()
         while not stop.wait(lease / 3):
             try:
-                if not ledger.heartbeat(lock):
+                if not ledger.locks.heartbeat(lock):
                     held.lost.set()
                     return
                 renewed = time.monotonic()
@@ -109,4 +110,4 @@ def hold(ledger: Ledger, app: str, env: str, reason: str, lease: float = 30.0) -
     finally:
         stop.set()
         thread.join()
-        ledger.release_lock(lock)  # only deletes the row if it still carries our token
+        ledger.locks.release(lock)  # only deletes the row if it still carries our token

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from pydantic import BaseModel, ConfigDict
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from kiln.errors import LedgerError, UsageError
+from kiln.errors import UsageError
 from kiln.spec.models import HealthCheck, Spec
 
 
@@ -59,16 +57,6 @@ class EnvConfig(Resolved):
     services: tuple[ServiceConfig, ...]
     preview_port: int | None = None
     engine: str = "docker"
-
-    @classmethod
-    def recorded(cls, data: dict[str, Any]) -> EnvConfig:
-        """The config a release recorded. Unreadable only if the ledger was changed outside kiln."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            where = f"{data.get('app', '?')}/{data.get('env', '?')}" if isinstance(data, dict) else "a release"
-            raise LedgerError(f"the recorded config of {where} is unreadable: {exc.errors()[0]['msg']}.",
-                              "The ledger was changed outside kiln; restore it from a backup.") from None
 
     def find(self, name: str) -> ServiceConfig | None:
         return next((svc for svc in self.services if svc.name == name), None)

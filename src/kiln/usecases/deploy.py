@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 from kiln import secretref
 from kiln.bake.baker import bake
 from kiln.context import Context
-from kiln.errors import KilnError, LockLost, RolloutError, UsageError
-from kiln.ledger.store import Release, Rollout
+from kiln.errors import KilnError, LedgerError, LockLost, RolloutError, UsageError
+from kiln.ledger import kinds
+from kiln.ledger.releases import Release
+from kiln.ledger.rollouts import Rollout
 from kiln.providers.base import HOOK, network_name, selector
 from kiln.rollout.driver import PAUSED, Driver, Progress
 from kiln.rollout.executor import Executor, Target
@@ -75,16 +77,16 @@ def ship(ctx: Context, cfg: EnvConfig, artifact: Artifact, spec_digest: str, pol
     service when it is the same, a retry of the newest one when that never got in, else a new one."""
     router = prepare(ctx, cfg)
     settle(ctx, router)
-    current = ctx.ledger.current_release(cfg.app, cfg.env)
+    current = ctx.ledger.releases.current(cfg.app, cfg.env)
     config_digest = cfg.digest()
-    newest = next(iter(ctx.ledger.releases(cfg.app, cfg.env, limit=1)), None)
+    newest = next(iter(ctx.ledger.releases.of(cfg.app, cfg.env, limit=1)), None)
     if current and current.image == artifact.image and current.config_digest == config_digest:
         release = current
     elif newest and newest.image == artifact.image and newest.config_digest == config_digest and not newest.note:
         release = newest  # a retry of a release that did not get into service
         ctx.out.step(f"Retrying release v{release.number} of {cfg.app}/{cfg.env}")
     else:
-        release = ctx.ledger.record_release(
+        release = ctx.ledger.releases.record(
             app=cfg.app, env=cfg.env, image=artifact.image, image_tag=artifact.tag, inputs_hash=artifact.inputs_hash,
             config=cfg.model_dump(mode="json"), config_digest=config_digest, spec_digest=spec_digest,
             commit=artifact.commit, dirty=artifact.dirty, origin=artifact.origin)
@@ -98,10 +100,10 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
     # A rollback is urgent and goes onto a release that served: it rolls, unless told otherwise.
     policy = policy_for(spec, strategy or "rolling")
     with locked(ctx, app, env, "rollback"):
-        unfinished = ctx.ledger.unfinished_rollouts(app, env)
+        unfinished = ctx.ledger.rollouts.unfinished(app, env)
         if unfinished:
             settle(ctx, ctx.router(_config_of(ctx, unfinished[-1])))
-        current = ctx.ledger.current_release(app, env)
+        current = ctx.ledger.releases.current(app, env)
         if current and any(r.state == PAUSED for r in unfinished):
             # Rolling back while a blue-green release waits for promotion means: drop that release.
             ctx.out.done(f"v{current.number} keeps serving")
@@ -110,22 +112,20 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
             raise UsageError(f"{app}/{env} has no release in service, so there is nothing to roll back.")
         if to is None:
             # The release that served before the current one; aborted releases never served.
-            states = ctx.ledger.release_states(app, env)
+            states = ctx.ledger.releases.states(app, env)
             earlier = [n for n, state in states.items() if state == "served" and n < current.number]
             if not earlier:
                 raise UsageError(f"{app}/{env} has no earlier release that served, so there is nothing to roll back to.")
             to = max(earlier)
-        target = ctx.ledger.release(app, env, to)
-        if target is None:
-            raise UsageError(f"{app}/{env} has no release v{to}.", "`kiln releases` lists them.")
-        if ctx.engine_for(EnvConfig.recorded(target.config)).image_id(target.image) is None:
+        target = ctx.ledger.releases.require(app, env, to)
+        if ctx.engine_for(target.env_config()).image_id(target.image) is None:
             raise KilnError(f"the image of v{to} ({target.image[:19]}) is no longer on this engine.",
                             "Check out its commit and run `kiln deploy` to bake it again.")
         if target.image == current.image and target.config_digest == current.config_digest:
             ctx.out.done(f"v{current.number} already runs the same image and config as v{to}")
             return Outcome(current, changed=False)
-        router = prepare(ctx, EnvConfig.recorded(target.config))
-        release = ctx.ledger.record_release(
+        router = prepare(ctx, target.env_config())
+        release = ctx.ledger.releases.record(
             app=app, env=env, image=target.image, image_tag=target.image_tag, inputs_hash=target.inputs_hash,
             config=target.config, config_digest=target.config_digest, spec_digest=target.spec_digest,
             commit=target.commit, dirty=target.dirty, note=f"rollback to v{to}")
@@ -136,12 +136,12 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
 def promote(ctx: Context, app: str, env: str) -> Outcome:
     """Switch traffic to the blue-green release waiting on the preview port."""
     with locked(ctx, app, env, "promote"):
-        paused = [r for r in ctx.ledger.unfinished_rollouts(app, env) if r.state == PAUSED]
+        paused = [r for r in ctx.ledger.rollouts.unfinished(app, env) if r.state == PAUSED]
         if not paused:
             raise UsageError(f"no release of {app}/{env} waits for promotion.",
                              "A blue-green rollout with `promote: manual` waits after its smoke checks.")
         rollout = paused[-1]
-        ctx.ledger.finish_rollout(rollout.id, "running")
+        ctx.ledger.rollouts.finish(rollout.id, kinds.RUNNING)
         progress = Progress.from_data(rollout.data)
         progress.index += 1  # past "promotion"
         return _continue(ctx, ctx.router(_config_of(ctx, rollout)), rollout, progress)
@@ -150,10 +150,10 @@ def promote(ctx: Context, app: str, env: str) -> Outcome:
 def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
     """`kiln rollout resume`: settle what a killed kiln left unfinished."""
     with locked(ctx, app, env, "resume"):
-        unfinished = [r for r in ctx.ledger.unfinished_rollouts(app, env) if r.state != PAUSED]
+        unfinished = [r for r in ctx.ledger.rollouts.unfinished(app, env) if r.state != PAUSED]
         if unfinished:
             settle(ctx, ctx.router(_config_of(ctx, unfinished[-1])), drop_paused=False)
-        return [r for r in (ctx.ledger.rollout(u.id) for u in unfinished) if r]
+        return [r for r in (ctx.ledger.rollouts.get(u.id) for u in unfinished) if r]
 
 
 @contextmanager
@@ -185,7 +185,7 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
     for hook in engine.containers(selector(app, env, HOOK)):
         ctx.out.warn(f"removing {hook.name}, a hook container left by an interrupted rollout")
         engine.remove(hook.name)
-    for rollout in ctx.ledger.unfinished_rollouts(app, env):
+    for rollout in ctx.ledger.rollouts.unfinished(app, env):
         if rollout.state == PAUSED and not drop_paused:
             continue
         progress = Progress.from_data(rollout.data) if rollout.data.get("phases") else None
@@ -193,7 +193,7 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
         if forward and progress is not None:
             ctx.out.warn(f"rollout {rollout.id} to v{rollout.to_release} was interrupted in its "
                          f"{progress.phases[progress.index] if progress.index < len(progress.phases) else 'last'} phase; completing it")
-            ctx.ledger.event(app, env, "rollout.resumed", f"rollout {rollout.id} to v{rollout.to_release}")
+            ctx.ledger.events.record(app, env, kinds.ROLLOUT_RESUMED, f"rollout {rollout.id} to v{rollout.to_release}")
             _continue(ctx, router, rollout, progress)
         else:
             why = "dropped: a new change came before its promotion" if rollout.state == PAUSED else \
@@ -201,12 +201,12 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
             ctx.out.warn(f"rollout {rollout.id} to v{rollout.to_release} was {why}")
             executor = _executor(ctx, router, rollout.id, rollout)
             _abort(ctx, executor, _release(ctx, rollout.from_release, app, env), _release(ctx, rollout.to_release, app, env))
-            ctx.ledger.finish_rollout(rollout.id, "aborted", why)
-            ctx.ledger.event(app, env, "rollout.aborted", f"rollout {rollout.id} to v{rollout.to_release}: {why}")
+            ctx.ledger.rollouts.finish(rollout.id, kinds.ABORTED, why)
+            ctx.ledger.events.record(app, env, kinds.ROLLOUT_ABORTED, f"rollout {rollout.id} to v{rollout.to_release}: {why}")
 
 
 def roll_out(ctx: Context, router: Router, release: Release, previous: Release | None, policy: Policy) -> Outcome:
-    cfg = EnvConfig.recorded(release.config)
+    cfg = release.env_config()
     if previous and previous.number == release.number:
         probe_only = Executor(ctx.engine_for(cfg), router, ctx.ledger, ctx.out, rollout_id=0)
         if probe_only.converged(Target.of(release), kept(ctx, cfg.app, cfg.env)):
@@ -215,9 +215,9 @@ def roll_out(ctx: Context, router: Router, release: Release, previous: Release |
     if previous is None and policy.strategy != "rolling":
         policy = policy.model_copy(update={"strategy": "rolling"})  # nothing serves yet: nothing to shield
     progress = Progress(phases(policy, policy.before_traffic is not None, policy.after_traffic is not None), 0, policy)
-    rollout = ctx.ledger.start_rollout(cfg.app, cfg.env, previous.number if previous else None,
+    rollout = ctx.ledger.rollouts.start(cfg.app, cfg.env, previous.number if previous else None,
                                        release.number, policy.strategy, progress.data())
-    ctx.ledger.event(cfg.app, cfg.env, "rollout.started",
+    ctx.ledger.events.record(cfg.app, cfg.env, kinds.ROLLOUT_STARTED,
                      f"rollout {rollout.id} to v{release.number} ({policy.strategy})")
     ctx.out.step(f"Rolling out v{release.number} ({policy.strategy}: {', '.join(progress.phases)})")
     outcome = _continue(ctx, router, rollout, progress)
@@ -227,7 +227,7 @@ def roll_out(ctx: Context, router: Router, release: Release, previous: Release |
 def _continue(ctx: Context, router: Router, rollout: Rollout, progress: Progress) -> Outcome:
     """Run `rollout` from progress.index to its end; abort it (converging back) when it fails."""
     app, env = router.cfg.app, router.cfg.env
-    release = _recorded(ctx, rollout.to_release, app, env)
+    release = ctx.ledger.releases.require(app, env, rollout.to_release)
     previous = _release(ctx, rollout.from_release, app, env) if rollout.from_release else None
     executor = _executor(ctx, router, rollout.id, rollout)
     driver = Driver(ctx.engine_for(router.cfg), router, ctx.ledger, ctx.out, rollout.id, Target.of(release), executor)
@@ -239,24 +239,24 @@ def _continue(ctx: Context, router: Router, rollout: Rollout, progress: Progress
         reason = exc.message if isinstance(exc, KilnError) else "interrupted"
         ctx.out.warn(f"Aborting the rollout to v{release.number}: {reason}")
         _abort(ctx, executor, previous, release)
-        ctx.ledger.finish_rollout(rollout.id, "aborted", reason)
-        ctx.ledger.event(app, env, "rollout.aborted", f"rollout {rollout.id} to v{release.number}: {reason}")
+        ctx.ledger.rollouts.finish(rollout.id, kinds.ABORTED, reason)
+        ctx.ledger.events.record(app, env, kinds.ROLLOUT_ABORTED, f"rollout {rollout.id} to v{release.number}: {reason}")
         if isinstance(exc, KeyboardInterrupt):
             raise
         kept_msg = f"v{previous.number} keeps serving" if previous else "nothing was serving before"
         raise RolloutError(f"the rollout to v{release.number} was aborted: {reason}", f"{kept_msg}.") from None
     if state == PAUSED:
-        ctx.ledger.finish_rollout(rollout.id, PAUSED)
-        ctx.ledger.event(app, env, "rollout.paused", f"rollout {rollout.id}: v{release.number} waits for promotion")
+        ctx.ledger.rollouts.finish(rollout.id, PAUSED)
+        ctx.ledger.events.record(app, env, kinds.ROLLOUT_PAUSED, f"rollout {rollout.id}: v{release.number} waits for promotion")
         return Outcome(release, changed=True, state=PAUSED)
-    ctx.ledger.finish_rollout(rollout.id, "succeeded")
-    ctx.ledger.event(app, env, "rollout.succeeded", f"rollout {rollout.id}: v{release.number} serving")
+    ctx.ledger.rollouts.finish(rollout.id, kinds.SUCCEEDED)
+    ctx.ledger.events.record(app, env, kinds.ROLLOUT_SUCCEEDED, f"rollout {rollout.id}: v{release.number} serving")
     return Outcome(release, changed=True)
 
 
 def kept(ctx: Context, app: str, env: str) -> frozenset[str]:
     """Instances a blue-green rollout keeps idle for a fast rollback, while their time lasts."""
-    last = next((r for r in ctx.ledger.rollouts(app, env, limit=5) if r.state == "succeeded"), None)
+    last = next((r for r in ctx.ledger.rollouts.of(app, env, limit=5) if r.state == kinds.SUCCEEDED), None)
     if last is None or not last.data.get("kept"):
         return frozenset()
     if datetime.now(UTC).timestamp() > float(last.data.get("keep_until", 0)):
@@ -274,20 +274,15 @@ def _executor(ctx: Context, router: Router, rollout_id: int, rollout: Rollout) -
 
 
 def _release(ctx: Context, number: int | None, app: str, env: str) -> Release | None:
-    return ctx.ledger.release(app, env, number) if number else None
-
-
-def _recorded(ctx: Context, number: int, app: str, env: str) -> Release:
-    """A release a rollout names; the ledger keeps every release, so its absence is corruption."""
-    release = ctx.ledger.release(app, env, number)
-    if release is None:
-        raise KilnError(f"the ledger has no release v{number} of {app}/{env}, which a rollout names.",
-                        "The ledger was changed outside kiln; restore it from a backup.")
-    return release
+    return ctx.ledger.releases.get(app, env, number) if number else None
 
 
 def _config_of(ctx: Context, rollout: Rollout) -> EnvConfig:
-    return EnvConfig.recorded(_recorded(ctx, rollout.to_release, rollout.app, rollout.env).config)
+    release = _release(ctx, rollout.to_release, rollout.app, rollout.env)
+    if release is None:
+        raise LedgerError(f"rollout {rollout.id} of {rollout.app}/{rollout.env} goes to v{rollout.to_release}, "
+                          "which the ledger does not have.")
+    return release.env_config()
 
 
 def _abort(ctx: Context, executor: Executor, previous: Release | None, failed: Release | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kiln.context import Context
+from kiln.ledger import kinds
 from kiln.providers.base import ROUTER, network_name, selector
 from kiln.spec.resolve import EnvConfig
 
@@ -20,7 +21,7 @@ def destroy(ctx: Context, cfg: EnvConfig) -> int:
     if removed:
         ctx.out.step(f"removed {router.name}")
     engine.remove_network(network_name(app, env))
-    ctx.ledger.forget_environment(app, env)  # an environment kiln made (recreated, preview) is gone
+    ctx.ledger.environments.forget(app, env)  # an environment kiln made (recreated, preview) is gone
     count = len(containers) + (1 if removed else 0)
-    ctx.ledger.event(app, env, "destroyed", f"removed {count} containers and the network")
-    return count
+    ctx.ledger.events.record(app, env, kinds.DESTROYED, f"removed {count} containers and the network")
+    return len(containers)

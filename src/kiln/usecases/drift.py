@@ -13,12 +13,12 @@ from typing import Any
 from kiln import secretref
 from kiln.agent.drift import exec_detail, taints
 from kiln.context import Context
-from kiln.ledger.store import Release
+from kiln.ledger import kinds
+from kiln.ledger.releases import Release
 from kiln.providers.base import INSTANCE, ContainerFacts, Engine, selector
 from kiln.rollout.instances import instance_spec
 from kiln.spec.resolve import EnvConfig
 
-TAINTED = "instance.tainted"  # ledger event: "NAME: reason; reason"
 EXEC_MEMORY = 24 * 3600.0  # how far back engine events are asked for (the engine keeps only its last 256)
 
 
@@ -43,12 +43,12 @@ def inspect(ctx: Context, engine: Engine, app: str, env: str, containers: list[C
             continue
         number = int(c.label("release") or 0)
         if number not in releases:
-            releases[number] = ctx.ledger.release(app, env, number)
+            releases[number] = ctx.ledger.releases.get(app, env, number)
         release = releases[number]
         if release is None:
             out[c.name] = [f"claims release v{number}, which {app}/{env} does not have"]
             continue
-        cfg = EnvConfig.recorded(release.config)
+        cfg = release.env_config()
         svc = cfg.find(c.label("service") or "")
         if svc is None:
             out[c.name] = [f"claims service {c.label('service')!r}, which release v{number} does not have"]
@@ -85,7 +85,7 @@ def _with_secrets(ctx: Context, environment: dict[str, str], actual: dict[str, s
 def recorded(ctx: Context, app: str, env: str) -> dict[str, list[str]]:
     """Taints the agent recorded in the ledger, by instance."""
     out: dict[str, list[str]] = {}
-    for e in ctx.ledger.events(app, env, kinds=(TAINTED,), limit=1000):
+    for e in ctx.ledger.events.of(app, env, kinds=(kinds.INSTANCE_TAINTED,), limit=1000):
         name, _, reasons = e["message"].partition(": ")
         out.setdefault(name, [])
         out[name] += [r for r in reasons.split("; ") if r not in out[name]]

@@ -16,7 +16,10 @@ from kiln import git
 from kiln.bake.baker import bake
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
-from kiln.ledger.store import MadeEnv, Release, now
+from kiln.ledger import kinds
+from kiln.ledger.db import now
+from kiln.ledger.environments import MadeEnv
+from kiln.ledger.releases import Release
 from kiln.providers.base import INSTANCE, selector
 from kiln.spec.envdiff import KeyDiff, declared_keys, diff
 from kiln.spec.loader import LoadedSpec, load_spec
@@ -37,32 +40,32 @@ def config_of(ctx: Context, loaded: LoadedSpec, env: str) -> EnvConfig:
     made) the config of its release in service."""
     if env in loaded.spec.environments:
         return resolve(loaded.spec, env)
-    made = ctx.ledger.made_environment(loaded.spec.app, env)
-    release = ctx.ledger.current_release(loaded.spec.app, env) if made else None
+    made = ctx.ledger.environments.get(loaded.spec.app, env)
+    release = ctx.ledger.releases.current(loaded.spec.app, env) if made else None
     if release is None:
-        known = list(loaded.spec.environments) + [m.env for m in ctx.ledger.made_environments(loaded.spec.app)]
+        known = list(loaded.spec.environments) + [m.env for m in ctx.ledger.environments.of(loaded.spec.app)]
         raise UsageError(f"unknown environment {env!r}.", f"Environments: {', '.join(known)}.")
-    return EnvConfig.recorded(release.config)
+    return release.env_config()
 
 
 def config_of_made(ctx: Context, app: str, env: str) -> EnvConfig:
     """The config of an environment kiln made: its newest release's; with none (its first deploy
     failed), an empty one on the default engine, enough to remove what it left."""
-    release = ctx.ledger.current_release(app, env) or next(iter(ctx.ledger.releases(app, env, limit=1)), None)
+    release = ctx.ledger.releases.current(app, env) or next(iter(ctx.ledger.releases.of(app, env, limit=1)), None)
     if release is not None:
-        return EnvConfig.recorded(release.config)
-    made = ctx.ledger.made_environment(app, env)
+        return release.env_config()
+    made = ctx.ledger.environments.get(app, env)
     return EnvConfig(app=app, env=env, port=made.port if made else 0, bind="127.0.0.1", services=())
 
 
 def listing(ctx: Context, loaded: LoadedSpec) -> list[dict[str, Any]]:
     """Every environment: declared ones in kiln.yaml's order, then those kiln made."""
     app = loaded.spec.app
-    made = {m.env: m for m in ctx.ledger.made_environments(app)}
+    made = {m.env: m for m in ctx.ledger.environments.of(app)}
     out = []
     for env in list(loaded.spec.environments) + sorted(made):
-        release = ctx.ledger.current_release(app, env)
-        cfg = EnvConfig.recorded(release.config) if release else resolve(loaded.spec, env)
+        release = ctx.ledger.releases.current(app, env)
+        cfg = release.env_config() if release else resolve(loaded.spec, env)
         m = made.get(env)
         out.append({"env": env, "kind": m.kind if m else "declared", "url": cfg.url,
                     "release": release.number if release else None, "image": release.image if release else None,
@@ -74,7 +77,7 @@ def listing(ctx: Context, loaded: LoadedSpec) -> list[dict[str, Any]]:
 
 def show(ctx: Context, loaded: LoadedSpec, env: str) -> dict[str, Any]:
     cfg = config_of(ctx, loaded, env)
-    release = ctx.ledger.current_release(cfg.app, env)
+    release = ctx.ledger.releases.current(cfg.app, env)
     return {"env": env, "config": cfg.model_dump(mode="json"), "config_digest": cfg.digest(),
             "release": release.summary() if release else None,
             "declared": sorted(declared_keys(loaded.spec, env))}
@@ -112,8 +115,8 @@ def compare(ctx: Context, loaded: LoadedSpec, a: str, b: str) -> EnvDiff:
     """What the two environments run (their releases in service), key by key."""
     sides = []
     for env in (a, b):
-        release = ctx.ledger.current_release(loaded.spec.app, env)
-        cfg = EnvConfig.recorded(release.config) if release else config_of(ctx, loaded, env)
+        release = ctx.ledger.releases.current(loaded.spec.app, env)
+        cfg = release.env_config() if release else config_of(ctx, loaded, env)
         running: dict[str, int] = {}
         for c in ctx.engine_for(cfg).containers(selector(cfg.app, env, INSTANCE)):
             if c.running:
@@ -141,7 +144,7 @@ def promote_artifact(ctx: Context, loaded: LoadedSpec, source: str, target: str,
         raise UsageError(f"{target!r} is not an environment of kiln.yaml; promotion goes to a declared one.",
                          f"Declared: {', '.join(loaded.spec.environments)}.")
     config_of(ctx, loaded, source)  # an unknown source fails here, naming the environments there are
-    serving = ctx.ledger.current_release(app, source)
+    serving = ctx.ledger.releases.current(app, source)
     if serving is None:
         raise UsageError(f"{app}/{source} has no release in service, so there is nothing to promote.",
                          f"Deploy it first: `kiln deploy -e {source}`.")
@@ -156,7 +159,7 @@ def promote_artifact(ctx: Context, loaded: LoadedSpec, source: str, target: str,
                             origin=f"promoted from {source} v{serving.number}")
         ctx.out.step(f"Promoting {source} v{serving.number} ({serving.image[:19]}) to {target}")
         outcome = ship(ctx, cfg, artifact, loaded.digest, policy)
-    ctx.ledger.event(app, target, "promoted", f"{source} v{serving.number} → {target} v{outcome.release.number}")
+    ctx.ledger.events.record(app, target, kinds.PROMOTED, f"{source} v{serving.number} → {target} v{outcome.release.number}")
     return outcome
 
 
@@ -170,10 +173,8 @@ def recreate(ctx: Context, loaded: LoadedSpec, number: int, source: str, new_env
     the same resolved config, on its own network and router port."""
     app = loaded.spec.app
     _check_new_env(ctx, loaded, new_env)
-    release = ctx.ledger.release(app, source, number)
-    if release is None:
-        raise UsageError(f"{app}/{source} has no release v{number}.", f"`kiln releases -e {source}` lists them.")
-    old = EnvConfig.recorded(release.config)
+    release = ctx.ledger.releases.require(app, source, number)
+    old = release.env_config()
     cfg = old.model_copy(update={"env": new_env, "port": port or free_port(old.bind), "preview_port": None})
     check_secrets(ctx, cfg)
     origin = f"{source} v{number}"
@@ -182,7 +183,7 @@ def recreate(ctx: Context, loaded: LoadedSpec, number: int, source: str, new_env
             artifact = Artifact(release.image, release.image_tag, release.inputs_hash, release.commit, release.dirty)
         else:
             artifact = rebake(ctx, loaded, release)
-        ctx.ledger.record_environment(app, new_env, "recreated", cfg.port, origin)
+        ctx.ledger.environments.record(app, new_env, "recreated", cfg.port, origin)
         # A plain rolling start: nothing serves in a new environment yet, so there is nothing to shield.
         return ship(ctx, cfg, replace(artifact, origin=f"recreated from {origin}"), release.spec_digest, Policy())
 
@@ -204,7 +205,7 @@ def rebake(ctx: Context, loaded: LoadedSpec, release: Release) -> Artifact:
     ctx.out.step(f"The image of {what} is gone; rebaking it from commit {release.commit[:12]}")
     with git.checkout(top, release.commit, ctx.settings.home / "tmp") as tree:
         then = load_spec(tree / loaded.path.resolve().relative_to(top))
-        image = bake(ctx.engine_for(EnvConfig.recorded(release.config)), then, ctx.out, ctx.settings.home / "tmp")
+        image = bake(ctx.engine_for(release.env_config()), then, ctx.out, ctx.settings.home / "tmp")
     if image.inputs_hash != release.inputs_hash:
         raise KilnError(f"rebaking {what} from commit {release.commit[:12]} gave inputs hash {image.inputs_hash[:16]}, "
                         f"not the recorded {release.inputs_hash[:16]}: its inputs cannot be reproduced exactly "
@@ -219,7 +220,7 @@ def _check_new_env(ctx: Context, loaded: LoadedSpec, env: str) -> None:
     if env in loaded.spec.environments:
         raise UsageError(f"{env!r} is declared in kiln.yaml; a re-created release goes to a new environment.",
                          "Choose another name with --env.")
-    if ctx.ledger.made_environment(loaded.spec.app, env) is not None:
+    if ctx.ledger.environments.get(loaded.spec.app, env) is not None:
         raise UsageError(f"environment {env!r} already exists.", f"Remove it first: `kiln destroy -e {env}`.")
 
 
@@ -251,17 +252,17 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
             if base_env not in then.spec.environments:
                 raise UsageError(f"kiln.yaml at {ref} has no environment {base_env!r}.")
             image = bake(ctx.engine(then.spec.environments[base_env].engine), then, ctx.out, ctx.settings.home / "tmp")
-        made = ctx.ledger.made_environment(app, env)
+        made = ctx.ledger.environments.get(app, env)
         cfg = resolve(then.spec, base_env).model_copy(update={
             "env": env, "port": port or (made.port if made else free_port(then.spec.environments[base_env].bind)),
             "preview_port": None})
         check_secrets(ctx, cfg)
-        made = ctx.ledger.record_environment(app, env, "preview", cfg.port, f"ref {ref} ({sha[:12]})",
+        made = ctx.ledger.environments.record(app, env, "preview", cfg.port, f"ref {ref} ({sha[:12]})",
                                              expires_at=now() + timedelta(seconds=ttl))
         artifact = Artifact(image.id, image.tag, image.inputs_hash, sha, False, origin=f"preview of {ref}")
         outcome = ship(ctx, cfg, artifact, then.digest, Policy())
         # Its time counts from when it serves (recorded before too, so that a failed start is pruned).
-        made = ctx.ledger.record_environment(app, env, "preview", cfg.port, made.origin,
+        made = ctx.ledger.environments.record(app, env, "preview", cfg.port, made.origin,
                                              expires_at=now() + timedelta(seconds=ttl))
     return made, outcome
 
@@ -269,12 +270,12 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
 def prune_previews(ctx: Context, app: str, everything: bool = False) -> list[str]:
     """Destroy previews whose time is up (all of them with `everything`); returns their names."""
     gone = []
-    for made in ctx.ledger.made_environments(app):
+    for made in ctx.ledger.environments.of(app):
         if made.kind != "preview" or not (everything or (made.expires_at and made.expires_at <= now())):
             continue
         with locked(ctx, app, made.env, "preview prune"):
             destroy(ctx, config_of_made(ctx, app, made.env))
-        ctx.ledger.event(app, made.env, "preview.pruned", f"{made.env} ({made.origin}) removed"
+        ctx.ledger.events.record(app, made.env, kinds.PREVIEW_PRUNED, f"{made.env} ({made.origin}) removed"
                          + ("" if everything else f"; it expired at {made.expires_at:%Y-%m-%d %H:%M:%S} UTC"))
         gone.append(made.env)
     return gone

@@ -6,7 +6,8 @@ from typing import Any
 
 from kiln.context import Context
 from kiln.errors import RouterError
-from kiln.ledger.store import now
+from kiln.ledger import kinds
+from kiln.ledger.db import now
 from kiln.providers.base import INSTANCE, selector
 from kiln.rollout.lock import lease_name
 from kiln.router.runtime import ServerStat
@@ -14,7 +15,7 @@ from kiln.spec.resolve import EnvConfig
 
 
 def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
-    release = ctx.ledger.current_release(cfg.app, cfg.env)
+    release = ctx.ledger.releases.current(cfg.app, cfg.env)
     containers = ctx.engine_for(cfg).containers(selector(cfg.app, cfg.env, INSTANCE))
     router = ctx.router(cfg)
     router_facts = router.facts()
@@ -37,7 +38,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         instances.append({"id": c.name, "service": c.label("service"), "release": int(c.label("release") or 0),
                           "health": health, "in_router": c.name in servers, "container": c.id[:12],
                           "weight": servers[c.name].weight if c.name in servers else None})
-    served = EnvConfig.recorded(release.config) if release else cfg
+    served = release.env_config() if release else cfg
     return {
         "app": cfg.app,
         "env": cfg.env,
@@ -47,7 +48,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         "preview_url": served.preview_url,
         "router": {"state": router_facts.state if router_facts else "absent", "name": router.name},
         "waiting": [{"rollout": r.id, "release": r.to_release, "state": r.state, "phase": r.phase}
-                    for r in ctx.ledger.unfinished_rollouts(cfg.app, cfg.env)],
+                    for r in ctx.ledger.rollouts.unfinished(cfg.app, cfg.env)],
         "instances": instances,
         "relaxations": {s.name: s.relaxations for s in served.services if s.relaxations},
         "agent": agent_state(ctx, cfg.app, cfg.env),
@@ -56,9 +57,9 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
 
 def agent_state(ctx: Context, app: str, env: str) -> dict[str, Any]:
     """Which agent watches app/env, and whether its meltdown guard halted self-healing."""
-    lease = ctx.ledger.lock(app, lease_name(env))
+    lease = ctx.ledger.locks.get(app, lease_name(env))
     leader = lease.holder if lease and not lease.expired(now()) else None
-    last = ctx.ledger.events(app, env, kinds=("agent.halted", "agent.resumed"), limit=1)
-    halted = bool(last) and last[-1]["kind"] == "agent.halted"
+    last = ctx.ledger.events.of(app, env, kinds=(kinds.AGENT_HALTED, kinds.AGENT_RESUMED), limit=1)
+    halted = bool(last) and last[-1]["kind"] == kinds.AGENT_HALTED
     return {"leader": leader, "healing": "halted" if halted else "active",
             "halted": {"at": last[-1]["at"], "why": last[-1]["message"]} if halted else None}

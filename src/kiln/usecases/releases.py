@@ -12,7 +12,7 @@ from typing import Any
 
 from kiln.context import Context
 from kiln.errors import UsageError
-from kiln.ledger.store import Release
+from kiln.ledger.releases import Release
 from kiln.providers.base import INSTANCE, selector
 from kiln.spec.resolve import EnvConfig
 
@@ -20,10 +20,8 @@ MANIFEST_VERSION = 1
 
 
 def export(ctx: Context, app: str, env: str, number: int) -> dict[str, Any]:
-    release = ctx.ledger.release(app, env, number)
-    if release is None:
-        raise UsageError(f"{app}/{env} has no release v{number}.", f"`kiln releases -e {env}` lists them.")
-    rollouts = [r for r in ctx.ledger.rollouts(app, env, limit=10_000) if number in (r.to_release, r.from_release)]
+    release = ctx.ledger.releases.require(app, env, number)
+    rollouts = [r for r in ctx.ledger.rollouts.of(app, env, limit=10_000) if number in (r.to_release, r.from_release)]
     return {
         "kiln_manifest": MANIFEST_VERSION,
         "app": app,
@@ -46,7 +44,7 @@ def import_manifest(ctx: Context, manifest: dict[str, Any], env: str | None = No
                              f"expected {MANIFEST_VERSION}).", "Export one with `kiln release export N`.")
         rel = manifest["release"]
         cfg = EnvConfig.model_validate({**rel["config"], "env": env or manifest["env"]})
-        return ctx.ledger.record_release(
+        return ctx.ledger.releases.record(
             app=manifest["app"], env=cfg.env, image=rel["image"], image_tag=rel["image_tag"],
             inputs_hash=rel["inputs_hash"], config=cfg.model_dump(mode="json"), config_digest=cfg.digest(),
             spec_digest=rel["spec_digest"], commit=rel["commit"], dirty=rel["dirty"],
@@ -57,32 +55,31 @@ def import_manifest(ctx: Context, manifest: dict[str, Any], env: str | None = No
 
 
 def pin(ctx: Context, app: str, env: str, number: int, on: bool = True) -> None:
-    if ctx.ledger.release(app, env, number) is None:
-        raise UsageError(f"{app}/{env} has no release v{number}.", f"`kiln releases -e {env}` lists them.")
+    ctx.ledger.releases.require(app, env, number)
     if on:
-        ctx.ledger.pin(app, env, number)
+        ctx.ledger.environments.pin(app, env, number)
     else:
-        ctx.ledger.unpin(app, env, number)
+        ctx.ledger.environments.unpin(app, env, number)
 
 
 def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> dict[str, Any]:
     """Remove the app's images that no recent (last `keep` per environment), pinned, serving or
     still-running release needs, and its instances that have stopped. Never what serves."""
     needed: dict[str, str] = {}  # image id -> why it stays
-    pins = ctx.ledger.pins(app)
-    for env in ctx.ledger.released_environments(app):
-        releases = ctx.ledger.releases(app, env)
-        current = ctx.ledger.current_release(app, env)
+    pins = ctx.ledger.environments.pins(app)
+    for env in ctx.ledger.releases.environments(app):
+        releases = ctx.ledger.releases.of(app, env)
+        current = ctx.ledger.releases.current(app, env)
         for i, r in enumerate(releases):
             why = ("serving" if current and r.number == current.number else
                    "pinned" if (env, r.number) in pins else
                    f"among the last {keep}" if i < keep else None)
             if why:
                 needed.setdefault(r.image, f"{env} v{r.number} ({why})")
-        for rollout in ctx.ledger.unfinished_rollouts(app, env):
-            moving_to = ctx.ledger.release(app, env, rollout.to_release)
-            if moving_to:
-                needed.setdefault(moving_to.image, f"{env} v{moving_to.number} (rollout {rollout.id} unfinished)")
+        for r in ctx.ledger.rollouts.unfinished(app, env):
+            release = ctx.ledger.releases.get(app, env, r.to_release)
+            if release:
+                needed.setdefault(release.image, f"{env} v{release.number} (rollout {r.id} unfinished)")
     engine = ctx.engine()  # where kiln bakes, so where the app's images pile up
     containers = engine.containers(selector(app, role=INSTANCE))
     for c in containers:

@@ -1,0 +1,37 @@
+"""What happened to an app's environments: one row per event, kinds from ledger/kinds.py."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from kiln.ledger.db import Database, now
+from kiln.ledger.schema import EventRow
+
+
+class Events:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, app: str, env: str, kind: str, message: str) -> None:
+        """`kind` is one of the event kinds in kiln.ledger.kinds."""
+        with self.db.session() as s, s.begin():
+            s.add(EventRow(app=app, env=env, kind=kind, message=message, at=now()))
+
+    def of(self, app: str, env: str | None = None, *, limit: int | None = 50, after: int = 0,
+           since: datetime | None = None, kinds: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """app's events (of one env, if given), oldest first: the newest `limit`, or all those after
+        event id `after` (for following), or since a time, optionally of some kinds only."""
+        q = select(EventRow).where(EventRow.app == app, EventRow.id > after)
+        if env is not None:
+            q = q.where(EventRow.env == env)
+        if since is not None:
+            q = q.where(EventRow.at >= since)
+        if kinds:
+            q = q.where(EventRow.kind.in_(kinds))
+        with self.db.session() as s:
+            rows = list(s.scalars(q.order_by(EventRow.id.desc()).limit(limit)))
+        return [{"id": r.id, "env": r.env, "kind": r.kind, "message": r.message, "at": r.at.isoformat() + "Z"}
+                for r in reversed(rows)]

@@ -1,0 +1,71 @@
+"""Names the ledger stores: event kinds and the actions of a rollout's steps.
+
+Every writer uses these constants; they are data, never derived from a class name, so renaming
+code cannot change what is stored (tests/unit/test_ledger.py pins each value). Readers of older
+ledgers (`kiln events`, `kiln rollout show`, integration tests) see the same strings."""
+
+from __future__ import annotations
+
+# --- rollouts: RolloutRow.state ------------------------------------------------------------------
+
+RUNNING = "running"
+PAUSED = "paused"  # a blue-green release waits for `kiln promote`
+SUCCEEDED = "succeeded"
+ABORTED = "aborted"
+ROLLOUT_STATES = (RUNNING, PAUSED, SUCCEEDED, ABORTED)
+UNFINISHED = (RUNNING, PAUSED)
+
+# --- rollout steps: StepRow.action -----------------------------------------------------------------
+# Written by the rollout executor (one per plan action) and the driver (one per strategy phase).
+
+STEP_START = "Start"  # create and start a new instance
+STEP_AWAIT_HEALTHY = "AwaitHealthy"  # wait until the instance passes its own healthcheck
+STEP_ROUTE = "Route"  # add it to the router (or set its weight) and wait for the router's check
+STEP_UNROUTE = "Unroute"  # drain it and take it out of the router
+STEP_REMOVE = "Remove"  # stop and remove the container
+STEP_PHASE = "Phase"  # a phase of the rollout strategy (target: the phase's name)
+
+STEP_ACTIONS = (STEP_START, STEP_AWAIT_HEALTHY, STEP_ROUTE, STEP_UNROUTE, STEP_REMOVE, STEP_PHASE)
+
+# --- events: EventRow.kind -------------------------------------------------------------------------
+
+# rollouts (usecases/deploy.py)
+ROLLOUT_STARTED = "rollout.started"
+ROLLOUT_RESUMED = "rollout.resumed"
+ROLLOUT_PAUSED = "rollout.paused"
+ROLLOUT_SUCCEEDED = "rollout.succeeded"
+ROLLOUT_ABORTED = "rollout.aborted"
+
+# environments (usecases/environments.py, usecases/destroy.py)
+PROMOTED = "promoted"
+PREVIEW_PRUNED = "preview.pruned"
+DESTROYED = "destroyed"
+
+# instances, as the agent judges them (agent/reconcile.py)
+INSTANCE_FAILED = "instance.failed"  # "NAME: how"; counted by the meltdown guard
+INSTANCE_LOST = "instance.lost"
+INSTANCE_TAINTED = "instance.tainted"  # "NAME: reason; reason"; read back by `kiln drift`
+INSTANCE_REPLACED = "instance.replaced"
+
+# the agent itself (agent/reconcile.py, agent/loop.py)
+AGENT_LEADING = "agent.leading"
+AGENT_RESIGNED = "agent.resigned"
+AGENT_ROUTER = "agent.router"
+AGENT_FAILED = "agent.failed"
+AGENT_RESTORED = "agent.restored"
+AGENT_HALTED = "agent.halted"
+AGENT_RESUMED = "agent.resumed"
+
+# an agent's pass journals each finished action as an event rather than a rollout step
+AGENT_START = "agent.start"
+AGENT_AWAIT_HEALTHY = "agent.awaithealthy"
+AGENT_ROUTE = "agent.route"
+AGENT_UNROUTE = "agent.unroute"
+AGENT_REMOVE = "agent.remove"
+AGENT_ACTION_EVENTS = {
+    STEP_START: AGENT_START,
+    STEP_AWAIT_HEALTHY: AGENT_AWAIT_HEALTHY,
+    STEP_ROUTE: AGENT_ROUTE,
+    STEP_UNROUTE: AGENT_UNROUTE,
+    STEP_REMOVE: AGENT_REMOVE,
+}
