@@ -19,4 +19,5 @@ export KILN_TEST_POSTGRES_URL=postgresql+psycopg://kiln:kiln@127.0.0.1/postgres
 
 .venv/bin/kiln base build -f examples/hello/kiln.yaml   # cached after the first run
 .venv/bin/ruff check src tests
+.venv/bin/mypy   # the protocols between layers are checked, so fakes cannot drift
 exec .venv/bin/python -m pytest tests "$@"

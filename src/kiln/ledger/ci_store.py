@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from kiln.ledger.ci_schema import CiDeliveryRow, CiLogRow, CiRunRow, CiStepRow
-from kiln.ledger.db import now
+from kiln.ledger.db import changed, now
 from kiln.ledger.store import Ledger
 
 ACTIVE = ("running", "waiting")  # a run that holds its queue
@@ -112,8 +112,8 @@ class CiStore:
         with self.ledger.db.session() as s, s.begin():
             queue = s.scalar(select(CiRunRow.queue).where(CiRunRow.id == run_id))
             busy = exists().where(and_(other.queue == queue, other.state.in_(ACTIVE), other.id != run_id))
-            return s.execute(update(CiRunRow).where(CiRunRow.id == run_id, CiRunRow.state == "queued", ~busy)
-                             .values(state="running", worker=worker, started_at=now())).rowcount == 1
+            return changed(s.execute(update(CiRunRow).where(CiRunRow.id == run_id, CiRunRow.state == "queued", ~busy)
+                             .values(state="running", worker=worker, started_at=now()))) == 1
 
     def active_in_queue(self, queue: str) -> list[CiRun]:
         with self.ledger.db.session() as s:
@@ -134,7 +134,7 @@ class CiStore:
         if only_from is not None:
             q = q.where(CiRunRow.state.in_(tuple(only_from)))
         with self.ledger.db.session() as s, s.begin():
-            return s.execute(q.values(**values)).rowcount == 1
+            return changed(s.execute(q.values(**values))) == 1
 
     def request_cancel(self, run_id: int) -> CiRun | None:
         """Cancel a queued run at once; ask the worker of an active one to stop."""
@@ -176,7 +176,7 @@ class CiStore:
         if only_from is not None:
             q = q.where(CiStepRow.state.in_(tuple(only_from)))
         with self.ledger.db.session() as s, s.begin():
-            return s.execute(q.values(**values)).rowcount == 1
+            return changed(s.execute(q.values(**values))) == 1
 
     def steps(self, run_id: int) -> list[CiStep]:
         with self.ledger.db.session() as s:

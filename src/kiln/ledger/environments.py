@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from kiln.ledger.db import Database, now
+from kiln.ledger.db import Database, changed, now
 from kiln.ledger.schema import EnvironmentRow, PinRow
 
 
@@ -72,8 +72,8 @@ class Environments:
 
     def unpin(self, app: str, env: str, number: int) -> bool:
         with self.db.session() as s, s.begin():
-            return s.execute(delete(PinRow).where(PinRow.app == app, PinRow.env == env,
-                                                  PinRow.number == number)).rowcount == 1
+            return changed(s.execute(delete(PinRow).where(PinRow.app == app, PinRow.env == env,
+                                                  PinRow.number == number))) == 1
 
     def pins(self, app: str) -> set[tuple[str, int]]:
         with self.db.session() as s:

@@ -19,7 +19,7 @@ from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
 
 from kiln.errors import LedgerError, LockHeld
-from kiln.ledger.db import Database, now
+from kiln.ledger.db import Database, changed, now
 from kiln.ledger.schema import LockRow
 
 
@@ -87,9 +87,9 @@ class Locks:
                 raise LockHeld(held, at)
             # Also matching heartbeat_at: a holder that renewed since we read is alive after all.
             with self.db.session() as s, s.begin():
-                taken = s.execute(update(LockRow).where(
+                taken = changed(s.execute(update(LockRow).where(
                     LockRow.app == app, LockRow.env == env, LockRow.token == held.token,
-                    LockRow.heartbeat_at == held.heartbeat_at).values(**values)).rowcount
+                    LockRow.heartbeat_at == held.heartbeat_at).values(**values)))
             if taken == 1:
                 return mine
         held = self.get(app, env)
@@ -100,9 +100,9 @@ class Locks:
     def heartbeat(self, lock: Lock) -> bool:
         """Renew the lease; False when the lock was lost (taken over or force-released)."""
         with self.db.session() as s, s.begin():
-            return s.execute(update(LockRow).where(
+            return changed(s.execute(update(LockRow).where(
                 LockRow.app == lock.app, LockRow.env == lock.env, LockRow.token == lock.token)
-                .values(heartbeat_at=now())).rowcount == 1
+                .values(heartbeat_at=now()))) == 1
 
     def release(self, lock: Lock) -> None:
         """Release the lock if it is still ours; a lock that changed hands is left alone."""
@@ -114,8 +114,8 @@ class Locks:
         """Delete whatever lock app/env has, and return it (None when there was none)."""
         while (held := self.get(app, env)) is not None:
             with self.db.session() as s, s.begin():
-                gone = s.execute(delete(LockRow).where(
-                    LockRow.app == app, LockRow.env == env, LockRow.token == held.token)).rowcount
+                gone = changed(s.execute(delete(LockRow).where(
+                    LockRow.app == app, LockRow.env == env, LockRow.token == held.token)))
             if gone == 1:
                 return held
         return None

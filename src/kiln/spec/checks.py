@@ -46,7 +46,7 @@ def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
     if spec.pipeline is not None:
         yield from pipeline_problems(spec.pipeline, spec.environments)
 
-    for name, svc in spec.services.items():
-        if svc.rollout.strategy != "rolling" and name != spec.public_service:
-            yield (("services", name, "rollout", "strategy"),
-                   f"{svc.rollout.strategy} moves public traffic, but {name} is not the public service; use rolling")
+    for svc_name, service in spec.services.items():
+        if service.rollout.strategy != "rolling" and svc_name != spec.public_service:
+            yield (("services", svc_name, "rollout", "strategy"),
+                   f"{service.rollout.strategy} moves public traffic, but {svc_name} is not the public service; use rolling")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -109,7 +110,7 @@ def _dotted(path: tuple | list) -> str:
     return out
 
 
-def _issue(filename: str, tree: Any, err: dict) -> SpecIssue:
+def _issue(filename: str, tree: Any, err: Mapping[str, Any]) -> SpecIssue:
     path, line = _walk(tree, err["loc"])
     kind, msg = err["type"], err["msg"]
     if kind == "missing":
@@ -145,7 +146,7 @@ def _step(node: Any, key: str | int) -> Any:
     if isinstance(node, type) and issubclass(node, BaseModel):
         field = node.model_fields.get(str(key))
         return _unwrap(field.annotation) if field else None
-    args = getattr(node, "__args__", ())
+    args: tuple[Any, ...] = getattr(node, "__args__", ())
     if getattr(node, "__origin__", None) is dict and len(args) == 2:
         return _unwrap(args[1])
     return None

@@ -107,9 +107,9 @@ def pipeline_problems(pipeline: Pipeline, environments: Any) -> Iterator[tuple[t
     for i, step in enumerate(pipeline.steps):
         for j, inner in ([(None, step)] if step.parallel is None else list(enumerate(step.parallel))):
             base: tuple[str | int, ...] = ("pipeline", "steps", i) + (("parallel", j) if j is not None else ())
-            used = [("deploy", inner.deploy), ("smoke", inner.smoke)]
+            used: list[tuple[tuple[str, ...], str | None]] = [(("deploy",), inner.deploy), (("smoke",), inner.smoke)]
             if inner.promote is not None:
-                used += [("promote", "from", inner.promote.source), ("promote", "to", inner.promote.to)]
-            for *key, env in used:
+                used += [(("promote", "from"), inner.promote.source), (("promote", "to"), inner.promote.to)]
+            for key, env in used:
                 if env is not None and env not in environments:
-                    yield base + tuple(key), f"no environment {env!r}; environments are: {known}"
+                    yield base + key, f"no environment {env!r}; environments are: {known}"

@@ -94,7 +94,7 @@ def render() -> str:
         out += [f"## {title}", "", (model.__doc__ or "").strip(), "", "| key | type | default | meaning |",
                 "|---|---|---|---|"]
         for name, field in model.model_fields.items():
-            ann = field.annotation
+            ann: object = field.annotation
             if any(getattr(m, "func", None) is parse_duration for m in field.metadata):
                 ann = "duration"
             elif any(getattr(m, "func", None) is _count_or_percent for m in field.metadata):

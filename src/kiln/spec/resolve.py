@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+
 from pydantic import BaseModel, ConfigDict
 
 from kiln.errors import UsageError

@@ -49,7 +49,7 @@ def logs(ctx: Context, run_id: int, follow: bool = False) -> Iterator[list[tuple
         lines = runs_.logs(run_id, after)
         if lines and any(step not in names for _, step, _ in lines):
             names = {s.id: f"{s.position}:{s.name}" for s in runs_.steps(run_id)}
-        yield [(names.get(step, "-"), line) for _, step, line in lines]
+        yield [(names.get(step, "-") if step is not None else "-", line) for _, step, line in lines]
         after = lines[-1][0] if lines else after
         if not follow or (current is not None and current.state in FINISHED and not lines):
             return

@@ -76,10 +76,10 @@ def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> dict[str, Any]:
                    f"among the last {keep}" if i < keep else None)
             if why:
                 needed.setdefault(r.image, f"{env} v{r.number} ({why})")
-        for r in ctx.ledger.rollouts.unfinished(app, env):
-            release = ctx.ledger.releases.get(app, env, r.to_release)
-            if release:
-                needed.setdefault(release.image, f"{env} v{release.number} (rollout {r.id} unfinished)")
+        for rollout in ctx.ledger.rollouts.unfinished(app, env):
+            moving_to = ctx.ledger.releases.get(app, env, rollout.to_release)
+            if moving_to:
+                needed.setdefault(moving_to.image, f"{env} v{moving_to.number} (rollout {rollout.id} unfinished)")
     engine = ctx.engine()  # where kiln bakes, so where the app's images pile up
     containers = engine.containers(selector(app, role=INSTANCE))
     for c in containers:
