@@ -1,0 +1,117 @@
+"""A whole kiln world in memory, for fast tests of the use cases and the agent: a Context wired
+to the fake engine and fake routers (one per environment, kept across calls, as a real router
+container is) and a SQLite ledger in tmp_path; an app directory with kiln.yaml and app.py.
+
+    w = World.make(tmp_path)
+    outcome = deploy(w.ctx, w.load(), "production")
+    w.engine.kill(name); w.router("production").servers()"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.bake.base import base_tag
+from kiln.bake.inputs import base_inputs_hash
+from kiln.context import Context
+from kiln.ledger.store import Ledger
+from kiln.output import Output
+from kiln.providers.base import Engine
+from kiln.providers.fake import FakeEngine, FakeRouter
+from kiln.settings import Settings
+from kiln.spec.loader import LoadedSpec, load_spec
+from kiln.spec.models import Base
+from kiln.spec.resolve import EnvConfig, resolve
+
+SPEC = """\
+app: shop
+build:
+  steps: ["COPY app.py /app/app.py"]
+  base: {packages: [python3]}
+services:
+  web:
+    command: [python3, /app/app.py]
+    port: 8000
+    replicas: 2
+    healthcheck: {http: /health, interval: 50ms, deadline: 2s}
+    rollout:
+      strategy: rolling
+  worker:
+    command: [python3, /app/app.py, --worker]
+    replicas: 1
+environments:
+  production:
+    port: 18080
+    preview_port: 19080
+  staging:
+    port: 18081
+    services:
+      web: {replicas: 1}
+"""
+
+
+@dataclass
+class World:
+    root: Path
+    ctx: Context
+    engine: FakeEngine
+    routers: dict[tuple[str, str], FakeRouter] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, tmp_path: Path, spec: str = SPEC) -> World:
+        root = tmp_path / "app"
+        root.mkdir()
+        (root / "kiln.yaml").write_text(spec)
+        (root / "app.py").write_text("print('v1')\n")
+        engine = FakeEngine({"kiln.test": "unit"})
+        base = Base(packages=("python3",))
+        inputs = base_inputs_hash(base)
+        engine.add_image(base_tag(inputs), {"kiln.base.inputs": inputs})  # a base baked earlier
+        settings = Settings(home=tmp_path / "home", ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}")
+        routers: dict[tuple[str, str], FakeRouter] = {}
+
+        def router_of(_engine: Engine, cfg: EnvConfig) -> FakeRouter:
+            router = routers.get((cfg.app, cfg.env))
+            if router is None:
+                router = routers[cfg.app, cfg.env] = FakeRouter(cfg, engine)
+            router.cfg = cfg  # the config of the release in hand, as a new Router object would have
+            return router
+
+        ctx = Context(settings, Output(quiet=True), engines=lambda _name: engine, routers=router_of,
+                      _ledger=Ledger(settings.ledger_url))
+        return cls(root, ctx, engine, routers)
+
+    # --- the app ------------------------------------------------------------------------------
+
+    def load(self) -> LoadedSpec:
+        return load_spec(self.root / "kiln.yaml")
+
+    def cfg(self, env: str = "production") -> EnvConfig:
+        return resolve(self.load().spec, env)
+
+    def change_code(self, text: str) -> None:
+        """A new app.py: the next deploy bakes a new image."""
+        (self.root / "app.py").write_text(text)
+
+    def edit_spec(self, old: str, new: str) -> None:
+        path = self.root / "kiln.yaml"
+        text = path.read_text()
+        assert old in text, old
+        path.write_text(text.replace(old, new, 1))
+
+    # --- what runs ---------------------------------------------------------------------------
+
+    def router(self, env: str = "production") -> FakeRouter:
+        return self.routers["shop", env]
+
+    def instances(self, env: str = "production", service: str | None = None) -> dict[str, int]:
+        """Running instances of env (of one service): name -> release number."""
+        return {c.name: int(c.label("release") or 0)
+                for c in self.engine.containers({"kiln.app": "shop", "kiln.env": env, "kiln.role": "instance"})
+                if c.running and (service is None or c.label("service") == service)}
+
+    def serving(self, env: str = "production") -> dict[str, int]:
+        """Instances in the router with weight > 0 and up: name -> release number."""
+        servers = self.router(env).servers()
+        running = self.instances(env)
+        return {n: running[n] for n, s in servers.items() if n in running and s.serving and s.weight > 0}
