@@ -23,6 +23,12 @@ import docker
 from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def interpreter_of(kiln_exe: str) -> str:
+    """The Python of the venv a `kiln` entry point lives in: its sibling in the same bin/
+    (whatever the directories above are called, `kiln` included)."""
+    return str(Path(kiln_exe).with_name("python"))
 EXAMPLE = REPO / "examples" / "hello"
 RESULTS = REPO / "bench" / "results"
 LABEL = ("kiln.test", "bench")
@@ -197,6 +203,9 @@ class BenchApp:
 
     def argv(self, *args: str) -> list[str]:
         return [str(REPO / ".venv" / "bin" / "kiln"), *args, "-f", str(self.spec)]
+
+    def python(self) -> str:
+        return interpreter_of(self.argv()[0])
 
     def kiln(self, *args: str, check: bool = True, timeout: float = 300) -> Timed:
         began = time.monotonic()

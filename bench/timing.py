@@ -69,7 +69,7 @@ def noop_costs(app: BenchApp, repeats: int) -> dict:
     app.kiln("deploy")
     deploy = [app.kiln("deploy").seconds for _ in range(repeats)]
     bake = [app.kiln("bake").seconds for _ in range(repeats)]
-    python = str(app.argv()[0]).replace("/kiln", "/python")
+    python = app.python()
     imports = []
     for _ in range(repeats):
         began = time.monotonic()

@@ -7,10 +7,11 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
 from kiln import __version__
 from kiln.cli_common import (
@@ -29,8 +30,51 @@ from kiln.cli_envs import env_app, gc, preview_app, recreate, release_app
 from kiln.errors import KilnError, UsageError
 from kiln.output import Output
 
+# `kiln --help` lists commands in the order a user meets them, each with one short sentence
+# (the whole story is in `kiln COMMAND --help`).
+COMMANDS: dict[str, str] = {
+    "init": "Write a commented starter kiln.yaml.",
+    "validate": "Check kiln.yaml and point at each problem.",
+    "bake": "Bake the app image (reused when its inputs are unchanged).",
+    "deploy": "Bake, release and roll out with zero downtime.",
+    "status": "Show the release in service and each instance's health.",
+    "releases": "List an environment's releases, newest first.",
+    "rollback": "Put an earlier release back in service.",
+    "promote": "Promote an image to the next environment, or a blue-green set.",
+    "rollout": "Inspect rollouts; resume one a killed kiln left.",
+    "env": "List, show and compare environments.",
+    "recreate": "Run an older release exactly, in a new environment.",
+    "preview": "Run a commit in its own short-lived environment.",
+    "release": "Export, import and pin release manifests.",
+    "events": "Show what happened: rollouts, failures, replacements.",
+    "drift": "List tainted instances and why.",
+    "agent": "Keep environments at their release, replacing failed instances.",
+    "lock": "Inspect or break an environment's lock.",
+    "gc": "Remove images and instances nothing needs any more.",
+    "destroy": "Remove an environment's instances, router and network.",
+    "base": "Bake OS base images from Debian packages.",
+    "secret": "Store secrets for `secret:NAME` references, encrypted.",
+    "ci": "Run the pipeline for a commit; list, approve, cancel runs.",
+    "serve": "Serve the webhooks that start pipeline runs.",
+}
+
+
+class _Commands(TyperGroup):
+    """The top-level group: COMMANDS' order and short help lines."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, command in self.commands.items():
+            command.short_help = COMMANDS.get(name, command.short_help)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        known = [name for name in COMMANDS if name in self.commands]
+        return known + sorted(set(self.commands) - set(known))
+
+
 app = typer.Typer(
     name="kiln",
+    cls=_Commands,
     help="Immutable infrastructure with continuous delivery built in.\n\n"
     "Every change is a newly baked image; new instances start from it, pass health checks, "
     "receive traffic, and only then are the old ones drained and removed.",

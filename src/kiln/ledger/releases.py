@@ -131,6 +131,11 @@ class Releases:
             states[current] = "serving"
         return states
 
+    def everywhere(self) -> list[tuple[str, str]]:
+        """Every (app, environment) with at least one release."""
+        with self.db.session() as s:
+            return sorted((a, e) for a, e in s.execute(select(ReleaseRow.app, ReleaseRow.env).distinct()))
+
     def environments(self, app: str) -> list[str]:
         """Every environment of app with at least one release."""
         with self.db.session() as s:

@@ -291,6 +291,14 @@ class FakeRouter:
         self.log.append(("ensure", self.name))
         return True
 
+    def check(self) -> None:
+        mine = self.facts()
+        if mine is not None and mine.running:
+            return
+        wanted = (self.cfg.bind, self.cfg.port)
+        if any(wanted in s.publish.values() for s in self.runtime.specs.values()):
+            raise PortInUse(f"port {self.cfg.port} on {self.cfg.bind} is already in use by another program.")
+
     def remove(self) -> bool:
         there = self.facts() is not None
         self.runtime.remove(self.name)

@@ -72,20 +72,39 @@ class HaproxyRouter:
     def facts(self) -> ContainerFacts | None:
         return self.runtime.container(self.name)
 
+    def _digest(self) -> str:
+        text = self._config_text()
+        return hashlib.sha256(f"{text}{self.cfg.bind}:{self.cfg.port}:{self.cfg.preview_port}".encode()).hexdigest()[:16]
+
+    def _current(self) -> bool:
+        current = self.facts()
+        return bool(current and current.running and current.labels.get("kiln.router.config") == self._digest())
+
+    def _publish(self) -> dict[int, tuple[str, int]]:
+        publish = {ROUTER_PORT: (self.cfg.bind, self.cfg.port)}
+        if self.cfg.preview_port:
+            publish[PREVIEW_PORT] = (self.cfg.bind, self.cfg.preview_port)
+        return publish
+
+    def check(self) -> None:
+        """Cheap, before a bake: the ports a new router would need are free (or already its own)."""
+        mine = self.facts()
+        if mine is not None and mine.running:
+            return  # its ports are its own (a new config replaces it on the same ports)
+        for _, port in self._publish().values():
+            _check_port_free(self.cfg.bind, port)
+
     def ensure(self) -> bool:
         """Start the router unless one with the same config is running. True if it was started."""
         image = ensure_base(self.runtime, ROUTER_BASE, self.out, self.scratch).id
         text = self._config_text()
-        digest = hashlib.sha256(f"{text}{self.cfg.bind}:{self.cfg.port}:{self.cfg.preview_port}".encode()).hexdigest()[:16]
-        current = self.facts()
-        if current and current.running and current.labels.get("kiln.router.config") == digest:
+        digest = self._digest()
+        if self._current():
             return False
-        if current:
+        if self.facts():
             # A changed port or config needs a new router; this briefly interrupts the environment.
             self.runtime.remove(self.name)
-        publish = {ROUTER_PORT: (self.cfg.bind, self.cfg.port)}
-        if self.cfg.preview_port:
-            publish[PREVIEW_PORT] = (self.cfg.bind, self.cfg.preview_port)
+        publish = self._publish()
         for _, port in publish.values():
             _check_port_free(self.cfg.bind, port)
         self.dir.mkdir(parents=True, exist_ok=True)

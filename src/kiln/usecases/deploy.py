@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from kiln import secretref
 from kiln.bake.baker import bake
 from kiln.context import Context
-from kiln.errors import KilnError, LedgerError, LockLost, RolloutError, UsageError
+from kiln.errors import KilnError, LedgerError, LockLost, PortInUse, RolloutError, UsageError
 from kiln.ledger import kinds
 from kiln.ledger.releases import Release
 from kiln.ledger.rollouts import Rollout
@@ -30,7 +30,7 @@ from kiln.router.base import Router
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Rollout as Policy
 from kiln.spec.models import Spec
-from kiln.spec.resolve import EnvConfig, resolve
+from kiln.spec.resolve import EnvConfig, resolve, url_host
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,11 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = No
     policy = policy_for(loaded.spec, strategy)
     _check_policy(policy, cfg)
     check_secrets(ctx, cfg)
-    # Locked before the bake, so that a second deploy fails at once instead of after its build.
+    # Locked before the bake, so that a second deploy fails at once instead of after its build;
+    # and the router's ports checked, so that a doomed deploy fails before it bakes.
     with locked(ctx, cfg.app, env, "deploy"):
+        with ports_named(ctx, cfg):
+            ctx.router(cfg).check()
         image = bake(ctx.engine_for(cfg), loaded, ctx.out, ctx.settings.home / "tmp")
         artifact = Artifact(image.id, image.tag, image.inputs_hash, image.commit, image.dirty)
         return ship(ctx, cfg, artifact, loaded.digest, policy)
@@ -170,9 +173,32 @@ def prepare(ctx: Context, cfg: EnvConfig) -> Router:
     """The environment's network and router, before any release is recorded for it."""
     router = ctx.router(cfg)
     ctx.engine_for(cfg).ensure_network(network_name(cfg.app, cfg.env), selector(cfg.app, cfg.env))
-    if router.ensure():
+    with ports_named(ctx, cfg):
+        started = router.ensure()
+    if started:
         ctx.out.step(f"Router listening on {cfg.url}" + (f", preview on {cfg.preview_url}" if cfg.preview_url else ""))
     return router
+
+
+@contextmanager
+def ports_named(ctx: Context, cfg: EnvConfig) -> Iterator[None]:
+    """A port another kiln environment holds is reported as that environment's, not a stranger's."""
+    try:
+        yield
+    except PortInUse:
+        wanted = {p for p in (cfg.port, cfg.preview_port) if p}
+        for app, env in ctx.ledger.releases.everywhere():
+            if (app, env) == (cfg.app, cfg.env):
+                continue
+            release = ctx.ledger.releases.current(app, env)
+            other = release.env_config() if release else None
+            taken = wanted & {p for p in (other.port, other.preview_port) if p} if other else set()
+            if other and taken and url_host(other.bind) == url_host(cfg.bind):
+                port = min(taken)
+                raise PortInUse(f"port {port} on {cfg.bind} is used by kiln environment {app}/{env}.",
+                                f"Choose another port for {cfg.app}/{cfg.env} in kiln.yaml, or remove that "
+                                f"environment (`kiln destroy -e {env}` in {app}'s directory).") from None
+        raise
 
 
 def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
