@@ -17,7 +17,7 @@ from kiln.rollout.driver import PAUSED, SUCCEEDED, Driver, Progress
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.strategy import phases
 from kiln.spec.loader import parse_spec
-from kiln.spec.models import Rollout
+from kiln.spec.models import RolloutPolicy
 from kiln.spec.resolve import resolve
 from kiln.usecases.deploy import settle
 
@@ -49,7 +49,7 @@ def world(tmp_path):
             app="shop", env="prod", image=image, image_tag="t", inputs_hash="h", config=cfg.model_dump(mode="json"),
             config_digest=cfg.digest(), spec_digest="s", commit=None, dirty=False))
 
-    def run(target: Target, policy: Rollout, previous: int | None = None) -> tuple[str, Driver]:
+    def run(target: Target, policy: RolloutPolicy, previous: int | None = None) -> tuple[str, Driver]:
         progress = Progress(phases(policy, policy.before_traffic is not None, policy.after_traffic is not None),
                             0, policy)
         rollout = ledger.rollouts.start("shop", "prod", previous, target.release.number, policy.strategy,
@@ -61,7 +61,7 @@ def world(tmp_path):
         return state, driver
 
     v1 = release("sha256:1")
-    run(v1, Rollout())
+    run(v1, RolloutPolicy())
     router.log.clear()
     return runtime, router, ledger, release, run
 
@@ -73,7 +73,7 @@ def web(runtime: FakeEngine, image: str) -> set[str]:
 def test_blue_green_starts_idle_then_switches_in_one_move_then_retires_the_old(world):
     runtime, router, ledger, release, run = world
     old = set(router.added)
-    state, driver = run(release("sha256:2"), Rollout(strategy="blue-green"))
+    state, driver = run(release("sha256:2"), RolloutPolicy(strategy="blue-green"))
     assert state == SUCCEEDED
     new = web(runtime, "sha256:2")
     assert set(router.added) == new and not old & set(runtime.specs)
@@ -90,7 +90,7 @@ def test_blue_green_starts_idle_then_switches_in_one_move_then_retires_the_old(w
 def test_manual_blue_green_pauses_with_both_sets_and_no_traffic_moved(world):
     runtime, router, ledger, release, run = world
     old = set(router.added)
-    state, driver = run(release("sha256:2"), Rollout(strategy="blue-green", promote="manual"))
+    state, driver = run(release("sha256:2"), RolloutPolicy(strategy="blue-green", promote="manual"))
     assert state == PAUSED
     new = web(runtime, "sha256:2")
     assert {n: router.weights[n] for n in new} == dict.fromkeys(new, 0)
@@ -101,14 +101,14 @@ def test_manual_blue_green_pauses_with_both_sets_and_no_traffic_moved(world):
 def test_blue_green_keep_old_leaves_the_old_set_idle(world):
     runtime, router, ledger, release, run = world
     old = set(router.added)
-    _, driver = run(release("sha256:2"), Rollout(strategy="blue-green", keep_old=600))
+    _, driver = run(release("sha256:2"), RolloutPolicy(strategy="blue-green", keep_old=600))
     assert old <= set(runtime.specs) and {o: router.weights[o] for o in old} == dict.fromkeys(old, 0)
     assert sorted(ledger.rollouts.get(driver.rollout_id).data["kept"]) == sorted(old)
 
 
 def test_canary_steps_raise_the_new_share(world):
     runtime, router, _, release, run = world
-    policy = Rollout(strategy="canary", steps=({"weight": 10, "pause": 0}, {"weight": 50, "pause": 0}))
+    policy = RolloutPolicy(strategy="canary", steps=({"weight": 10, "pause": 0}, {"weight": 50, "pause": 0}))
     state, _ = run(release("sha256:2"), policy)
     assert state == SUCCEEDED
     new = web(runtime, "sha256:2")
@@ -125,7 +125,7 @@ def test_a_failing_before_traffic_hook_aborts_before_any_instance_starts(world):
     runtime.log.clear()
     runtime.crash_on_start.add(2)  # the fake runs hooks of release 2 to a non-zero exit
     with pytest.raises(RolloutError, match="before_traffic hook `migrate` exited with code 1"):
-        run(release("sha256:2"), Rollout(before_traffic=("migrate",)))
+        run(release("sha256:2"), RolloutPolicy(before_traffic=("migrate",)))
     assert set(router.added) == serving and not web(runtime, "sha256:2") and router.log == []
     # One hook container ran to its end and was removed, named after its phase and release; no
     # instance started.
@@ -172,7 +172,7 @@ def watch_stops(runtime, router, monkeypatch) -> list[str]:
 def test_a_rollout_killed_after_its_switch_is_completed_from_the_recorded_phase(world, monkeypatch):
     runtime, router, ledger, release, run = world
     old = sorted(router.added)
-    policy = Rollout(strategy="blue-green", before_traffic=("migrate",))
+    policy = RolloutPolicy(strategy="blue-green", before_traffic=("migrate",))
     v2 = release("sha256:2")
     monkeypatch.setattr(faults, "point", kill_at("switched"))  # right after the weights moved
     with pytest.raises(Killed):
@@ -209,7 +209,7 @@ def test_a_rollout_killed_after_its_switch_is_completed_from_the_recorded_phase(
 def test_a_rollout_killed_in_its_hook_before_the_switch_is_undone(world, monkeypatch):
     runtime, router, ledger, release, run = world
     old = sorted(router.added)
-    policy = Rollout(strategy="blue-green", before_traffic=("migrate",))
+    policy = RolloutPolicy(strategy="blue-green", before_traffic=("migrate",))
     v2 = release("sha256:2")
 
     def killed_hook(spec, timeout):

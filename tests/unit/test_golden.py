@@ -29,7 +29,7 @@ from kiln.providers.base import ContainerFacts, EngineEvent
 from kiln.providers.docker import _facts, create_args, parse_event
 from kiln.rollout.instances import instance_spec
 from kiln.router import haproxy
-from kiln.router.runtime import ServerStat, parse_conns, parse_stat
+from kiln.router.haproxy_api import ServerStat, parse_conns, parse_stat
 from kiln.spec.loader import parse_spec
 from kiln.spec.models import Base
 from kiln.spec.resolve import EnvConfig, canonical_json, resolve

@@ -12,7 +12,7 @@ import pytest
 
 from kiln.errors import RouterError
 from kiln.router.config import backend_name, render_config
-from kiln.router.runtime import (
+from kiln.router.haproxy_api import (
     RuntimeClient,
     ServerStat,
     add_server,

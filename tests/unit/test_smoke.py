@@ -20,7 +20,7 @@ from kiln.spec.smoke import Check, HttpCheck, SmokeCheck, check_problem
 def test_both_places_use_the_one_model_with_their_own_timing_key():
     assert models.SmokeCheck is SmokeCheck and pipeline.Check is Check
     assert issubclass(SmokeCheck, HttpCheck) and issubclass(Check, HttpCheck)
-    rollout = models.Rollout.model_validate({"smoke": [{"path": "/health", "body": "ok", "timeout": "2s"}]})
+    rollout = models.RolloutPolicy.model_validate({"smoke": [{"path": "/health", "body": "ok", "timeout": "2s"}]})
     assert rollout.smoke == (SmokeCheck(path="/health", body="ok", timeout=2.0),)
     step = pipeline.Step.model_validate({"smoke": "staging", "checks": [{"path": "/", "status": 204, "within": "1m"}]})
     assert step.checks == (Check(path="/", status=204, within=60.0),)

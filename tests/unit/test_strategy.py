@@ -7,7 +7,7 @@ import pytest
 
 from kiln.rollout.plan import FULL, AwaitHealthy, Desired, Instance, Route, Start, plan
 from kiln.rollout.strategy import Sample, canary_weights, count, judge, phases, resume_forward
-from kiln.spec.models import Analysis, Rollout
+from kiln.spec.models import Analysis, RolloutPolicy
 
 WEB = "web"
 
@@ -20,19 +20,19 @@ def serving(name: str, release: int, weight: int = FULL) -> Instance:
 
 
 def test_rolling_phases():
-    assert phases(Rollout(), False, False) == ["roll"]
-    assert phases(Rollout(), True, True) == ["before_traffic", "roll", "after_traffic"]
+    assert phases(RolloutPolicy(), False, False) == ["roll"]
+    assert phases(RolloutPolicy(), True, True) == ["before_traffic", "roll", "after_traffic"]
 
 
 def test_blue_green_phases():
-    policy = Rollout(strategy="blue-green", smoke=({"path": "/health"},))
+    policy = RolloutPolicy(strategy="blue-green", smoke=({"path": "/health"},))
     assert phases(policy, False, False) == ["start", "smoke", "switch"]
     manual = policy.model_copy(update={"promote": "manual"})
     assert phases(manual, True, False) == ["start", "before_traffic", "smoke", "promotion", "switch"]
 
 
 def test_canary_phases_one_shift_per_step_below_100():
-    policy = Rollout(strategy="canary", steps=({"weight": 10}, {"weight": 50}, {"weight": 100}))
+    policy = RolloutPolicy(strategy="canary", steps=({"weight": 10}, {"weight": 50}, {"weight": 100}))
     assert phases(policy, False, True) == ["start", "shift:0", "shift:1", "switch", "after_traffic"]
 
 

@@ -25,7 +25,7 @@ from kiln.providers.base import (
     network_name,
     selector,
 )
-from kiln.router.runtime import FULL_WEIGHT, ServerStat
+from kiln.router.haproxy_api import FULL_WEIGHT, ServerStat
 from kiln.spec.models import HealthCheck
 from kiln.spec.resolve import EnvConfig
 

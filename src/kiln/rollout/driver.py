@@ -24,8 +24,8 @@ from kiln.rollout.executor import Executor, Target
 from kiln.rollout.instances import instance_spec
 from kiln.rollout.strategy import Sample, canary_weights, count, judge
 from kiln.router.base import Router
-from kiln.router.runtime import ServerStat
-from kiln.spec.models import Rollout as Policy
+from kiln.router.haproxy_api import ServerStat
+from kiln.spec.models import RolloutPolicy as Policy
 from kiln.spec.smoke import SmokeCheck, check_problem
 
 ANALYSIS_INTERVAL = 0.5  # seconds between two reads of HAProxy's statistics during a canary pause

@@ -18,14 +18,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kiln.router.runtime import FULL_WEIGHT
-from kiln.spec.models import Analysis, Rollout
+from kiln.router.haproxy_api import FULL_WEIGHT
+from kiln.spec.models import Analysis, RolloutPolicy
 
 MAX_WEIGHT = 256  # HAProxy's largest server weight
 TRAFFIC_MOVED = "switch"  # from this phase on, an interrupted rollout is completed, not undone
 
 
-def phases(policy: Rollout, has_before: bool, has_after: bool) -> list[str]:
+def phases(policy: RolloutPolicy, has_before: bool, has_after: bool) -> list[str]:
     before = ["before_traffic"] if has_before else []
     after = ["after_traffic"] if has_after else []
     if policy.strategy == "rolling":

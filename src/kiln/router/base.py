@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from kiln.providers.base import ContainerFacts, Engine
-from kiln.router.runtime import ServerStat
+from kiln.router.haproxy_api import ServerStat
 from kiln.spec.resolve import EnvConfig
 
 

@@ -27,7 +27,7 @@ from kiln.providers.base import (
     selector,
 )
 from kiln.router.config import PREVIEW_PORT, SOCKET_DIR, SOCKET_NAME, backend_name, render_config
-from kiln.router.runtime import (
+from kiln.router.haproxy_api import (
     FULL_WEIGHT,
     POOL_PURGE_MS,
     RuntimeClient,

@@ -108,7 +108,7 @@ class Analysis(Model):
     min_requests: int = Field(10, ge=1, description="responses the canary must have served before it can fail the error-rate test")
 
 
-class Rollout(Model):
+class RolloutPolicy(Model):
     """How a new release replaces the one in service."""
 
     strategy: Literal["rolling", "blue-green", "canary"] = Field("rolling", description="rolling, blue-green or canary (only the public service can use blue-green or canary; others roll)")
@@ -125,7 +125,7 @@ class Rollout(Model):
     hook_timeout: Duration = Field(300.0, description="longest time a hook may run")
 
     @model_validator(mode="after")
-    def _consistent(self) -> Rollout:
+    def _consistent(self) -> RolloutPolicy:
         if self.max_surge in (0, "0%") and self.max_unavailable in (0, "0%"):
             raise ValueError("max_surge and max_unavailable cannot both be 0: the rollout could never make progress")
         weights = [s.weight for s in self.steps]
@@ -150,7 +150,7 @@ class Service(Model):
     no_new_privileges: bool = Field(True, description="forbid privilege escalation (relaxation: false)")
     stop_grace_period: Duration = Field(10.0, description="time between SIGTERM and SIGKILL")
     drain_timeout: Duration = Field(5.0, description="longest wait for in-flight requests when an instance leaves the router")
-    rollout: Rollout = Field(default_factory=Rollout, description="how new releases replace old ones (see services.NAME.rollout)")
+    rollout: RolloutPolicy = Field(default_factory=RolloutPolicy, description="how new releases replace old ones (see services.NAME.rollout)")
 
     @model_validator(mode="after")
     def _health_needs_port(self) -> Service:

@@ -28,7 +28,7 @@ from kiln.rollout.lock import hold
 from kiln.rollout.strategy import phases, resume_forward
 from kiln.router.base import Router
 from kiln.spec.loader import LoadedSpec
-from kiln.spec.models import Rollout as Policy
+from kiln.spec.models import RolloutPolicy as Policy
 from kiln.spec.models import Spec
 from kiln.spec.resolve import EnvConfig, resolve, url_host
 

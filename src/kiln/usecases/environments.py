@@ -24,7 +24,7 @@ from kiln.providers.base import INSTANCE, selector
 from kiln.spec.envdiff import KeyDiff, declared_keys, diff
 from kiln.spec.loader import LoadedSpec, load_spec
 from kiln.spec.models import NAME_RULE, valid_name
-from kiln.spec.models import Rollout as Policy
+from kiln.spec.models import RolloutPolicy as Policy
 from kiln.spec.resolve import EnvConfig, resolve, url_host
 from kiln.usecases.deploy import Artifact, Outcome, check_secrets, locked, policy_for, ship
 from kiln.usecases.destroy import destroy

@@ -10,7 +10,7 @@ from kiln.ledger import kinds
 from kiln.ledger.db import now
 from kiln.providers.base import INSTANCE, selector
 from kiln.rollout.lock import lease_name
-from kiln.router.runtime import ServerStat
+from kiln.router.haproxy_api import ServerStat
 from kiln.spec.resolve import EnvConfig
 
 

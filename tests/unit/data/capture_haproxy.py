@@ -24,7 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from kiln.router.config import SOCKET_DIR, render_config
-from kiln.router.runtime import RuntimeClient, add_server, drain_server, set_weights, stop_server
+from kiln.router.haproxy_api import (
+    RuntimeClient,
+    add_server,
+    drain_server,
+    set_weights,
+    stop_server,
+)
 from kiln.spec.loader import parse_spec
 from kiln.spec.resolve import resolve
 
