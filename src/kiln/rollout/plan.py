@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 # --- facts and desired state ---------------------------------------------------------------
 
-FULL = 100  # router weight of an instance taking its full share (router.runtime.FULL_WEIGHT)
+FULL = 100  # router weight of an instance taking its full share (router.haproxy_api.FULL_WEIGHT)
 
 
 @dataclass(frozen=True)
