@@ -43,8 +43,7 @@ def stream(argv: Sequence[str], on_line: Callable[[str], None], cwd: Path | None
         proc = subprocess.Popen(list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except FileNotFoundError:
         return Result(tuple(argv), 127, "", f"{argv[0]}: not found")
-    assert proc.stdout is not None
-    for line in proc.stdout:
+    for line in proc.stdout or ():  # always a pipe here
         line = line.rstrip()
         on_line(line)
         tail = (tail + [line])[-20:]

@@ -18,7 +18,7 @@ from kiln.ci.logsink import StepLog, StepOutput
 from kiln.ci.plan import Planned, plan
 from kiln.ci.steps import Cancelled, StepContext, execute
 from kiln.context import Context
-from kiln.errors import KilnError, PipelineError
+from kiln.errors import KilnError, PipelineError, UsageError
 from kiln.ledger.ci_store import CiRun, CiStore
 from kiln.secretstore import Masker
 from kiln.spec.loader import LoadedSpec, find_spec, load_spec
@@ -61,8 +61,7 @@ def _dead(worker: str) -> bool:
 
 
 def execute_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
-    run = store.run(run_id)
-    assert run is not None
+    run = _run_of(store, run_id)
     cancelled = threading.Event()
     watching = threading.Event()
     threading.Thread(target=_watch_cancel, args=(store, run_id, cancelled, watching), daemon=True).start()
@@ -87,9 +86,14 @@ def execute_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
                 store.set_step(step.id, "skipped" if step.state == "pending" else "cancelled",
                                step.detail or "not run: an earlier step did not succeed")
         store.set_state(run_id, state, reason)
-    ended = store.run(run_id)
-    assert ended is not None
-    return ended
+    return _run_of(store, run_id)
+
+
+def _run_of(store: CiStore, run_id: int) -> CiRun:
+    run = store.run(run_id)
+    if run is None:
+        raise UsageError(f"there is no CI run {run_id}.", "`kiln ci list` lists them.")
+    return run
 
 
 def _watch_cancel(store: CiStore, run_id: int, cancelled: threading.Event, done: threading.Event) -> None:

@@ -204,7 +204,9 @@ class DockerProvider:
                 raise EngineError(f"starting container {spec.name}: {exc.explanation or exc}") from None
             raise
         facts = self.container(spec.name)
-        assert facts is not None
+        if facts is None:
+            raise EngineError(f"container {spec.name} vanished right after it started.",
+                              "Something else removes containers on this engine; run the command again.")
         return facts
 
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
