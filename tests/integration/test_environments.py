@@ -133,7 +133,7 @@ def test_recreate_runs_a_past_release_beside_the_current_release(repo: App, engi
 
 def test_recreate_rebakes_a_removed_image_with_the_same_inputs_hash(repo: App, engine: docker.DockerClient) -> None:
     repo.kiln("deploy", "-e", "production")
-    first = repo.serving("production")
+    (first,) = repo.releases("production")
     new_version(repo, "second version")
     repo.kiln("deploy", "-e", "production")  # nothing runs the first image any more
     engine.images.remove(first["image"], force=True)
