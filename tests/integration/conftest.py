@@ -1,7 +1,12 @@
 """Integration fixtures: a real dockerd, the real kiln CLI, HAProxy in its router container, wrk.
 
+Every test makes what it needs: `app` is a fresh private copy of examples/hello (its own name,
+ports, kiln home and ledger) for each test, and `deployed` is one already deployed to production.
+No test relies on what another one left, so they pass in any order and one failing breaks no other;
+release numbers are read back from `kiln releases --json` / `kiln status --json`, never assumed.
+
 Every container and network a test creates carries the label kiln.test=<session id> (through
-KILN_EXTRA_LABELS) and is removed by label when the test's app is torn down."""
+KILN_EXTRA_LABELS) and is removed by label when the test's app is torn down, with the app's images."""
 
 from __future__ import annotations
 
@@ -43,6 +48,15 @@ def engine() -> docker.DockerClient:
         pytest.fail("integration tests need wrk (scripts/prereqs.sh installs it)")
     yield client
     _remove_labelled(client, {"kiln.test": SESSION})
+
+
+def _remove_images(client: docker.DockerClient, app: str) -> None:
+    """The images kiln baked for `app` (labelled kiln.app; the shared bases are kept)."""
+    for image in client.images.list(filters={"label": f"kiln.app={app}"}):
+        try:
+            client.images.remove(image.id, force=True)
+        except docker.errors.APIError:
+            pass  # already gone, or still used by a container the session's teardown removes
 
 
 def _remove_labelled(client: docker.DockerClient, labels: dict[str, str]) -> None:
@@ -88,6 +102,14 @@ class App:
 
     def kiln_json(self, *args: str) -> object:
         return json.loads(self.kiln(*args, "--json").stdout)
+
+    def releases(self, env: str = "production") -> list[dict]:
+        """The environment's releases as the ledger has them, newest first."""
+        return self.kiln_json("releases", "-e", env)
+
+    def serving(self, env: str = "production") -> dict:
+        """The release `kiln status` reports in service."""
+        return self.kiln_json("status", "-e", env)["release"]
 
     def popen(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         env = {**os.environ, "KILN_HOME": str(self.home), "KILN_EXTRA_LABELS": TEST_LABEL, **(extra_env or {})}
@@ -135,11 +157,22 @@ def make_app(root: Path) -> App:
     return App(target, name, ports, root / "home")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def app(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> App:
+    """A fresh app for this test alone: nothing deployed, an empty ledger. (A short directory, not
+    tmp_path: HAProxy's admin socket lives under KILN_HOME and a unix socket path has 108 bytes.)"""
     made = make_app(tmp_path_factory.mktemp("app"))
     yield made
     _remove_labelled(engine, {"kiln.test": SESSION, "kiln.app": made.name})
+    _remove_images(engine, made.name)
+
+
+@pytest.fixture
+def deployed(app: App) -> App:
+    """A fresh app with one release serving in production; the test reads its number and image
+    back (`app.serving()`, `app.releases()`) rather than assuming them."""
+    app.kiln("deploy")
+    return app
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """kiln agent against a real dockerd and HAProxy, under wrk load: self-healing, drift, the
-meltdown guard, two agents, and the hardened defaults of a running instance."""
+meltdown guard, two agents, and the hardened defaults of a running instance. Each test has its
+own freshly deployed app and its own agent, so no test inherits another's failures or spec."""
 
 from __future__ import annotations
 
@@ -79,15 +80,16 @@ def serving(engine: docker.DockerClient, app: App, count: int, env: str = ENV) -
     return names if len(names) == count and router_up(app, env) == names else set()
 
 
-@pytest.fixture(scope="module")
-def agent(app: App, engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]:
+@pytest.fixture
+def agent(app: App, engine: docker.DockerClient, tmp_path: Path) -> Iterator[AgentProc]:
+    """The app deployed to production (staging left to the test) and `kiln agent` leading it."""
     def policy(data: dict) -> None:
         # Failures age out of the meltdown window in 5 s, so the guard's test can see healing resume.
         data["environments"]["production"]["agent"] = {"interval": "1s", "meltdown": {"window": "5s"}}
         data["environments"]["staging"]["agent"] = {"interval": "1s", "drift": "report"}
     app.edit_spec(policy)
     app.kiln("deploy")
-    started = AgentProc(app, tmp_path_factory.mktemp("agent") / "agent.log")
+    started = AgentProc(app, tmp_path / "agent.log")
     wait_for("the agent's lease", lambda: app.kiln_json("status")["agent"]["leader"])
     yield started
     started.stop()
@@ -171,15 +173,14 @@ def test_two_agents_make_no_duplicate_replacements(app: App, engine: docker.Dock
         wait_for("a replacement by the second agent", lambda: serving(engine, app, 2) - before)
     finally:
         second.stop()
-    # Put the module's agent back for the tests after this one.
-    agent.__init__(app, agent.log)  # type: ignore[misc]
-    wait_for("the agent's lease", lambda: app.kiln_json("status")["agent"]["leader"])
+    kinds = [e["kind"] for e in events(app) if e["id"] > mark]
+    assert kinds.count("agent.start") == 2, kinds  # one replacement per kill, by whichever agent led
 
 
 def test_a_burst_of_failures_trips_the_meltdown_guard(app: App, engine: docker.DockerClient, agent: AgentProc) -> None:
     before = wait_for("two serving instances", lambda: serving(engine, app, 2))
-    time.sleep(5)  # earlier failures age out of the 5 s window
     mark = max(e["id"] for e in events(app))
+    assert "instance.failed" not in [e["kind"] for e in events(app)]  # nothing earlier in the window
     for name in sorted(before):
         engine.containers.get(name).kill()
     wait_for("the meltdown guard", lambda: app.kiln_json("status")["agent"]["healing"] == "halted", timeout=15)

@@ -1,5 +1,5 @@
-"""The pipeline end to end, in order, on one private copy of examples/hello pushed to a bare git
-repository with kiln's post-receive hook: a passing commit goes test → staging → smoke →
+"""The pipeline end to end, each test on its own private copy of examples/hello pushed to a bare
+git repository with kiln's post-receive hook: a passing commit goes test → staging → smoke →
 production (the same image digest in both); a failing one changes nothing; secrets are masked;
 webhooks are verified and never replayed; a newer push supersedes a queued older run."""
 
@@ -39,6 +39,7 @@ pipeline:
       checks: [{path: /health, body: ok}]
     - promote: {from: staging, to: production, approval: APPROVAL}
 """
+TEST_ONLY = PIPELINE.split("    - deploy:")[0]  # the test step alone
 
 
 class Repo:
@@ -62,15 +63,22 @@ class Repo:
         assert not check or proc.returncode == 0, f"kiln {args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc
 
-    def set_approval(self, approval: str) -> None:
+    def set_pipeline(self, pipeline: str) -> None:
         text = self.app.spec.read_text()
-        self.app.spec.write_text(text.split("\npipeline:")[0] + PIPELINE.replace("APPROVAL", approval))
+        self.app.spec.write_text(text.split("\npipeline:")[0] + pipeline)
 
-    def push(self, message: str) -> str:
+    def set_approval(self, approval: str) -> None:
+        self.set_pipeline(PIPELINE.replace("APPROVAL", approval))
+
+    def commit(self, message: str) -> str:
         self.git("add", "-A")
         self.git("commit", "-q", "--allow-empty", "-m", message)
-        self.git("push", "-q", "origin", "HEAD:main")
         return self.git("rev-parse", "HEAD").strip()
+
+    def push(self, message: str) -> str:
+        commit = self.commit(message)
+        self.git("push", "-q", "origin", "HEAD:main")
+        return commit
 
     def run_of(self, commit: str, timeout: float = 30):
         deadline = time.monotonic() + timeout
@@ -95,8 +103,9 @@ class Repo:
         return self.store.ledger.releases.current(self.app.name, env)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def repo(app: App, tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """A fresh app in a work clone of a bare repository with kiln's hook; nothing pushed yet."""
     made = Repo(app, tmp_path_factory.mktemp("git"))
     shutil.copy(TEST_FILE, app.dir / "test_app.py")
     app.edit_spec(lambda data: data["build"]["steps"].append("COPY test_app.py /app/test_app.py"))
@@ -107,10 +116,11 @@ def repo(app: App, tmp_path_factory: pytest.TempPathFactory) -> Repo:
     made.kiln("ci", "hook", "install", "--repo", str(made.bare))
     made.kiln("secret", "set", "api-token", stdin=SECRET + "\n")
     yield made
-    for run in made.store.runs(limit=100):  # no runner may outlive the module
+    for run in made.store.runs(limit=100):  # no runner may outlive the test
         if run.state not in FINAL:
             made.kiln("ci", "cancel", str(run.id), check=False)
             made.wait(run.id)
+    made.store.ledger.engine.dispose()
 
 
 def get(url: str) -> tuple[int, str]:
@@ -146,7 +156,10 @@ def test_a_pushed_commit_is_tested_deployed_smoked_and_promoted(repo: Repo) -> N
 
 
 def test_secrets_are_masked_in_the_log_and_absent_from_the_ledger(repo: Repo) -> None:
-    run = repo.store.runs(limit=1)[0]
+    repo.set_pipeline(TEST_ONLY)
+    run = repo.wait(repo.run_of(repo.push("test only")).id)
+    assert run.state == "succeeded", run.reason
+    assert [s.kind for s in repo.store.steps(run.id)] == ["bake", "run"]
     logs = repo.kiln("ci", "logs", str(run.id)).stdout
     assert "the token is ********" in logs
     assert SECRET not in logs
@@ -160,7 +173,11 @@ def test_secrets_are_masked_in_the_log_and_absent_from_the_ledger(repo: Repo) ->
 
 
 def test_a_failing_test_step_stops_the_run_and_nothing_changes(repo: Repo) -> None:
+    repo.commit("deployed by hand")  # not pushed: no run
+    for env in ("staging", "production"):
+        repo.app.kiln("deploy", "-e", env)
     before = {env: repo.serving(env) for env in ("staging", "production")}
+    assert all(before.values()), before
     path = repo.work / "app.py"
     good = path.read_text()
     path.write_text(good.replace('self._send(503 if self.server.stopping else 200, "ok\\n")',
@@ -176,13 +193,16 @@ def test_a_failing_test_step_stops_the_run_and_nothing_changes(repo: Repo) -> No
         assert repo.serving(env) == release
         assert images_running(repo.app, env) == {release.image}
     assert get(repo.app.url("production"))[0] == 200
-    path.write_text(good)
     shown = json.loads(repo.kiln("ci", "show", str(run.id), "--json").stdout)
     assert shown["state"] == "failed" and shown["steps"][1]["state"] == "failed"
 
 
 def test_webhooks_start_one_run_per_delivery_and_refuse_bad_signatures(repo: Repo) -> None:
     repo.kiln("secret", "set", "webhook", stdin="hook-secret")
+    # A passing commit in the bare repository, put there by a fetch: no hook, so no run of its own.
+    commit = repo.commit("for the webhook")
+    repo.git("fetch", "-q", str(repo.work), "HEAD:refs/heads/webhook", cwd=repo.bare)
+    assert repo.store.runs(limit=100) == []
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "kiln", "serve", "--repo", str(repo.bare), "--port", str(port)],
                               env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -191,7 +211,6 @@ def test_webhooks_start_one_run_per_delivery_and_refuse_bad_signatures(repo: Rep
         while not _up(port):
             assert time.monotonic() < deadline and server.poll() is None, "kiln serve did not come up"
             time.sleep(0.2)
-        commit = repo.git("rev-parse", "HEAD~1").strip()  # the commit that passed
         body = json.dumps({"ref": "refs/heads/webhook", "after": commit}).encode()
 
         def send(signature: str, delivery: str = "delivery-1") -> int:
@@ -207,8 +226,8 @@ def test_webhooks_start_one_run_per_delivery_and_refuse_bad_signatures(repo: Rep
         assert send(github_signature("wrong-secret", body), "delivery-0") == 401
         assert send(github_signature("hook-secret", body)) == 202
         assert send(github_signature("hook-secret", body)) == 409
-        runs = [r for r in repo.store.runs(limit=100) if r.trigger == "github"]
-        assert len(runs) == 1 and (runs[0].ref, runs[0].commit) == ("refs/heads/webhook", commit)
+        runs = repo.store.runs(limit=100)
+        assert len(runs) == 1 and runs[0].trigger == "github" and (runs[0].ref, runs[0].commit) == ("refs/heads/webhook", commit)
         assert repo.wait(runs[0].id).state == "succeeded"
     finally:
         server.terminate()

@@ -19,10 +19,13 @@ def containers(engine: docker.DockerClient, app: App) -> list:
     return engine.containers.list(all=True, filters={"label": [f"kiln.app={app.name}", "kiln.env=production"]})
 
 
-def assert_converged(app: App, engine: docker.DockerClient, message: str) -> None:
+def assert_converged(app: App, engine: docker.DockerClient, message: str, number: int) -> None:
+    """Release `number` serves (the one the interrupted deploy recorded: settling completes it and
+    the next deploy, finding the same image and config in service, records no other)."""
     st = app.kiln_json("status")
-    number = st["release"]["number"]
-    assert [(i["health"], i["in_router"]) for i in st["instances"]] == [("healthy", True)] * 2, st
+    assert st["release"]["number"] == number, st
+    assert app.releases()[0]["number"] == number  # no release recorded after it
+    assert [(i["release"], i["health"], i["in_router"]) for i in st["instances"]] == [(number, "healthy", True)] * 2, st
     assert not st["waiting"], st
     # No orphans: the router plus exactly the two instances of the serving release (or of a
     # release with the same image and config), and every router entry has its container.
@@ -31,7 +34,6 @@ def assert_converged(app: App, engine: docker.DockerClient, message: str) -> Non
     assert all(c.status == "running" for c in live)
     assert app.kiln_json("lock", "status") is None
     assert f"message={message}" in _get(app.url())
-    assert number >= 1
 
 
 def _get(url: str) -> str:
@@ -53,8 +55,9 @@ def kill_when(app: App, line: str) -> None:
     assert proc.returncode == -signal.SIGKILL, f"kiln ended on its own ({proc.returncode}) before `{line}`"
 
 
-def test_kill_9_at_several_points_then_deploy_converges(app: App, engine: docker.DockerClient) -> None:
-    app.kiln("deploy")
+def test_kill_9_at_several_points_then_deploy_converges(deployed: App, engine: docker.DockerClient) -> None:
+    app = deployed
+    number = app.serving()["number"]
     load = Wrk(app.url(), seconds=45)
     time.sleep(1)
     runs = []
@@ -63,13 +66,15 @@ def test_kill_9_at_several_points_then_deploy_converges(app: App, engine: docker
     app.set_message("after-start")
     kill_when(app, "started kiln-")
     runs.append(app.kiln("deploy"))
-    assert_converged(app, engine, "after-start")
+    number += 1
+    assert_converged(app, engine, "after-start", number)
 
     # 2. After a new instance was added to the router (killed from outside).
     app.set_message("after-route")
     kill_when(app, "receives traffic")
     runs.append(app.kiln("deploy"))
-    assert_converged(app, engine, "after-route")
+    number += 1
+    assert_converged(app, engine, "after-route", number)
 
     # 3. While an old instance drains: kiln kills itself right after HAProxy put it in drain.
     app.set_message("while-draining")
@@ -79,7 +84,8 @@ def test_kill_9_at_several_points_then_deploy_converges(app: App, engine: docker
     servers = {i["id"]: i["health"] for i in app.kiln_json("status")["instances"]}
     assert "drain" in servers.values(), servers  # kiln really died mid-drain
     runs.append(app.kiln("deploy"))
-    assert_converged(app, engine, "while-draining")
+    number += 1
+    assert_converged(app, engine, "while-draining", number)
 
     result = load.result()
     print(f"\nthree kill -9 and recoveries under load: {result.requests} requests, {result.rps:.0f}/s, "
@@ -92,18 +98,23 @@ def test_kill_9_at_several_points_then_deploy_converges(app: App, engine: docker
     assert "running" not in states and "paused" not in states, states
 
 
-def test_kiln_rollout_resume_settles_without_a_new_deploy(app: App, engine: docker.DockerClient) -> None:
+def test_kiln_rollout_resume_settles_without_a_new_deploy(deployed: App, engine: docker.DockerClient) -> None:
+    app = deployed
+    number = app.serving()["number"]
     app.set_message("resumed")
     proc = app.popen("deploy", extra_env={"KILN_FAULT": "routed"})
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert app.kiln_json("rollout", "list")[0]["state"] == "running"
+    assert app.releases()[0]["number"] == number + 1  # recorded before kiln died
     settled = app.kiln_json("rollout", "resume")
     assert [r["state"] for r in settled] == ["succeeded"]  # past its first route, a rolling rollout completes
-    assert_converged(app, engine, "resumed")
+    assert_converged(app, engine, "resumed", number + 1)
 
 
-def test_two_concurrent_deploys_one_proceeds_the_other_names_the_holder(app: App, engine: docker.DockerClient) -> None:
+def test_two_concurrent_deploys_one_proceeds_the_other_names_the_holder(deployed: App, engine: docker.DockerClient) -> None:
+    app = deployed
+    number = app.serving()["number"]
     app.set_message("concurrent")
     first, second = app.popen("deploy"), app.popen("deploy")
     out = [p.communicate(timeout=180) for p in (first, second)]
@@ -112,4 +123,4 @@ def test_two_concurrent_deploys_one_proceeds_the_other_names_the_holder(app: App
     loser = out[0][1] if first.returncode else out[1][1]
     assert "is locked by" in loser and "pid" in loser and "(deploy)" in loser, loser
     assert "Traceback" not in loser
-    assert_converged(app, engine, "concurrent")
+    assert_converged(app, engine, "concurrent", number + 1)  # the loser recorded nothing

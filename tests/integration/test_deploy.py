@@ -1,5 +1,5 @@
-"""The walking skeleton end to end, in order, on one private copy of examples/hello:
-deploy, redeploy under load, cached bake, rollback under load, a bad release, destroy."""
+"""The walking skeleton end to end: deploy, redeploy under load, cached bake, rollback under load,
+a bad release, destroy. Each test on its own private copy of examples/hello."""
 
 from __future__ import annotations
 
@@ -36,53 +36,62 @@ def test_first_deploy_serves(app: App) -> None:
     st = app.kiln_json("status")
     assert st["app"] == app.name and st["env"] == "production"
     assert st["url"] == app.url()
-    assert st["release"]["number"] == 1 and st["release"]["image"].startswith("sha256:")
+    assert st["release"]["number"] == 1 and st["release"]["image"].startswith("sha256:")  # a fresh ledger
     assert [i["health"] for i in st["instances"]] == ["healthy", "healthy"]
     assert {i["release"] for i in st["instances"]} == {1}
+    assert [(r["number"], r["image"]) for r in app.releases()] == [(1, st["release"]["image"])]
     assert "from v1" in get(app.url())
 
 
-def test_redeploy_under_load_fails_no_request(app: App) -> None:
+def test_redeploy_under_load_fails_no_request(deployed: App) -> None:
+    app = deployed
+    first = app.serving()
     app.set_message("second release")
     under_load(app, "deploy", seconds=10, at_least=2000)
 
-    releases = app.kiln_json("releases")
-    assert [r["number"] for r in releases] == [2, 1]
-    assert releases[0]["image"] != releases[1]["image"]
+    releases = app.releases()
+    assert [r["number"] for r in releases] == [first["number"] + 1, first["number"]]
+    assert releases[1]["image"] == first["image"] and releases[0]["image"] != first["image"]
     st = app.kiln_json("status")
-    assert st["release"] == {**st["release"], "number": 2, "image": releases[0]["image"]}
-    assert {i["release"] for i in st["instances"]} == {2} and len(st["instances"]) == 2
+    assert st["release"] == {**st["release"], "number": releases[0]["number"], "image": releases[0]["image"]}
+    assert {i["release"] for i in st["instances"]} == {releases[0]["number"]} and len(st["instances"]) == 2
     assert "second release" in get(app.url())
 
 
-def test_second_bake_and_deploy_do_nothing(app: App) -> None:
+def test_second_bake_and_deploy_do_nothing(deployed: App) -> None:
+    app = deployed
+    before = app.releases()
     baked = app.kiln_json("bake")
     assert baked["built"] is False
-    assert baked["image"] == app.kiln_json("status")["release"]["image"]
-    deployed = app.kiln_json("deploy")
-    assert deployed["changed"] is False and deployed["release"]["number"] == 2
-    assert len(app.kiln_json("releases")) == 2
+    assert baked["image"] == app.serving()["image"]
+    deployed_again = app.kiln_json("deploy")
+    assert deployed_again["changed"] is False and deployed_again["release"]["number"] == before[0]["number"]
+    assert app.releases() == before
 
 
-def test_rollback_under_load_restores_previous_digest(app: App) -> None:
-    v1 = app.kiln_json("releases")[-1]
+def test_rollback_under_load_restores_previous_digest(deployed: App) -> None:
+    app = deployed
+    app.set_message("second release")
+    app.kiln("deploy")
+    second, first = app.releases()
+    assert second["image"] != first["image"]
     under_load(app, "rollback", seconds=8, at_least=1000)
     st = app.kiln_json("status")
-    assert st["release"]["image"] == v1["image"]
-    assert st["release"]["number"] == 3
-    assert app.kiln_json("releases")[0]["note"] == "rollback to v1"
+    assert st["release"]["image"] == first["image"]
+    assert st["release"]["number"] == second["number"] + 1  # a rollback is a new release
+    newest = app.releases()[0]
+    assert (newest["number"], newest["note"]) == (second["number"] + 1, f"rollback to v{first['number']}")
     assert "second release" not in get(app.url())
 
 
-def test_bad_release_is_aborted_and_old_keeps_serving(app: App) -> None:
+def test_bad_release_is_aborted_and_old_keeps_serving(deployed: App) -> None:
+    app = deployed
     before = app.kiln_json("status")
-    path = app.dir / "app.py"
-    good = path.read_text()
-    path.write_text(good.replace("def main():", "def main():\n    raise SystemExit('boom: no DATABASE_URL')", 1))
+    app.set_code("def main():", "def main():\n    raise SystemExit('boom: no DATABASE_URL')")
     try:
         proc = app.kiln("deploy", check=False)
     finally:
-        path.write_text(good)
+        app.restore_code()
     assert proc.returncode == 1
     assert "aborted" in proc.stderr and "boom: no DATABASE_URL" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -92,10 +101,13 @@ def test_bad_release_is_aborted_and_old_keeps_serving(app: App) -> None:
     assert all(i["health"] == "healthy" for i in after["instances"])
     rollout = app.kiln_json("rollout", "show")
     assert rollout["state"] == "aborted" and "exited" in rollout["reason"]
+    assert [(r["number"], r["state"]) for r in app.releases()] == [
+        (before["release"]["number"] + 1, "aborted"), (before["release"]["number"], "serving")]
     get(app.url())
 
 
-def test_instances_are_hardened(app: App, engine: docker.DockerClient) -> None:
+def test_instances_are_hardened(deployed: App, engine: docker.DockerClient) -> None:
+    app = deployed
     instances = engine.containers.list(filters={"label": [f"kiln.app={app.name}", "kiln.role=instance"]})
     assert len(instances) == 2
     for c in instances:
@@ -114,9 +126,10 @@ def test_instances_are_hardened(app: App, engine: docker.DockerClient) -> None:
     assert bindings == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(app.ports["production"])}]}
 
 
-def test_taken_port_is_reported_and_changes_nothing(app: App, engine: docker.DockerClient) -> None:
+def test_taken_port_is_reported_and_changes_nothing(deployed: App, engine: docker.DockerClient) -> None:
     import socket
 
+    app = deployed  # production runs; staging's port is taken
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", app.ports["staging"]))
         squatter.listen()
@@ -124,13 +137,19 @@ def test_taken_port_is_reported_and_changes_nothing(app: App, engine: docker.Doc
     assert proc.returncode == 1
     assert f"port {app.ports['staging']} on 127.0.0.1 is already in use" in proc.stderr
     assert not engine.containers.list(all=True, filters={"label": [f"kiln.app={app.name}", "kiln.env=staging"]})
-    assert app.kiln_json("releases", "--env", "staging") == []
+    assert app.releases("staging") == []
 
 
-def test_destroy_leaves_no_container(app: App, engine: docker.DockerClient) -> None:
+def test_destroy_leaves_no_container(deployed: App, engine: docker.DockerClient) -> None:
+    app = deployed
+    app.set_message("second release")
+    app.kiln("deploy")
+    history = app.releases()
+    assert len(history) == 2
     app.kiln("destroy", "--env", "production")
     selector = [f"kiln.app={app.name}", "kiln.env=production"]
     assert engine.containers.list(all=True, filters={"label": selector}) == []
     assert engine.networks.list(names=[f"kiln-{app.name}-production"]) == []
-    releases = app.kiln_json("releases")  # the history stays
-    assert [(r["number"], r["state"]) for r in releases] == [(4, "aborted"), (3, "serving"), (2, "served"), (1, "served")]
+    after = app.releases()  # the history stays
+    assert [r["number"] for r in after] == [r["number"] for r in history]
+    assert [r["state"] for r in after] == ["serving", "served"], after

@@ -1,9 +1,10 @@
 """The three strategies and automatic abort, each under wrk load through the real router.
 
-One private copy of examples/hello (2 replicas) goes through, in order: a rolling deploy in
-batches, a blue-green deploy smoke-checked on its preview port, a manual blue-green promotion
-with an idle old set and an instant rollback, a healthy canary, then bad releases of each kind
-(exits at start, never healthy, failing before_traffic hook, answering 5xx under a canary)."""
+Each test takes a fresh private copy of examples/hello (2 replicas, a preview port) with its
+first release serving, and deploys one of: a rolling deploy in batches, a blue-green deploy
+smoke-checked on its preview port (and one failing it), a manual blue-green promotion with an
+idle old set and an instant rollback, a healthy canary, then bad releases of each kind (exits at
+start, never healthy, failing before_traffic hook, answering 5xx under a canary)."""
 
 from __future__ import annotations
 
@@ -60,8 +61,14 @@ def steps(app: App) -> list[dict]:
     return app.kiln_json("rollout", "show")["steps"]
 
 
-@pytest.fixture(scope="module")
+def message(app: App) -> str:
+    """The message the public port serves now."""
+    return re.search(r"message=.*", get(app.url())).group(0)
+
+
+@pytest.fixture
 def bg_app(app: App) -> App:
+    """A fresh app with a preview port and its first release serving (rolling, 2 replicas)."""
     preview = free_port()
     app.ports["preview"] = preview
 
@@ -74,11 +81,12 @@ def bg_app(app: App) -> App:
 
 def test_rolling_deploy_in_batches(bg_app: App, engine: docker.DockerClient) -> None:
     app = bg_app
+    before = app.serving()["number"]
     app.set_rollout(strategy="rolling", max_surge=1, max_unavailable=0)
     app.set_message("rolling")
     result, _ = under_load(app, "deploy", seconds=10)
     assert_no_failures(result)
-    assert_serving(app, engine, 2)
+    assert_serving(app, engine, before + 1)
     # In batches of one: a new instance is serving before the first old one leaves, and the second
     # new one starts only after that.
     actions = [(s["action"], s["state"]) for s in steps(app) if s["action"] in ("Start", "Unroute") and s["state"] == "done"]
@@ -88,36 +96,40 @@ def test_rolling_deploy_in_batches(bg_app: App, engine: docker.DockerClient) -> 
 
 def test_blue_green_smoke_checked_on_preview_port(bg_app: App, engine: docker.DockerClient) -> None:
     app = bg_app
+    before = app.serving()["number"]
     app.set_rollout(strategy="blue-green", smoke=[{"path": "/", "status": 200, "body": "message=blue-green"}])
     app.set_message("blue-green")
     result, stderr = under_load(app, "deploy", seconds=10)
     assert_no_failures(result)
     assert f"smoke check GET / on preview port {app.ports['preview']} passed" in stderr
-    assert_serving(app, engine, 3)
+    assert_serving(app, engine, before + 1)
     assert [s["target"] for s in steps(app) if s["action"] == "Phase" and s["state"] == "done"] == ["start", "smoke", "switch"]
     assert "message=blue-green" in get(app.url())
 
 
 def test_blue_green_failing_smoke_check_aborts(bg_app: App, engine: docker.DockerClient) -> None:
     app = bg_app
+    before, served = app.serving()["number"], message(app)
     app.set_rollout(strategy="blue-green", smoke=[{"path": "/", "body": "this text is not there"}])
     app.set_message("never served")
     result, stderr = under_load(app, "deploy", seconds=8, ok=False)
     assert_no_failures(result, at_least=500)
     assert "smoke check GET / on preview port" in stderr and "does not contain" in stderr
-    assert_serving(app, engine, 3)
-    assert "message=blue-green" in get(app.url())
+    assert_serving(app, engine, before)
+    assert [(r["number"], r["state"]) for r in app.releases()[:2]] == [(before + 1, "aborted"), (before, "serving")]
+    assert message(app) == served
 
 
 def test_blue_green_manual_promotion_then_instant_rollback(bg_app: App, engine: docker.DockerClient) -> None:
     app = bg_app
-    serving = app.kiln_json("status")["release"]["number"]
-    old_message = re.search(r"message=\S+", get(app.url())).group(0)
+    serving = app.serving()["number"]
+    old_message = message(app)
     app.set_rollout(strategy="blue-green", promote="manual", keep_old="10m")
     app.set_message("promoted")
     deployed = app.kiln_json("deploy")
     assert deployed["state"] == "paused"
     number = deployed["release"]["number"]
+    assert number == serving + 1
     # The new set answers on the preview port only; the public port still serves the old release.
     assert "message=promoted" in get(f"http://127.0.0.1:{app.ports['preview']}/")
     assert old_message in get(app.url())
@@ -146,22 +158,24 @@ def test_blue_green_manual_promotion_then_instant_rollback(bg_app: App, engine: 
     result = load.result()
     print(f"\ninstant rollback onto the idle set: {took:.2f}s, {result.requests} requests, {result.non_2xx} non-2xx")
     assert_no_failures(result, at_least=500)
-    assert old_message in get(app.url())
+    assert message(app) == old_message
     st = app.kiln_json("status")
+    # A rollback is a new release with the old image and config, run by the very same instances.
+    assert st["release"]["number"] == number + 1 and app.releases()[0]["note"] == f"rollback to v{serving}"
     assert [i["release"] for i in st["instances"]] == [serving, serving]  # the very instances that served before
     assert not any(s["action"] == "Start" for s in steps(app))  # nothing was started: only reweighted
 
 
 def test_canary_of_a_healthy_release(bg_app: App, engine: docker.DockerClient) -> None:
     app = bg_app
+    before = app.serving()["number"]
     app.set_rollout(strategy="canary", steps=[{"weight": 20, "pause": "3s"}, {"weight": 50, "pause": "3s"}])
     app.set_message("canary")
     result, stderr = under_load(app, "deploy", seconds=14)
     assert_no_failures(result)
     shares = [int(m) for m in re.findall(r"canary analysis passed: (\d+)%", stderr)]
     assert shares == [20, 50], stderr
-    number = app.kiln_json("status")["release"]["number"]
-    assert_serving(app, engine, number)
+    assert_serving(app, engine, before + 1)
     assert "message=canary" in get(app.url())
 
 
@@ -211,10 +225,14 @@ def test_failing_before_traffic_hook_aborts_before_any_traffic(bg_app: App, engi
 
     app.set_rollout(strategy="rolling", before_traffic=["python3", "-c", "print('migrated')"],
                     after_traffic=["python3", "-c", "print('warmed')"])
-    app.kiln("deploy")
+    retried = app.kiln("deploy")
     hooks = [(s["target"], s["state"]) for s in steps(app) if s["action"] == "Phase" and "traffic" in s["target"]]
     assert ("before_traffic", "done") in hooks and ("after_traffic", "done") in hooks
-    assert_serving(app, engine, app.kiln_json("status")["release"]["number"])
+    # Hooks are rollout policy, not release config: the same image and config retry the release
+    # whose hook failed rather than record another.
+    assert f"Retrying release v{before + 1}" in retried.stderr, retried.stderr
+    assert_serving(app, engine, before + 1)
+    assert app.releases()[0]["number"] == before + 1
 
 
 def test_canary_answering_5xx_is_aborted_at_its_first_step(bg_app: App, engine: docker.DockerClient) -> None:
