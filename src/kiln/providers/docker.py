@@ -23,6 +23,7 @@ from kiln.providers.base import (
     ContainerDetails,
     ContainerFacts,
     ContainerSpec,
+    Engine,
     EngineEvent,
     Finished,
 )
@@ -410,3 +411,8 @@ def _facts(attrs: dict) -> ContainerFacts:
         ip=ip,
         exit_code=state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None,
     )
+
+
+def _implements(provider: DockerProvider) -> Engine:
+    """Never called: mypy checks here that the provider implements every method of Engine."""
+    return provider

@@ -20,11 +20,13 @@ from kiln.providers.base import (
     ContainerDetails,
     ContainerFacts,
     ContainerSpec,
+    Engine,
     EngineEvent,
     Finished,
     network_name,
     selector,
 )
+from kiln.router.base import Router
 from kiln.router.haproxy_api import FULL_WEIGHT, ServerStat
 from kiln.spec.models import HealthCheck
 from kiln.spec.resolve import EnvConfig
@@ -357,3 +359,8 @@ class FakeRouter:
         facts = self.facts()
         if facts is not None and not facts.running:
             raise RouterError(f"the router {self.name} is not running")
+
+
+def _implements(engine: FakeEngine, router: FakeRouter) -> tuple[Engine, Router]:
+    """Never called: mypy checks here that the fakes implement every method of the protocols."""
+    return engine, router

@@ -26,6 +26,7 @@ from kiln.providers.base import (
     network_name,
     selector,
 )
+from kiln.router.base import Router
 from kiln.router.config import PREVIEW_PORT, SOCKET_DIR, SOCKET_NAME, backend_name, render_config
 from kiln.router.haproxy_api import (
     FULL_WEIGHT,
@@ -233,3 +234,8 @@ def _check_port_free(bind: str, port: int) -> None:
                 raise PortInUse(f"cannot listen on {bind}: no such address on this host.",
                                 "Fix 'bind' for this environment in kiln.yaml.") from None
             raise
+
+
+def _implements(router: HaproxyRouter) -> Router:
+    """Never called: mypy checks here that HaproxyRouter implements every method of Router."""
+    return router
