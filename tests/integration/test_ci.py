@@ -120,7 +120,7 @@ def repo(app: App, tmp_path_factory: pytest.TempPathFactory) -> Repo:
         if run.state not in FINAL:
             made.kiln("ci", "cancel", str(run.id), check=False)
             made.wait(run.id)
-    made.store.ledger.engine.dispose()
+    made.store.ledger.db.engine.dispose()
 
 
 def get(url: str) -> tuple[int, str]:
