@@ -24,4 +24,4 @@ def destroy(ctx: Context, cfg: EnvConfig) -> int:
     ctx.ledger.environments.forget(app, env)  # an environment kiln made (recreated, preview) is gone
     count = len(containers) + (1 if removed else 0)
     ctx.ledger.events.record(app, env, kinds.DESTROYED, f"removed {count} containers and the network")
-    return len(containers)
+    return count
