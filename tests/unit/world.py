@@ -14,6 +14,7 @@ from pathlib import Path
 from kiln.bake.base import base_tag
 from kiln.bake.inputs import base_inputs_hash
 from kiln.context import Context
+from kiln.ledger.rollouts import Rollout
 from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.base import Engine
@@ -50,6 +51,42 @@ environments:
 """
 
 
+class Said(Output):
+    """A quiet Output that keeps what it was told: (kind, message), kind step, done or warn."""
+
+    def __init__(self) -> None:
+        super().__init__(quiet=True)
+        self.said: list[tuple[str, str]] = []
+
+    def step(self, message: str) -> None:
+        self.said.append(("step", message))
+
+    def done(self, message: str) -> None:
+        self.said.append(("done", message))
+
+    def warn(self, message: str) -> None:
+        self.said.append(("warn", message))
+
+    def of(self, kind: str) -> list[str]:
+        return [m for k, m in self.said if k == kind]
+
+
+class Killed(BaseException):
+    """What SIGKILL at a fault point does to kiln: nothing below it catches this."""
+
+
+def kill_at(point: str, times: int = 1):
+    """A stand-in for kiln.faults.point that 'kills' kiln the `times`-th time it reaches `point`."""
+    seen = [0]
+
+    def fault(name: str) -> None:
+        if name == point:
+            seen[0] += 1
+            if seen[0] == times:
+                raise Killed(name)
+    return fault
+
+
 @dataclass
 class World:
     root: Path
@@ -77,9 +114,14 @@ class World:
             router.cfg = cfg  # the config of the release in hand, as a new Router object would have
             return router
 
-        ctx = Context(settings, Output(quiet=True), engines=lambda _name: engine, routers=router_of,
+        ctx = Context(settings, Said(), engines=lambda _name: engine, routers=router_of,
                       _ledger=Ledger(settings.ledger_url))
         return cls(root, ctx, engine, routers)
+
+    @property
+    def out(self) -> Said:
+        assert isinstance(self.ctx.out, Said)
+        return self.ctx.out
 
     # --- the app ------------------------------------------------------------------------------
 
@@ -115,3 +157,22 @@ class World:
         servers = self.router(env).servers()
         running = self.instances(env)
         return {n: running[n] for n, s in servers.items() if n in running and s.serving and s.weight > 0}
+
+    def containers(self, env: str = "production") -> dict[str, tuple[int, str]]:
+        """Every instance container of env, running or not: name -> (release number, state)."""
+        return {c.name: (int(c.label("release") or 0), c.state)
+                for c in self.engine.containers({"kiln.app": "shop", "kiln.env": env, "kiln.role": "instance"})}
+
+    def weights(self, env: str = "production") -> dict[str, int]:
+        """Router servers of env: name -> weight."""
+        return {n: s.weight for n, s in self.router(env).servers().items()}
+
+    # --- what the ledger says ------------------------------------------------------------------
+
+    def events(self, env: str = "production", *kinds: str) -> list[tuple[str, str]]:
+        """env's events (of these kinds), oldest first: (kind, message)."""
+        return [(e["kind"], e["message"]) for e in self.ctx.ledger.events.of("shop", env, kinds=kinds, limit=None)]
+
+    def rollouts(self, env: str = "production") -> list[Rollout]:
+        """env's rollouts, oldest first."""
+        return list(reversed(self.ctx.ledger.rollouts.of("shop", env, limit=1000)))

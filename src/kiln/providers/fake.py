@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from kiln import faults
 from kiln.errors import BuildError, EngineError, PortInUse, RouterError
 from kiln.providers.base import (
     ContainerDetails,
@@ -272,6 +273,7 @@ class FakeRouter:
         self.weights: dict[str, int] = {}
         self.preview: set[str] = set()
         self.maint: set[str] = set()  # servers left in maintenance (added by a kiln killed before enabling them)
+        self.draining: set[str] = set()  # servers a drain began on (seen only when kiln is killed while draining)
         self.counters: dict[str, tuple[int, int, int]] = {}  # server -> (responses, 5xx, mean ms): canary analysis
         self.log: list[tuple[str, str]] = []
 
@@ -302,7 +304,8 @@ class FakeRouter:
         for name, address in self.added.items():
             if preview and name not in self.preview:
                 continue
-            status = "MAINT" if name in self.maint else "UP" if self.runtime.healthy(name) else "DOWN"
+            status = ("MAINT" if name in self.maint else "DRAIN" if name in self.draining
+                      else "UP" if self.runtime.healthy(name) else "DOWN")
             weight = FULL_WEIGHT if preview else self.weights[name]
             responses, errors, ms = self.counters.get(name, (0, 0, 0))
             out[name] = ServerStat("svc", name, status, 0, 0, responses, weight, address, responses, errors, ms)
@@ -317,6 +320,7 @@ class FakeRouter:
             self.added[server] = f"{address}:{port}"
             self.weights[server] = weight
             self.maint.discard(server)
+            self.draining.discard(server)
         self.log.append(("add-preview" if preview else "add", server))
 
     def set_weights(self, weights: dict[str, int]) -> None:
@@ -329,6 +333,11 @@ class FakeRouter:
 
     def drain_and_remove(self, server: str, drain_timeout: float, dead: bool = False) -> float:
         self._check_up()
+        if server in self.added:  # as HAProxy's: no new requests (a dead one: maintenance), then the wait
+            (self.maint if dead else self.draining).add(server)
+            faults.point("draining")
+        self.draining.discard(server)
+        self.maint.discard(server)
         self.added.pop(server, None)
         self.weights.pop(server, None)
         self.remove_preview(server)
