@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from kiln.errors import LockHeld, RolloutError, UsageError
+from kiln.errors import KilnError, LockHeld, RolloutError, UsageError
 from kiln.ledger import kinds
 from kiln.usecases.deploy import deploy, promote, rollback
 from unit.world import World
@@ -235,7 +235,7 @@ def test_rollback_refuses_a_release_whose_image_is_gone(w):
     v2(w)
     deploy(w.ctx, w.load(), "production")
     w.engine.remove_image(first.image)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(KilnError) as err:
         rollback(w.ctx, w.load().spec, "production", None)
     assert err.value.message == f"the image of v1 ({first.image[:19]}) is no longer on this engine."
     assert len(w.ctx.ledger.releases.of("shop", "production")) == 2

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kiln.errors import UsageError
+from kiln.errors import RolloutError, UsageError
 from kiln.ledger import kinds
 from kiln.ledger.ci_store import CiStore
 from kiln.rollout.lock import lease_name
@@ -148,7 +148,7 @@ def test_history_of_releases_rollouts_and_steps(w):
     deploy(w.ctx, w.load(), "production")
     w.change_code("print(2)\n")
     w.engine.crash_on_start.add(2)
-    with pytest.raises(Exception):
+    with pytest.raises(RolloutError):
         deploy(w.ctx, w.load(), "production")
     assert [(r.release.number, r.state) for r in history.releases(w.ctx, "shop", "production")] == [
         (2, "aborted"), (1, "serving")]
