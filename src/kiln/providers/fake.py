@@ -205,6 +205,8 @@ class FakeEngine:
     # --- probes ---------------------------------------------------------------------------
 
     def probe(self, c: ContainerFacts, check: HealthCheck | None, port: int | None) -> bool:
+        if check is None:  # as kiln.probe.instance_ready: without a check, running is ready
+            return self.state.get(c.name) == "running"
         return self.healthy(c.name)
 
     def get(self, c: ContainerFacts, port: int, path: str, timeout: float) -> tuple[int, str]:
@@ -286,6 +288,7 @@ class FakeRouter:
             return False
         if current:
             self.runtime.remove(self.name)
+        self._forget_servers()  # a new HAProxy process knows none of the servers added at run time
         image = self.runtime.image_id("kiln/router") or self.runtime.add_image("kiln/router")
         self.runtime.start(ContainerSpec(name=self.name, image=image, network=network_name(self.cfg.app, self.cfg.env),
                                          labels=selector(self.cfg.app, self.cfg.env, "router"),
@@ -296,7 +299,14 @@ class FakeRouter:
     def remove(self) -> bool:
         there = self.facts() is not None
         self.runtime.remove(self.name)
+        self._forget_servers()
         return there
+
+    def _forget_servers(self) -> None:
+        for table in (self.added, self.weights, self.counters):
+            table.clear()
+        for names in (self.preview, self.maint, self.draining):
+            names.clear()
 
     def servers(self, preview: bool = False) -> dict[str, ServerStat]:
         self._check_up()
