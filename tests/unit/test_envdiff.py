@@ -59,3 +59,17 @@ def test_an_undeclared_change_is_named_and_a_missing_key_shown_absent():
     undeclared = [r for r in diff(prod, staging, declared) if not r.declared]
     assert [(r.key, r.a, r.b) for r in undeclared] == [("services.web.environment.GREETING", "hello", "hi"),
                                                        ("services.web.environment.NEW", ABSENT, "1")]
+
+
+def test_an_overlay_adding_the_first_variable_is_only_that_declared_key():
+    # production's web has no environment at all ({} flattens to a leaf), staging's overlay adds one:
+    # the difference is the variable alone, not also a phantom undeclared `environment: {} vs (absent)`.
+    spec = parse_spec(SPEC.replace("    environment: {GREETING: hello, LEVEL: info}\n", ""))
+    prod, staging = (resolve(spec, e).model_dump(mode="json") for e in ("production", "staging"))
+    rows = diff(prod, staging, declared_keys(spec, "production") | declared_keys(spec, "staging"))
+    assert [(r.key, r.a, r.b, r.declared) for r in rows if r.key.startswith("services.web.env")] == [
+        ("services.web.environment.LEVEL", ABSENT, "debug", True)]
+    assert [(r.key, r.a, r.b) for r in diff(staging, prod, set()) if "environment" in r.key] == [
+        ("services.web.environment.LEVEL", "debug", ABSENT)]
+    # An empty mapping against a value that is not a mapping is still a difference.
+    assert [(r.key, r.a, r.b) for r in diff({"x": {}}, {"x": 1}, set())] == [("x", {}, 1)]

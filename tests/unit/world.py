@@ -8,19 +8,25 @@ container is) and a SQLite ledger in tmp_path; an app directory with kiln.yaml a
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sqlalchemy import event
 
 from kiln.bake.base import base_tag
 from kiln.bake.inputs import base_inputs_hash
 from kiln.context import Context
+from kiln.ledger.rollouts import Rollout
 from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.base import Engine
 from kiln.providers.fake import FakeEngine, FakeRouter
 from kiln.settings import Settings
-from kiln.spec.loader import LoadedSpec, load_spec
-from kiln.spec.models import Base
+from kiln.spec.loader import LoadedSpec, parse_spec
+from kiln.spec.models import Base, Spec
 from kiln.spec.resolve import EnvConfig, resolve
 
 SPEC = """\
@@ -50,6 +56,61 @@ environments:
 """
 
 
+class Said(Output):
+    """A quiet Output that keeps what it was told: (kind, message), kind step, done or warn."""
+
+    def __init__(self) -> None:
+        super().__init__(quiet=True)
+        self.said: list[tuple[str, str]] = []
+
+    def step(self, message: str) -> None:
+        self.said.append(("step", message))
+
+    def done(self, message: str) -> None:
+        self.said.append(("done", message))
+
+    def warn(self, message: str) -> None:
+        self.said.append(("warn", message))
+
+    def of(self, kind: str) -> list[str]:
+        return [m for k, m in self.said if k == kind]
+
+
+class Killed(BaseException):
+    """What SIGKILL at a fault point does to kiln: nothing below it catches this."""
+
+
+def kill_at(point: str, times: int = 1):
+    """A stand-in for kiln.faults.point that 'kills' kiln the `times`-th time it reaches `point`."""
+    seen = [0]
+
+    def fault(name: str) -> None:
+        if name == point:
+            seen[0] += 1
+            if seen[0] == times:
+                raise Killed(name)
+    return fault
+
+
+_TEMPLATE: list[Path] = []  # a ledger with the newest schema, made once per test session
+_PARSED: dict[str, Spec] = {}  # kiln.yaml text -> its spec (parse_spec is pure; Spec is frozen)
+
+
+def new_ledger(path: Path) -> Ledger:
+    """A ledger at `path`, copied from a migrated template: migrating costs ~70 ms per database."""
+    if not _TEMPLATE:
+        template = Path(tempfile.mkdtemp(prefix="kiln-unit-ledger-")) / "template.db"
+        Ledger(f"sqlite:///{template}").db.engine.dispose()
+        _TEMPLATE.append(template)
+    with sqlite3.connect(_TEMPLATE[0]) as source, sqlite3.connect(path) as copy:
+        source.backup(copy)
+    ledger = Ledger(f"sqlite:///{path}")
+    # A test's ledger need not survive a power cut: no fsync per commit (it was half the time).
+    event.listen(ledger.db.engine, "connect", lambda conn, _record: conn.execute("PRAGMA synchronous=OFF"))
+    ledger.db.engine.dispose()  # connections opened before the listener
+    return ledger
+
+
 @dataclass
 class World:
     root: Path
@@ -77,14 +138,25 @@ class World:
             router.cfg = cfg  # the config of the release in hand, as a new Router object would have
             return router
 
-        ctx = Context(settings, Output(quiet=True), engines=lambda _name: engine, routers=router_of,
-                      _ledger=Ledger(settings.ledger_url))
+        ctx = Context(settings, Said(), engines=lambda _name: engine, routers=router_of,
+                      _ledger=new_ledger(tmp_path / "ledger.db"))
         return cls(root, ctx, engine, routers)
+
+    @property
+    def out(self) -> Said:
+        assert isinstance(self.ctx.out, Said)
+        return self.ctx.out
 
     # --- the app ------------------------------------------------------------------------------
 
     def load(self) -> LoadedSpec:
-        return load_spec(self.root / "kiln.yaml")
+        """kiln.yaml as load_spec reads it (parsed once per text)."""
+        path = self.root / "kiln.yaml"
+        raw = path.read_bytes()
+        text = raw.decode()
+        if text not in _PARSED:
+            _PARSED[text] = parse_spec(text, path.name)
+        return LoadedSpec(_PARSED[text], path.resolve(), hashlib.sha256(raw).hexdigest())
 
     def cfg(self, env: str = "production") -> EnvConfig:
         return resolve(self.load().spec, env)
@@ -115,3 +187,22 @@ class World:
         servers = self.router(env).servers()
         running = self.instances(env)
         return {n: running[n] for n, s in servers.items() if n in running and s.serving and s.weight > 0}
+
+    def containers(self, env: str = "production") -> dict[str, tuple[int, str]]:
+        """Every instance container of env, running or not: name -> (release number, state)."""
+        return {c.name: (int(c.label("release") or 0), c.state)
+                for c in self.engine.containers({"kiln.app": "shop", "kiln.env": env, "kiln.role": "instance"})}
+
+    def weights(self, env: str = "production") -> dict[str, int]:
+        """Router servers of env: name -> weight."""
+        return {n: s.weight for n, s in self.router(env).servers().items()}
+
+    # --- what the ledger says ------------------------------------------------------------------
+
+    def events(self, env: str = "production", *kinds: str) -> list[tuple[str, str]]:
+        """env's events (of these kinds), oldest first: (kind, message)."""
+        return [(e["kind"], e["message"]) for e in self.ctx.ledger.events.of("shop", env, kinds=kinds, limit=None)]
+
+    def rollouts(self, env: str = "production") -> list[Rollout]:
+        """env's rollouts, oldest first."""
+        return list(reversed(self.ctx.ledger.rollouts.of("shop", env, limit=1000)))

@@ -108,7 +108,11 @@ class Reconciler:
             mem.execs = {**recent_execs(engine, app, env), **mem.execs}
 
         target = Target.of(release)
-        executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=self._journal)
+        # A suspect (failing its check for the first time) is judged on the next pass; until then
+        # it counts as ready, so that this pass neither waits for its health nor replaces it.
+        doubted: set[str] = set()
+        executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=self._journal,
+                            probe=lambda svc, c: c.name in doubted or engine.probe(c, svc.healthcheck, svc.port))
         executor.watch = lambda seen: self._unchanged(executor, seen)
         executor.goal = target  # instances of an equal release (a rollback onto them) count as current
         executor.targets[release.number] = target
@@ -118,6 +122,7 @@ class Reconciler:
         facts_now = [i for i in executor.observe() if i.name not in keep]
 
         health = judge(facts_now, cfg.public_service.name if cfg.public_service else None, mem.suspects)
+        doubted |= health.suspects
         self._record_failures(health)
         tainted = inspect(ctx, engine, app, env, [c for n, c in containers.items() if n not in health.failed], mem.execs)
         self._record_taints(tainted)
@@ -129,7 +134,8 @@ class Reconciler:
         executor.tainted = set(tainted) if self.policy.drift == "replace" else set()
         desired = target.desired(keep=keep)
         # Planned from the facts judged above: an instance that died since is left to the next pass.
-        marked = [replace(i, running=i.running and i.name not in executor.failed, tainted=i.name in executor.tainted)
+        marked = [replace(i, running=i.running and i.name not in executor.failed, tainted=i.name in executor.tainted,
+                          ready=i.ready or i.name in doubted)
                   for i in facts_now]
         if not plan(desired, marked):
             return "; ".join(said)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from kiln import faults
 from kiln.errors import BuildError, EngineError, PortInUse, RouterError
 from kiln.providers.base import (
     ContainerDetails,
@@ -206,6 +207,8 @@ class FakeEngine:
     # --- probes ---------------------------------------------------------------------------
 
     def probe(self, c: ContainerFacts, check: HealthCheck | None, port: int | None) -> bool:
+        if check is None:  # as kiln.probe.instance_ready: without a check, running is ready
+            return self.state.get(c.name) == "running"
         return self.healthy(c.name)
 
     def get(self, c: ContainerFacts, port: int, path: str, timeout: float) -> tuple[int, str]:
@@ -274,6 +277,7 @@ class FakeRouter:
         self.weights: dict[str, int] = {}
         self.preview: set[str] = set()
         self.maint: set[str] = set()  # servers left in maintenance (added by a kiln killed before enabling them)
+        self.draining: set[str] = set()  # servers a drain began on (seen only when kiln is killed while draining)
         self.counters: dict[str, tuple[int, int, int]] = {}  # server -> (responses, 5xx, mean ms): canary analysis
         self.log: list[tuple[str, str]] = []
 
@@ -286,6 +290,7 @@ class FakeRouter:
             return False
         if current:
             self.runtime.remove(self.name)
+        self._forget_servers()  # a new HAProxy process knows none of the servers added at run time
         image = self.runtime.image_id("kiln/router") or self.runtime.add_image("kiln/router")
         self.runtime.start(ContainerSpec(name=self.name, image=image, network=network_name(self.cfg.app, self.cfg.env),
                                          labels=selector(self.cfg.app, self.cfg.env, "router"),
@@ -304,7 +309,14 @@ class FakeRouter:
     def remove(self) -> bool:
         there = self.facts() is not None
         self.runtime.remove(self.name)
+        self._forget_servers()
         return there
+
+    def _forget_servers(self) -> None:
+        for table in (self.added, self.weights, self.counters):
+            table.clear()
+        for names in (self.preview, self.maint, self.draining):
+            names.clear()
 
     def servers(self, preview: bool = False) -> dict[str, ServerStat]:
         self._check_up()
@@ -312,7 +324,8 @@ class FakeRouter:
         for name, address in self.added.items():
             if preview and name not in self.preview:
                 continue
-            status = "MAINT" if name in self.maint else "UP" if self.runtime.healthy(name) else "DOWN"
+            status = ("MAINT" if name in self.maint else "DRAIN" if name in self.draining
+                      else "UP" if self.runtime.healthy(name) else "DOWN")
             weight = FULL_WEIGHT if preview else self.weights[name]
             responses, errors, ms = self.counters.get(name, (0, 0, 0))
             out[name] = ServerStat("svc", name, status, 0, 0, responses, weight, address, responses, errors, ms)
@@ -327,6 +340,7 @@ class FakeRouter:
             self.added[server] = f"{address}:{port}"
             self.weights[server] = weight
             self.maint.discard(server)
+            self.draining.discard(server)
         self.log.append(("add-preview" if preview else "add", server))
 
     def set_weights(self, weights: dict[str, int]) -> None:
@@ -339,6 +353,11 @@ class FakeRouter:
 
     def drain_and_remove(self, server: str, drain_timeout: float, dead: bool = False) -> float:
         self._check_up()
+        if server in self.added:  # as HAProxy's: no new requests (a dead one: maintenance), then the wait
+            (self.maint if dead else self.draining).add(server)
+            faults.point("draining")
+        self.draining.discard(server)
+        self.maint.discard(server)
         self.added.pop(server, None)
         self.weights.pop(server, None)
         self.remove_preview(server)

@@ -70,9 +70,15 @@ def diff(a: dict[str, Any], b: dict[str, Any], declared: set[str]) -> list[KeyDi
     rows = []
     for key in sorted(fa.keys() | fb.keys()):
         va, vb = fa.get(key, ABSENT), fb.get(key, ABSENT)
-        if va != vb:
+        if va != vb and not (_expanded(key, va, fb) or _expanded(key, vb, fa)):
             rows.append(KeyDiff(key, _plain(va), _plain(vb), key in declared))
     return rows
+
+
+def _expanded(key: str, value: Any, other: dict[str, Any]) -> bool:
+    """An empty mapping on one side whose keys the other side lists one by one (environment: {}
+    against environment.MODE): those keys are the differences, the mapping itself is not one."""
+    return value == {} and any(k.startswith(key + ".") for k in other)
 
 
 def _plain(value: Any) -> Any:
