@@ -86,7 +86,7 @@ def test_status_with_the_router_gone_and_an_agent_leading_and_halted(w):
 def test_destroy_removes_instances_router_and_network_and_keeps_the_ledger(w):
     deploy(w.ctx, w.load(), "production")
     deploy(w.ctx, w.load(), "staging")
-    assert destroy(w.ctx, w.cfg()) == 3
+    assert destroy(w.ctx, w.cfg()) == 4  # 3 instances and the router, as the event says
     assert w.containers() == {} and w.router().facts() is None
     assert "kiln-shop-production" not in w.engine.networks
     assert w.events()[-1] == (kinds.DESTROYED, "removed 4 containers and the network")
@@ -100,7 +100,7 @@ def test_destroy_removes_instances_router_and_network_and_keeps_the_ledger(w):
 def test_destroy_forgets_an_environment_kiln_made(w):
     deploy(w.ctx, w.load(), "production")
     envs.recreate(w.ctx, w.load(), 1, "production", "copy", port=28080)
-    assert destroy(w.ctx, envs.config_of_made(w.ctx, "shop", "copy")) == 3
+    assert destroy(w.ctx, envs.config_of_made(w.ctx, "shop", "copy")) == 4  # 3 instances and the router
     assert w.ctx.ledger.environments.of("shop") == [] and w.containers("copy") == {}
 
 
