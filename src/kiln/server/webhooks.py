@@ -3,7 +3,8 @@
 GitHub signs the raw body: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`, and
 names each delivery in `X-GitHub-Delivery`. GitLab sends the secret itself in `X-Gitlab-Token`
 and a delivery id in `X-Gitlab-Event-UUID` (older versions: `Idempotency-Key`). Comparisons are
-constant-time (hmac.compare_digest)."""
+constant-time (hmac.compare_digest). A push's `after` must be a full commit id and its `ref` a
+valid full ref name (`kiln.git.is_commit`, `is_ref`): they reach git."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kiln.errors import WebhookRejected
+from kiln.git import is_commit, is_ref
 
 ZERO = "0" * 40
 
@@ -61,4 +63,8 @@ def parse(source: str, body: bytes, headers: Mapping[str, str]) -> tuple[str, Pu
         ref, commit = str(payload["ref"]), str(payload["after"])
     except (ValueError, KeyError, TypeError):
         raise ValueError("the push event has no 'ref' and 'after'") from None
+    if not is_commit(commit):
+        raise ValueError(f"the push event's 'after' {commit[:80]!r} is not a full commit id (40 or 64 hex digits)")
+    if not is_ref(ref):
+        raise ValueError(f"the push event's 'ref' {ref[:80]!r} is not a valid full ref name (refs/...)")
     return delivery, Push(source, delivery, ref, commit)
