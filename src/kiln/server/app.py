@@ -1,7 +1,10 @@
 """`kiln serve`: the HTTP endpoint for webhooks (FastAPI). Each push event that passes its
 signature or token check, and whose delivery id was not seen before, queues a run of the pushed
 ref and starts a detached runner. Answers: 202 queued (or ignored, for other events), 401 bad
-signature or token, 409 a replayed delivery id, 400 a malformed request."""
+signature or token, 409 a replayed delivery id, 400 a malformed request, 413 a body over
+MAX_BODY: the size is checked before anything is authenticated, from Content-Length (nothing is
+read) and by counting the streamed bytes (reading stops at the cap), so an unauthenticated sender
+cannot make kiln hold more than MAX_BODY in memory."""
 
 from __future__ import annotations
 
@@ -16,6 +19,27 @@ from kiln.context import Context
 from kiln.errors import WebhookRejected
 from kiln.ledger.ci_store import CiStore
 from kiln.server.webhooks import ZERO, parse, verify_github, verify_gitlab
+
+MAX_BODY = 5 * 1024 * 1024  # bytes; GitHub's push payloads are far smaller
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The raw body, or _TooLarge as soon as it is known to exceed `limit` bytes: from a
+    Content-Length (before reading anything), else while streaming (never holding more)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.strip().isdigit() or int(length) > limit):
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -47,7 +71,12 @@ def make_app(ctx: Context, config: Config, start_runner: bool = True) -> FastAPI
         return JSONResponse({"status": "queued", "run": run.id}, status_code=202)
 
     async def receive(source: str, request: Request) -> JSONResponse:
-        body = await request.body()  # the raw bytes: the signature covers exactly these
+        try:
+            body = await _capped_body(request, MAX_BODY)  # the raw bytes: the signature covers exactly these
+        except _TooLarge:
+            ctx.out.warn(f"{source} webhook from {request.client.host if request.client else '?'} refused: "
+                         f"body over {MAX_BODY} bytes")
+            return JSONResponse({"error": f"the body exceeds {MAX_BODY} bytes"}, status_code=413)
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             if source == "github":
