@@ -1,8 +1,16 @@
 """HAProxy's static configuration for one environment. Pure: rendered once when the router
-starts; from then on servers come and go through the runtime API, never by reload."""
+starts; from then on servers come and go through the runtime API, never by reload.
+
+What comes from the spec: the port (an int), the public service's name (the name rule: [a-z0-9-])
+and the healthcheck's HTTP path (URL characters only, spec/smoke.path_problem). The path is
+written as one escaped HAProxy word all the same (`_word`), and a control character in anything
+written is refused (RouterError): no spec value can add a line or a word to haproxy.cfg."""
 
 from __future__ import annotations
 
+import re
+
+from kiln.errors import RouterError
 from kiln.spec.resolve import EnvConfig
 
 SOCKET_DIR = "/run/kiln"
@@ -14,6 +22,18 @@ PREVIEW_PORT = 8081  # inside the router container; published on the environment
 # connect that has not succeeded within this is to an instance that died (its address vanished,
 # nothing answers): it is retried on another server, so a short limit makes a death cheap.
 CONNECT_TIMEOUT = 1.0
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _word(value: str, what: str) -> str:
+    """`value` as one HAProxy config word: a control character is refused, and the characters
+    HAProxy's parser gives a meaning (space, quotes, backslash, '#', '$') are backslash-escaped."""
+    if _CONTROL.search(value) or not value:
+        raise RouterError(f"refusing to write {what} {value[:80]!r} into haproxy.cfg: it is empty or holds a control character.",
+                          "Fix it in kiln.yaml (kiln validate checks it).")
+    return re.sub(r"""([\s'"\\#$])""", r"\\\1", value)
 
 
 def backend_name(service: str, preview: bool = False) -> str:
@@ -58,5 +78,6 @@ def render_config(cfg: EnvConfig) -> str:
         lines += ["", f"backend {backend_name(svc.name, preview)}", "    balance roundrobin"]
         hc = svc.healthcheck
         if hc is not None and hc.kind == "http":
-            lines += [f"    option httpchk GET {hc.http}", "    http-check expect status 200-399"]
+            lines += [f"    option httpchk GET {_word(hc.http or '/', 'the healthcheck path')}",
+                      "    http-check expect status 200-399"]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
 from kiln.spec.pipeline import Pipeline
-from kiln.spec.smoke import SmokeCheck
+from kiln.spec.smoke import SmokeCheck, path_problem
 
 NAME = re.compile(r"[a-z][a-z0-9-]*")  # app, service and environment names (they make container names)
 NAME_MAX = 31
@@ -69,8 +69,9 @@ class HealthCheck(Model):
         kinds = [k for k, v in (("http", self.http), ("tcp", self.tcp), ("command", self.command)) if v]
         if len(kinds) != 1:
             raise ValueError("give exactly one of 'http: /path', 'tcp: true' or 'command: [...]'")
-        if self.http is not None and not self.http.startswith("/"):
-            raise ValueError(f"http path must start with '/', e.g. /{self.http}")
+        problem = path_problem(self.http, "http path") if self.http is not None else None
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
