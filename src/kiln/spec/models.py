@@ -35,11 +35,24 @@ class Base(Model):
     mirror: str = Field("http://deb.debian.org/debian", description="Debian mirror (plain HTTP works)")
 
 
+def inside_problem(path: str) -> str | None:
+    """Why `path` (build.context, build.dockerfile) could leave the directory it is relative to,
+    or None. Symlinks are checked when the files are read (bake/baker.py)."""
+    parts = path.replace("\\", "/").split("/")
+    if path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
+        return f"{path!r} is an absolute path; give one relative to kiln.yaml's directory, inside it"
+    if ".." in parts:
+        return f"{path!r} leaves kiln.yaml's directory ('..'); the build reads only files inside it"
+    if "\x00" in path or not path.strip():
+        return f"{path!r} is not a path"
+    return None
+
+
 class Build(Model):
     """How the app image is baked."""
 
-    context: str = Field(".", description="build context, relative to kiln.yaml")
-    dockerfile: str | None = Field(None, description="a Dockerfile in the context; start it with `ARG KILN_BASE` and `FROM ${KILN_BASE}`")
+    context: str = Field(".", description="build context: a directory inside kiln.yaml's, relative to it (no '..', no absolute path, no symlink out)")
+    dockerfile: str | None = Field(None, description="a Dockerfile in the context, relative to it (no '..'); start it with `ARG KILN_BASE` and `FROM ${KILN_BASE}`")
     steps: tuple[str, ...] = Field((), description="Dockerfile instructions run on top of the base, instead of a Dockerfile")
     base: Base = Field(default_factory=Base, description="the base image to bake from")
     args: dict[str, str] = Field(default_factory=dict, description="build arguments")
@@ -47,6 +60,10 @@ class Build(Model):
 
     @model_validator(mode="after")
     def _one_recipe(self) -> Build:
+        for key, value in (("context", self.context), ("dockerfile", self.dockerfile)):
+            problem = inside_problem(value) if value is not None else None
+            if problem:
+                raise ValueError(f"{key}: {problem}")
         if self.dockerfile and self.steps:
             raise ValueError("give either 'dockerfile' or 'steps', not both")
         if not self.dockerfile and not self.steps:
