@@ -13,7 +13,7 @@ from pathlib import Path
 from kiln.bake.base import ensure_base
 from kiln.bake.context import hash_context, list_context, read_dockerignore
 from kiln.bake.inputs import app_inputs_hash, render_dockerfile
-from kiln.bake.secrets import is_allowed, secret_reason
+from kiln.bake.secrets import is_allowed, read_chunks, secret_reason
 from kiln.errors import BuildError, SecretInContext
 from kiln.git import git_state
 from kiln.output import Output
@@ -94,8 +94,7 @@ def _refuse_secrets(root: Path, paths: list[str], allow: tuple[str, ...]) -> Non
     for rel in paths:
         if is_allowed(rel, allow):
             continue
-        with open(root / rel, "rb") as fh:
-            reason = secret_reason(rel, fh.read(65536))
+        reason = secret_reason(rel, read_chunks(str(root / rel)))  # the whole file
         if reason:
             found.append(f"{rel} {reason}")
     if found:
