@@ -24,6 +24,10 @@ PREVIEW_PORT = 8081  # inside the router container; published on the environment
 CONNECT_TIMEOUT = 1.0
 
 
+# HAProxy (2.0+): "disables any attempt to retry the request if it fails for any other reason
+# than a connection failure". METH_GET matches GET and HEAD.
+NO_UNSAFE_L7_RETRY = "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS"
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -58,7 +62,10 @@ def render_config(cfg: EnvConfig) -> str:
         "    timeout http-keep-alive 10s",
         "    timeout queue 10s",
         # A request whose server vanished is replayed on another one: this is what makes an
-        # abrupt instance death cost no request.
+        # abrupt instance death cost no request. Only a connection failure is retried for every
+        # method (the server cannot have seen the request); after an empty response or a response
+        # timeout it may have run it, so only safe methods are replayed then (each backend's
+        # `disable-l7-retry` rule): a POST, PUT, PATCH or DELETE never runs twice.
         "    retries 3",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response response-timeout",
@@ -75,7 +82,7 @@ def render_config(cfg: EnvConfig) -> str:
         # Blue-green: the new set answers here, and only here, until it is switched in.
         lines += ["", "frontend preview", f"    bind :{PREVIEW_PORT}", f"    default_backend {backend_name(svc.name, True)}"]
     for preview in (False, True) if cfg.preview_port else (False,):
-        lines += ["", f"backend {backend_name(svc.name, preview)}", "    balance roundrobin"]
+        lines += ["", f"backend {backend_name(svc.name, preview)}", "    balance roundrobin", NO_UNSAFE_L7_RETRY]
         hc = svc.healthcheck
         if hc is not None and hc.kind == "http":
             lines += [f"    option httpchk GET {_word(hc.http or '/', 'the healthcheck path')}",
