@@ -27,12 +27,29 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_SUITE = re.compile(r"[a-z][a-z0-9.-]{0,63}")
+_MIRROR = re.compile(r"https?://[^\s'\"\\]{1,500}")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,127}")  # Debian policy 5.6.1
+
+
 class Base(Model):
     """The OS image kiln bakes from Debian's packages with debootstrap (no registry needed)."""
 
     suite: str = Field("bookworm", description="Debian release to bootstrap")
     packages: tuple[str, ...] = Field((), description="Debian packages to include, e.g. python3")
     mirror: str = Field("http://deb.debian.org/debian", description="Debian mirror (plain HTTP works)")
+
+    @model_validator(mode="after")
+    def _debootstrap_words(self) -> Base:
+        # each reaches debootstrap's command line (run as root): none may pass for an option
+        if not _SUITE.fullmatch(self.suite):
+            raise ValueError(f"suite {self.suite[:80]!r} is not a Debian release name (e.g. bookworm)")
+        if not _MIRROR.fullmatch(self.mirror):
+            raise ValueError(f"mirror {self.mirror[:80]!r} is not an http:// or https:// URL")
+        for package in self.packages:
+            if not _PACKAGE.fullmatch(package):
+                raise ValueError(f"package {package[:80]!r} is not a Debian package name")
+        return self
 
 
 def inside_problem(path: str) -> str | None:
