@@ -112,7 +112,7 @@ def test_a_signed_webhook_with_an_option_for_a_commit_is_400_and_starts_nothing(
     ran, spawned = processes
     pwned = tmp_path / "pwned"
     ctx = Context(Settings(home=tmp_path / "home", ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}"), Output(quiet=True))
-    client = TestClient(make_app(ctx, Config(repo=str(tmp_path), spec="kiln.yaml", secret=SECRET), start_runner=True))
+    client = TestClient(make_app(ctx, Config(repo=str(tmp_path), spec="kiln.yaml", github=SECRET), start_runner=True))
     store = CiStore(ctx.ledger)
     attacks = [
         {"ref": "refs/heads/main", "after": f"--upload-pack=touch {pwned}"},

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kiln.context import Context
+from kiln.errors import UsageError
 from kiln.ledger.ci_store import CiStore
 from kiln.output import Output
 from kiln.server.app import MAX_BODY, Config, make_app
@@ -23,7 +24,7 @@ MIB = 1024 * 1024
 @pytest.fixture
 def app_and_store(tmp_path):
     ctx = Context(Settings(home=tmp_path, ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}"), Output(quiet=True))
-    return make_app(ctx, Config(repo="/srv/r.git", spec="kiln.yaml", secret=SECRET), start_runner=False), CiStore(ctx.ledger)
+    return make_app(ctx, Config(repo="/srv/r.git", spec="kiln.yaml", github=SECRET), start_runner=False), CiStore(ctx.ledger)
 
 
 def _call(app, headers: list[tuple[bytes, bytes]], chunks, limit_chunks: int = 1000):
@@ -119,3 +120,23 @@ def test_json_depth_ignores_brackets_in_strings_and_is_linear_on_hostile_strings
     assert json_depth(b'["a\\\\", [1]]') == 2
     assert json_depth(b"[" * 40) == 40
     assert json_depth(b'"\\' * (MAX_BODY // 2)) == 0  # a quadratic scan would take minutes here
+
+
+# --- item 8: one secret per provider, only configured providers served ------------------------
+
+
+def test_only_configured_providers_are_served_and_none_shares_a_secret(tmp_path):
+    ctx = Context(Settings(home=tmp_path, ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}"), Output(quiet=True))
+    store = CiStore(ctx.ledger)
+    github_only = TestClient(make_app(ctx, Config(repo="/r", spec="kiln.yaml", github=SECRET), start_runner=False))
+    body = json.dumps({"ref": "refs/heads/main", "after": "a" * 40}).encode()
+    answer = github_only.post("/hooks/gitlab", content=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Event-UUID": "g-1", "X-Gitlab-Token": SECRET})
+    assert answer.status_code == 404  # GitLab's endpoint does not exist: the GitHub secret is no token
+    gitlab_only = TestClient(make_app(ctx, Config(repo="/r", spec="kiln.yaml", gitlab="tok"), start_runner=False))
+    assert _signed(gitlab_only, body, "h-1").status_code == 404
+    assert store.runs() == []
+    with pytest.raises(UsageError, match="GitHub's secret and GitLab's token are the same value"):
+        Config(repo="/r", spec="kiln.yaml", github="same", gitlab="same")
+    with pytest.raises(UsageError, match="no webhook provider is configured"):
+        Config(repo="/r", spec="kiln.yaml")

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kiln.ci.trigger import enqueue, spawn
 from kiln.context import Context
-from kiln.errors import WebhookRejected
+from kiln.errors import UsageError, WebhookRejected
 from kiln.ledger.ci_store import CiStore
 from kiln.server.webhooks import ZERO, parse, verify_github, verify_gitlab
 
@@ -44,9 +44,22 @@ async def _capped_body(request: Request, limit: int) -> bytes:
 
 @dataclass(frozen=True)
 class Config:
+    """Each provider has its own secret, and only a provider with one is served (the other's
+    endpoint is 404): a leaked GitLab token (sent in clear with every hook) cannot sign GitHub
+    deliveries, and an endpoint nobody configured cannot be tried."""
+
     repo: str  # the repository runs check out from
     spec: str  # kiln.yaml's path in it
-    secret: str  # the webhook secret (GitHub HMAC key, GitLab token)
+    github: str | None = None  # GitHub's HMAC-SHA256 key
+    gitlab: str | None = None  # GitLab's X-Gitlab-Token
+
+    def __post_init__(self) -> None:
+        if not self.github and not self.gitlab:
+            raise UsageError("no webhook provider is configured: give a GitHub secret, a GitLab token, or both.",
+                             "Store one: `kiln secret set github-webhook` / `kiln secret set gitlab-token`.")
+        if self.github and self.github == self.gitlab:
+            raise UsageError("GitHub's secret and GitLab's token are the same value; give each provider its own.",
+                             "A GitLab token travels in clear with every hook: it must not also sign GitHub's.")
 
 
 def make_app(ctx: Context, config: Config, start_runner: bool = True) -> FastAPI:
@@ -79,22 +92,26 @@ def make_app(ctx: Context, config: Config, start_runner: bool = True) -> FastAPI
             return JSONResponse({"error": f"the body exceeds {MAX_BODY} bytes"}, status_code=413)
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            if source == "github":
-                verify_github(config.secret, body, headers)
-            else:
-                verify_gitlab(config.secret, headers)
+            if source == "github" and config.github:
+                verify_github(config.github, body, headers)
+            elif source == "gitlab" and config.gitlab:
+                verify_gitlab(config.gitlab, headers)
+            else:  # not reached: the route exists only for a configured provider
+                raise WebhookRejected(f"{source} webhooks are not enabled.")
         except WebhookRejected as exc:
             ctx.out.warn(f"{source} webhook from {request.client.host if request.client else '?'} refused: {exc}")
             return JSONResponse({"error": str(exc)}, status_code=401)
         return await run_in_threadpool(accept, source, body, headers)
 
-    @app.post("/hooks/github")
-    async def github(request: Request) -> JSONResponse:
-        return await receive("github", request)
+    if config.github:
+        @app.post("/hooks/github")
+        async def github(request: Request) -> JSONResponse:
+            return await receive("github", request)
 
-    @app.post("/hooks/gitlab")
-    async def gitlab(request: Request) -> JSONResponse:
-        return await receive("gitlab", request)
+    if config.gitlab:
+        @app.post("/hooks/gitlab")
+        async def gitlab(request: Request) -> JSONResponse:
+            return await receive("gitlab", request)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
