@@ -107,6 +107,14 @@ def resolve_ref(repo: str | Path, ref: str) -> tuple[str, str]:
     return name, commit.stdout.strip()
 
 
+def is_ancestor(repo: str | Path, older: str, newer: str) -> bool:
+    """Whether commit `older` is an ancestor of (or equal to) commit `newer` in `repo`; False when
+    either is unknown there. Both must be full commit ids."""
+    if not (is_commit(older) and is_commit(newer)):
+        return False
+    return _git("-C", str(repo), "merge-base", "--is-ancestor", "--end-of-options", older, newer).ok
+
+
 def clone(repo: str | Path, commit: str, into: Path) -> Path:
     """A fresh clone of `repo` (a path or URL) at `commit`, detached, in `into` (which must not
     exist). The caller removes it (`remove`). `commit` must be a full object name (`is_commit`):

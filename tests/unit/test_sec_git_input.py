@@ -166,3 +166,35 @@ def test_resolve_ref_refuses_an_option_before_git_runs(repo, tmp_path, processes
             git.resolve_ref(repo, bad)
     assert ran == [] and not out.exists()
     assert git.resolve_ref(repo, "main") == ("refs/heads/main", sh(repo, "rev-parse", "HEAD"))
+
+
+# --- item 6: a replayed push (same body under a new delivery id) starts nothing ---------------
+
+
+def _commit(repo: Path, text: str) -> str:
+    (repo / "app.txt").write_text(text)
+    sh(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", text)
+    return sh(repo, "rev-parse", "HEAD")
+
+
+def test_a_replayed_or_older_push_is_409_and_queues_nothing(repo, tmp_path, processes):
+    _, spawned = processes
+    first = sh(repo, "rev-parse", "HEAD")
+    second = _commit(repo, "two\n")
+    ctx = Context(Settings(home=tmp_path / "home", ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}"), Output(quiet=True))
+    client = TestClient(make_app(ctx, Config(repo=str(repo), spec="kiln.yaml", github=SECRET), start_runner=True))
+    store = CiStore(ctx.ledger)
+    main = "refs/heads/main"
+    assert _push(client, {"ref": main, "after": second}, "d-1").status_code == 202
+    replay = _push(client, {"ref": main, "after": second}, "d-2")  # captured, resent under a new id
+    assert replay.status_code == 409
+    assert replay.json() == {"error": f"{main} already ran {second[:12]} (run 1); a replayed push starts nothing"}
+    older = _push(client, {"ref": main, "after": first}, "d-3")
+    assert older.status_code == 409
+    assert older.json()["error"].startswith(f"{first[:12]} is older than {second[:12]}, which {main} already ran (run 1)")
+    third = _commit(repo, "three\n")
+    assert _push(client, {"ref": main, "after": third}, "d-4").status_code == 202
+    assert _push(client, {"ref": "refs/heads/other", "after": first}, "d-5").status_code == 202  # another ref
+    assert [(r.ref, r.commit) for r in reversed(store.runs())] == [
+        (main, second), (main, third), ("refs/heads/other", first)]
+    assert len(spawned) == 3

@@ -1,7 +1,9 @@
 """`kiln serve`: the HTTP endpoint for webhooks (FastAPI). Each push event that passes its
 signature or token check, and whose delivery id was not seen before, queues a run of the pushed
 ref and starts a detached runner. Answers: 202 queued (or ignored, for other events), 401 bad
-signature or token, 409 a replayed delivery id, 400 a malformed request, 413 a body over
+signature or token, 409 a replay (a delivery id seen before; or a commit the ref already ran, or
+one older than the ref's last run: GitHub's signature covers the body, not the delivery id, so a
+captured push replayed under a new id is caught by its content), 400 a malformed request, 413 a body over
 MAX_BODY: the size is checked before anything is authenticated, from Content-Length (nothing is
 read) and by counting the streamed bytes (reading stops at the cap), so an unauthenticated sender
 cannot make kiln hold more than MAX_BODY in memory."""
@@ -14,9 +16,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from kiln.ci.plan import queue_key
 from kiln.ci.trigger import enqueue, spawn
 from kiln.context import Context
 from kiln.errors import UsageError, WebhookRejected
+from kiln.git import is_ancestor
 from kiln.ledger.ci_store import CiStore
 from kiln.server.webhooks import ZERO, parse, verify_github, verify_gitlab
 
@@ -66,6 +70,19 @@ def make_app(ctx: Context, config: Config, start_runner: bool = True) -> FastAPI
     app = FastAPI(title="kiln", docs_url=None, redoc_url=None, openapi_url=None)
     store = CiStore(ctx.ledger)
 
+    def _replayed(ref: str, commit: str) -> str | None:
+        """Why a push of `commit` to `ref` is a replay, or None: the ref already ran that commit,
+        or its last run is of a newer commit (one `commit` is an ancestor of)."""
+        queue = queue_key(config.repo, ref)
+        seen = store.run_of_commit(queue, commit)
+        if seen is not None:
+            return f"{ref} already ran {commit[:12]} (run {seen.id}); a replayed push starts nothing"
+        latest = store.latest_run(queue)
+        if latest is not None and is_ancestor(config.repo, commit, latest.commit):
+            return (f"{commit[:12]} is older than {latest.commit[:12]}, which {ref} already ran (run {latest.id}); "
+                    "kiln never goes back by a webhook (`kiln ci run --ref COMMIT` does, on purpose)")
+        return None
+
     def accept(source: str, body: bytes, headers: dict[str, str]) -> JSONResponse:
         try:
             delivery, push = parse(source, body, headers)
@@ -76,6 +93,10 @@ def make_app(ctx: Context, config: Config, start_runner: bool = True) -> FastAPI
             return JSONResponse({"error": f"delivery {delivery} was already received"}, status_code=409)
         if push is None or push.commit == ZERO:
             return JSONResponse({"status": "ignored"}, status_code=202)
+        stale = _replayed(push.ref, push.commit)
+        if stale:
+            ctx.out.warn(f"{source} delivery {delivery} refused: {stale}")
+            return JSONResponse({"error": stale}, status_code=409)
         run = enqueue(ctx, store, repo=config.repo, spec=config.spec, ref=push.ref, commit=push.commit,
                       trigger=source)
         store.link_delivery(source, delivery, run.id)
