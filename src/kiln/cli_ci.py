@@ -262,11 +262,13 @@ def serve(
     spec: Annotated[str, typer.Option("--spec", help="kiln.yaml's path inside the repository.")] = "kiln.yaml",
     host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless told otherwise).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8600,
-    secret: Annotated[str, typer.Option("--secret", help="Name of the stored secret webhooks are signed with (GitHub) or carry as token (GitLab).")] = "webhook",
+    github_secret: Annotated[str, typer.Option("--github-secret", "--secret", help="Name of the stored secret GitHub signs webhooks with (HMAC-SHA256); GitHub's endpoint is served only when it is set.")] = "webhook",
+    gitlab_secret: Annotated[str, typer.Option("--gitlab-secret", help="Name of the stored token GitLab sends (X-Gitlab-Token), another than GitHub's; GitLab's endpoint is served only when it is set.")] = "gitlab-token",
 ) -> None:
-    """Serve webhooks: POST /hooks/github and /hooks/gitlab accept push events, check their
-    signature (HMAC-SHA256 of the raw body) or token in constant time, refuse a delivery id seen
-    before, and queue a run for the pushed ref (401 and nothing runs when the check fails)."""
+    """Serve webhooks: POST /hooks/github (if GitHub's secret is set) and /hooks/gitlab (if
+    GitLab's token is set) accept push events, check their signature (HMAC-SHA256 of the raw body)
+    or token in constant time, refuse a delivery id seen before, and queue a run for the pushed ref
+    (401 and nothing runs when the check fails)."""
     import uvicorn
 
     from kiln import git, secretref
@@ -274,10 +276,15 @@ def serve(
 
     ctx = _ctx()
     root = git.repo_root(repo.resolve())
-    key = secretref.lookup(ctx.settings, secret)
-    if not key:
-        raise UsageError(f"secret {secret!r} is not set, so no webhook could be verified.",
-                         f"Store the webhook secret first: `kiln secret set {secret}` (value on stdin).")
-    ctx.out.step(f"kiln serve: webhooks for {root} on http://{host}:{port}/hooks/github and /hooks/gitlab")
-    uvicorn.run(make_app(ctx, Config(repo=str(root), spec=spec, secret=key)), host=host, port=port,
-                log_level="warning")
+    github = secretref.lookup(ctx.settings, github_secret) or None
+    gitlab = secretref.lookup(ctx.settings, gitlab_secret) or None
+    if not github and not gitlab:
+        raise UsageError(f"neither secret {github_secret!r} (GitHub) nor {gitlab_secret!r} (GitLab) is set, so no "
+                         "webhook could be verified.",
+                         f"Store one first: `kiln secret set {github_secret}` or `kiln secret set {gitlab_secret}` "
+                         "(value on stdin; one per provider).")
+    config = Config(repo=str(root), spec=spec, github=github, gitlab=gitlab)
+    hooks = " and ".join(f"http://{host}:{port}/hooks/{name}" for name, key in (("github", github), ("gitlab", gitlab))
+                         if key)
+    ctx.out.step(f"kiln serve: webhooks for {root} on {hooks}")
+    uvicorn.run(make_app(ctx, config), host=host, port=port, log_level="warning")

@@ -5,10 +5,16 @@ runs, previews, re-creating a release whose image is gone).
 A checkout is a fresh clone, not a `git worktree`: the repository may be a bare one receiving
 pushes (or a URL), and nothing is left in it. A local clone hard-links the objects, so it is
 cheap; being a git checkout, a bake from it records the commit, and nothing uncommitted can leak
-into it."""
+into it.
+
+Revisions may come from outside (a webhook's `after` and `ref`): `is_commit` and `is_ref` (pure)
+accept only full hex object names and ref names valid by `git check-ref-format`'s rules, `clone`
+refuses anything else, and every git call that takes a revision puts `--end-of-options` (or a
+refusal of a leading '-') before it, so no revision is ever read as an option."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -20,6 +26,28 @@ from kiln import process
 from kiln.errors import BuildError, UsageError
 
 TIMEOUT = 300.0  # a clone of a remote repository may take a while; nothing else should
+REF_MAX = 1024  # kiln's own bound on a ref name (git sets none)
+
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object names, in full
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")  # controls, space, ~ ^ : ? * [ \\
+
+
+def is_commit(value: str) -> bool:
+    """A full object name: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits. Pure."""
+    return _COMMIT.fullmatch(value) is not None
+
+
+def is_ref(value: str) -> bool:
+    """A full ref name (`refs/...`) valid by `git check-ref-format`'s rules (without its options):
+    no component empty, starting with '.' or ending with '.lock'; no '..', '@{', control
+    characters, space, '~', '^', ':', '?', '*', '[' or '\\'; not ending with '/' or '.'.
+    Kiln also requires the `refs/` prefix (so it never starts with '-') and at most REF_MAX
+    characters. Pure."""
+    if not value.startswith("refs/") or len(value) > REF_MAX:
+        return False
+    if _REF_FORBIDDEN.search(value) or ".." in value or "@{" in value or value.endswith("."):
+        return False
+    return all(part and not part.startswith(".") and not part.endswith(".lock") for part in value.split("/"))
 
 
 def _git(*args: str, cwd: Path | None = None) -> process.Result:
@@ -64,28 +92,45 @@ def repo_root(path: Path) -> Path:
 
 def resolve_ref(repo: str | Path, ref: str) -> tuple[str, str]:
     """(full ref name, commit sha) of a branch, tag, full ref or commit of a local repository; the
-    name is `ref` itself when it is no ref (a sha, HEAD on a detached head)."""
+    name is `ref` itself when it is no ref (a sha, HEAD on a detached head). A `ref` starting with
+    '-' is refused before git sees it (git 2.39's `rev-parse --symbolic-full-name` does not know
+    `--end-of-options`)."""
+    if ref.startswith("-") or not ref:
+        raise UsageError(f"{ref!r} is not a branch, tag or commit name.",
+                         "Give a branch, tag, full ref or commit (`git log --oneline`, `git branch -a` list them).")
     full = _git("-C", str(repo), "rev-parse", "--symbolic-full-name", ref)
     name = full.stdout.strip() if full.ok and full.stdout.strip().startswith("refs/") else ref
-    commit = _git("-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    commit = _git("-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
     if not commit.ok:
         raise UsageError(f"{ref!r} is not a branch, tag or commit of the git repository at {repo}.",
                          "Give one that exists (`git log --oneline`, `git branch -a` list them).")
     return name, commit.stdout.strip()
 
 
+def is_ancestor(repo: str | Path, older: str, newer: str) -> bool:
+    """Whether commit `older` is an ancestor of (or equal to) commit `newer` in `repo`; False when
+    either is unknown there. Both must be full commit ids."""
+    if not (is_commit(older) and is_commit(newer)):
+        return False
+    return _git("-C", str(repo), "merge-base", "--is-ancestor", "--end-of-options", older, newer).ok
+
+
 def clone(repo: str | Path, commit: str, into: Path) -> Path:
     """A fresh clone of `repo` (a path or URL) at `commit`, detached, in `into` (which must not
-    exist). The caller removes it (`remove`)."""
+    exist). The caller removes it (`remove`). `commit` must be a full object name (`is_commit`):
+    anything else is refused before git runs."""
+    if not is_commit(commit):
+        raise BuildError(f"refusing to check out {commit[:80]!r}: not a full commit id (40 or 64 hex digits).",
+                         "Runs, previews and rebakes name a commit by its full id.")
     into.parent.mkdir(parents=True, exist_ok=True)
-    cloned = _git("clone", "--quiet", "--no-checkout", str(repo), str(into))
+    cloned = _git("clone", "--quiet", "--no-checkout", "--end-of-options", str(repo), str(into))
     if not cloned.ok:
         raise BuildError(f"cannot clone {repo}: {cloned.stderr.strip()[-300:]}",
                          "Check that the repository exists and is readable by this user.")
-    done = _git("-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit, cwd=into)
+    done = _git("switch", "--quiet", "--detach", "--end-of-options", commit, cwd=into)
     if not done.ok:  # a commit no ref of a remote repository reaches: ask for it by name
-        fetched = _git("fetch", "--quiet", "origin", commit, cwd=into)
-        done = _git("checkout", "--quiet", "--detach", commit, cwd=into) if fetched.ok else done
+        fetched = _git("fetch", "--quiet", "--end-of-options", "origin", commit, cwd=into)
+        done = _git("switch", "--quiet", "--detach", "--end-of-options", commit, cwd=into) if fetched.ok else done
     if not done.ok:
         raise BuildError(f"cannot check out {commit[:12]} from {repo}: {done.stderr.strip()[-300:]}")
     return into

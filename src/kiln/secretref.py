@@ -3,7 +3,11 @@ holding it. Specs, releases, the ledger, manifests and logs carry only the refer
 is looked up when a container starts (the Docker provider substitutes it) and nowhere else.
 
 A value comes from kiln's encrypted store (`kiln secret set NAME`), else from the environment
-variable KILN_SECRET_<NAME> of the kiln process (NAME upper-cased, `-` and `.` as `_`)."""
+variable KILN_SECRET_<NAME> of the kiln process (NAME upper-cased, `-` and `.` as `_`).
+
+Names whose variable is kiln's own (KILN_SECRET_KEY, the store's master key) are reserved: a
+spec naming one is refused when it is read (file:line), and `lookup` refuses one, so no reference
+ever resolves to kiln's key."""
 
 from __future__ import annotations
 
@@ -14,11 +18,14 @@ from typing import Annotated
 
 from pydantic import BeforeValidator
 
-from kiln.errors import SecretMissing
+from kiln.errors import SecretError, SecretMissing
 from kiln.settings import Settings
 
 PREFIX = "secret:"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+KEY_ENV = "KILN_SECRET_KEY"  # the secret store's master key (secretstore.py)
+RESERVED_ENV = frozenset({KEY_ENV})  # kiln's own variables that look like a secret's
 
 Lookup = Callable[[str], str | None]
 
@@ -36,6 +43,9 @@ def validate_environment(value: object) -> object:
             if name is not None and not NAME.match(name):
                 raise ValueError(f"{key}: not a valid secret reference ({item!r}); write secret:NAME with NAME of "
                                  "lowercase letters, digits, '-', '_' or '.'")
+            if name is not None and reserved(name):
+                raise ValueError(f"{key}: secret:{name} is reserved ({env_var(name)} is kiln's own key); "
+                                 "store the value under another name")
     return value
 
 
@@ -46,10 +56,24 @@ def env_var(name: str) -> str:
     return "KILN_SECRET_" + re.sub(r"[-.]", "_", name).upper()
 
 
+def reserved(name: str) -> bool:
+    """Whether `name`'s variable is one of kiln's own (the store's key): never a secret's."""
+    return env_var(name) in RESERVED_ENV
+
+
+def refuse_reserved(name: str) -> str:
+    if reserved(name):
+        raise SecretError(f"secret name {name!r} is reserved: {env_var(name)} is kiln's own key, never a secret's value.",
+                          "Store the value under another name (`kiln secret set OTHER`) and refer to secret:OTHER.")
+    return name
+
+
 def lookup(settings: Settings, name: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """The value of secret `name`, or None when it is not set anywhere."""
+    """The value of secret `name`, or None when it is not set anywhere. A reserved name raises
+    SecretError (whatever the store or the environment hold)."""
     from kiln.secretstore import SecretStore  # cryptography is imported only when a secret is used
 
+    refuse_reserved(name)
     env = os.environ if environ is None else environ
     stored = SecretStore(settings, dict(env)).get(name)
     return stored if stored is not None else env.get(env_var(name))

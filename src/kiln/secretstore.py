@@ -12,10 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from kiln.errors import SecretError
-from kiln.secretref import NAME  # the names `secret:NAME` references accept
+from kiln.secretref import KEY_ENV, NAME, refuse_reserved  # NAME: the names references accept
 from kiln.settings import Settings
 
-KEY_ENV = "KILN_SECRET_KEY"
 MASK = "********"
 
 
@@ -23,7 +22,7 @@ def check_name(name: str) -> str:
     if not NAME.match(name):
         raise SecretError(f"{name!r} is not a valid secret name.",
                           "Use lowercase letters, digits, '-', '_' or '.', starting with a letter or digit.")
-    return name
+    return refuse_reserved(name)
 
 
 class SecretStore:

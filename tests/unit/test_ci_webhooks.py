@@ -15,13 +15,14 @@ from kiln.server.webhooks import github_signature
 from kiln.settings import Settings
 
 SECRET = "webhook-secret"
+TOKEN = "gitlab-token"  # GitLab's own: no secret is shared between providers
 PUSH = json.dumps({"ref": "refs/heads/main", "after": "a" * 40, "repository": {"full_name": "o/r"}}).encode()
 
 
 @pytest.fixture
 def served(tmp_path):
     ctx = Context(Settings(home=tmp_path, ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}"), Output(quiet=True))
-    client = TestClient(make_app(ctx, Config(repo="/srv/r.git", spec="kiln.yaml", secret=SECRET), start_runner=False))
+    client = TestClient(make_app(ctx, Config(repo="/srv/r.git", spec="kiln.yaml", github=SECRET, gitlab=TOKEN), start_runner=False))
     return client, CiStore(ctx.ledger)
 
 
@@ -72,6 +73,7 @@ def test_gitlab_token(served):
             "X-Gitlab-Event": "Tag Push Hook", "X-Gitlab-Event-UUID": uuid, "X-Gitlab-Token": token})
 
     assert send("wrong").status_code == 401
-    assert send(SECRET).status_code == 202
-    assert send(SECRET).status_code == 409
+    assert send(SECRET).status_code == 401  # GitHub's secret is no GitLab token
+    assert send(TOKEN).status_code == 202
+    assert send(TOKEN).status_code == 409
     assert [(r.ref, r.trigger) for r in store.runs()] == [("refs/tags/v1", "gitlab")]

@@ -13,7 +13,7 @@ from pathlib import Path
 from kiln.bake.base import ensure_base
 from kiln.bake.context import hash_context, list_context, read_dockerignore
 from kiln.bake.inputs import app_inputs_hash, render_dockerfile
-from kiln.bake.secrets import is_allowed, secret_reason
+from kiln.bake.secrets import is_allowed, read_chunks, secret_reason
 from kiln.errors import BuildError, SecretInContext
 from kiln.git import git_state
 from kiln.output import Output
@@ -39,9 +39,7 @@ def image_repo(app: str) -> str:
 
 def bake(images: Images, loaded: LoadedSpec, out: Output, scratch: Path) -> BakedImage:
     spec = loaded.spec
-    root = (loaded.root / spec.build.context).resolve()
-    if not root.is_dir():
-        raise BuildError(f"build context {root} does not exist.", "Fix build.context in kiln.yaml.")
+    root = build_root(loaded.root, spec.build.context)
     paths = list_context(root, read_dockerignore(root))
     # kiln.yaml is config, which releases record; were it an input, any config change (an env
     # value, replicas) would make a new image, and environments could not share one.
@@ -76,13 +74,27 @@ def bake(images: Images, loaded: LoadedSpec, out: Output, scratch: Path) -> Bake
     return BakedImage(image, tag, inputs, git.commit, git.dirty, built=True)
 
 
+def build_root(spec_dir: Path, context: str) -> Path:
+    """build.context resolved (symlinks followed), required to be a directory inside the spec's
+    directory: a pushed kiln.yaml cannot bake the host's files. (Absolute paths and '..' are
+    already spec errors; this also catches a symlinked directory pointing out.)"""
+    top = spec_dir.resolve()
+    root = (top / context).resolve()
+    if not root.is_relative_to(top):
+        raise BuildError(f"build.context {context!r} resolves to {root}, outside kiln.yaml's directory {top} "
+                         "(through a symlink); refusing to bake files from there.",
+                         "Point build.context at a real directory inside the repository.")
+    if not root.is_dir():
+        raise BuildError(f"build.context {context!r}: {root} does not exist.", "Fix build.context in kiln.yaml.")
+    return root
+
+
 def _refuse_secrets(root: Path, paths: list[str], allow: tuple[str, ...]) -> None:
     found = []
     for rel in paths:
         if is_allowed(rel, allow):
             continue
-        with open(root / rel, "rb") as fh:
-            reason = secret_reason(rel, fh.read(65536))
+        reason = secret_reason(rel, read_chunks(str(root / rel)))  # the whole file
         if reason:
             found.append(f"{rel} {reason}")
     if found:
@@ -97,7 +109,11 @@ def _refuse_secrets(root: Path, paths: list[str], allow: tuple[str, ...]) -> Non
 def _dockerfile_text(root: Path, dockerfile: str | None, steps: tuple[str, ...]) -> str:
     if not dockerfile:
         return render_dockerfile(steps)
-    path = root / dockerfile
+    path = (root / dockerfile).resolve()
+    if not path.is_relative_to(root):
+        raise BuildError(f"build.dockerfile {dockerfile!r} resolves to {path}, outside the build context {root} "
+                         "(through a symlink); refusing to read it.",
+                         "Point build.dockerfile at a real file inside build.context.")
     if not path.is_file():
         raise BuildError(f"build.dockerfile: {path} does not exist.", "Fix the path (it is relative to build.context).")
     return path.read_text()

@@ -19,6 +19,7 @@ from kiln.providers.base import Images
 from kiln.spec.models import Base
 
 BASE_REPO = "kiln-base"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 _CLEANUP = ("var/cache/apt/archives", "var/lib/apt/lists", "var/log")
 
 
@@ -28,6 +29,16 @@ class BaseImage:
     tag: str
     inputs_hash: str
     built: bool
+
+
+def debootstrap_argv(base: Base, rootfs: Path) -> list[str]:
+    """debootstrap's command line. The mirror is untrusted input (it comes from the spec): every
+    Release file must be signed by a key of Debian's archive keyring, or debootstrap stops. (Not
+    part of the base's inputs hash: verifying changes no byte of a good base.)"""
+    argv = ["debootstrap", "--variant=minbase", f"--keyring={KEYRING}", "--force-check-gpg"]
+    if base.packages:
+        argv.append("--include=" + ",".join(sorted(set(base.packages))))
+    return [*argv, base.suite, str(rootfs), base.mirror]  # none starts with '-' (spec/models.Base)
 
 
 def base_tag(inputs_hash: str) -> str:
@@ -45,14 +56,14 @@ def ensure_base(images: Images, base: Base, out: Output, scratch: Path) -> BaseI
                          "Install it: apt-get install -y debootstrap")
     if os.geteuid() != 0:
         raise BuildError("baking a base image with debootstrap needs root.", "Run `kiln base build` as root once.")
+    if not Path(KEYRING).is_file():
+        raise BuildError(f"Debian's archive keyring {KEYRING} is missing, so the packages could not be verified.",
+                         "Install it: apt-get install -y debian-archive-keyring")
     scratch.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="base-", dir=scratch))
     try:
         rootfs = work / "rootfs"
-        argv = ["debootstrap", "--variant=minbase"]
-        if base.packages:
-            argv.append("--include=" + ",".join(sorted(set(base.packages))))
-        argv += [base.suite, str(rootfs), base.mirror]
+        argv = debootstrap_argv(base, rootfs)
         packages = ", ".join(base.packages) or "no extra packages"
         with out.working(f"Baking base {tag} (Debian {base.suite}, {packages})") as update:
             result = process.stream(argv, update)

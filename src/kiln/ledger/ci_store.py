@@ -147,6 +147,19 @@ class CiStore:
             row = s.get(CiRunRow, run_id)
             return _run(row) if row else None
 
+    def run_of_commit(self, queue: str, commit: str) -> CiRun | None:
+        """The first run of `commit` in `queue` (one repository and ref), whatever its state."""
+        with self.ledger.db.session() as s:
+            row = s.scalars(select(CiRunRow).where(CiRunRow.queue == queue, CiRunRow.commit == commit)
+                            .order_by(CiRunRow.id).limit(1)).first()
+            return _run(row) if row else None
+
+    def latest_run(self, queue: str) -> CiRun | None:
+        """The newest run in `queue`, whatever its state."""
+        with self.ledger.db.session() as s:
+            row = s.scalars(select(CiRunRow).where(CiRunRow.queue == queue).order_by(CiRunRow.id.desc()).limit(1)).first()
+            return _run(row) if row else None
+
     def runs(self, app: str | None = None, limit: int = 20) -> list[CiRun]:
         q = select(CiRunRow).order_by(CiRunRow.id.desc()).limit(limit)
         if app is not None:

@@ -1,8 +1,16 @@
 """HAProxy's static configuration for one environment. Pure: rendered once when the router
-starts; from then on servers come and go through the runtime API, never by reload."""
+starts; from then on servers come and go through the runtime API, never by reload.
+
+What comes from the spec: the port (an int), the public service's name (the name rule: [a-z0-9-])
+and the healthcheck's HTTP path (URL characters only, spec/smoke.path_problem). The path is
+written as one escaped HAProxy word all the same (`_word`), and a control character in anything
+written is refused (RouterError): no spec value can add a line or a word to haproxy.cfg."""
 
 from __future__ import annotations
 
+import re
+
+from kiln.errors import RouterError
 from kiln.spec.resolve import EnvConfig
 
 SOCKET_DIR = "/run/kiln"
@@ -14,6 +22,22 @@ PREVIEW_PORT = 8081  # inside the router container; published on the environment
 # connect that has not succeeded within this is to an instance that died (its address vanished,
 # nothing answers): it is retried on another server, so a short limit makes a death cheap.
 CONNECT_TIMEOUT = 1.0
+
+
+# HAProxy (2.0+): "disables any attempt to retry the request if it fails for any other reason
+# than a connection failure". METH_GET matches GET and HEAD.
+NO_UNSAFE_L7_RETRY = "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _word(value: str, what: str) -> str:
+    """`value` as one HAProxy config word: a control character is refused, and the characters
+    HAProxy's parser gives a meaning (space, quotes, backslash, '#', '$') are backslash-escaped."""
+    if _CONTROL.search(value) or not value:
+        raise RouterError(f"refusing to write {what} {value[:80]!r} into haproxy.cfg: it is empty or holds a control character.",
+                          "Fix it in kiln.yaml (kiln validate checks it).")
+    return re.sub(r"""([\s'"\\#$])""", r"\\\1", value)
 
 
 def backend_name(service: str, preview: bool = False) -> str:
@@ -38,7 +62,10 @@ def render_config(cfg: EnvConfig) -> str:
         "    timeout http-keep-alive 10s",
         "    timeout queue 10s",
         # A request whose server vanished is replayed on another one: this is what makes an
-        # abrupt instance death cost no request.
+        # abrupt instance death cost no request. Only a connection failure is retried for every
+        # method (the server cannot have seen the request); after an empty response or a response
+        # timeout it may have run it, so only safe methods are replayed then (each backend's
+        # `disable-l7-retry` rule): a POST, PUT, PATCH or DELETE never runs twice.
         "    retries 3",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response response-timeout",
@@ -55,8 +82,9 @@ def render_config(cfg: EnvConfig) -> str:
         # Blue-green: the new set answers here, and only here, until it is switched in.
         lines += ["", "frontend preview", f"    bind :{PREVIEW_PORT}", f"    default_backend {backend_name(svc.name, True)}"]
     for preview in (False, True) if cfg.preview_port else (False,):
-        lines += ["", f"backend {backend_name(svc.name, preview)}", "    balance roundrobin"]
+        lines += ["", f"backend {backend_name(svc.name, preview)}", "    balance roundrobin", NO_UNSAFE_L7_RETRY]
         hc = svc.healthcheck
         if hc is not None and hc.kind == "http":
-            lines += [f"    option httpchk GET {hc.http}", "    http-check expect status 200-399"]
+            lines += [f"    option httpchk GET {_word(hc.http or '/', 'the healthcheck path')}",
+                      "    http-check expect status 200-399"]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,9 @@
-"""Read kiln.yaml and turn every problem into `kiln.yaml:LINE: key.path: what is wrong`."""
+"""Read kiln.yaml and turn every problem into `kiln.yaml:LINE: key.path: what is wrong`.
+
+A spec may come from a pushed branch, so reading it is bounded: the file's size (MAX_BYTES),
+the number of '[' and '{' (checked on the text: YAML's scanner is quadratic in flow nesting), the
+nesting of nodes (MAX_DEPTH) and the number of nodes with every alias expanded (MAX_NODES: no
+billion laughs); an alias inside its own anchor (a cycle) is refused."""
 
 from __future__ import annotations
 
@@ -13,13 +18,20 @@ from typing import Any, Union
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from kiln.errors import SpecError, SpecIssue
 from kiln.spec.checks import spec_problems
 from kiln.spec.models import Spec
 
 SPEC_FILE = "kiln.yaml"
+MAX_BYTES = 32 * 1024  # a kiln.yaml is a few KiB (and ruamel reads about 50 KiB a second)
+MAX_BRACKETS = 512  # '[' and '{' in the whole text
+MAX_DEPTH = 32  # nodes inside each other, block or flow
+MAX_NODES = 20_000  # nodes with every alias expanded
 
 
 @dataclass(frozen=True)
@@ -41,13 +53,87 @@ def find_spec(directory: Path) -> Path:
 
 
 def load_spec(path: Path) -> LoadedSpec:
-    raw = path.read_bytes()
+    with path.open("rb") as f:
+        raw = f.read(MAX_BYTES + 1)  # never more: the size is refused below
     return LoadedSpec(parse_spec(raw.decode("utf-8", errors="replace"), path.name), path.resolve(), hashlib.sha256(raw).hexdigest())
 
 
+class _Bounded(Exception):
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(problem)
+        self.line, self.problem = line, problem
+
+
+def _bracket_check(text: str) -> None:
+    """Refuse more than MAX_BRACKETS '[' and '{' before the scanner sees them: ruamel's scanner
+    costs the depth of flow collections per character, so this bounds it whatever the quoting."""
+    seen = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        seen += line.count("[") + line.count("{")
+        if seen > MAX_BRACKETS:
+            raise _Bounded(number, f"more than {MAX_BRACKETS} '[' and '{{' characters; write long lists and "
+                                   "mappings in block style (one '- item' or 'key: value' a line)")
+
+
+class _BoundedComposer(Composer):
+    """ruamel's composer, counting every node it composes and every node an alias stands for."""
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader=loader)
+        self.nodes = 0
+        self.sizes: dict[int, int] = {}  # id(node) -> its size with aliases expanded
+        self.open: set[str] = set()  # anchors whose node is being composed
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, AliasEvent):
+            if event.anchor in self.open:
+                raise _Bounded(line, f"the alias *{event.anchor} is used inside its own anchor (a cycle)")
+            target = self.anchors.get(event.anchor)
+            self.nodes += _size(target, self.sizes) if target is not None else 0
+        else:
+            self.nodes += 1
+            if self.depth >= MAX_DEPTH:
+                raise _Bounded(line, f"values nest deeper than {MAX_DEPTH} levels")
+        if self.nodes > MAX_NODES:
+            raise _Bounded(line, f"the spec expands to more than {MAX_NODES} values (aliases counted as copies)")
+        anchor = None if isinstance(event, AliasEvent) else event.anchor
+        if anchor is not None:
+            self.open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if anchor is not None:
+                self.open.discard(anchor)
+
+
+def _size(node: Node, memo: dict[int, int]) -> int:
+    """Nodes in `node` with aliases expanded (memoized, so linear in the nodes themselves)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    if isinstance(node, SequenceNode):
+        size = 1 + sum(_size(child, memo) for child in node.value)
+    elif isinstance(node, MappingNode):
+        size = 1 + sum(_size(k, memo) + _size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
+
+
 def parse_spec(text: str, filename: str = SPEC_FILE) -> Spec:
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
+        raise SpecError([SpecIssue(filename, 1, "", f"the file is larger than {MAX_BYTES // 1024} KiB; "
+                                                    "a kiln.yaml is far smaller")])
+    yaml = YAML(typ="rt")
+    yaml.Composer = _BoundedComposer
     try:
-        tree = YAML(typ="rt").load(text)
+        _bracket_check(text)
+        tree = yaml.load(text)
+    except _Bounded as exc:
+        raise SpecError([SpecIssue(filename, exc.line, "", exc.problem)]) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

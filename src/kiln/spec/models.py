@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
 from kiln.spec.pipeline import Pipeline
-from kiln.spec.smoke import SmokeCheck
+from kiln.spec.smoke import SmokeCheck, path_problem
 
 NAME = re.compile(r"[a-z][a-z0-9-]*")  # app, service and environment names (they make container names)
 NAME_MAX = 31
@@ -27,6 +27,11 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_SUITE = re.compile(r"[a-z][a-z0-9.-]{0,63}")
+_MIRROR = re.compile(r"https?://[^\s'\"\\]{1,500}")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,127}")  # Debian policy 5.6.1
+
+
 class Base(Model):
     """The OS image kiln bakes from Debian's packages with debootstrap (no registry needed)."""
 
@@ -34,12 +39,37 @@ class Base(Model):
     packages: tuple[str, ...] = Field((), description="Debian packages to include, e.g. python3")
     mirror: str = Field("http://deb.debian.org/debian", description="Debian mirror (plain HTTP works)")
 
+    @model_validator(mode="after")
+    def _debootstrap_words(self) -> Base:
+        # each reaches debootstrap's command line (run as root): none may pass for an option
+        if not _SUITE.fullmatch(self.suite):
+            raise ValueError(f"suite {self.suite[:80]!r} is not a Debian release name (e.g. bookworm)")
+        if not _MIRROR.fullmatch(self.mirror):
+            raise ValueError(f"mirror {self.mirror[:80]!r} is not an http:// or https:// URL")
+        for package in self.packages:
+            if not _PACKAGE.fullmatch(package):
+                raise ValueError(f"package {package[:80]!r} is not a Debian package name")
+        return self
+
+
+def inside_problem(path: str) -> str | None:
+    """Why `path` (build.context, build.dockerfile) could leave the directory it is relative to,
+    or None. Symlinks are checked when the files are read (bake/baker.py)."""
+    parts = path.replace("\\", "/").split("/")
+    if path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
+        return f"{path!r} is an absolute path; give one relative to kiln.yaml's directory, inside it"
+    if ".." in parts:
+        return f"{path!r} leaves kiln.yaml's directory ('..'); the build reads only files inside it"
+    if "\x00" in path or not path.strip():
+        return f"{path!r} is not a path"
+    return None
+
 
 class Build(Model):
     """How the app image is baked."""
 
-    context: str = Field(".", description="build context, relative to kiln.yaml")
-    dockerfile: str | None = Field(None, description="a Dockerfile in the context; start it with `ARG KILN_BASE` and `FROM ${KILN_BASE}`")
+    context: str = Field(".", description="build context: a directory inside kiln.yaml's, relative to it (no '..', no absolute path, no symlink out)")
+    dockerfile: str | None = Field(None, description="a Dockerfile in the context, relative to it (no '..'); start it with `ARG KILN_BASE` and `FROM ${KILN_BASE}`")
     steps: tuple[str, ...] = Field((), description="Dockerfile instructions run on top of the base, instead of a Dockerfile")
     base: Base = Field(default_factory=Base, description="the base image to bake from")
     args: dict[str, str] = Field(default_factory=dict, description="build arguments")
@@ -47,6 +77,10 @@ class Build(Model):
 
     @model_validator(mode="after")
     def _one_recipe(self) -> Build:
+        for key, value in (("context", self.context), ("dockerfile", self.dockerfile)):
+            problem = inside_problem(value) if value is not None else None
+            if problem:
+                raise ValueError(f"{key}: {problem}")
         if self.dockerfile and self.steps:
             raise ValueError("give either 'dockerfile' or 'steps', not both")
         if not self.dockerfile and not self.steps:
@@ -69,8 +103,9 @@ class HealthCheck(Model):
         kinds = [k for k, v in (("http", self.http), ("tcp", self.tcp), ("command", self.command)) if v]
         if len(kinds) != 1:
             raise ValueError("give exactly one of 'http: /path', 'tcp: true' or 'command: [...]'")
-        if self.http is not None and not self.http.startswith("/"):
-            raise ValueError(f"http path must start with '/', e.g. /{self.http}")
+        problem = path_problem(self.http, "http path") if self.http is not None else None
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

@@ -8,9 +8,28 @@ starting). Imports nothing of spec/models.py or spec/pipeline.py (both import it
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kiln.spec.durations import Duration
+
+# The characters of a URL's path and query (RFC 3986: unreserved, sub-delims, ':', '@', '/', '?',
+# '%'): no space, quote, backslash, '#', control or non-ASCII character. Paths reach HTTP request
+# lines and haproxy.cfg (`option httpchk GET PATH`), where a newline would inject config.
+_URL_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+PATH_MAX = 1024
+
+
+def path_problem(path: str, what: str) -> str | None:
+    """Why `path` cannot be an HTTP path kiln sends (`what` names it: 'http path', 'check
+    path'), or None."""
+    if not path.startswith("/"):
+        return f"{what} must start with '/', e.g. /{path}"
+    if len(path) > PATH_MAX or not _URL_PATH.fullmatch(path):
+        return (f"{what} {path[:80]!r} may hold only the characters of a URL path and query (letters, digits and "
+                f"-._~!$&'()*+,;=:@/?%; at most {PATH_MAX}): no spaces, quotes, '#', '\\' or control characters")
+    return None
 
 
 class HttpCheck(BaseModel):
@@ -24,8 +43,9 @@ class HttpCheck(BaseModel):
 
     @model_validator(mode="after")
     def _path(self) -> HttpCheck:
-        if not self.path.startswith("/"):
-            raise ValueError(f"check path must start with '/', e.g. /{self.path}")
+        problem = path_problem(self.path, "check path")
+        if problem:
+            raise ValueError(problem)
         return self
 
 
