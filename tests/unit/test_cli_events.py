@@ -9,6 +9,7 @@ import sys
 import threading
 
 from kiln.ledger.store import Ledger
+from unit.cli_inproc import run_kiln
 
 SPEC = """\
 app: shop
@@ -35,8 +36,7 @@ def test_events_filtered_as_json_and_followed(tmp_path):
     ledger.events.record("shop", "production", "instance.replaced", "replaced [brackets] kept literally")
 
     def kiln(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "kiln", "events", *args], cwd=tmp_path, env=kiln_env(tmp_path),
-                              capture_output=True, text=True, timeout=60)
+        return run_kiln(("events", *args), cwd=tmp_path, env=kiln_env(tmp_path))
 
     every = [json.loads(line) for line in kiln("--json").stdout.splitlines()]
     assert [(e["env"], e["kind"]) for e in every] == [

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 from kiln.ledger.store import Ledger
+from unit.cli_inproc import run_kiln
 
 SPEC = """\
 app: shop
@@ -24,8 +24,7 @@ def kiln(tmp_path, *args: str, **extra: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "KILN_HOME": str(tmp_path / ".kiln-home"), "NO_COLOR": "1", "COLUMNS": "200", **extra}
     if "KILN_LEDGER_URL" not in extra:
         environ.pop("KILN_LEDGER_URL", None)
-    return subprocess.run([sys.executable, "-m", "kiln", *args], cwd=tmp_path, env=environ, capture_output=True,
-                          text=True, timeout=60)
+    return run_kiln(args, cwd=tmp_path, env=environ)
 
 
 def seeded(tmp_path) -> Ledger:

@@ -19,6 +19,7 @@ from kiln.ledger.db import now
 from kiln.ledger.locks import Lock
 from kiln.ledger.store import Ledger
 from kiln.rollout.lock import hold, holder_alive
+from unit.cli_inproc import run_kiln
 
 
 @pytest.fixture
@@ -233,8 +234,7 @@ environments:
 def kiln(*args, cwd):
     environ = {**os.environ, "KILN_HOME": str(cwd / ".kiln-home"), "NO_COLOR": "1", "COLUMNS": "200"}
     environ.pop("KILN_LEDGER_URL", None)
-    return subprocess.run([sys.executable, "-m", "kiln", *args], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=60)
+    return run_kiln(args, cwd=cwd, env=environ)
 
 
 def test_cli_lock_status_and_release(tmp_path):
