@@ -225,6 +225,7 @@ def rollback(
 @app.command()
 def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
     """Show the release in service, the router and every instance with its health."""
+    from kiln.spec.sizes import format_size
     from kiln.usecases.observe import status as do_status
 
     _, cfg = _env_config(file, env)
@@ -245,6 +246,8 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
     for w in st["waiting"]:
         hint = "`kiln promote` switches to it" if w["state"] == "paused" else "`kiln rollout resume` settles it"
         ctx.out.print(f"[yellow]rollout {w['rollout']} to v{w['release']} is {w['state']} ({w['phase']}):[/] {hint}")
+    for svc, lim in st["limits"].items():
+        ctx.out.print(f"limits of {svc}: memory {format_size(lim['memory'])}, cpus {lim['cpus']:g}, pids {lim['pids']}")
     for svc, relax in st["relaxations"].items():
         ctx.out.print(f"[yellow]hardening relaxed for {svc}:[/] {', '.join(relax)}")
     agent = st["agent"]

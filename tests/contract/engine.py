@@ -17,7 +17,7 @@ import pytest
 
 from kiln.agent.drift import changed_files
 from kiln.errors import EngineError
-from kiln.providers.base import ContainerSpec, Engine
+from kiln.providers.base import ContainerSpec, Engine, Limits
 from kiln.spec.models import HealthCheck
 
 PORT = 8000
@@ -114,6 +114,14 @@ class EngineContract:
         changes = engine.changes(name)  # the engine's own init binary may show; nothing else can write
         assert changed_files(changes, ("/tmp", "/var/cache")) == [], changes
         assert engine.details(names("none")) is None
+
+    def test_details_report_the_limits_the_container_started_with(self, engine, image, net, names):
+        default, limited = names("deflim"), names("lim")
+        engine.start(self.spec(default, image, net, self.serve_argv))
+        engine.start(self.spec(limited, image, net, self.serve_argv,
+                               limits=Limits(memory=96 * 1024**2, cpus=0.5, pids=64)))
+        assert engine.details(default).limits == Limits(memory=512 * 1024**2, cpus=1.0, pids=512)
+        assert engine.details(limited).limits == Limits(memory=96 * 1024**2, cpus=0.5, pids=64)
 
     # --- one-off runs --------------------------------------------------------------------------
 

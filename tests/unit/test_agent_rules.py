@@ -6,7 +6,7 @@ import pytest
 
 from kiln.agent.drift import changed_files, exec_detail, taints
 from kiln.agent.guard import GONE, UNROUTED, halted, judge, limit
-from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec
+from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec, Limits
 from kiln.rollout.plan import FULL, Instance
 from kiln.spec.models import Meltdown
 
@@ -69,7 +69,7 @@ FACTS = ContainerFacts(id="x", name="i", image="sha256:aaa", labels={"kiln.relea
                        state="running", health=None, ip="10.0.0.2", exit_code=None)
 DETAILS = ContainerDetails(env={"PATH": "/usr/bin", "PORT": "8000", "TOKEN": "s3cret"}, read_only=True,
                            cap_drop=("ALL",), cap_add=(), security_opt=("no-new-privileges:true",), user="65534",
-                           privileged=False, tmpfs=("/tmp",), mounts=())
+                           privileged=False, tmpfs=("/tmp",), mounts=(), limits=Limits())
 IMAGE_ENV = {"PATH": "/usr/bin"}
 
 
@@ -94,6 +94,25 @@ def test_each_kind_of_drift_is_named():
     assert "read-only root filesystem is False" in text
     assert "filesystem changed: A /app/evil" in text
     assert "docker exec: sh -c id" in text
+
+
+def test_limits_other_than_the_release_taint():
+    from dataclasses import replace
+
+    # an instance started by a kiln without limits (the engine reports 0 for none), then one whose
+    # limits were raised behind kiln's back (`docker update --memory 2g --cpus 4 --pids-limit 0`)
+    unlimited = replace(DETAILS, limits=Limits(memory=0, cpus=0.0, pids=0))
+    assert taints(SPEC, IMAGE_ENV, FACTS, unlimited, [], []) == [
+        "memory limit is none, its release says 512M",
+        "CPU limit is none, its release says 1",
+        "pids limit is none, its release says 512",
+    ]
+    raised = replace(DETAILS, limits=Limits(memory=2 * 1024**3, cpus=4.0, pids=512))
+    assert taints(SPEC, IMAGE_ENV, FACTS, raised, [], []) == [
+        "memory limit is 2G, its release says 512M",
+        "CPU limit is 4, its release says 1",
+    ]
+    assert taints(SPEC, IMAGE_ENV, FACTS, replace(DETAILS, limits=Limits(cpus=1.0 + 1e-12)), [], []) == []
 
 
 def test_changed_files_skip_writable_paths_engine_files_and_parent_directories():

@@ -73,3 +73,19 @@ def test_an_overlay_adding_the_first_variable_is_only_that_declared_key():
         ("services.web.environment.LEVEL", "debug", ABSENT)]
     # An empty mapping against a value that is not a mapping is still a difference.
     assert [(r.key, r.a, r.b) for r in diff({"x": {}}, {"x": 1}, set())] == [("x", {}, 1)]
+
+
+def test_resources_flatten_and_an_overlay_declares_only_the_limits_it_sets():
+    spec = parse_spec(SPEC.replace("services: {web: {replicas: 1,", "services: {web: {resources: {memory: 1G}, replicas: 1,"))
+    prod, staging = (resolve(spec, e).model_dump(mode="json") for e in ("production", "staging"))
+    assert flatten(prod)["services.web.resources.memory"] == 536870912
+    assert "services.web.resources.memory" in declared_keys(spec, "staging")
+    assert "services.web.resources.cpus" not in declared_keys(spec, "staging")
+    declared = declared_keys(spec, "production") | declared_keys(spec, "staging")
+    assert [(r.key, r.a, r.b, r.declared) for r in diff(prod, staging, declared) if "resources" in r.key] == [
+        ("services.web.resources.memory", 536870912, 1073741824, True)]
+    # a limit no overlay declares is drift between the environments
+    staging["services"][0]["resources"]["pids"] = 64
+    assert [(r.key, r.a, r.b, r.declared) for r in diff(prod, staging, declared) if "resources" in r.key] == [
+        ("services.web.resources.memory", 536870912, 1073741824, True),
+        ("services.web.resources.pids", 512, 64, False)]

@@ -135,12 +135,18 @@ PRODUCTION_JSON = (
 PRODUCTION_DIGEST = "c629427c9b4d8678929cdb3416c708f26a33fae17b86d99a02bbe17f25f02e4a"
 
 
+DEFAULT_RESOURCES = '"resources":{"cpus":1.0,"memory":536870912,"pids":512},'
+
+
 def test_resolved_config_canonical_form_and_digest():
     cfg = resolve(parse_spec(SPEC), "production")
-    # What a release records: the digested form plus the engine, which the digest leaves out
-    # while it is the default (so releases recorded before engines existed keep their digest).
+    # What a release records: the digested form plus the engine and each service's resources,
+    # which the digest leaves out while they are the defaults (so releases recorded before
+    # engines and limits existed keep their digest).
     assert canonical_json(cfg.model_dump(mode="json")) == PRODUCTION_JSON.replace(
-        '"bind":"127.0.0.1",', '"bind":"127.0.0.1","engine":"docker",')
+        '"bind":"127.0.0.1",', '"bind":"127.0.0.1","engine":"docker",').replace(
+        '"replicas":3,', '"replicas":3,' + DEFAULT_RESOURCES).replace(
+        '"replicas":1,', '"replicas":1,' + DEFAULT_RESOURCES)
     assert cfg.digest() == PRODUCTION_DIGEST
     assert hashlib.sha256(PRODUCTION_JSON.encode()).hexdigest() == PRODUCTION_DIGEST
 
@@ -151,6 +157,25 @@ def test_a_recorded_config_keeps_its_digest():
     old = json.loads(PRODUCTION_JSON)
     assert EnvConfig.model_validate(old).digest() == PRODUCTION_DIGEST
     assert EnvConfig.model_validate({**old, "engine": "docker"}).digest() == PRODUCTION_DIGEST
+    # recorded before limits existed: read as the defaults, which its digest stands for
+    read = EnvConfig.model_validate(old)
+    assert [s.limits for s in read.services] == ["memory 512M, cpus 1, pids 512"] * 2
+    recorded = resolve(parse_spec(SPEC), "production").model_dump(mode="json")
+    assert EnvConfig.model_validate(recorded).digest() == PRODUCTION_DIGEST
+    assert EnvConfig.model_validate(recorded) == read
+
+
+def test_limits_other_than_the_defaults_change_the_digest():
+    limited = SPEC.replace("    replicas: 3\n", "    replicas: 3\n    resources: {memory: 1G}\n")
+    cfg = resolve(parse_spec(limited), "production")
+    assert cfg.service("web").resources.memory == 1024**3
+    assert cfg.digest() == "17c48f5ac923fbae3a4e199b76a22d5cc3b845a1afec464dd31d13f3934081fa"
+    # only web's (non-default) resources enter the digested form
+    digested = PRODUCTION_JSON.replace('"replicas":3,', '"replicas":3,"resources":{"cpus":1.0,"memory":1073741824,"pids":512},')
+    assert hashlib.sha256(digested.encode()).hexdigest() == cfg.digest()
+    # the default written out is the default: no new digest
+    explicit = SPEC.replace("    replicas: 3\n", "    replicas: 3\n    resources: {memory: 512M, cpus: 1, pids: 512}\n")
+    assert resolve(parse_spec(explicit), "production").digest() == PRODUCTION_DIGEST
 
 
 def test_overlay_environment_digest():
@@ -167,6 +192,12 @@ HARDENED = {
     "init": True,
     "stop_signal": "SIGTERM",
     "detach": True,
+}
+INSTANCE_LIMITS = {  # an instance's default resources: 512M, 1 core, 512 pids
+    "mem_limit": 536_870_912,
+    "memswap_limit": 536_870_912,
+    "nano_cpus": 1_000_000_000,
+    "pids_limit": 512,
 }
 
 
@@ -188,6 +219,7 @@ def test_create_args_of_a_hardened_instance():
         "security_opt": ["no-new-privileges:true"],
         "command": ["python3", "app.py"],
         **HARDENED,
+        **INSTANCE_LIMITS,
     }
     assert spec.environment["DB_PASSWORD"] == "secret:db_password"  # the spec itself never holds the value
 
@@ -211,6 +243,7 @@ def test_create_args_of_a_relaxed_instance_with_a_command_healthcheck():
         "healthcheck": {"test": ["CMD", "/bin/check"], "interval": 1_000_000_000, "timeout": 2_000_000_000,
                         "retries": 1},
         **HARDENED,
+        **INSTANCE_LIMITS,
     }
 
 
@@ -252,6 +285,11 @@ def test_create_args_of_the_router(tmp_path, monkeypatch):
         "volumes": {str(tmp_path / "routers"): {"bind": "/run/kiln", "mode": "rw"}},
         "restart_policy": {"Name": "unless-stopped"},
         **HARDENED,
+        # the router's fixed limits: 512M, 1 core, 256 pids
+        "mem_limit": 536_870_912,
+        "memswap_limit": 536_870_912,
+        "nano_cpus": 1_000_000_000,
+        "pids_limit": 256,
     }
 
 

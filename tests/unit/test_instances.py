@@ -124,3 +124,12 @@ def test_new_instance_names_are_unique_and_descriptive(cfg):
     assert len(names) == 50
     for name in names:
         assert name.startswith("kiln-shop-production-web-v4-") and len(name) == len("kiln-shop-production-web-v4-") + 6
+
+
+def test_limits_come_from_the_service_resources():
+    from kiln.providers.base import Limits
+
+    text = SPEC.replace("    stop_grace_period: 30s\n", "    stop_grace_period: 30s\n    resources: {memory: 2G, cpus: 2, pids: 64}\n")
+    cfg = resolve(parse_spec(text), "production")
+    assert instance_spec(cfg, cfg.service("worker"), 1, "sha256:x", "n").limits == Limits(2 * 1024**3, 2.0, 64)
+    assert instance_spec(cfg, cfg.service("web"), 1, "sha256:x", "n").limits == Limits(512 * 1024**2, 1.0, 512)

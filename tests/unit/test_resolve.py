@@ -206,3 +206,22 @@ def test_relaxations(spec):
     assert cfg.service("worker").relaxations == [
         "read_only: false", "no_new_privileges: false", "cap_add: NET_BIND_SERVICE", "cap_add: SYS_PTRACE",
     ]
+
+
+LIMITED = SPEC.replace("    replicas: 3\n", "    replicas: 3\n    resources: {memory: 256M, cpus: 0.5, pids: 128}\n").replace(
+    "      web: {replicas: 1,", "      web: {resources: {memory: 1G}, replicas: 1,")
+
+
+def test_resources_resolve_with_an_overlay_that_changes_only_what_it_names():
+    spec = parse_spec(LIMITED)
+    prod, staging = resolve(spec, "production"), resolve(spec, "staging")
+    assert prod.service("web").resources.model_dump() == {"memory": 256 * 1024**2, "cpus": 0.5, "pids": 128}
+    assert staging.service("web").resources.model_dump() == {"memory": 1024**3, "cpus": 0.5, "pids": 128}
+    assert prod.service("worker").resources.model_dump() == {"memory": 512 * 1024**2, "cpus": 1.0, "pids": 512}
+    assert staging.service("web").limits == "memory 1G, cpus 0.5, pids 128"
+    assert prod.service("worker").limits == "memory 512M, cpus 1, pids 512"
+    # a release records them, and reads them back as they were
+    recorded = json.loads(canonical_json(staging.model_dump(mode="json")))
+    assert recorded["services"][0]["resources"] == {"memory": 1073741824, "cpus": 0.5, "pids": 128}
+    assert EnvConfig.model_validate(recorded) == staging
+    assert prod.digest() != resolve(parse_spec(SPEC), "production").digest()

@@ -354,3 +354,37 @@ def test_parse_duration_rejects_other_types(value):
 def test_parse_duration_rejects_nan():
     with pytest.raises(ValueError):
         parse_duration(math.nan)
+
+
+# --- resources ----------------------------------------------------------------------------------
+
+
+def test_resources_parse_sizes_and_keep_defaults():
+    from kiln.spec.loader import parse_spec as parse
+
+    web = parse(with_web("    resources: {memory: 1G, pids: 100}\n")).services["web"]
+    assert (web.resources.memory, web.resources.cpus, web.resources.pids) == (1024**3, 1.0, 100)
+    assert parse(with_web("    resources: {memory: 65536k}\n")).services["web"].resources.memory == 64 * 1024**2
+    assert parse(with_web("    resources: {memory: 268435456}\n")).services["web"].resources.memory == 256 * 1024**2
+    assert parse(VALID).services["web"].resources.model_dump() == {"memory": 512 * 1024**2, "cpus": 1.0, "pids": 512}
+
+
+@pytest.mark.parametrize(("resources", "problem"), [
+    ("{memory: 512MB}", "services.web.resources.memory: '512MB' is not a size; "
+                        "write it like 512M, 1G or 65536K (bytes without a suffix)"),
+    ("{memory: 1M}", "services.web.resources.memory: '1M' is outside 6M (the least the engine accepts) to 1024G"),
+    ("{memory: true}", "services.web.resources.memory: expected a size such as 512M or 1G"),
+    ("{cpus: 0}", "services.web.resources.cpus: Input should be greater than 0 (got 0)"),
+    ("{pids: 8}", "services.web.resources.pids: Input should be greater than or equal to 16 (got 8)"),
+    ("{disk: 1G}", "services.web.resources.disk: unknown key; known keys here: memory, cpus, pids"),
+])
+def test_bad_resources_are_reported_with_their_line(resources, problem):
+    msg = only_issue(with_web(f"    resources: {resources}\n"))
+    assert msg == "kiln.yaml:9: " + problem
+
+
+def test_bad_resources_in_an_overlay_are_reported_with_their_line():
+    text = VALID + "    services:\n      web:\n        resources:\n          memory: lots\n"
+    msg = only_issue(text)
+    assert msg == ("kiln.yaml:15: environments.production.services.web.resources.memory: "
+                   "'lots' is not a size; write it like 512M, 1G or 65536K (bytes without a suffix)")

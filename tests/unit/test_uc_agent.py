@@ -173,6 +173,22 @@ def test_a_tainted_instance_is_only_reported_under_drift_report(w):
     assert len(agent_events(w)) == 1
 
 
+def test_an_instance_whose_limits_were_changed_is_tainted_and_replaced_with_its_release_limits(w):
+    from dataclasses import replace
+
+    from kiln.providers.base import Limits
+
+    agent = watching(w, drift="replace")
+    [worker] = names(w, "worker")
+    # `docker update --memory 4g --pids-limit 0` on the instance, behind kiln's back
+    w.engine.specs[worker] = replace(w.engine.specs[worker], limits=Limits(memory=4 * 1024**3, cpus=1.0, pids=0))
+    agent.run()
+    [new] = replaced(w, [worker], "worker")
+    assert agent_events(w)[0] == (kinds.INSTANCE_TAINTED, f"{worker}: memory limit is 4G, its release says 512M; "
+                                                          "pids limit is none, its release says 512")
+    assert w.engine.details(new).limits == Limits(memory=512 * 1024**2, cpus=1.0, pids=512)
+
+
 # --- the meltdown guard -------------------------------------------------------------------------
 
 

@@ -127,6 +127,22 @@ def test_compare_mismatches_on_another_image_or_an_undeclared_difference(w):
         "a": d.image_a, "b": d.image_b, "same": False}
 
 
+def test_compare_shows_limits_an_overlay_declares_and_flags_those_it_does_not(w):
+    w.edit_spec("      web: {replicas: 1}\n", "      web: {replicas: 1, resources: {memory: 256M}}\n")
+    deploy(w.ctx, w.load(), "staging")
+    envs.promote_artifact(w.ctx, w.load(), "staging", "production")
+    d = envs.compare(w.ctx, w.load(), "production", "staging")
+    assert d.match is True
+    assert [(k.key, k.a, k.b, k.declared) for k in d.keys if "resources" in k.key] == [
+        ("services.web.resources.memory", 536870912, 268435456, True)]
+    w.edit_spec("    replicas: 1\n", "    replicas: 1\n    resources: {pids: 64}\n")  # the worker's, no overlay's
+    deploy(w.ctx, w.load(), "staging")  # production still runs the release with the default
+    d = envs.compare(w.ctx, w.load(), "production", "staging")
+    assert [(k.key, k.a, k.b, k.declared) for k in d.keys if not k.declared] == [
+        ("services.worker.resources.pids", 512, 64, False)]
+    assert d.match is False
+
+
 def test_compare_with_an_environment_that_runs_nothing_does_not_match(w):
     deploy(w.ctx, w.load(), "staging")
     d = envs.compare(w.ctx, w.load(), "production", "staging")

@@ -46,7 +46,33 @@ def test_status_shows_each_instance_with_its_health_and_weight_the_router_and_th
                 (worker, "worker", 1, "running", False, None)])
     assert {i["container"] for i in st["instances"]} == {"id-kiln-shop"}  # the fake's ids, cut to 12
     assert st["waiting"] == [] and st["relaxations"] == {}
+    default = {"memory": 536870912, "cpus": 1.0, "pids": 512}
+    assert st["limits"] == {"web": default, "worker": default}
     assert st["agent"] == {"leader": None, "healing": "active", "halted": None}
+
+
+def test_status_shows_the_limits_of_the_release_in_service(w):
+    w.edit_spec("    replicas: 1\n", "    replicas: 1\n    resources: {memory: 128M, pids: 64}\n")  # the worker
+    w.edit_spec("      web: {replicas: 1}\n", "      web: {replicas: 1, resources: {cpus: 0.25}}\n")
+    deploy(w.ctx, w.load(), "staging")
+    st = observe.status(w.ctx, w.cfg("staging"))
+    assert st["limits"] == {"web": {"memory": 536870912, "cpus": 0.25, "pids": 512},
+                            "worker": {"memory": 134217728, "cpus": 1.0, "pids": 64}}
+
+
+def test_kiln_status_prints_each_service_limits(w, monkeypatch):
+    import os
+
+    from kiln import cli
+    from unit.cli_inproc import run_kiln
+
+    w.edit_spec("    replicas: 1\n", "    replicas: 1\n    resources: {memory: 1536M, cpus: 0.5, pids: 64}\n")
+    deploy(w.ctx, w.load(), "production")
+    monkeypatch.setattr(cli, "_ctx", lambda: w.ctx)
+    done = run_kiln(("status", "-e", "production"), cwd=w.root, env=dict(os.environ, COLUMNS="200"))
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("limits of ")]
+    assert lines == ["limits of web: memory 512M, cpus 1, pids 512", "limits of worker: memory 1536M, cpus 0.5, pids 64"]
 
 
 def test_status_of_a_paused_blue_green_release_shows_the_idle_set_and_the_waiting_rollout(w):

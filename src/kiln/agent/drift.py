@@ -2,13 +2,14 @@
 
 An instance is *tainted* when anything about it differs from what kiln created: files in its
 writable layer outside the declared writable paths (`docker diff`), a `docker exec` into it,
-or an image, environment, label or hardening setting other than its release's. A tainted
+or an image, environment, label, hardening setting or resource limit other than its release's. A tainted
 instance is no longer trusted: it is replaced, never repaired. Reasons name variables, never
 their values, because values may be secrets."""
 
 from __future__ import annotations
 
 from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec
+from kiln.spec.sizes import format_size
 
 SHOWN = 5  # changed paths quoted in a reason; the rest are counted
 ENGINE_PATHS = ("/usr/sbin/docker-init",)  # put there by the engine itself (the init process, `init: true`)
@@ -53,9 +54,26 @@ def _hardening(expected: ContainerSpec, d: ContainerDetails) -> list[str]:
         out.append(f"tmpfs mounts {', '.join(d.tmpfs) or 'none'}, its release declares {', '.join(expected.writable) or 'none'}")
     if d.mounts:
         out.append(f"mounts {', '.join(d.mounts)}, its release mounts nothing")
+    out += _limits(expected, d)
     if expected.user is not None and d.user != expected.user:  # without one, the image's USER applies
         out.append(f"runs as user {d.user or 'root'}, its release says {expected.user}")
     return out
+
+
+def _limits(expected: ContainerSpec, d: ContainerDetails) -> list[str]:
+    want, got = expected.limits, d.limits
+    out = []
+    if got.memory != want.memory:
+        out.append(f"memory limit is {_size(got.memory)}, its release says {_size(want.memory)}")
+    if abs(got.cpus - want.cpus) > 1e-9:  # the engine keeps nanocpus
+        out.append(f"CPU limit is {f'{got.cpus:g}' if got.cpus else 'none'}, its release says {want.cpus:g}")
+    if got.pids != want.pids:
+        out.append(f"pids limit is {got.pids or 'none'}, its release says {want.pids}")
+    return out
+
+
+def _size(n: int) -> str:
+    return format_size(n) if n else "none"
 
 
 def changed_files(changes: list[str], writable: tuple[str, ...]) -> list[str]:

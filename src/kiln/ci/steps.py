@@ -19,7 +19,7 @@ from kiln.ci.plan import check_problem, command_argv
 from kiln.context import Context
 from kiln.errors import PipelineError
 from kiln.ledger.ci_store import CiRun, CiStore
-from kiln.providers.base import CI, ContainerSpec, Engine, selector
+from kiln.providers.base import CI, SIDECAR_LIMITS, STEP_LIMITS, ContainerSpec, Engine, selector
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Base
 from kiln.spec.pipeline import Check, Sidecar, Step
@@ -81,7 +81,7 @@ def run_command(sc: StepContext, step: Step) -> str:
         # Hardened as instances are (the provider drops every capability and adds an init).
         spec = ContainerSpec(name=name, image=sc.image.id, network=network, labels=sc.labels(),
                              command=command_argv(step.run or ()), environment=env, writable=step.writable,
-                             read_only=step.read_only)
+                             read_only=step.read_only, limits=STEP_LIMITS)
         finished = engine.run_streamed(spec, sc.log.write, step.timeout, sc.cancelled.is_set)
     finally:
         for name in reversed(started):
@@ -105,7 +105,8 @@ def _start_sidecar(sc: StepContext, engine: Engine, network: str, name: str, ali
     sc.log.write(f"› starting service {alias} ({image[:19]})")
     engine.start(ContainerSpec(name=name, image=image, network=network, labels=sc.labels(), aliases=(alias,),
                                command=command_argv(sidecar.command) if sidecar.command else None,
-                               environment=env, writable=sidecar.writable, read_only=sidecar.read_only))
+                               environment=env, writable=sidecar.writable, read_only=sidecar.read_only,
+                               limits=SIDECAR_LIMITS))
     if sidecar.port is None:
         return
     deadline = time.monotonic() + sidecar.ready_timeout

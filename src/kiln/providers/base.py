@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from kiln.spec.models import HealthCheck
+from kiln.spec.models import DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_PIDS, HealthCheck
 
 LABEL_PREFIX = "kiln."
 
@@ -34,6 +34,24 @@ def selector(app: str, env: str | None = None, role: str | None = None) -> dict[
     if role is not None:
         labels["kiln.role"] = role
     return labels
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one container may use: memory in bytes (swap included), CPU in cores, processes and
+    threads. The defaults are an instance's (spec/models.Resources); 0 in ContainerDetails means
+    the engine enforces no limit."""
+
+    memory: int = DEFAULT_MEMORY
+    cpus: float = DEFAULT_CPUS
+    pids: int = DEFAULT_PIDS
+
+
+# CI containers (ci/steps.py): a step compiles and runs test suites, so it gets more memory and
+# processes than an instance; a sidecar (a database, a cache) as much as a generous instance.
+# One core each: every host has one, and the engine refuses more CPUs than the host has.
+STEP_LIMITS = Limits(memory=2 * 1024**3, cpus=1.0, pids=1024)
+SIDECAR_LIMITS = Limits(memory=1024**3, cpus=1.0, pids=512)
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class ContainerSpec:
     binds: dict[str, str] = field(default_factory=dict)  # host path -> container path
     restart: bool = False  # restart with the engine (the router); instances are replaced instead
     aliases: tuple[str, ...] = ()  # other names the container answers to on its network (CI sidecars)
+    limits: Limits = Limits()  # every container kiln starts has them
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,7 @@ class ContainerDetails:
     privileged: bool
     tmpfs: tuple[str, ...]  # paths mounted as tmpfs
     mounts: tuple[str, ...]  # other mounts, as "source:destination"
+    limits: Limits  # as the engine enforces them; 0: none
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from kiln.providers.base import (
     Engine,
     EngineEvent,
     Finished,
+    Limits,
 )
 from kiln.secretref import Lookup, resolve
 from kiln.spec.models import HealthCheck
@@ -312,6 +313,8 @@ class DockerProvider:
             privileged=bool(host.get("Privileged")),
             tmpfs=tuple(sorted(host.get("Tmpfs") or {})),
             mounts=tuple(f"{m.get('Source', '')}:{m.get('Destination', '')}" for m in attrs.get("Mounts") or ()),
+            limits=Limits(memory=host.get("Memory") or 0, cpus=(host.get("NanoCpus") or 0) / _NS,
+                          pids=max(host.get("PidsLimit") or 0, 0)),  # none: 0, null or -1
         )
 
     def changes(self, name: str) -> list[str]:
@@ -335,7 +338,7 @@ class DockerProvider:
 
 
 def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: dict[str, str]) -> dict:
-    """The keyword arguments of `containers.create(spec.image, **…)` for `spec`: hardening, health
+    """The keyword arguments of `containers.create(spec.image, **…)` for `spec`: hardening, limits, health
     check, published ports, binds, restart policy, network aliases. Pure; `environment` is spec.environment with
     its secret references already resolved."""
     kwargs: dict = {
@@ -351,6 +354,10 @@ def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: 
         "init": True,
         "stop_signal": "SIGTERM",
         "detach": True,
+        "mem_limit": spec.limits.memory,
+        "memswap_limit": spec.limits.memory,  # the same: no swap beyond the limit
+        "nano_cpus": round(spec.limits.cpus * _NS),
+        "pids_limit": spec.limits.pids,
     }
     if spec.command:
         kwargs["command"] = list(spec.command)

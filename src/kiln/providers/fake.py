@@ -227,7 +227,7 @@ class FakeEngine:
             env={**image_env, **spec.environment}, read_only=spec.read_only, cap_drop=("ALL",),
             cap_add=spec.cap_add, security_opt=("no-new-privileges:true",) if spec.no_new_privileges else (),
             user=spec.user or "", privileged=False, tmpfs=tuple(sorted(spec.writable)),
-            mounts=tuple(f"{host}:{inner}" for host, inner in spec.binds.items()))
+            mounts=tuple(f"{host}:{inner}" for host, inner in spec.binds.items()), limits=spec.limits)
 
     def changes(self, name: str) -> list[str]:
         return list(self.written.get(name, []))

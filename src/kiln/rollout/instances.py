@@ -2,13 +2,13 @@
 
 Hardened by default: read-only root filesystem with tmpfs only at declared writable paths,
 no-new-privileges, every capability dropped, an init process as PID 1, no published port and
-no Docker socket. Each relaxation comes from the spec and is visible in `kiln status`."""
+no Docker socket; memory, CPU and pids limits (services.NAME.resources). Each relaxation comes from the spec and is visible in `kiln status`."""
 
 from __future__ import annotations
 
 import secrets
 
-from kiln.providers.base import ContainerSpec, network_name
+from kiln.providers.base import ContainerSpec, Limits, network_name
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
 
@@ -50,4 +50,5 @@ def instance_spec(cfg: EnvConfig, svc: ServiceConfig, release: int, image: str, 
         health_command=hc.command if hc and hc.kind == "command" else None,
         health_interval=hc.interval if hc else 1.0,
         health_timeout=hc.timeout if hc else 2.0,
+        limits=Limits(memory=svc.resources.memory, cpus=svc.resources.cpus, pids=svc.resources.pids),
     )

@@ -23,6 +23,7 @@ from kiln.providers.base import (
     ContainerFacts,
     ContainerSpec,
     Engine,
+    Limits,
     network_name,
     selector,
 )
@@ -44,6 +45,10 @@ from kiln.spec.resolve import EnvConfig, url_host
 
 ROUTER_BASE = Base(packages=("haproxy",))
 ROUTER_PORT = 8080  # inside the router container; published on the environment's bind:port
+# maxconn 4096 streams of two 16 KiB buffers is 128M at worst: 512M leaves room for the rest; one
+# core carries far more requests than one host's instances serve; HAProxy runs a master and one
+# worker with at most 64 threads.
+ROUTER_LIMITS = Limits(memory=512 * 1024**2, cpus=1.0, pids=256)
 
 
 def router_name(app: str, env: str) -> str:
@@ -121,6 +126,7 @@ class HaproxyRouter:
             binds={str(self.dir): SOCKET_DIR},
             stop_grace_period=5,
             restart=True,
+            limits=ROUTER_LIMITS,
         ))
         self._wait_ready()
         return True

@@ -1,7 +1,7 @@
 """How two environments differ, key by key. Pure.
 
 Two environments built from one kiln.yaml are identical by construction except where an
-environment's overlay says otherwise (its port, replicas, env values…): those keys are
+environment's overlay says otherwise (its port, replicas, env values, resource limits…): those keys are
 *declared* differences. Anything else that differs between what two environments run (their
 releases' resolved configs, their image digests) is drift between them, and `kiln env diff`
 exits 1 on it."""
@@ -61,6 +61,8 @@ def declared_keys(spec: Spec, env: str) -> set[str]:
         if over.command is not None:
             keys.add(f"services.{name}.command")
         keys |= {f"services.{name}.environment.{k}" for k in over.environment}
+        if over.resources is not None:
+            keys |= {f"services.{name}.resources.{k}" for k in over.resources.model_dump(exclude_none=True)}
     return keys
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
 from kiln.spec.pipeline import Pipeline
+from kiln.spec.sizes import Memory
 from kiln.spec.smoke import SmokeCheck, path_problem
 
 NAME = re.compile(r"[a-z][a-z0-9-]*")  # app, service and environment names (they make container names)
@@ -169,6 +170,30 @@ class RolloutPolicy(Model):
         return self
 
 
+DEFAULT_MEMORY = 512 * 1024**2
+DEFAULT_CPUS = 1.0
+DEFAULT_PIDS = 512
+
+
+class Resources(Model):
+    """Limits on each instance of a service, enforced by the engine (cgroups). A process that
+    leaks memory, spins or forks without bound is stopped at its own limit instead of taking the
+    host and every other instance with it. The defaults suit a typical web process; raise them
+    for heavier ones."""
+
+    memory: Memory = Field(DEFAULT_MEMORY, description="memory limit (swap included): bytes, or a number with K, M or G (powers of 1024), at least 6M; an instance that goes over it is killed (OOM) and replaced. Default 512M: room for a typical web process and its 64M tmpfs mounts, small enough that one leak cannot exhaust the host")
+    cpus: float = Field(DEFAULT_CPUS, gt=0, le=1024, description="CPU time, in cores (0.5 = half of one); more than the host has is refused by the engine. Default 1.0: one core, available on every host, so one busy instance cannot starve the others")
+    pids: int = Field(DEFAULT_PIDS, ge=16, le=4_194_304, description="most processes and threads at once. Default 512: ample for worker pools and thread pools, and stops a fork bomb")
+
+
+class ResourcesOverride(Model):
+    """What an environment may change of a service's limits; what it leaves out stays the service's."""
+
+    memory: Memory | None = Field(None, description="memory limit in this environment (as services.NAME.resources.memory)")
+    cpus: float | None = Field(None, gt=0, le=1024, description="CPU limit in this environment, in cores")
+    pids: int | None = Field(None, ge=16, le=4_194_304, description="process and thread limit in this environment")
+
+
 class Service(Model):
     """One process type of the app; every instance runs the same image."""
 
@@ -185,6 +210,7 @@ class Service(Model):
     no_new_privileges: bool = Field(True, description="forbid privilege escalation (relaxation: false)")
     stop_grace_period: Duration = Field(10.0, description="time between SIGTERM and SIGKILL")
     drain_timeout: Duration = Field(5.0, description="longest wait for in-flight requests when an instance leaves the router")
+    resources: Resources = Field(default_factory=Resources, description="memory, CPU and process limits of each instance (see services.NAME.resources)")
     rollout: RolloutPolicy = Field(default_factory=RolloutPolicy, description="how new releases replace old ones (see services.NAME.rollout)")
 
     @model_validator(mode="after")
@@ -204,6 +230,7 @@ class ServiceOverride(Model):
     replicas: int | None = Field(None, ge=0, le=256, description="number of instances in this environment")
     environment: Environ = Field(default_factory=dict, description="variables added to (or replacing) the service's (`secret:NAME` as for services)")
     command: tuple[str, ...] | None = Field(None, description="argv to run in this environment")
+    resources: ResourcesOverride | None = Field(None, description="limits changed in this environment, e.g. {memory: 1G}; the rest stay the service's")
 
 
 class Meltdown(Model):

@@ -19,6 +19,8 @@ from kiln.spec.models import (
     Environment,
     HealthCheck,
     Meltdown,
+    Resources,
+    ResourcesOverride,
     RolloutPolicy,
     Service,
     ServiceOverride,
@@ -27,6 +29,7 @@ from kiln.spec.models import (
     _count_or_percent,
 )
 from kiln.spec.pipeline import Check, Pipeline, Promote, Sidecar, Step
+from kiln.spec.sizes import format_size, parse_memory
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", Spec),
@@ -34,12 +37,14 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("build.base", Base),
     ("services.NAME", Service),
     ("services.NAME.healthcheck", HealthCheck),
+    ("services.NAME.resources", Resources),
     ("services.NAME.rollout", RolloutPolicy),
     ("services.NAME.rollout.steps[]", CanaryStep),
     ("services.NAME.rollout.analysis", Analysis),
     ("services.NAME.rollout.smoke[]", SmokeCheck),
     ("environments.NAME", Environment),
     ("environments.NAME.services.NAME", ServiceOverride),
+    ("environments.NAME.services.NAME.resources", ResourcesOverride),
     ("environments.NAME.agent", AgentPolicy),
     ("environments.NAME.agent.meltdown", Meltdown),
     ("pipeline", Pipeline),
@@ -62,6 +67,8 @@ def _type_name(ann: typing.Any) -> str:
     if origin is dict:
         return f"mapping of {_type_name(args[1])}"
     if typing.get_origin(ann) is typing.Annotated:
+        if any(getattr(m, "func", None) is parse_memory for m in args[1:]):
+            return "size"
         return _type_name(args[0])
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return "mapping"
@@ -83,13 +90,16 @@ def _default(field: typing.Any) -> str:
         value = [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
     if isinstance(value, bool):
         value = str(value).lower()
+    if any(getattr(m, "func", None) is parse_memory for m in field.metadata):
+        value = format_size(value)
     return f"`{value}`"
 
 
 def render() -> str:
     out = ["# kiln.yaml reference", "",
            "Generated from `src/kiln/spec/models.py` by `python -m kiln.spec.reference`; do not edit by hand.",
-           "Durations are written like `500ms`, `2s`, `1m30s` or a number of seconds.", ""]
+           "Durations are written like `500ms`, `2s`, `1m30s` or a number of seconds.",
+           "Sizes are written like `512M`, `1G`, `65536K` (powers of 1024) or a number of bytes.", ""]
     for title, model in SECTIONS:
         out += [f"## {title}", "", (model.__doc__ or "").strip(), "", "| key | type | default | meaning |",
                 "|---|---|---|---|"]
@@ -97,6 +107,8 @@ def render() -> str:
             ann: object = field.annotation
             if any(getattr(m, "func", None) is parse_duration for m in field.metadata):
                 ann = "duration"
+            elif any(getattr(m, "func", None) is parse_memory for m in field.metadata):
+                ann = "size"
             elif any(getattr(m, "func", None) is _count_or_percent for m in field.metadata):
                 ann = "count or percentage"
             out.append(f"| `{field.alias or name}` | {_type_name(ann)} | {_default(field)} | {field.description or ''} |")

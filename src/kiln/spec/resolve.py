@@ -9,7 +9,8 @@ import json
 from pydantic import BaseModel, ConfigDict
 
 from kiln.errors import UsageError
-from kiln.spec.models import HealthCheck, Spec
+from kiln.spec.models import HealthCheck, Resources, Spec
+from kiln.spec.sizes import format_size
 
 
 def url_host(bind: str) -> str:
@@ -37,6 +38,15 @@ class ServiceConfig(Resolved):
     no_new_privileges: bool
     stop_grace_period: float
     drain_timeout: float
+    # A config recorded before limits existed has none: it reads as the defaults, which are what
+    # its digest stands for (EnvConfig.digest leaves default limits out).
+    resources: Resources = Resources()
+
+    @property
+    def limits(self) -> str:
+        """The limits as `kiln status` shows them: memory 512M, cpus 1, pids 512."""
+        r = self.resources
+        return f"memory {format_size(r.memory)}, cpus {r.cpus:g}, pids {r.pids}"
 
     @property
     def relaxations(self) -> list[str]:
@@ -93,6 +103,10 @@ class EnvConfig(Resolved):
         data = self.model_dump(mode="json")
         if data["engine"] == "docker":
             del data["engine"]  # the default: digests of releases recorded before engines existed stay valid
+        default = Resources().model_dump(mode="json")
+        for svc in data["services"]:
+            if svc["resources"] == default:
+                del svc["resources"]  # likewise for releases recorded before limits existed
         return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
@@ -118,6 +132,9 @@ def resolve(spec: Spec, env: str) -> EnvConfig:
     services = []
     for name, svc in spec.services.items():
         over = overlay.services.get(name)
+        resources = svc.resources
+        if over and over.resources:
+            resources = resources.model_copy(update=over.resources.model_dump(exclude_none=True))
         hc = svc.healthcheck
         if hc is None and svc.port is not None:
             hc = HealthCheck(tcp=True)
@@ -137,6 +154,7 @@ def resolve(spec: Spec, env: str) -> EnvConfig:
                 no_new_privileges=svc.no_new_privileges,
                 stop_grace_period=svc.stop_grace_period,
                 drain_timeout=svc.drain_timeout,
+                resources=resources,
             )
         )
     return EnvConfig(app=spec.app, env=env, port=overlay.port, bind=overlay.bind, services=tuple(services),

@@ -51,6 +51,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
                     for r in ctx.ledger.rollouts.unfinished(cfg.app, cfg.env)],
         "instances": instances,
         "relaxations": {s.name: s.relaxations for s in served.services if s.relaxations},
+        "limits": {s.name: s.resources.model_dump(mode="json") for s in served.services},  # memory in bytes
         "agent": agent_state(ctx, cfg.app, cfg.env),
     }
 
