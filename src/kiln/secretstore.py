@@ -8,6 +8,7 @@ log line: pipeline logs are masked with `Masker`."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -103,17 +104,29 @@ def _refuse_loose(path: Path) -> None:
         raise SecretError(f"{path} is readable by others (mode {mode:o}).", f"Run `chmod 600 {path}`.")
 
 
+SHORT = 4  # values (and lines of values) shorter than this are masked only as whole words
+
+
 class Masker:
-    """Replaces every known secret value in a text with a mask. Pure."""
+    """Replaces every known secret value in a text with a mask. Pure.
+
+    A value of SHORT (4) characters or more is masked wherever it appears. A shorter one (1 to 3
+    characters, blanks aside) is masked only where it stands as a whole word, not touching a
+    letter, digit or '_': masking every `a` or `1` would wreck the output and, by the pattern of
+    masks, show the value anyway. Such a secret cannot really be kept out of output; make
+    secrets long. Each line of a multi-line value is masked too, since logs are stored line by
+    line. Longest first, so a value containing another is masked whole."""
 
     def __init__(self, values: Iterable[str]) -> None:
-        # Longest first, so a value containing another is masked whole; each line of a multi-line
-        # value too, since logs are stored line by line.
-        parts = {v for value in values if value for v in [value, *value.splitlines()] if len(v.strip()) >= 3}
-        self.values = sorted(parts, key=len, reverse=True)
+        parts = {v for value in values if value for v in [value, *value.splitlines()] if v.strip()}
+        self.values = sorted((v for v in parts if len(v.strip()) >= SHORT), key=len, reverse=True)
+        short = sorted((v for v in parts if len(v.strip()) < SHORT), key=len, reverse=True)
+        self.words = re.compile("|".join(rf"(?<!\w){re.escape(v)}(?!\w)" for v in short)) if short else None
 
     def __call__(self, text: str) -> str:
         for value in self.values:
             if value in text:
                 text = text.replace(value, MASK)
+        if self.words is not None:
+            text = self.words.sub(MASK, text)
         return text
