@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from kiln.errors import SecretError
+from kiln.private import write_private
 from kiln.secretref import KEY_ENV, NAME, refuse_reserved  # NAME: the names references accept
 from kiln.settings import Settings
 
@@ -40,7 +41,7 @@ class SecretStore:
             if not self.key_file.exists():
                 if not create:
                     return None
-                _write_private(self.key_file, Fernet.generate_key())
+                write_private(self.key_file, Fernet.generate_key())
             _refuse_loose(self.key_file)
             key = self.key_file.read_text().strip()
         try:
@@ -53,7 +54,7 @@ class SecretStore:
 
     def set(self, name: str, value: str) -> None:
         fernet = self._fernet(create=True)
-        _write_private(self.dir / check_name(name), fernet.encrypt(value.encode()))
+        write_private(self.dir / check_name(name), fernet.encrypt(value.encode()))
 
     def get(self, name: str) -> str | None:
         path = self.dir / check_name(name)
@@ -83,19 +84,6 @@ class SecretStore:
             return False
         path.unlink()
         return True
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` readable by its owner only, replacing it atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _refuse_loose(path: Path) -> None:
