@@ -26,14 +26,16 @@ def private_dir(path: Path) -> Path:
 
 def private_file(path: Path) -> Path:
     """Create `path` (empty) readable by its owner only (0600) if it is missing, in a private
-    directory; an existing file of ours readable by others is narrowed to 0600."""
+    directory; an existing file of ours readable by others is narrowed to 0600 (another user's
+    file, say a ledger shared through a group, is left as it is)."""
     private_dir(path.parent)
+    if path.exists():
+        info = path.stat()
+        if info.st_mode & 0o077 and info.st_uid == os.getuid():  # another user's (a shared ledger): theirs to set
+            path.chmod(0o600)
+        return path
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+    os.close(fd)
     return path
 
 

@@ -39,15 +39,15 @@ class Database:
         self.url = url
         self.shown = _shown(url)  # the URL for messages: without its password
         if url.startswith("sqlite:///"):
-            file = Path(url.removeprefix("sqlite:///"))
+            file = Path(url.removeprefix("sqlite:///").split("?", 1)[0])  # without URL query options
             folder = file.parent
             try:
                 # 0700 directory, 0600 file: SQLite gives its -wal and -shm files the file's mode.
                 if file.name and file.name != ":memory:":
                     private_file(file)
                     for extra in (file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")):
-                        if extra.exists() and extra.stat().st_mode & 0o077:
-                            extra.chmod(0o600)
+                        if extra.exists():
+                            private_file(extra)
                 else:
                     private_dir(folder)
             except OSError as exc:
