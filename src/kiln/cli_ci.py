@@ -177,6 +177,21 @@ def ci_cancel(run_id: RunArg) -> None:
     ctx.out.done(f"run {run_id} cancelled" if run.state == "cancelled" else f"run {run_id} asked to stop")
 
 
+@ci_app.command("prune")
+def ci_prune(
+    days: Annotated[int, typer.Option("--days", min=0, help="Forget finished runs and webhook deliveries older than this.")] = 30,
+    keep: Annotated[int, typer.Option("--keep", min=1, help="Keep at most this many runs (the newest).")] = 500,
+) -> None:
+    """Forget old finished runs (their steps and logs) and webhook delivery ids. Each runner also
+    does this (30 days, 500 runs) when its run ends. A ref's latest run is always kept."""
+    from kiln.ci.runner import prune
+    from kiln.ledger.ci_store import CiStore
+
+    ctx = _ctx()
+    runs, lines, deliveries = prune(ctx, CiStore(ctx.ledger), days, keep)
+    ctx.out.done(f"pruned {runs} run(s), {lines} log line(s), {deliveries} webhook delivery id(s)")
+
+
 @hook_app.command("install")
 def hook_install(
     repo: Annotated[Path, typer.Option("--repo", help="The (bare) repository pushes go to.")] = Path("."),

@@ -44,6 +44,12 @@ class Context:
     _ledger: Ledger | None = field(default=None, repr=False)
     _open: dict[str, Engine] = field(default_factory=dict, repr=False)
 
+    def secret(self, name: str) -> str | None:
+        """The value `secret:NAME` resolves to, as the engine resolves it (for masking output)."""
+        from kiln.secretref import lookup
+
+        return lookup(self.settings, name)
+
     def engine(self, name: str = DEFAULT_ENGINE) -> Engine:
         """The engine called `name`, opened once per Context."""
         if name not in self._open:

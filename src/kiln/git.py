@@ -24,6 +24,7 @@ from pathlib import Path
 
 from kiln import process
 from kiln.errors import BuildError, UsageError
+from kiln.private import private_dir
 
 TIMEOUT = 300.0  # a clone of a remote repository may take a while; nothing else should
 REF_MAX = 1024  # kiln's own bound on a ref name (git sets none)
@@ -122,7 +123,7 @@ def clone(repo: str | Path, commit: str, into: Path) -> Path:
     if not is_commit(commit):
         raise BuildError(f"refusing to check out {commit[:80]!r}: not a full commit id (40 or 64 hex digits).",
                          "Runs, previews and rebakes name a commit by its full id.")
-    into.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(into.parent)  # checkouts of runs live in KILN_HOME: owner only
     cloned = _git("clone", "--quiet", "--no-checkout", "--end-of-options", str(repo), str(into))
     if not cloned.ok:
         raise BuildError(f"cannot clone {repo}: {cloned.stderr.strip()[-300:]}",

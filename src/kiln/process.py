@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.private import private_file
+
 
 @dataclass(frozen=True)
 class Result:
@@ -53,9 +55,9 @@ def stream(argv: Sequence[str], on_line: Callable[[str], None], cwd: Path | None
 def spawn_detached(argv: Sequence[str], log_file: Path) -> int:
     """Start `argv` without waiting for it, in a session of its own (so it outlives the caller: a
     git hook, a webhook request, a terminal), with no stdin and its stdout and stderr appended to
-    `log_file` (made with its parent directory if missing). Returns its pid. A missing program
+    `log_file` (made 0600, with its parent directory 0700, if missing). Returns its pid. A missing program
     raises FileNotFoundError: unlike `run`, nothing would ever report the failure otherwise."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    private_file(log_file)  # 0600 in a 0700 directory: a run's output may say more than it should
     with open(log_file, "ab") as sink:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)

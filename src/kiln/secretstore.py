@@ -8,10 +8,12 @@ log line: pipeline logs are masked with `Masker`."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from kiln.errors import SecretError
+from kiln.private import write_private
 from kiln.secretref import KEY_ENV, NAME, refuse_reserved  # NAME: the names references accept
 from kiln.settings import Settings
 
@@ -39,7 +41,7 @@ class SecretStore:
             if not self.key_file.exists():
                 if not create:
                     return None
-                _write_private(self.key_file, Fernet.generate_key())
+                write_private(self.key_file, Fernet.generate_key())
             _refuse_loose(self.key_file)
             key = self.key_file.read_text().strip()
         try:
@@ -52,7 +54,7 @@ class SecretStore:
 
     def set(self, name: str, value: str) -> None:
         fernet = self._fernet(create=True)
-        _write_private(self.dir / check_name(name), fernet.encrypt(value.encode()))
+        write_private(self.dir / check_name(name), fernet.encrypt(value.encode()))
 
     def get(self, name: str) -> str | None:
         path = self.dir / check_name(name)
@@ -84,36 +86,35 @@ class SecretStore:
         return True
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` readable by its owner only, replacing it atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def _refuse_loose(path: Path) -> None:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise SecretError(f"{path} is readable by others (mode {mode:o}).", f"Run `chmod 600 {path}`.")
 
 
+SHORT = 4  # values (and lines of values) shorter than this are masked only as whole words
+
+
 class Masker:
-    """Replaces every known secret value in a text with a mask. Pure."""
+    """Replaces every known secret value in a text with a mask. Pure.
+
+    A value of SHORT (4) characters or more is masked wherever it appears. A shorter one (1 to 3
+    characters, blanks aside) is masked only where it stands as a whole word, not touching a
+    letter, digit or '_': masking every `a` or `1` would wreck the output and, by the pattern of
+    masks, show the value anyway. Such a secret cannot really be kept out of output; make
+    secrets long. Each line of a multi-line value is masked too, since logs are stored line by
+    line. Longest first, so a value containing another is masked whole."""
 
     def __init__(self, values: Iterable[str]) -> None:
-        # Longest first, so a value containing another is masked whole; each line of a multi-line
-        # value too, since logs are stored line by line.
-        parts = {v for value in values if value for v in [value, *value.splitlines()] if len(v.strip()) >= 3}
-        self.values = sorted(parts, key=len, reverse=True)
+        parts = {v for value in values if value for v in [value, *value.splitlines()] if v.strip()}
+        self.values = sorted((v for v in parts if len(v.strip()) >= SHORT), key=len, reverse=True)
+        short = sorted((v for v in parts if len(v.strip()) < SHORT), key=len, reverse=True)
+        self.words = re.compile("|".join(rf"(?<!\w){re.escape(v)}(?!\w)" for v in short)) if short else None
 
     def __call__(self, text: str) -> str:
         for value in self.values:
             if value in text:
                 text = text.replace(value, MASK)
+        if self.words is not None:
+            text = self.words.sub(MASK, text)
         return text

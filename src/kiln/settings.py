@@ -21,16 +21,40 @@ class Settings:
     home: Path  # KILN_HOME: ledger, router configs and sockets, scratch space
     ledger_url: str  # KILN_LEDGER_URL: sqlite (default) or postgresql+psycopg://…
     extra_labels: dict[str, str] = field(default_factory=dict)  # KILN_EXTRA_LABELS: k=v,k=v
+    ci_max_runs: int = 4  # KILN_CI_MAX_RUNS: pipeline runs running at once on this ledger; others wait queued
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         home = Path(env["KILN_HOME"]).expanduser() if env.get("KILN_HOME") else _default_home(env)
-        url = env.get("KILN_LEDGER_URL") or f"sqlite:///{home / 'ledger.db'}"
-        return cls(home=home, ledger_url=url, extra_labels=_parse_labels(env.get("KILN_EXTRA_LABELS", "")))
+        url = env.get("KILN_LEDGER_URL") or _url_from_file(env.get(URL_FILE_ENV)) or f"sqlite:///{home / 'ledger.db'}"
+        return cls(home=home, ledger_url=url, extra_labels=_parse_labels(env.get("KILN_EXTRA_LABELS", "")),
+                   ci_max_runs=_positive(env, "KILN_CI_MAX_RUNS", 4))
 
     def router_dir(self, app: str, env: str) -> Path:
         return self.home / "routers" / f"{app}-{env}"
+
+
+URL_FILE_ENV = "KILN_LEDGER_URL_FILE"  # a 0600 file holding the ledger URL (the git hook's way: no password in it)
+
+
+def _url_from_file(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise UsageError(f"{URL_FILE_ENV}: cannot read {path}: {exc.strerror}.",
+                         "It holds the ledger URL; `kiln ci hook install` writes it (mode 0600).") from None
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"{name}: {text!r} is not a positive whole number.", f"Set it to 1 or more, e.g. {name}={default}.")
+    return int(text)
 
 
 def _parse_labels(text: str) -> dict[str, str]:

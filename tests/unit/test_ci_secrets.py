@@ -63,4 +63,10 @@ def test_masking_hides_every_value_and_each_line_of_multiline_ones():
     mask = Masker(["s3cr3t", "s3cr3t-longer", "line-one\nline-two", "", "ab"])
     assert mask("token=s3cr3t-longer and s3cr3t") == f"token={MASK} and {MASK}"
     assert mask("got line-two") == f"got {MASK}"
-    assert mask("ab stays: too short to mask without hiding everything") .startswith("ab stays")
+    assert mask("ab is masked as a word, not inside about, tab, ab_c or ab9: ab.") == (
+        f"{MASK} is masked as a word, not inside about, tab, ab_c or ab9: {MASK}.")
+
+
+def test_one_and_two_character_values_are_masked_only_as_whole_words():
+    mask = Masker(["7", "x!", "q"])
+    assert mask("7\ncode 17 or 7.5 or x!y or (x!) q") == f"{MASK}\ncode 17 or {MASK}.5 or x!y or ({MASK}) {MASK}"

@@ -147,7 +147,8 @@ def kill_at(point: str):
 
 def settle_now(runtime, router, ledger) -> None:
     """What the next kiln does first: settle the rollouts a killed one left running."""
-    ctx = SimpleNamespace(engine_for=lambda cfg: runtime, ledger=ledger, out=Output(quiet=True), lost_lock=None)
+    ctx = SimpleNamespace(engine_for=lambda cfg: runtime, ledger=ledger, out=Output(quiet=True), lost_lock=None,
+                          secret=lambda name: None)
     settle(ctx, router)
 
 

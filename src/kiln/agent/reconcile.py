@@ -112,7 +112,8 @@ class Reconciler:
         # it counts as ready, so that this pass neither waits for its health nor replaces it.
         doubted: set[str] = set()
         executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=self._journal,
-                            probe=lambda svc, c: c.name in doubted or engine.probe(c, svc.healthcheck, svc.port))
+                            probe=lambda svc, c: c.name in doubted or engine.probe(c, svc.healthcheck, svc.port),
+                            secrets=ctx.secret)
         executor.watch = lambda seen: self._unchanged(executor, seen)
         executor.goal = target  # instances of an equal release (a rollback onto them) count as current
         executor.targets[release.number] = target

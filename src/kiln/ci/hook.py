@@ -9,18 +9,25 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kiln.errors import UsageError
+from kiln.private import write_private
+from kiln.settings import URL_FILE_ENV, Settings
 
 MARK = "# kiln: pipeline runs for pushed refs"
 # What the runner needs to find its state and engine, kept from the installer's environment as
-# defaults (a push over ssh does not carry the pusher's environment). Never a secret key.
-KEPT = ("KILN_HOME", "KILN_LEDGER_URL", "KILN_EXTRA_LABELS", "DOCKER_HOST")
+# defaults (a push over ssh does not carry the pusher's environment). Never a secret key, and
+# never KILN_LEDGER_URL, which may hold a password: the script names a 0600 file holding it
+# (KILN_LEDGER_URL_FILE), read when the hook runs.
+KEPT = ("KILN_HOME", "KILN_EXTRA_LABELS", "DOCKER_HOST")
+URL_FILE = "ledger-url"  # in KILN_HOME
 
 
-def script(repo: Path, spec: str, python: str, environ: Mapping[str, str]) -> str:
+def script(repo: Path, spec: str, python: str, environ: Mapping[str, str], url_file: Path | None = None) -> str:
     lines = ["#!/bin/sh", f"{MARK} (written by `kiln ci hook install`; `kiln ci hook install --force` rewrites it)"]
     for name in KEPT:
         if environ.get(name):
             lines.append(f': "${{{name}:={_sh_default(environ[name])}}}"; export {name}')
+    if url_file is not None:
+        lines.append(f': "${{{URL_FILE_ENV}:={_sh_default(str(url_file))}}}"; export {URL_FILE_ENV}')
     lines.append(f"exec {shlex.quote(python)} -m kiln ci hook receive --repo {shlex.quote(str(repo))} "
                  f"--spec {shlex.quote(spec)}")
     return "\n".join(lines) + "\n"
@@ -40,6 +47,10 @@ def install(repo: Path, spec: str, environ: Mapping[str, str], force: bool = Fal
         raise UsageError(f"{target} already exists and is not kiln's.",
                          "Pass --force to replace it, or call `kiln ci hook receive` from it yourself.")
     hooks.mkdir(parents=True, exist_ok=True)
-    target.write_text(script(repo, spec, sys.executable, environ))
+    url, url_file = environ.get("KILN_LEDGER_URL"), None
+    if url:
+        url_file = Settings.from_env(environ).home / URL_FILE
+        write_private(url_file, url.encode())
+    target.write_text(script(repo, spec, sys.executable, environ, url_file))
     target.chmod(0o755)
     return target

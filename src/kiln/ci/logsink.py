@@ -15,6 +15,15 @@ from rich.markup import escape
 from kiln.ledger.ci_store import CiStore
 from kiln.output import Output
 
+MAX_LINE = 64 * 1024  # characters of one stored log line; the rest is cut, with a marker
+
+
+def cut(line: str, limit: int = MAX_LINE) -> str:
+    """`line`, or its first `limit` characters and a marker saying how many more there were."""
+    if len(line) <= limit:
+        return line
+    return f"{line[:limit]} … [line cut: {len(line) - limit} more characters]"
+
 
 class StepLog:
     FLUSH_LINES, FLUSH_SECONDS = 50, 0.5
@@ -29,7 +38,8 @@ class StepLog:
         self.tail: list[str] = []  # the last lines, for an error message
 
     def write(self, text: str) -> None:
-        lines = [self.mask(line.rstrip("\r")) for line in text.splitlines()] or [""]
+        # masked before cut, so a secret straddling the cut is masked whole
+        lines = [cut(self.mask(line.rstrip("\r"))) for line in text.splitlines()] or [""]
         with self._lock:
             self._pending += lines
             self.tail = (self.tail + lines)[-10:]

@@ -11,6 +11,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from kiln import git, process, secretref
 from kiln.bake.baker import BakedImage, bake
@@ -20,6 +21,7 @@ from kiln.ci.steps import Cancelled, StepContext, execute
 from kiln.context import Context
 from kiln.errors import KilnError, PipelineError, UsageError
 from kiln.ledger.ci_store import CiRun, CiStore
+from kiln.ledger.db import now
 from kiln.secretstore import Masker
 from kiln.spec.loader import LoadedSpec, find_spec, load_spec
 from kiln.spec.pipeline import Pipeline
@@ -41,14 +43,18 @@ def wait_and_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
             raise PipelineError(f"there is no run {run_id}.", "`kiln ci list` shows the runs.")
         if run.state != "queued":
             return run
-        if store.claim(run_id, worker_id()):
+        if store.claim(run_id, worker_id(), ctx.settings.ci_max_runs):
             return execute_run(ctx, store, run_id)
-        for active in store.active_in_queue(run.queue):
-            if _dead(active.worker):
-                store.set_state(active.id, "failed", f"its runner ({active.worker}) is gone", only_from=("running", "waiting"))
+        active = store.active_in_queue(run.queue)
+        for other in active:
+            if _dead(other.worker):
+                store.set_state(other.id, "failed", f"its runner ({other.worker}) is gone", only_from=("running", "waiting"))
             elif not said:
-                ctx.out.step(f"run {run_id} waits for run {active.id} of {run.ref} to finish")
+                ctx.out.step(f"run {run_id} waits for run {other.id} of {run.ref} to finish")
                 said = True
+        if not active and not said:
+            ctx.out.step(f"run {run_id} waits: {ctx.settings.ci_max_runs} runs are running (KILN_CI_MAX_RUNS)")
+            said = True
         time.sleep(POLL)
 
 
@@ -86,7 +92,20 @@ def execute_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
                 store.set_step(step.id, "skipped" if step.state == "pending" else "cancelled",
                                step.detail or "not run: an earlier step did not succeed")
         store.set_state(run_id, state, reason)
+    prune(ctx, store)
     return _run_of(store, run_id)
+
+
+KEEP_DAYS, KEEP_RUNS = 30, 500  # retention of finished runs (their steps and logs) and webhook deliveries
+
+
+def prune(ctx: Context, store: CiStore, days: int = KEEP_DAYS, keep: int = KEEP_RUNS) -> tuple[int, int, int]:
+    """Forget finished runs older than `days` or beyond the newest `keep`, their logs, and
+    deliveries older than `days` (each runner does this when its run ends; `kiln ci prune` too)."""
+    runs, lines, deliveries = store.prune(now() - timedelta(days=days), keep)
+    if runs or deliveries:
+        ctx.out.step(f"pruned {runs} run(s) with {lines} log line(s) and {deliveries} webhook delivery id(s)")
+    return runs, lines, deliveries
 
 
 def _run_of(store: CiStore, run_id: int) -> CiRun:

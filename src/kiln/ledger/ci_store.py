@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -106,14 +106,24 @@ class CiStore:
                           .values(state="superseded", reason=f"superseded by run {row.id}", finished_at=now()))
         return _run(row), older
 
-    def claim(self, run_id: int, worker: str) -> bool:
-        """Start a queued run, if no other run of its queue is running or waiting."""
-        other = aliased(CiRunRow)
+    def claim(self, run_id: int, worker: str, limit: int | None = None) -> bool:
+        """Start a queued run, if no other run of its queue is running or waiting and (with a
+        `limit`) fewer than `limit` runs of any queue are running: one conditional UPDATE, so two
+        runners never both take the last slot (SQLite; on PostgreSQL the count is read committed)."""
+        other, anyone = aliased(CiRunRow), aliased(CiRunRow)
         with self.ledger.db.session() as s, s.begin():
             queue = s.scalar(select(CiRunRow.queue).where(CiRunRow.id == run_id))
             busy = exists().where(and_(other.queue == queue, other.state.in_(ACTIVE), other.id != run_id))
-            return changed(s.execute(update(CiRunRow).where(CiRunRow.id == run_id, CiRunRow.state == "queued", ~busy)
+            cond = [CiRunRow.id == run_id, CiRunRow.state == "queued", ~busy]
+            if limit is not None:
+                running = select(func.count()).select_from(anyone).where(anyone.state == "running").scalar_subquery()
+                cond.append(running < limit)
+            return changed(s.execute(update(CiRunRow).where(*cond)
                              .values(state="running", worker=worker, started_at=now()))) == 1
+
+    def running_count(self) -> int:
+        with self.ledger.db.session() as s:
+            return s.scalar(select(func.count()).select_from(CiRunRow).where(CiRunRow.state == "running")) or 0
 
     def active_in_queue(self, queue: str) -> list[CiRun]:
         with self.ledger.db.session() as s:
@@ -234,3 +244,27 @@ class CiStore:
         with self.ledger.db.session() as s, s.begin():
             s.execute(update(CiDeliveryRow).where(CiDeliveryRow.source == source, CiDeliveryRow.delivery == delivery)
                       .values(run_id=run_id))
+
+    # --- retention ------------------------------------------------------------------------
+
+    def prune(self, before: datetime, keep: int) -> tuple[int, int, int]:
+        """Delete finished runs (with their steps and logs) created before `before` or older than
+        the newest `keep` runs, and webhook deliveries received before `before`. A queue's latest
+        run is always kept, whatever its age: the replay check (`latest_run`) compares a pushed
+        commit with it. Returns (runs, log lines, deliveries) deleted."""
+        with self.ledger.db.session() as s, s.begin():
+            newest = select(CiRunRow.id).order_by(CiRunRow.id.desc()).limit(keep)
+            latest = select(func.max(CiRunRow.id)).group_by(CiRunRow.queue)
+            doomed = list(s.scalars(select(CiRunRow.id).where(
+                CiRunRow.state.not_in((*ACTIVE, "queued")),
+                CiRunRow.id.not_in(latest),
+                (CiRunRow.created_at < before) | CiRunRow.id.not_in(newest))))
+            lines = 0
+            for chunk in range(0, len(doomed), 500):
+                ids = doomed[chunk:chunk + 500]
+                lines += changed(s.execute(delete(CiLogRow).where(CiLogRow.run_id.in_(ids))))
+                s.execute(delete(CiStepRow).where(CiStepRow.run_id.in_(ids)))
+                s.execute(update(CiDeliveryRow).where(CiDeliveryRow.run_id.in_(ids)).values(run_id=None))
+                s.execute(delete(CiRunRow).where(CiRunRow.id.in_(ids)))
+            deliveries = changed(s.execute(delete(CiDeliveryRow).where(CiDeliveryRow.received_at < before)))
+        return len(doomed), lines, deliveries

@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError, SQ
 from sqlalchemy.orm import Session
 
 from kiln.errors import LedgerError
+from kiln.private import private_dir, private_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision (a unit test checks it against migrations/versions). Knowing it
@@ -38,9 +39,17 @@ class Database:
         self.url = url
         self.shown = _shown(url)  # the URL for messages: without its password
         if url.startswith("sqlite:///"):
-            folder = Path(url.removeprefix("sqlite:///")).parent
+            file = Path(url.removeprefix("sqlite:///").split("?", 1)[0])  # without URL query options
+            folder = file.parent
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                # 0700 directory, 0600 file: SQLite gives its -wal and -shm files the file's mode.
+                if file.name and file.name != ":memory:":
+                    private_file(file)
+                    for extra in (file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")):
+                        if extra.exists():
+                            private_file(extra)
+                else:
+                    private_dir(folder)
             except OSError as exc:
                 raise LedgerError(f"cannot open the ledger at {self.shown}: cannot create {folder}: {exc.strerror}.",
                                   REACH_HINT) from None

@@ -127,7 +127,7 @@ class Driver:
         took = time.monotonic() - start
         if code != 0:
             what = f"did not finish within {timeout:g}s" if code is None else f"exited with code {code}"
-            tail = "\n".join(output.splitlines()[-10:])
+            tail = self.ex.mask("\n".join(output.splitlines()[-10:]))
             raise RolloutError(f"the {phase} hook `{' '.join(argv)}` {what}." + (f" Its last output:\n{tail}" if tail else ""))
         return f"exit 0 after {took:.1f}s"
 
@@ -149,7 +149,7 @@ class Driver:
             for where, get in targets:
                 problem = _smoke_problem(check, get)
                 if problem:
-                    raise RolloutError(f"smoke check GET {check.path} on {where} failed: {problem}.")
+                    raise RolloutError(f"smoke check GET {check.path} on {where} failed: {self.ex.mask(problem)}.")
                 self.out.step(f"smoke check GET {check.path} on {where} passed")
         return f"{len(checks)} check(s) passed on {len(targets)} target(s)"
 

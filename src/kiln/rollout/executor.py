@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kiln import faults
-from kiln.errors import LockLost, RolloutError, UsageError
+from kiln.errors import KilnError, LockLost, RolloutError, UsageError
 from kiln.ledger import kinds
 from kiln.ledger.releases import Release
 from kiln.ledger.store import Ledger
@@ -34,6 +34,8 @@ from kiln.rollout.plan import (
 )
 from kiln.router.base import Traffic
 from kiln.router.config import CONNECT_TIMEOUT
+from kiln.secretref import reference
+from kiln.secretstore import Masker
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
 
@@ -76,8 +78,10 @@ class Executor:
     def __init__(self, runtime: Engine, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
                  probe: Callable[[ServiceConfig, ContainerFacts], bool] | None = None,
                  lost_lock: threading.Event | None = None, journal: Journal | None = None,
-                 watch: Callable[[list[Instance]], None] | None = None) -> None:
+                 watch: Callable[[list[Instance]], None] | None = None,
+                 secrets: Callable[[str], str | None] | None = None) -> None:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
+        self.secrets = secrets  # secret name -> value, to mask instance output kept in reasons
         self.probe = probe or (lambda svc, c: runtime.probe(c, svc.healthcheck, svc.port))
         self.rollout_id = rollout_id
         self.journal: Journal = journal or (lambda *entry: ledger.rollouts.record_step(rollout_id, *entry))
@@ -285,8 +289,26 @@ class Executor:
             time.sleep(0.05)
 
     def _log_hint(self, name: str) -> str:
-        logs = self.runtime.logs(name, tail=5)
+        logs = self.mask(self.runtime.logs(name, tail=5))
         return f" Its last output:\n{logs}" if logs else ""
+
+    def mask(self, text: str) -> str:
+        """`text` (an instance's or a hook's output, about to become part of a rollout's reason,
+        an event, a step's detail or a message) with the value of every `secret:NAME` reference of
+        the releases in play masked (secretstore.Masker)."""
+        if not text or self.secrets is None:
+            return text
+        cfgs = [t.cfg for t in self.targets.values()] + [self.router.cfg]
+        names = {n for cfg in cfgs for svc in cfg.services for v in svc.environment.values() if (n := reference(v))}
+        values = []
+        for name in sorted(names):
+            try:
+                value = self.secrets(name)
+            except KilnError:  # reserved or undecryptable: no container was given it
+                continue
+            if value:
+                values.append(value)
+        return Masker(values)(text) if values else text
 
 
 def _describe(svc: ServiceConfig) -> str:

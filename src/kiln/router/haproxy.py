@@ -17,6 +17,7 @@ from kiln import faults
 from kiln.bake.base import ensure_base
 from kiln.errors import PortInUse, RouterError
 from kiln.output import Output
+from kiln.private import private_dir
 from kiln.probe import http_get
 from kiln.providers.base import (
     ROUTER,
@@ -113,7 +114,8 @@ class HaproxyRouter:
         publish = self._publish()
         for _, port in publish.values():
             _check_port_free(self.cfg.bind, port)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir.parent)  # KILN_HOME and routers/ owner only; the mounted directory as before
+        self.dir.mkdir(exist_ok=True)
         (self.dir / "haproxy.cfg").write_text(text)
         self.runtime.start(ContainerSpec(
             name=self.name,

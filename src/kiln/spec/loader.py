@@ -19,9 +19,10 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.composer import Composer
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+from ruamel.yaml.reader import ReaderError
 
 from kiln.errors import SpecError, SpecIssue
 from kiln.spec.checks import spec_problems
@@ -139,6 +140,12 @@ def parse_spec(text: str, filename: str = SPEC_FILE) -> Spec:
         line = mark.line + 1 if mark else None
         problem = (exc.problem or exc.context or "not valid YAML").strip()
         raise SpecError([SpecIssue(filename, line, "", f"YAML syntax: {problem}")]) from None
+    except ReaderError as exc:  # a control character YAML does not allow (NUL, ESC, ...)
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else 1
+        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise SpecError([SpecIssue(filename, line, "", f"YAML syntax: the character {what} is not allowed in YAML")]) from None
+    except YAMLError as exc:  # any other problem ruamel finds without a position
+        raise SpecError([SpecIssue(filename, 1, "", f"YAML: {str(exc).splitlines()[0] if str(exc) else 'not valid YAML'}")]) from None
     if not isinstance(tree, CommentedMap):
         raise SpecError([SpecIssue(filename, 1, "", "the spec must be a mapping with keys app, build, services, environments")])
     try:

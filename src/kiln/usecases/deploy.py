@@ -234,7 +234,7 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
 def roll_out(ctx: Context, router: Router, release: Release, previous: Release | None, policy: Policy) -> Outcome:
     cfg = release.env_config()
     if previous and previous.number == release.number:
-        probe_only = Executor(ctx.engine_for(cfg), router, ctx.ledger, ctx.out, rollout_id=0)
+        probe_only = Executor(ctx.engine_for(cfg), router, ctx.ledger, ctx.out, rollout_id=0, secrets=ctx.secret)
         if probe_only.converged(Target.of(release), kept(ctx, cfg.app, cfg.env)):
             ctx.out.done(f"Nothing to do: v{release.number} is serving as desired")
             return Outcome(release, changed=False)
@@ -291,7 +291,8 @@ def kept(ctx: Context, app: str, env: str) -> frozenset[str]:
 
 
 def _executor(ctx: Context, router: Router, rollout_id: int, rollout: Rollout) -> Executor:
-    executor = Executor(ctx.engine_for(router.cfg), router, ctx.ledger, ctx.out, rollout_id, lost_lock=ctx.lost_lock)
+    executor = Executor(ctx.engine_for(router.cfg), router, ctx.ledger, ctx.out, rollout_id, lost_lock=ctx.lost_lock,
+                        secrets=ctx.secret)
     for number in (rollout.from_release, rollout.to_release):
         release = _release(ctx, number, router.cfg.app, router.cfg.env)
         if release:
