@@ -32,6 +32,7 @@ from kiln.secretref import Lookup, resolve
 from kiln.spec.models import HealthCheck
 
 _NS = 1_000_000_000
+MAX_LINE = 64 * 1024  # the longest piece of output run_streamed holds before handing it on
 
 
 @contextlib.contextmanager
@@ -278,6 +279,9 @@ class DockerProvider:
                     *lines, partial = partial.split("\n")
                     for line in lines:
                         on_line(line)
+                    while len(partial) > MAX_LINE:  # output that never ends its line: handed on in pieces
+                        on_line(partial[:MAX_LINE])
+                        partial = partial[MAX_LINE:]
                 if partial:
                     on_line(partial)
                 code = self.api.wait(spec.name, timeout=60)["StatusCode"]
