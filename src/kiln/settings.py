@@ -31,9 +31,6 @@ class Settings:
         return cls(home=home, ledger_url=url, extra_labels=_parse_labels(env.get("KILN_EXTRA_LABELS", "")),
                    ci_max_runs=_positive(env, "KILN_CI_MAX_RUNS", 4))
 
-    def router_dir(self, app: str, env: str) -> Path:
-        return self.home / "routers" / f"{app}-{env}"
-
 
 URL_FILE_ENV = "KILN_LEDGER_URL_FILE"  # a 0600 file holding the ledger URL (the git hook's way: no password in it)
 

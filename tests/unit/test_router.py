@@ -287,3 +287,17 @@ def test_set_weights_raises_before_it_lowers():
         "set server svc-web/c-new weight 100",
         "set server svc-web/a-old weight 0",
     ]
+
+
+def test_the_default_router_factory_keeps_each_environments_state_under_kiln_home(tmp_path):
+    from kiln.output import Output
+    from kiln.providers.fake import FakeEngine
+    from kiln.router.haproxy import haproxy_routers
+    from kiln.spec.loader import parse_spec
+    from kiln.spec.resolve import resolve
+
+    cfg = resolve(parse_spec("app: shop\nbuild: {steps: ['COPY . /app']}\nservices: {web: {port: 8000}}\n"
+                             "environments: {production: {port: 8080}}\n"), "production")
+    router = haproxy_routers(tmp_path, Output(quiet=True))(FakeEngine(), cfg)
+    assert router.dir == tmp_path / "routers" / "shop-production"
+    assert router.name == "kiln-shop-production-router"

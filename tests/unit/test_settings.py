@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from kiln.errors import UsageError
@@ -71,8 +69,3 @@ def test_bad_extra_labels(text):
     assert info.value.exit_code == 2
     assert "KILN_EXTRA_LABELS" in info.value.message
     assert info.value.hint
-
-
-def test_router_dir():
-    s = Settings.from_env({"KILN_HOME": "/x"})
-    assert s.router_dir("shop", "production") == Path("/x/routers/shop-production")
