@@ -78,15 +78,20 @@ def build_root(spec_dir: Path, context: str) -> Path:
     """build.context resolved (symlinks followed), required to be a directory inside the spec's
     directory: a pushed kiln.yaml cannot bake the host's files. (Absolute paths and '..' are
     already spec errors; this also catches a symlinked directory pointing out.)"""
-    top = spec_dir.resolve()
-    root = (top / context).resolve()
-    if not root.is_relative_to(top):
-        raise BuildError(f"build.context {context!r} resolves to {root}, outside kiln.yaml's directory {top} "
-                         "(through a symlink); refusing to bake files from there.",
-                         "Point build.context at a real directory inside the repository.")
+    root = _confined(spec_dir.resolve(), context, "build.context", "kiln.yaml's directory",
+                     "refusing to bake files from there", "a real directory inside the repository")
     if not root.is_dir():
         raise BuildError(f"build.context {context!r}: {root} does not exist.", "Fix build.context in kiln.yaml.")
     return root
+
+
+def _confined(top: Path, rel: str, key: str, where: str, refusal: str, instead: str) -> Path:
+    """`rel` under `top`, symlinks followed; a BuildError naming `key` when it resolves outside."""
+    path = (top / rel).resolve()
+    if not path.is_relative_to(top):
+        raise BuildError(f"{key} {rel!r} resolves to {path}, outside {where} {top} (through a symlink); {refusal}.",
+                         f"Point {key} at {instead}.")
+    return path
 
 
 def _refuse_secrets(root: Path, paths: list[str], allow: tuple[str, ...]) -> None:
@@ -109,11 +114,8 @@ def _refuse_secrets(root: Path, paths: list[str], allow: tuple[str, ...]) -> Non
 def _dockerfile_text(root: Path, dockerfile: str | None, steps: tuple[str, ...]) -> str:
     if not dockerfile:
         return render_dockerfile(steps)
-    path = (root / dockerfile).resolve()
-    if not path.is_relative_to(root):
-        raise BuildError(f"build.dockerfile {dockerfile!r} resolves to {path}, outside the build context {root} "
-                         "(through a symlink); refusing to read it.",
-                         "Point build.dockerfile at a real file inside build.context.")
+    path = _confined(root, dockerfile, "build.dockerfile", "the build context", "refusing to read it",
+                     "a real file inside build.context")
     if not path.is_file():
         raise BuildError(f"build.dockerfile: {path} does not exist.", "Fix the path (it is relative to build.context).")
     return path.read_text()

@@ -137,10 +137,7 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
                                          "skipped" if p.skip else "pending", p.skip or "")
                                         for stage in stages for p in stage])
         ids = {row.position: row.id for row in rows}
-        def find(name: str) -> str | None:  # the encrypted store, then KILN_SECRET_<NAME>
-            return secretref.lookup(ctx.settings, name)
-
-        masker = Masker(v for name in _secret_names(pipeline) if (v := find(name)) is not None)
+        masker = Masker(v for name in _secret_names(pipeline) if (v := ctx.secret(name)) is not None)
         log.mask = masker
         image = bake(ctx.engine(), loaded, StepOutput(log), ctx.settings.home / "tmp")
         store.update_run(run.id, image=image.id)
@@ -158,7 +155,7 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
             continue
         if cancelled.is_set():
             return "cancelled", "cancelled by `kiln ci cancel`"
-        results = _run_stage(ctx, store, run, todo, ids, loaded, image, masker, find, cancelled)
+        results = _run_stage(ctx, store, run, todo, ids, loaded, image, masker, cancelled)
         failed = [(p, r) for p, r in results if r is not None]
         if failed:
             p, why = failed[0]
@@ -170,13 +167,13 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
 
 
 def _run_stage(ctx: Context, store: CiStore, run: CiRun, stage: list[Planned], ids: dict[int, int],
-               loaded: LoadedSpec, image: BakedImage, masker: Masker, find, cancelled: threading.Event
+               loaded: LoadedSpec, image: BakedImage, masker: Masker, cancelled: threading.Event
                ) -> list[tuple[Planned, str | None]]:
     def one(p: Planned) -> tuple[Planned, str | None]:
         # Each thread gets its own engine client; the ledger's engine is shared (thread-safe).
         log = StepLog(store, run.id, ids[p.position], masker, ctx.out, p.name)
         sc = StepContext(ctx.derive(StepOutput(log), own_engines=len(stage) > 1),
-                         store, run, ids[p.position], p.position, loaded, image, log, find, cancelled)
+                         store, run, ids[p.position], p.position, loaded, image, log, ctx.secret, cancelled)
         store.set_step(sc.step_id, "running")
         ctx.out.step(f"step {p.position}: {p.name}")
         started = time.monotonic()

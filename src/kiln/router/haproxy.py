@@ -79,13 +79,8 @@ class HaproxyRouter:
     def facts(self) -> ContainerFacts | None:
         return self.runtime.container(self.name)
 
-    def _digest(self) -> str:
-        text = self._config_text()
+    def _digest(self, text: str) -> str:
         return hashlib.sha256(f"{text}{self.cfg.bind}:{self.cfg.port}:{self.cfg.preview_port}".encode()).hexdigest()[:16]
-
-    def _current(self) -> bool:
-        current = self.facts()
-        return bool(current and current.running and current.labels.get("kiln.router.config") == self._digest())
 
     def _publish(self) -> dict[int, tuple[str, int]]:
         publish = {ROUTER_PORT: (self.cfg.bind, self.cfg.port)}
@@ -105,10 +100,11 @@ class HaproxyRouter:
         """Start the router unless one with the same config is running. True if it was started."""
         image = ensure_base(self.runtime, ROUTER_BASE, self.out, self.scratch).id
         text = self._config_text()
-        digest = self._digest()
-        if self._current():
+        digest = self._digest(text)
+        current = self.facts()
+        if current and current.running and current.labels.get("kiln.router.config") == digest:
             return False
-        if self.facts():
+        if current:
             # A changed port or config needs a new router; this briefly interrupts the environment.
             self.runtime.remove(self.name)
         publish = self._publish()

@@ -324,7 +324,7 @@ def _abort(ctx: Context, executor: Executor, previous: Release | None, failed: R
 
 def check_secrets(ctx: Context, cfg: EnvConfig) -> None:
     """Every `secret:NAME` the release refers to can be looked up, before anything changes."""
-    secretref.check({s.name: s.environment for s in cfg.services}, lambda name: secretref.lookup(ctx.settings, name))
+    secretref.check({s.name: s.environment for s in cfg.services}, ctx.secret)
 
 
 def _check_policy(policy: Policy, cfg: EnvConfig) -> None:

@@ -77,7 +77,7 @@ def _with_secrets(ctx: Context, environment: dict[str, str], actual: dict[str, s
     out = {}
     for key, value in environment.items():
         name = secretref.reference(value)
-        found = secretref.lookup(ctx.settings, name) if name else value
+        found = ctx.secret(name) if name else value
         out[key] = found if found is not None else actual.get(key, value)
     return out
 
