@@ -225,6 +225,7 @@ def rollback(
 @app.command()
 def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
     """Show the release in service, the router and every instance with its health."""
+    from kiln.providers.base import short_image
     from kiln.spec.sizes import format_size
     from kiln.usecases.observe import status as do_status
 
@@ -236,12 +237,14 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
         return
     rel = st["release"]
     ctx.out.print(f"[bold]{st['app']}/{st['env']}[/]  {st['url']}  router: {st['router']['state']}")
-    ctx.out.print(f"release: v{rel['number']}  image {rel['image'][:19]}  commit {(rel['commit'] or '-')[:12]}"
+    ctx.out.print(f"release: v{rel['number']}  image {short_image(rel['image'])}  commit {(rel['commit'] or '-')[:12]}"
                   if rel else "release: none yet (run `kiln deploy`)")
-    table = Table("instance", "service", "release", "health")
+    on_nodes = any(i["node"] for i in st["instances"])
+    table = Table("instance", "service", "release", "health", *(("node",) if on_nodes else ()))
     for i in st["instances"]:
         colour = "green" if i["health"] == "healthy" else "yellow"
-        table.add_row(i["id"], i["service"], f"v{i['release']}", f"[{colour}]{i['health']}[/]")
+        table.add_row(i["id"], i["service"], f"v{i['release']}", f"[{colour}]{i['health']}[/]",
+                      *((i["node"] or "-",) if on_nodes else ()))
     ctx.out.print(table)
     for w in st["waiting"]:
         hint = "`kiln promote` switches to it" if w["state"] == "paused" else "`kiln rollout resume` settles it"

@@ -57,6 +57,7 @@ def env_list(file: SpecFile = DEFAULT_SPEC, json: JsonOpt = False) -> None:
 def env_show(env: Annotated[str, typer.Argument(help="Environment name.")], file: SpecFile = DEFAULT_SPEC,
              json: JsonOpt = False) -> None:
     """The environment's fully resolved config (what a release of it records) and its release."""
+    from kiln.providers.base import short_image
     from kiln.usecases.environments import show
 
     loaded = load(file)
@@ -67,7 +68,7 @@ def env_show(env: Annotated[str, typer.Argument(help="Environment name.")], file
         return
     rel = doc["release"]
     ctx.out.print(f"[bold]{loaded.spec.app}/{env}[/]  config {doc['config_digest'][:16]}  "
-                  + (f"release v{rel['number']} image {rel['image'][:19]}" if rel else "no release yet"))
+                  + (f"release v{rel['number']} image {short_image(rel['image'])}" if rel else "no release yet"))
     ctx.out.print(escape(jsonlib.dumps(doc["config"], indent=2)))
 
 
@@ -84,6 +85,7 @@ def env_diff(
     value, running instances and hardening relaxations. Keys an environment overlay declares
     (port, replicas, env values…) are shown but allowed; the environments match when the image is
     the same and nothing else differs."""
+    from kiln.providers.base import short_image
     from kiln.usecases.environments import compare
 
     loaded = load(file)
@@ -93,7 +95,7 @@ def env_diff(
         ctx.out.json(d.summary())
     else:
         same = d.image_a == d.image_b
-        ctx.out.print(f"image      {(d.image_a or 'none')[:19]}  {'=' if same else '≠'}  {(d.image_b or 'none')[:19]}")
+        ctx.out.print(f"image      {short_image(d.image_a or 'none')}  {'=' if same else '≠'}  {short_image(d.image_b or 'none')}")
         for k in d.keys:
             mark = "[dim]declared[/]" if k.declared else "[bold red]differs[/]"
             ctx.out.print(f"{escape(k.key):<48} {escape(str(k.a)):<24} {escape(str(k.b)):<24} {mark}")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # imported on first use: SQLAlchemy and the Docker SDK cost ~
     from kiln.spec.resolve import EnvConfig
 
 DEFAULT_ENGINE = "docker"
-ENGINES = ("docker",)  # what environments.NAME.engine may name
+ENGINES = ("docker", "swarm")  # what environments.NAME.engine may name
 
 
 def open_engine(settings: Settings, name: str) -> Engine:
@@ -31,6 +31,11 @@ def open_engine(settings: Settings, name: str) -> Engine:
         from kiln.secretref import lookup
 
         return DockerProvider(settings.extra_labels, secrets=lambda secret: lookup(settings, secret))
+    if name == "swarm":
+        from kiln.providers.swarm import SwarmProvider
+        from kiln.secretref import lookup
+
+        return SwarmProvider(settings.extra_labels, secrets=lambda secret: lookup(settings, secret))
     raise UsageError(f"unknown engine {name!r}.", f"Engines kiln knows: {', '.join(ENGINES)}.")
 
 

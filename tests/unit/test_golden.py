@@ -140,11 +140,12 @@ DEFAULT_RESOURCES = '"resources":{"cpus":1.0,"memory":536870912,"pids":512},'
 
 def test_resolved_config_canonical_form_and_digest():
     cfg = resolve(parse_spec(SPEC), "production")
-    # What a release records: the digested form plus the engine and each service's resources,
-    # which the digest leaves out while they are the defaults (so releases recorded before
-    # engines and limits existed keep their digest).
+    # What a release records: the digested form plus the engine, the cluster's registry and
+    # placement, and each service's resources, which the digest leaves out while they are the
+    # defaults (so releases recorded before engines, clusters and limits existed keep their digest).
     assert canonical_json(cfg.model_dump(mode="json")) == PRODUCTION_JSON.replace(
-        '"bind":"127.0.0.1",', '"bind":"127.0.0.1","engine":"docker",').replace(
+        '"preview_port":null,', '"preview_port":null,"registry":null,').replace(
+        '"bind":"127.0.0.1",', '"bind":"127.0.0.1","constraints":[],"engine":"docker",').replace(
         '"replicas":3,', '"replicas":3,' + DEFAULT_RESOURCES).replace(
         '"replicas":1,', '"replicas":1,' + DEFAULT_RESOURCES)
     assert cfg.digest() == PRODUCTION_DIGEST
@@ -157,6 +158,7 @@ def test_a_recorded_config_keeps_its_digest():
     old = json.loads(PRODUCTION_JSON)
     assert EnvConfig.model_validate(old).digest() == PRODUCTION_DIGEST
     assert EnvConfig.model_validate({**old, "engine": "docker"}).digest() == PRODUCTION_DIGEST
+    assert EnvConfig.model_validate({**old, "registry": None, "constraints": []}).digest() == PRODUCTION_DIGEST
     # recorded before limits existed: read as the defaults, which its digest stands for
     read = EnvConfig.model_validate(old)
     assert [s.limits for s in read.services] == ["memory 512M, cpus 1, pids 512"] * 2

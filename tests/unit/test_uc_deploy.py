@@ -237,7 +237,7 @@ def test_rollback_refuses_a_release_whose_image_is_gone(w):
     w.engine.remove_image(first.image)
     with pytest.raises(KilnError) as err:
         rollback(w.ctx, w.load().spec, "production", None)
-    assert err.value.message == f"the image of v1 ({first.image[:19]}) is no longer on this engine."
+    assert err.value.message == f"the image of v1 ({first.image[:19]}) is no longer on this engine or in its registry."
     assert len(w.ctx.ledger.releases.of("shop", "production")) == 2
 
 

@@ -8,7 +8,7 @@ their values, because values may be secrets."""
 
 from __future__ import annotations
 
-from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec
+from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec, short_image
 from kiln.spec.sizes import format_size
 
 SHOWN = 5  # changed paths quoted in a reason; the rest are counted
@@ -20,7 +20,7 @@ def taints(expected: ContainerSpec, image_env: dict[str, str], facts: ContainerF
     """Why the instance differs from `expected` (its release's container spec); [] when it does not."""
     reasons: list[str] = []
     if facts.image != expected.image:
-        reasons.append(f"runs image {facts.image[:19]}, its release has {expected.image[:19]}")
+        reasons.append(f"runs image {short_image(facts.image)}, its release has {short_image(expected.image)}")
     for key, value in sorted(expected.labels.items()):
         if facts.labels.get(key) != value:
             reasons.append(f"label {key} is {facts.labels.get(key)!r}, its release sets {value!r}")

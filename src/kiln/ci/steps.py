@@ -19,7 +19,15 @@ from kiln.ci.plan import check_problem, command_argv
 from kiln.context import Context
 from kiln.errors import PipelineError
 from kiln.ledger.ci_store import CiRun, CiStore
-from kiln.providers.base import CI, SIDECAR_LIMITS, STEP_LIMITS, ContainerSpec, Engine, selector
+from kiln.providers.base import (
+    CI,
+    SIDECAR_LIMITS,
+    STEP_LIMITS,
+    ContainerSpec,
+    Engine,
+    selector,
+    short_image,
+)
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Base
 from kiln.spec.pipeline import Check, Sidecar, Step
@@ -130,8 +138,10 @@ def deploy(sc: StepContext, env: str) -> str:
     from kiln.usecases.deploy import deploy as do_deploy
 
     outcome = do_deploy(sc.ctx, sc.loaded, env)
-    if outcome.release.image != sc.image.id:  # the same inputs must give the image that was tested
-        raise PipelineError(f"{env} got image {outcome.release.image[:19]}, not the tested {sc.image.id[:19]}.")
+    got = outcome.release.image  # on a cluster engine, the tested image as pushed: repository@sha256:…
+    engine = sc.ctx.engine_for(outcome.release.env_config())
+    if got != sc.image.id and engine.image_id(got) != sc.image.id:  # the same inputs must give the tested image
+        raise PipelineError(f"{env} got image {short_image(got)}, not the tested {sc.image.id[:19]}.")
     what = "already serving" if not outcome.changed else "waits for `kiln promote`" if outcome.state == "paused" \
         else "serving"
     return f"{env} v{outcome.release.number} {what} ({sc.image.id[:19]})"
@@ -146,7 +156,7 @@ def promote(sc: StepContext, step: Step) -> str:
     from kiln.usecases.environments import promote_artifact
 
     outcome = promote_artifact(sc.ctx, sc.loaded, target.source, target.to)
-    return f"{target.to} v{outcome.release.number} serving {outcome.release.image[:19]} (from {target.source})"
+    return f"{target.to} v{outcome.release.number} serving {short_image(outcome.release.image)} (from {target.source})"
 
 
 def wait_for_approval(sc: StepContext, what: str) -> None:

@@ -26,6 +26,17 @@ def network_name(app: str, env: str) -> str:
     return f"kiln-{app}-{env}"
 
 
+def short_image(ref: str) -> str:
+    """An image as people read it: `sha256:` and 12 digits, or `repository@sha256:` and 12."""
+    repo, at, digest = ref.rpartition("@")
+    return f"{repo}{at}{digest[:19]}" if at else ref[:19]
+
+
+def router_name(app: str, env: str) -> str:
+    """The container of an environment's router."""
+    return f"kiln-{app}-{env}-router"
+
+
 def selector(app: str, env: str | None = None, role: str | None = None) -> dict[str, str]:
     """The labels that select an app's containers (of one environment, of one role)."""
     labels = {"kiln.app": app}
@@ -78,6 +89,7 @@ class ContainerSpec:
     restart: bool = False  # restart with the engine (the router); instances are replaced instead
     aliases: tuple[str, ...] = ()  # other names the container answers to on its network (CI sidecars)
     limits: Limits = Limits()  # every container kiln starts has them
+    constraints: tuple[str, ...] = ()  # placement on a cluster engine ("node.labels.pool == web")
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class ContainerFacts:
     health: str | None  # engine health status, when the container has a healthcheck
     ip: str | None  # address on the container's kiln network
     exit_code: int | None
+    node: str | None = None  # the host it runs on, on an engine of several (Swarm)
 
     @property
     def running(self) -> bool:
@@ -150,6 +163,7 @@ class Images(Protocol):
               labels: dict[str, str], on_line: Callable[[str], None]) -> str: ...
     def push(self, image: str, repository: str) -> str: ...
     def pull(self, ref: str) -> str: ...
+    def publish(self, image: str, repository: str | None) -> str: ...
 
 
 class Networks(Protocol):
@@ -177,10 +191,32 @@ class Prober(Protocol):
 
 
 class Observer(Protocol):
+    def enforceable(self, spec: ContainerSpec) -> ContainerSpec: ...
     def details(self, name: str) -> ContainerDetails | None: ...
     def changes(self, name: str) -> list[str]: ...
     def events(self, labels: dict[str, str], since: float | None = None,
                until: float | None = None) -> Iterator[EngineEvent]: ...
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """One host of a cluster engine."""
+
+    id: str
+    hostname: str
+    role: str  # manager or worker
+    availability: str  # active, pause (no new instances) or drain (none at all)
+    state: str  # ready, down, unknown…
+    address: str
+    labels: dict[str, str] = field(default_factory=dict)
+    leader: bool = False
+
+
+class Nodes(Protocol):
+    """The hosts of a cluster engine (Swarm), and whether new instances may land on each."""
+
+    def nodes(self) -> list[NodeFacts]: ...
+    def set_availability(self, node: str, availability: str) -> None: ...
 
 
 class Engine(Images, Networks, Runtime, Prober, Observer, Protocol):

@@ -36,7 +36,7 @@ MAX_LINE = 64 * 1024  # the longest piece of output run_streamed holds before ha
 
 
 @contextlib.contextmanager
-def _engine(action: str) -> Iterator[None]:
+def engine_call(action: str) -> Iterator[None]:
     try:
         yield
     except NotFound:
@@ -80,14 +80,14 @@ class DockerProvider:
 
     def image_id(self, ref: str) -> str | None:
         try:
-            with _engine(f"looking up image {ref}"):
+            with engine_call(f"looking up image {ref}"):
                 return self.client.images.get(ref).id
         except ImageNotFound:
             return None
 
     def image_env(self, image: str) -> dict[str, str]:
         """The environment an image gives every container (the engine merges it into theirs)."""
-        with _engine(f"inspecting image {image[:19]}"):
+        with engine_call(f"inspecting image {image[:19]}"):
             config = self.api.inspect_image(image).get("Config") or {}
         return _env(config.get("Env"))
 
@@ -95,7 +95,7 @@ class DockerProvider:
         """The image tagged `tag`, if it carries `labels` (children inherit labels, tags not).
         One inspect of the tag: listing with filters costs ~0.1 s on an engine with many images."""
         try:
-            with _engine(f"looking up image {tag}"):
+            with engine_call(f"looking up image {tag}"):
                 attrs = self.api.inspect_image(tag)
         except NotFound:
             return None
@@ -104,18 +104,18 @@ class DockerProvider:
 
     def images(self, labels: dict[str, str]) -> list[tuple[str, tuple[str, ...]]]:
         """(image id, tags) of every image carrying `labels`."""
-        with _engine("listing images"):
+        with engine_call("listing images"):
             found = self.client.images.list(filters={"label": [f"{k}={v}" for k, v in labels.items()]})
         return [(i.id, tuple(i.tags)) for i in found]
 
     def remove_image(self, image: str) -> None:
-        with contextlib.suppress(NotFound), _engine(f"removing image {image[:19]}"):
+        with contextlib.suppress(NotFound), engine_call(f"removing image {image[:19]}"):
             self.client.images.remove(image, force=True)
 
     def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str:
         repo, _, version = tag.partition(":")
         label_changes = [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()]
-        with _engine(f"importing {tag}"):
+        with engine_call(f"importing {tag}"):
             self.api.import_image_from_file(str(tarball), repository=repo, tag=version,
                                             changes=changes + label_changes)
         image = self.image_id(tag)
@@ -126,7 +126,7 @@ class DockerProvider:
     def build(self, context: BinaryIO, dockerfile: str, tag: str, args: dict[str, str],
               labels: dict[str, str], on_line: Callable[[str], None]) -> str:
         tail: list[str] = []
-        with _engine(f"building {tag}"):
+        with engine_call(f"building {tag}"):
             for chunk in self.api.build(fileobj=context, custom_context=True, encoding="identity",
                                         dockerfile=dockerfile, tag=tag, buildargs=args, labels=labels,
                                         rm=True, forcerm=True, decode=True):
@@ -148,7 +148,7 @@ class DockerProvider:
         the reference every node pulls the very same bytes by."""
         tag = image.removeprefix("sha256:")[:16]
         digest = None
-        with _engine(f"pushing {repository}:{tag}"):
+        with engine_call(f"pushing {repository}:{tag}"):
             self.api.tag(image, repository, tag)
             for chunk in self.api.push(repository, tag=tag, stream=True, decode=True):
                 if "error" in chunk:
@@ -167,22 +167,26 @@ class DockerProvider:
         repo, sep, rest = ref.partition("@")
         if not sep:
             repo, _, rest = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
-        with _engine(f"pulling {ref}"):
+        with engine_call(f"pulling {ref}"):
             self.api.pull(repo, tag=rest, stream=False)
         found = self.image_id(ref)
         if found is None:
             raise EngineError(f"pulling {ref}: the engine has no such image afterwards")
         return found
 
+    def publish(self, image: str, repository: str | None) -> str:
+        """The reference instances start from: on one engine, the image id it already has."""
+        return image
+
     # --- networks -------------------------------------------------------------------------
 
     def ensure_network(self, name: str, labels: dict[str, str]) -> None:
-        with _engine(f"creating network {name}"):
+        with engine_call(f"creating network {name}"):
             if not self.client.networks.list(names=[name]):
                 self.client.networks.create(name, driver="bridge", labels={**labels, **self.extra_labels})
 
     def remove_network(self, name: str) -> None:
-        with _engine(f"removing network {name}"):
+        with engine_call(f"removing network {name}"):
             for net in self.client.networks.list(names=[name]):
                 with contextlib.suppress(NotFound):
                     net.remove()
@@ -193,12 +197,12 @@ class DockerProvider:
         # The only place a secret's value is used: handed to the engine as the container starts.
         kwargs = create_args(spec, self.extra_labels, resolve(spec.environment, self.secrets))
         try:
-            with _engine(f"creating container {spec.name}"):
+            with engine_call(f"creating container {spec.name}"):
                 container = self.client.containers.create(spec.image, **kwargs)
         except NotFound as exc:  # its image or network
             raise EngineError(f"creating container {spec.name}: {exc.explanation or exc}") from None
         try:
-            with _engine(f"starting container {spec.name}"):
+            with engine_call(f"starting container {spec.name}"):
                 container.start()
         except (EngineError, NotFound) as exc:
             with contextlib.suppress(DockerException):
@@ -213,13 +217,13 @@ class DockerProvider:
         return facts
 
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
-        with _engine("listing containers"):
+        with engine_call("listing containers"):
             found = self.client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
         return [_facts(c.attrs) for c in found]
 
     def container(self, name: str) -> ContainerFacts | None:
         try:
-            with _engine(f"inspecting container {name}"):
+            with engine_call(f"inspecting container {name}"):
                 return _facts(self.api.inspect_container(name))
         except NotFound:
             return None
@@ -231,18 +235,18 @@ class DockerProvider:
             return ""
 
     def stop(self, name: str, grace: float) -> None:
-        with contextlib.suppress(NotFound), _engine(f"stopping container {name}"):
+        with contextlib.suppress(NotFound), engine_call(f"stopping container {name}"):
             self.api.stop(name, timeout=max(1, round(grace)))
 
     def remove(self, name: str) -> None:
-        with contextlib.suppress(NotFound), _engine(f"removing container {name}"):
+        with contextlib.suppress(NotFound), engine_call(f"removing container {name}"):
             self.api.remove_container(name, force=True, v=True)
 
     def run_once(self, spec: ContainerSpec, timeout: float) -> tuple[int | None, str]:
         """Run a one-off container to its end: (exit code or None on timeout, its output)."""
         self.start(spec)
         try:
-            with _engine(f"waiting for {spec.name}"):
+            with engine_call(f"waiting for {spec.name}"):
                 code = self.api.wait(spec.name, timeout=timeout)["StatusCode"]
         except EngineError:
             code = None  # the wait timed out (or the engine went away); the container is removed below
@@ -272,7 +276,7 @@ class DockerProvider:
         guard = threading.Thread(target=watchdog, daemon=True)
         guard.start()
         try:
-            with _engine(f"following {spec.name}"):
+            with engine_call(f"following {spec.name}"):
                 partial = ""
                 for chunk in self.api.logs(spec.name, stream=True, follow=True):
                     partial += chunk.decode(errors="replace")
@@ -300,9 +304,13 @@ class DockerProvider:
             raise OSError(f"{c.name} has no address")
         return http_get(c.ip, port, path, timeout)
 
+    def enforceable(self, spec: ContainerSpec) -> ContainerSpec:
+        """`spec` as this engine applies it: all of it."""
+        return spec
+
     def details(self, name: str) -> ContainerDetails | None:
         try:
-            with _engine(f"inspecting container {name}"):
+            with engine_call(f"inspecting container {name}"):
                 attrs = self.api.inspect_container(name)
         except NotFound:
             return None
@@ -325,7 +333,7 @@ class DockerProvider:
         """`docker diff`: paths changed in the container's writable layer, as "A /path" (added),
         "C /path" (changed) or "D /path" (deleted)."""
         try:
-            with _engine(f"reading the changes of {name}"):
+            with engine_call(f"reading the changes of {name}"):
                 found = self.api.diff(name) or []
         except NotFound:
             return []
@@ -336,7 +344,7 @@ class DockerProvider:
         """Container events of containers with `labels`; without `until`, a stream that lasts until
         the engine goes away (then EngineError)."""
         filters = {"type": "container", "label": [f"{k}={v}" for k, v in labels.items()]}
-        with _engine("watching engine events"):
+        with engine_call("watching engine events"):
             for raw in self.api.events(since=_stamp(since), until=_stamp(until), filters=filters, decode=True):
                 yield parse_event(raw)
 

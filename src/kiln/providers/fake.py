@@ -51,6 +51,7 @@ class FakeEngine:
         self.image_store: dict[str, tuple[set[str], dict[str, str], dict[str, str]]] = {}  # id -> (refs, labels, env)
         self.registry: dict[str, str] = {}  # repository@digest -> image id (what push made)
         self.registries: set[str] = set()  # registry hosts this engine reaches
+        self.cluster = False  # True: instances start from images pushed to the registry (as on Swarm)
         self.output: dict[str, list[str]] = {}  # what a container printed
         # What a command does when a container runs it: (exit code, or None to run until stopped; lines)
         self.scripts: dict[tuple[str, ...], tuple[int | None, list[str]]] = {}
@@ -71,10 +72,10 @@ class FakeEngine:
         return image
 
     def image_id(self, ref: str) -> str | None:
-        return next((i for i, (refs, _, _) in self.image_store.items() if ref in refs), None)
+        return next((i for i, (refs, _, _) in self.image_store.items() if ref in refs), None) or self.registry.get(ref)
 
     def image_env(self, image: str) -> dict[str, str]:
-        found = self.image_store.get(image)
+        found = self.image_store.get(self.registry.get(image, image))
         if found is None:
             raise EngineError(f"inspecting image {image[:19]}: no such image")
         return dict(found[2])
@@ -109,6 +110,13 @@ class FakeEngine:
         ref = f"{repository}@sha256:{hashlib.sha256((repository + image).encode()).hexdigest()}"
         self.registry[ref] = image
         return ref
+
+    def publish(self, image: str, repository: str | None) -> str:
+        if not self.cluster or image in self.registry:
+            return image
+        if repository is None:
+            raise EngineError("this engine runs images from a registry, and none is set.")
+        return self.push(image, repository)
 
     def pull(self, ref: str) -> str:
         found = self.image_id(ref) or self.registry.get(ref)
@@ -217,6 +225,9 @@ class FakeEngine:
         return self.answers(c, path)
 
     # --- observation ----------------------------------------------------------------------
+
+    def enforceable(self, spec: ContainerSpec) -> ContainerSpec:
+        return spec
 
     def details(self, name: str) -> ContainerDetails | None:
         spec = self.specs.get(name)

@@ -51,4 +51,5 @@ def instance_spec(cfg: EnvConfig, svc: ServiceConfig, release: int, image: str, 
         health_interval=hc.interval if hc else 1.0,
         health_timeout=hc.timeout if hc else 2.0,
         limits=Limits(memory=svc.resources.memory, cpus=svc.resources.cpus, pids=svc.resources.pids),
+        constraints=cfg.constraints,
     )

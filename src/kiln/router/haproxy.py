@@ -26,6 +26,7 @@ from kiln.providers.base import (
     Engine,
     Limits,
     network_name,
+    router_name,
     selector,
 )
 from kiln.router.base import Router
@@ -50,10 +51,6 @@ ROUTER_PORT = 8080  # inside the router container; published on the environment'
 # core carries far more requests than one host's instances serve; HAProxy runs a master and one
 # worker with at most 64 threads.
 ROUTER_LIMITS = Limits(memory=512 * 1024**2, cpus=1.0, pids=256)
-
-
-def router_name(app: str, env: str) -> str:
-    return f"kiln-{app}-{env}-router"
 
 
 class HaproxyRouter:

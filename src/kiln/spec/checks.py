@@ -34,6 +34,13 @@ def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
     elif not public and len(with_port) > 1:
         yield ("services",), f"several services have a port ({', '.join(with_port)}); mark one 'public: true'"
 
+    for name, env in spec.environments.items():
+        if env.engine == "swarm" and spec.registry is None:
+            yield (("environments", name, "engine"),
+                   "engine swarm needs a top-level 'registry: HOST[:PORT]/PATH', where its nodes pull images from")
+        if env.placement is not None and env.engine != "swarm":
+            yield ("environments", name, "placement"), "placement applies to a cluster engine only; set 'engine: swarm'"
+
     seen: dict[tuple[str, int], str] = {}
     for name, env in spec.environments.items():
         for key_name, port in (("port", env.port), ("preview_port", env.preview_port)):

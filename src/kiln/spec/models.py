@@ -127,6 +127,28 @@ def _count_or_percent(value: object) -> int | str:
 
 CountOrPercent = Annotated[int | str, BeforeValidator(_count_or_percent)]
 
+# HOST[:PORT]/PATH as docker names a repository: lowercase, no scheme, no tag or digest.
+_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]{0,252}[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)+")
+# node.*, engine.labels.* compared with == or != to a plain value (Swarm's constraint grammar).
+_CONSTRAINT = re.compile(r"(node\.[a-z.]+|node\.labels\.[\w.-]+|engine\.labels\.[\w.-]+)\s*(==|!=)\s*[\w.:/-]+")
+
+
+def _registry(value: object) -> str:
+    if not isinstance(value, str) or not _REGISTRY.fullmatch(value) or len(value) > 255:
+        raise ValueError(f"{value!r} is not a registry repository path; use HOST[:PORT]/PATH, e.g. 10.77.0.1:5000/kiln")
+    return value
+
+
+def _constraint(value: object) -> str:
+    if not isinstance(value, str) or not _CONSTRAINT.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} is not a Swarm placement constraint; use e.g. 'node.labels.pool == web' "
+                         "or 'node.role != manager'")
+    return value.strip()
+
+
+Registry = Annotated[str, BeforeValidator(_registry)]
+Constraint = Annotated[str, BeforeValidator(_constraint)]
+
 
 class CanaryStep(Model):
     """One step of a canary: the new release's share of the traffic, held for `pause`."""
@@ -249,11 +271,19 @@ class AgentPolicy(Model):
     meltdown: Meltdown = Field(default_factory=Meltdown, description="when to stop replacing failed instances")
 
 
+class Placement(Model):
+    """Where a cluster engine (`engine: swarm`) may run the environment's instances."""
+
+    spread: Literal["node"] = Field("node", description="instances are spread over the nodes: each new one goes to the eligible node running the fewest tasks (Swarm's scheduler)")
+    constraints: list[Constraint] = Field(default_factory=list, description="Swarm placement constraints every instance must satisfy, e.g. `node.labels.pool == web`, `node.role != manager`")
+
+
 class Environment(Model):
     """One environment: only what differs from the shared definition."""
 
     port: int = Field(..., ge=1, le=65535, description="public port of the environment's router")
-    engine: Literal["docker"] = Field("docker", description="what runs its instances: `docker`, the Docker engine of DOCKER_HOST (else the local socket)")
+    engine: Literal["docker", "swarm"] = Field("docker", description="what runs its instances: `docker`, the Docker engine of DOCKER_HOST (else the local socket), one host; `swarm`, a Docker Swarm whose manager DOCKER_HOST reaches: instances are tasks spread over its nodes, images travel through `registry` (docs/fleet.md)")
+    placement: Placement | None = Field(None, description="where instances may run on a cluster engine (`engine: swarm` only)")
     bind: str = Field("127.0.0.1", description="address the router listens on (loopback unless told otherwise)")
     preview_port: int | None = Field(None, ge=1, le=65535, description="port where a blue-green release is reachable before it gets public traffic")
     services: dict[str, ServiceOverride] = Field(default_factory=dict, description="per-service overrides")
@@ -264,6 +294,7 @@ class Spec(Model):
     """A whole kiln.yaml."""
 
     app: str = Field(..., description="application name: lowercase letters, digits and '-'")
+    registry: Registry | None = Field(None, description="where baked images are pushed for a cluster engine, `HOST[:PORT]/PATH` (e.g. `10.77.0.1:5000/kiln`); its nodes pull them by digest. Needed by `engine: swarm`")
     build: Build = Field(..., description="how the app image is baked (see build)")
     services: dict[str, Service] = Field(..., min_length=1, description="process types of the app, by name (see services.NAME)")
     environments: dict[str, Environment] = Field(..., min_length=1, description="where it runs, by name; the first is the default (see environments.NAME)")

@@ -68,6 +68,13 @@ class EnvConfig(Resolved):
     services: tuple[ServiceConfig, ...]
     preview_port: int | None = None
     engine: str = "docker"
+    registry: str | None = None  # a cluster engine's: where the release's image is pushed
+    constraints: tuple[str, ...] = ()  # a cluster engine's placement constraints
+
+    @property
+    def repository(self) -> str | None:
+        """Where this environment's images are pushed (`registry/app`), if they travel by registry."""
+        return f"{self.registry}/{self.app}" if self.registry and self.engine != "docker" else None
 
     def find(self, name: str) -> ServiceConfig | None:
         return next((svc for svc in self.services if svc.name == name), None)
@@ -103,6 +110,9 @@ class EnvConfig(Resolved):
         data = self.model_dump(mode="json")
         if data["engine"] == "docker":
             del data["engine"]  # the default: digests of releases recorded before engines existed stay valid
+        for key, empty in (("registry", None), ("constraints", [])):
+            if data[key] == empty:
+                del data[key]  # likewise for releases recorded before clusters existed
         default = Resources().model_dump(mode="json")
         for svc in data["services"]:
             if svc["resources"] == default:
@@ -158,4 +168,6 @@ def resolve(spec: Spec, env: str) -> EnvConfig:
             )
         )
     return EnvConfig(app=spec.app, env=env, port=overlay.port, bind=overlay.bind, services=tuple(services),
-                     preview_port=overlay.preview_port, engine=overlay.engine)
+                     preview_port=overlay.preview_port, engine=overlay.engine,
+                     registry=spec.registry if overlay.engine != "docker" else None,
+                     constraints=tuple(overlay.placement.constraints) if overlay.placement else ())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from kiln import secretref
@@ -21,7 +21,7 @@ from kiln.errors import KilnError, LedgerError, LockLost, PortInUse, RolloutErro
 from kiln.ledger import kinds
 from kiln.ledger.releases import Release
 from kiln.ledger.rollouts import Rollout
-from kiln.providers.base import HOOK, network_name, selector
+from kiln.providers.base import HOOK, network_name, selector, short_image
 from kiln.rollout.driver import PAUSED, Driver, Progress
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.lock import hold
@@ -52,7 +52,7 @@ def policy_for(spec: Spec, strategy: str | None) -> Policy:
 class Artifact:
     """An image to release, with where it came from."""
 
-    image: str  # sha256:… image id
+    image: str  # the image id, or repository@sha256:… once pushed to a registry (cluster engines)
     tag: str
     inputs_hash: str
     commit: str | None
@@ -77,7 +77,12 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = No
 
 def ship(ctx: Context, cfg: EnvConfig, artifact: Artifact, spec_digest: str, policy: Policy) -> Outcome:
     """Put `artifact` with config `cfg` in service (the caller holds the lock): the release in
-    service when it is the same, a retry of the newest one when that never got in, else a new one."""
+    service when it is the same, a retry of the newest one when that never got in, else a new one.
+    On a cluster engine the image is pushed first, and the release records `repository@sha256:…`."""
+    published = ctx.engine_for(cfg).publish(artifact.image, cfg.repository)
+    if published != artifact.image:
+        ctx.out.step(f"Pushed {published}")
+        artifact = replace(artifact, image=published)
     router = prepare(ctx, cfg)
     settle(ctx, router)
     current = ctx.ledger.releases.current(cfg.app, cfg.env)
@@ -122,7 +127,7 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
             to = max(earlier)
         target = ctx.ledger.releases.require(app, env, to)
         if ctx.engine_for(target.env_config()).image_id(target.image) is None:
-            raise KilnError(f"the image of v{to} ({target.image[:19]}) is no longer on this engine.",
+            raise KilnError(f"the image of v{to} ({short_image(target.image)}) is no longer on this engine or in its registry.",
                             "Check out its commit and run `kiln deploy` to bake it again.")
         if target.image == current.image and target.config_digest == current.config_digest:
             ctx.out.done(f"v{current.number} already runs the same image and config as v{to}")

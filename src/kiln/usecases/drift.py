@@ -61,7 +61,7 @@ def inspect(ctx: Context, engine: Engine, app: str, env: str, containers: list[C
         own = exec_detail(svc.healthcheck.command) if svc.healthcheck and svc.healthcheck.kind == "command" else None
         seen = [f"{cmd} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC"
                 for cmd, at in execs.get(c.name, []) if cmd != own]
-        expected = instance_spec(cfg, svc, number, release.image, c.name)
+        expected = engine.enforceable(instance_spec(cfg, svc, number, release.image, c.name))
         expected = replace(expected, environment=_with_secrets(ctx, expected.environment, details.env))
         # A read-only root filesystem cannot be written (not even by `docker cp`): no `docker diff` needed.
         changes = [] if details.read_only and expected.read_only else engine.changes(c.name)

@@ -36,7 +36,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         else:
             health = c.health or "running"
         instances.append({"id": c.name, "service": c.label("service"), "release": int(c.label("release") or 0),
-                          "health": health, "in_router": c.name in servers, "container": c.id[:12],
+                          "health": health, "in_router": c.name in servers, "container": c.id[:12], "node": c.node,
                           "weight": servers[c.name].weight if c.name in servers else None})
     served = release.env_config() if release else cfg
     return {
@@ -46,6 +46,7 @@ def status(ctx: Context, cfg: EnvConfig) -> dict[str, Any]:
         "release": {"number": release.number, "image": release.image, "commit": release.commit,
                     "created_at": release.created_at.isoformat() + "Z"} if release else None,
         "preview_url": served.preview_url,
+        "engine": served.engine,
         "router": {"state": router_facts.state if router_facts else "absent", "name": router.name},
         "waiting": [{"rollout": r.id, "release": r.to_release, "state": r.state, "phase": r.phase}
                     for r in ctx.ledger.rollouts.unfinished(cfg.app, cfg.env)],
