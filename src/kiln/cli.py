@@ -27,6 +27,7 @@ from kiln.cli_common import load as _load
 from kiln.cli_common import report as _report
 from kiln.cli_common import strategy_of as _strategy
 from kiln.cli_envs import env_app, gc, preview_app, recreate, release_app
+from kiln.cli_nodes import node_app
 from kiln.errors import KilnError, UsageError
 from kiln.output import Output
 
@@ -50,6 +51,7 @@ COMMANDS: dict[str, str] = {
     "drift": "List tainted instances and why.",
     "agent": "Keep environments at their release, replacing failed instances.",
     "lock": "Inspect or break an environment's lock.",
+    "node": "List, drain and activate the nodes of a Swarm cluster.",
     "gc": "Remove images and instances nothing needs any more.",
     "destroy": "Remove an environment's instances, router and network.",
     "base": "Bake OS base images from Debian packages.",
@@ -92,6 +94,7 @@ app.add_typer(lock_app, name="lock")
 app.add_typer(env_app, name="env")
 app.add_typer(preview_app, name="preview")
 app.add_typer(release_app, name="release")
+app.add_typer(node_app, name="node")
 from kiln.cli_ci import register as _register_ci  # noqa: E402  (kiln ci, kiln secret, kiln serve)
 
 _register_ci(app)

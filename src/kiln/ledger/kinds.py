@@ -40,6 +40,7 @@ ROLLOUT_ABORTED = "rollout.aborted"
 PROMOTED = "promoted"
 PREVIEW_PRUNED = "preview.pruned"
 DESTROYED = "destroyed"
+NODE_DRAINED = "node.drained"  # a cluster node's instances were replaced elsewhere (kiln node drain)
 
 # instances, as the agent judges them (agent/reconcile.py)
 INSTANCE_FAILED = "instance.failed"  # "NAME: how"; counted by the meltdown guard

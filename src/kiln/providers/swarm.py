@@ -174,12 +174,25 @@ class SwarmProvider(DockerProvider):
             services = self.api.services(filters={"label": [f"{k}={v}" for k, v in labels.items()]})
             if not services:
                 return plain
-            tasks = self.api.tasks(filters={"service": [s["ID"] for s in services]})
+            tasks = self._tasks([s["ID"] for s in services])
             nodes = self._node_names()
-        by_service: dict[str, list[dict]] = {}
-        for t in tasks:
-            by_service.setdefault(t.get("ServiceID", ""), []).append(t)
-        return plain + [service_facts(s, by_service.get(s["ID"], []), nodes) for s in services]
+        return plain + [service_facts(s, tasks[s["ID"]], nodes) for s in services if s["ID"] in tasks]
+
+    def _tasks(self, services: list[str]) -> dict[str, list[dict]]:
+        """The tasks of each service still there (one that is removed meanwhile is left out)."""
+        out: dict[str, list[dict]] = {sid: [] for sid in services}
+        try:
+            found = self.api.tasks(filters={"service": services})
+        except NotFound:  # one of them went away between the two calls: ask for each
+            found = []
+            for sid in services:
+                try:
+                    found += self.api.tasks(filters={"service": sid})
+                except NotFound:
+                    del out[sid]
+        for t in found:
+            out.setdefault(t.get("ServiceID", ""), []).append(t)
+        return out
 
     def container(self, name: str) -> ContainerFacts | None:
         facts, _ = self._inspect(name)
@@ -190,8 +203,11 @@ class SwarmProvider(DockerProvider):
         if service is None:
             return super().container(name), None
         with engine_call(f"listing the tasks of {name}"):
-            tasks = self.api.tasks(filters={"service": service["ID"]})
+            found = self._tasks([service["ID"]])
             nodes = self._node_names()
+        if service["ID"] not in found:
+            return None, None  # removed meanwhile
+        tasks = found[service["ID"]]
         return service_facts(service, tasks, nodes), current_task(tasks)
 
     def _service(self, name: str) -> dict | None:
@@ -230,7 +246,7 @@ class SwarmProvider(DockerProvider):
         deadline = time.monotonic() + grace + 5
         while time.monotonic() < deadline:
             with engine_call(f"waiting for {name} to stop"):
-                tasks = self.api.tasks(filters={"service": service["ID"]})
+                tasks = self._tasks([service["ID"]]).get(service["ID"], [])
             if not any((t.get("Status") or {}).get("State") in STARTING | {"running"} for t in tasks):
                 return
             time.sleep(POLL)
