@@ -315,6 +315,7 @@ class DockerProvider:
         except NotFound:
             return None
         host, config = attrs.get("HostConfig") or {}, attrs.get("Config") or {}
+        mounts = attrs.get("Mounts") or []
         return ContainerDetails(
             env=_env(config.get("Env")),
             read_only=bool(host.get("ReadonlyRootfs")),
@@ -323,8 +324,9 @@ class DockerProvider:
             security_opt=tuple(host.get("SecurityOpt") or ()),
             user=config.get("User") or "",
             privileged=bool(host.get("Privileged")),
-            tmpfs=tuple(sorted(host.get("Tmpfs") or {})),
-            mounts=tuple(f"{m.get('Source', '')}:{m.get('Destination', '')}" for m in attrs.get("Mounts") or ()),
+            # --tmpfs mounts are in HostConfig.Tmpfs; a Swarm task's tmpfs mounts are Mounts of type tmpfs.
+            tmpfs=tuple(sorted({*(host.get("Tmpfs") or {}), *(m.get("Destination", "") for m in mounts if m.get("Type") == "tmpfs")})),
+            mounts=tuple(f"{m.get('Source', '')}:{m.get('Destination', '')}" for m in mounts if m.get("Type") != "tmpfs"),
             limits=Limits(memory=host.get("Memory") or 0, cpus=(host.get("NanoCpus") or 0) / _NS,
                           pids=max(host.get("PidsLimit") or 0, 0)),  # none: 0, null or -1
         )

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +25,8 @@ from kiln.providers.base import (
     Engine,
     EngineEvent,
     Finished,
+    NodeFacts,
+    Nodes,
     network_name,
     selector,
 )
@@ -52,6 +55,8 @@ class FakeEngine:
         self.registry: dict[str, str] = {}  # repository@digest -> image id (what push made)
         self.registries: set[str] = set()  # registry hosts this engine reaches
         self.cluster = False  # True: instances start from images pushed to the registry (as on Swarm)
+        self.node_list: list[NodeFacts] = []  # a cluster's hosts: instances are placed on them (as Swarm does)
+        self.placed: dict[str, str] = {}  # instance -> node hostname
         self.output: dict[str, list[str]] = {}  # what a container printed
         # What a command does when a container runs it: (exit code, or None to run until stopped; lines)
         self.scripts: dict[tuple[str, ...], tuple[int | None, list[str]]] = {}
@@ -147,6 +152,8 @@ class FakeEngine:
         taken = {hp for s in self.specs.values() for hp in s.publish.values()}
         if any(hp in taken for hp in spec.publish.values()):
             raise PortInUse(f"creating container {spec.name}: the port is already taken.")
+        if self.node_list and spec.labels.get("kiln.role") == "instance":
+            self.placed[spec.name] = self._place(spec.name)
         self.specs[spec.name] = spec
         release = int(spec.labels.get("kiln.release", "0"))
         code, lines = self.scripts.get(spec.command or (), (None, []))
@@ -164,6 +171,26 @@ class FakeEngine:
         if crashed:
             self._event("die", spec.name, exitCode="1")
         return self._facts(spec.name)
+
+    def _place(self, name: str) -> str:
+        """On the eligible node running the fewest instances, as Swarm's scheduler spreads them."""
+        eligible = [n.hostname for n in self.node_list if n.availability == "active" and n.state == "ready"]
+        if not eligible:
+            raise EngineError(f"instance {name} did not start: no suitable node")
+        running = [node for c, node in self.placed.items() if self.state.get(c) == "running"]
+        return min(eligible, key=lambda node: (running.count(node), node))
+
+    def nodes(self) -> list[NodeFacts]:
+        return list(self.node_list)
+
+    def set_availability(self, node: str, availability: str) -> None:
+        self.node_list = [replace(n, availability=availability) if node in (n.id, n.hostname) else n
+                          for n in self.node_list]
+        self.log.append((availability, node))
+        if availability == "drain":  # Swarm stops what still runs there
+            for name, where in self.placed.items():
+                if node in (where, next((n.id for n in self.node_list if n.hostname == where), "")):
+                    self.stop(name, 0)
 
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
         return [self._facts(n) for n, s in self.specs.items() if _matches({**s.labels, **self.extra_labels}, labels)]
@@ -265,7 +292,8 @@ class FakeEngine:
     def _facts(self, name: str) -> ContainerFacts:
         spec = self.specs[name]
         state = self.state[name]
-        return ContainerFacts(id=f"id-{name}", name=name, image=self.image_id(spec.image) or spec.image,
+        image = spec.image if self.cluster else self.image_id(spec.image) or spec.image  # Swarm reports the reference
+        return ContainerFacts(id=f"id-{name}", name=name, image=image, node=self.placed.get(name),
                               labels={**spec.labels, **self.extra_labels}, state=state,
                               health=("unhealthy" if name in self.unhealthy else "healthy") if spec.health_command else None,
                               ip=self.ips[name], exit_code=self.exit_codes.get(name) if state == "exited" else None)
@@ -391,6 +419,6 @@ class FakeRouter:
             raise RouterError(f"the router {self.name} is not running")
 
 
-def _implements(engine: FakeEngine, router: FakeRouter) -> tuple[Engine, Router]:
+def _implements(engine: FakeEngine, router: FakeRouter) -> tuple[Engine, Nodes, Router]:
     """Never called: mypy checks here that the fakes implement every method of the protocols."""
-    return engine, router
+    return engine, engine, router
