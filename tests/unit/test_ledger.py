@@ -299,7 +299,7 @@ def test_stored_names_keep_their_values():
         "ROLLOUT_STARTED": "rollout.started", "ROLLOUT_RESUMED": "rollout.resumed",
         "ROLLOUT_PAUSED": "rollout.paused", "ROLLOUT_SUCCEEDED": "rollout.succeeded",
         "ROLLOUT_ABORTED": "rollout.aborted",
-        "PROMOTED": "promoted", "PREVIEW_PRUNED": "preview.pruned", "DESTROYED": "destroyed",
+        "PROMOTED": "promoted", "PREVIEW_PRUNED": "preview.pruned", "DESTROYED": "destroyed", "NODE_DRAINED": "node.drained",
         "INSTANCE_FAILED": "instance.failed", "INSTANCE_LOST": "instance.lost",
         "INSTANCE_TAINTED": "instance.tainted", "INSTANCE_REPLACED": "instance.replaced",
         "AGENT_LEADING": "agent.leading", "AGENT_RESIGNED": "agent.resigned", "AGENT_ROUTER": "agent.router",
