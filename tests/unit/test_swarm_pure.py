@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kiln.errors import SpecError
-from kiln.providers.base import ContainerSpec, Limits, short_image
+from kiln.providers.base import ContainerSpec, EngineEvent, Limits, short_image
 from kiln.providers.swarm import (
     as_instance,
     current_task,
@@ -17,7 +17,6 @@ from kiln.providers.swarm import (
     service_facts,
     tcp_argv,
 )
-from kiln.providers.base import EngineEvent
 from kiln.spec.loader import parse_spec
 from kiln.spec.resolve import resolve
 

@@ -275,7 +275,7 @@ class Placement(Model):
     """Where a cluster engine (`engine: swarm`) may run the environment's instances."""
 
     spread: Literal["node"] = Field("node", description="instances are spread over the nodes: each new one goes to the eligible node running the fewest tasks (Swarm's scheduler)")
-    constraints: list[Constraint] = Field(default_factory=list, description="Swarm placement constraints every instance must satisfy, e.g. `node.labels.pool == web`, `node.role != manager`")
+    constraints: tuple[Constraint, ...] = Field((), description="Swarm placement constraints every instance must satisfy, e.g. `node.labels.pool == web`, `node.role != manager`")
 
 
 class Environment(Model):

@@ -64,7 +64,7 @@ def _type_name(ann: typing.Any) -> str:
     args = typing.get_args(ann)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args if a is not type(None))
-    if origin is tuple:
+    if origin in (tuple, list):
         return f"list of {_type_name(args[0])}"
     if origin is dict:
         return f"mapping of {_type_name(args[1])}"
