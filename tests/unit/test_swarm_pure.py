@@ -80,6 +80,7 @@ def test_a_service_reads_as_an_instance_with_its_task_address_and_node():
     (_task("running", "shutdown"), "exited", None),  # Swarm is shutting it down
     (_task("running", node="n2"), "lost", None),  # its node is down: the manager cannot vouch for it
     (_task("preparing"), "preparing", None),
+    (_task("assigned", "shutdown"), "shutdown", None),  # placed on a node that went down before it started
     (_task("rejected", "shutdown"), "rejected", None),
 ])
 def test_a_task_that_is_not_running_makes_the_instance_not_running(task, state, code):

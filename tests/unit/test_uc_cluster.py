@@ -120,3 +120,21 @@ def test_nodes_are_found_by_hostname_or_unique_id_prefix(w):
     with pytest.raises(UsageError) as err:
         nodes.find(listed, "nope")
     assert "vm, kiln-n1, kiln-n2" in (err.value.hint or "")
+
+
+def test_gc_keeps_the_local_image_of_a_release_that_serves_by_digest(w):
+    from kiln.usecases.releases import collect
+
+    first = deploy(w.ctx, w.load(), "production")
+    local = w.engine.image_id(first.release.image_tag)
+    w.change_code("print('v2')\n")
+    deploy(w.ctx, w.load(), "production")
+    w.change_code("print('v3')\n")
+    third = deploy(w.ctx, w.load(), "production")
+    out = collect(w.ctx, "shop", keep=1, dry_run=True)
+    assert w.engine.image_id(third.release.image_tag) not in [i["image"] for i in out["images"]]
+    assert local in [i["image"] for i in out["images"]]  # v1: neither serving nor among the last 1
+    back = rollback(w.ctx, w.load().spec, "production", to=1)  # v1's digest serves again
+    out = collect(w.ctx, "shop", keep=1, dry_run=True)
+    assert back.release.image == first.release.image
+    assert local not in [i["image"] for i in out["images"]]

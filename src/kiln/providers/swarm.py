@@ -138,6 +138,8 @@ class SwarmProvider(DockerProvider):
 
     def start(self, spec: ContainerSpec) -> ContainerFacts:
         if spec.labels.get("kiln.role") != INSTANCE:
+            if "@sha256:" in spec.image:
+                self.pull(spec.image)  # a hook of a release: on the manager, which may not hold it any more
             return super().start(spec)
         # The only place a secret's value is used: handed to the manager as the service is created.
         args = service_args(spec, self.extra_labels, resolve(spec.environment, self.secrets))
@@ -407,7 +409,8 @@ def current_task(tasks: list[dict]) -> dict | None:
 
 def service_facts(service: dict, tasks: list[dict], nodes: dict[str, tuple[str, str]]) -> ContainerFacts:
     """One instance (a service of one task) as a container: its task's state, address and node.
-    A task on a node the manager sees down is `lost`; one Swarm is shutting down has `exited`."""
+    A task on a node the manager sees down is `lost`; one Swarm is shutting down has `exited`, or
+    `shutdown` if it never ran (placed on a node that went down before it started)."""
     spec = service.get("Spec") or {}
     template = spec.get("TaskTemplate") or {}
     cspec = template.get("ContainerSpec") or {}
@@ -416,11 +419,10 @@ def service_facts(service: dict, tasks: list[dict], nodes: dict[str, tuple[str, 
     status = (task or {}).get("Status") or {}
     state = status.get("State") or "created"
     hostname, node_state = nodes.get((task or {}).get("NodeID", ""), (None, "unknown"))
-    if task is not None and state == "running":
-        if task.get("DesiredState") != "running":
-            state = "exited"
-        elif node_state != "ready":
-            state = "lost"
+    if task is not None and task.get("DesiredState") != "running" and state in STARTING | {"running"}:
+        state = "exited" if state == "running" else "shutdown"  # Swarm gave up on it (its node went down)
+    elif state == "running" and node_state != "ready":
+        state = "lost"
     code = ((status.get("ContainerStatus") or {}).get("ExitCode")) if state not in STARTING | {"running"} else None
     networks = spec.get("TaskTemplate", {}).get("Networks") or []
     wanted = {n.get("Target") for n in networks}

@@ -81,6 +81,10 @@ def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> dict[str, Any]:
             if moving_to:
                 needed.setdefault(moving_to.image, f"{env} v{moving_to.number} (rollout {rollout.id} unfinished)")
     engine = ctx.engine()  # where kiln bakes, so where the app's images pile up
+    for ref in [r for r in needed if "@" in r]:  # pushed (a cluster's release): its local image stays too
+        local = engine.image_id(ref)
+        if local:
+            needed.setdefault(local, needed[ref])
     containers = engine.containers(selector(app, role=INSTANCE))
     for c in containers:
         if c.running:
