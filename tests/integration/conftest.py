@@ -24,6 +24,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from cluster import cluster  # noqa: F401  (the session's 3-node swarm and registry: cluster.py)
 from ruamel.yaml import YAML
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
