@@ -7,6 +7,7 @@
 #   scripts/cluster.sh env                shell lines for callers (KILN_CLUSTER_REGISTRY, …_NODES, …)
 #   scripts/cluster.sh node-stop NAME     stop one worker's dockerd (NAME: kiln-n1, kiln-n2, or n1, n2)
 #   scripts/cluster.sh node-start NAME    start it again (it rejoins the swarm as the same node)
+#   scripts/cluster.sh registry-stop      stop the registry's process (an outage); registry-start: back
 #
 # What it builds (run as root, on Debian; the machine's dockerd must answer: scripts/prereqs.sh):
 # - a bridge kilnbr0 (10.77.0.1/24) on the host and two network namespaces kiln-n1 (10.77.0.11)
@@ -208,6 +209,7 @@ node_start() {
   "bip": "172.3${n#n}.0.1/24",
   "default-address-pools": [{"base": "172.3${n#n}.0.0/16", "size": 24}],
   "cgroup-parent": "/$ns",
+  "no-new-privileges": true,
   "deprecated-key-path": "$DATA/$n/key.json",
   "log-driver": "json-file",
   "log-opts": {"max-size": "10m", "max-file": "2"}
@@ -353,7 +355,7 @@ EOF
     { tail -n 20 "$RUN/registry/registry.log" >&2 || true; die "the registry does not answer on https://$REGISTRY/v2/ (log: $RUN/registry/registry.log)"; }
 }
 
-registry_down() {
+registry_stop() {
   local pids
   pids=$( { cat "$RUN/registry/registry.pid" 2>/dev/null || true; registry_pids; } | sort -u | tr '\n' ' ')
   local p
@@ -364,6 +366,10 @@ registry_down() {
     for _ in $(seq 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
     kill -KILL "$p" 2>/dev/null || true
   done
+}
+
+registry_down() {
+  registry_stop
   rm -rf "$CERTS_D"
   rmdir /etc/docker/certs.d 2>/dev/null || true
 }
@@ -699,5 +705,7 @@ case "${1:-}" in
   node-start)
     [ -n "${2:-}" ] || die "usage: $0 node-start NAME"
     n=$(short "$2"); take_lock; node_start "$n"; node_wait "$n"; say "dockerd in $(ns_of "$n") answers" ;;
-  *) echo "usage: $0 up | down [--keep-data] | status | env | node-stop NAME | node-start NAME" >&2; exit 2 ;;
+  registry-stop) take_lock; registry_stop; say "the registry is stopped (an outage, for tests)" ;;
+  registry-start) take_lock; registry_up; say "the registry answers on https://$REGISTRY" ;;
+  *) echo "usage: $0 up | down [--keep-data] | status | env | node-stop NAME | node-start NAME | registry-stop | registry-start" >&2; exit 2 ;;
 esac

@@ -104,6 +104,47 @@ class Cluster:
         if out.returncode != 0:
             raise AssertionError(f"scripts/cluster.sh {verb} {name} exited {out.returncode}\n{out.stderr}")
 
+    def registry_stop(self) -> None:
+        """An outage: the registry's process stops (`scripts/cluster.sh registry-stop`)."""
+        self._run("registry-stop")
+
+    def registry_start(self) -> None:
+        self._run("registry-start")
+
+    @property
+    def manager(self) -> str:
+        """The manager's hostname as the swarm lists it."""
+        return self.hostname(LOCAL)
+
+    def node_stop(self, hostname: str) -> None:
+        """Stop the dockerd of the worker the swarm calls `hostname` (kiln status names it so)."""
+        self.node_dockerd_stop(self._node_named(hostname))
+
+    def node_start(self, hostname: str) -> None:
+        self.node_dockerd_start(self._node_named(hostname))
+        self.wait_node(self._node_named(hostname), "Ready")
+
+    def _node_named(self, hostname: str) -> str:
+        return next(n for n in self.workers if self.hostname(n) == hostname)
+
+    def remove_services(self, labels: dict[str, str]) -> None:
+        """Services a test left (kiln instances of a cluster environment), then their tasks' networks."""
+        selector = [f"label={k}={v}" for k, v in labels.items()]
+        filters = [arg for item in selector for arg in ("--filter", item)]
+        ids = self.docker(LOCAL, "service", "ls", "-q", *filters).stdout.split()
+        if ids:
+            self.docker(LOCAL, "service", "rm", *ids, check=False)
+        for _ in range(50):  # a network can go once no task is attached to it any more
+            nets = self.docker(LOCAL, "network", "ls", "-q", *filters).stdout.split()
+            if not nets or self.docker(LOCAL, "network", "rm", *nets, check=False).returncode == 0:
+                return
+            time.sleep(0.2)
+
+    def _run(self, verb: str) -> None:
+        out = _script(verb, timeout=120)
+        if out.returncode != 0:
+            raise AssertionError(f"scripts/cluster.sh {verb} exited {out.returncode}\n{out.stderr}")
+
     def node_status(self) -> dict[str, str]:
         """Swarm hostname -> status ("Ready", "Down", …) as the manager has it."""
         return {n["Hostname"]: n["Status"] for n in self.docker_json(LOCAL, "node", "ls")}

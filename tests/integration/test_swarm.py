@@ -11,9 +11,8 @@ import time
 
 import docker
 import pytest
-
-from integration.cluster import Cluster
-from integration.conftest import App, Wrk
+from cluster import Cluster
+from conftest import App, Wrk
 
 pytestmark = pytest.mark.cluster
 REPLICAS = 3
