@@ -92,10 +92,11 @@ class App:
     def url(self, env: str = "production") -> str:
         return f"http://127.0.0.1:{self.ports[env]}"
 
-    def kiln(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def kiln(self, *args: str, check: bool = True, timeout: float = 300, spec: bool = True) -> subprocess.CompletedProcess:
+        """`kiln ARGS -f kiln.yaml` (without -f when not `spec`: commands that read no spec)."""
         env = {**os.environ, "KILN_HOME": str(self.home), "KILN_EXTRA_LABELS": TEST_LABEL}
         env.pop("KILN_LEDGER_URL", None)
-        proc = subprocess.run([sys.executable, "-m", "kiln", *args, "-f", str(self.spec)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "kiln", *args, *(("-f", str(self.spec)) if spec else ())], env=env,
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"kiln {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

@@ -6,6 +6,7 @@ registry outage. Each test deploys its own app; the cluster is brought up once p
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -115,16 +116,17 @@ def test_node_drain_moves_instances_off_with_no_failed_request(swarm_app: App, c
     load = Wrk(app.url(), seconds=20)
     time.sleep(1)
     try:
-        out = app.kiln("node", "drain", node)
+        out = app.kiln("node", "drain", node, spec=False)
         assert "drained" in out.stderr, out.stderr
         no_failures(load.result(), f"swarm: kiln node drain {node} under load")
         where = nodes_of(app)
         assert len(where) == REPLICAS and node not in where.values(), where
-        listed = {n["hostname"]: n for n in app.kiln_json("node", "list")}
+        listed = {n["hostname"]: n for n in json.loads(app.kiln("node", "list", "--json", spec=False).stdout)}
         assert listed[node]["availability"] == "drain" and listed[node]["instances"] == 0, listed
     finally:
-        app.kiln("node", "activate", node)
-    assert {n["hostname"]: n["availability"] for n in app.kiln_json("node", "list")}[node] == "active"
+        app.kiln("node", "activate", node, spec=False)
+    listed = json.loads(app.kiln("node", "list", "--json", spec=False).stdout)
+    assert {n["hostname"]: n["availability"] for n in listed}[node] == "active"
 
 
 def test_kill_9_in_the_middle_of_the_switch_resumes_to_one_release_on_the_router(swarm_app: App) -> None:
