@@ -65,7 +65,11 @@ def _remove_labelled(client: docker.DockerClient, labels: dict[str, str]) -> Non
     for c in client.containers.list(all=True, filters={"label": selector}):
         c.remove(force=True, v=True)
     for n in client.networks.list(filters={"label": selector}):
-        n.remove()
+        try:
+            n.remove()
+        except docker.errors.APIError as exc:  # a cluster's overlay may go away on its own meanwhile
+            if "not found" not in str(exc):
+                raise
     for v in client.volumes.list(filters={"label": selector}):
         v.remove(force=True)
 

@@ -97,11 +97,12 @@ def test_a_node_whose_dockerd_stops_costs_no_request_and_capacity_returns(swarm_
         time.sleep(2)
         cluster.node_stop(victim)
         stopped = time.monotonic()
+        assert agent.poll() is None, agent.communicate()
         took, where = await_capacity(app, avoid=victim)
         print(f"\nnode {victim} stopped: {REPLICAS} instances serving again after {took:.1f}s on {sorted(set(where.values()))}")
         no_failures(load.result(), f"swarm: node {victim} lost under load")
         assert time.monotonic() - stopped < 90
-        events = app.kiln_json("events")
+        events = [json.loads(line) for line in app.kiln("events", "--json").stdout.splitlines()]
         assert any(e["kind"] == "instance.replaced" for e in events), events
     finally:
         agent.send_signal(signal.SIGTERM)

@@ -9,6 +9,7 @@ goes away the agent keeps trying to reconnect, and restores what died with the e
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -59,6 +60,10 @@ class Agent:
         stop = self.stopping
         if not once:
             for engine in self.engines:
+                # Opened here first: two threads importing a provider at once can each see the
+                # other's half-imported module (an ImportError).
+                with contextlib.suppress(KilnError):
+                    self.ctx.engine(engine)
                 threading.Thread(target=self._watch, args=(stop, engine), name=f"kiln-agent-events-{engine}",
                                  daemon=True).start()
         due = {env: 0.0 for env in self.reconcilers}
@@ -165,9 +170,10 @@ class Agent:
         """Feed the engine's container events to the queue; reconnect when the engine goes away."""
         since: float | None = None
         backoff = 0.5
+        ctx = self.ctx.derive(self.ctx.out, own_engines=True)  # an engine client is not shared between threads
         while not stop.is_set():
             try:
-                for ev in self.ctx.engine(engine).events(selector(self.app), since=since):
+                for ev in ctx.engine(engine).events(selector(self.app), since=since):
                     if ev.action in WATCHED:
                         self.events.put(ev)
                     since, backoff = ev.at, 0.5
