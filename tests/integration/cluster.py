@@ -2,7 +2,8 @@
 
 `cluster` is a session fixture (conftest.py makes it available to every integration test): it runs
 `scripts/cluster.sh up` once, when the first test asks for it, and `scripts/cluster.sh down` when the
-session ends (KILN_CLUSTER_KEEP=1 leaves it up, to rerun tests against it quickly). Tests that use
+session ends (KILN_CLUSTER_KEEP=1 leaves it up, to rerun tests against it quickly). One test session
+at a time has it: another one waits for it (up to KILN_CLUSTER_WAIT seconds, 1800). Tests that use
 it are marked `cluster`.
 
 The nodes are named as the script names them: "local" is the machine's own dockerd (the swarm's
@@ -15,12 +16,14 @@ host-mode published ports (the ingress routing mesh does not work)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,17 +162,42 @@ class Cluster:
         return time.monotonic() - began
 
 
+# Held by the test session that uses the cluster, from its `up` to its `down`: the machine has one
+# cluster, and a second session (another checkout's pytest) must neither tear it down under the
+# first nor stop its nodes in the middle of the first's tests. Not /tmp/kiln-integration.lock:
+# pytest itself may run under `flock /tmp/kiln-integration.lock`, and would then wait for itself.
+SESSION_LOCK = Path("/run/kiln-cluster-session.lock")
+SESSION_LOCK_WAIT = float(os.environ.get("KILN_CLUSTER_WAIT", "1800"))
+
+
+@contextmanager
+def _session_lock() -> Iterator[None]:
+    with open(SESSION_LOCK, "a") as held:  # not inherited by the script's daemons (O_CLOEXEC)
+        began = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - began > SESSION_LOCK_WAIT:
+                    pytest.fail(f"another test session has held {SESSION_LOCK} (the cluster) for "
+                                f"{SESSION_LOCK_WAIT:.0f}s")
+                time.sleep(1)
+        yield
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    """The cluster, up for the rest of the session (once), down at its end."""
-    up = _script("up")
-    if up.returncode != 0:
-        _script("down")  # leave no half-built cluster behind
-        pytest.fail(f"scripts/cluster.sh up exited {up.returncode}\n{up.stderr[-4000:]}")
-    try:
-        yield Cluster.from_script()
-    finally:
-        if os.environ.get("KILN_CLUSTER_KEEP") != "1":
-            down = _script("down")
-            if down.returncode != 0:
-                raise AssertionError(f"scripts/cluster.sh down exited {down.returncode}\n{down.stderr[-4000:]}")
+    """The cluster, up for the rest of the session (once), down at its end; one session at a time."""
+    with _session_lock():
+        up = _script("up")
+        if up.returncode != 0:
+            _script("down")  # leave no half-built cluster behind
+            pytest.fail(f"scripts/cluster.sh up exited {up.returncode}\n{up.stderr[-4000:]}")
+        try:
+            yield Cluster.from_script()
+        finally:
+            if os.environ.get("KILN_CLUSTER_KEEP") != "1":
+                down = _script("down")
+                if down.returncode != 0:
+                    raise AssertionError(f"scripts/cluster.sh down exited {down.returncode}\n{down.stderr[-4000:]}")
