@@ -21,6 +21,13 @@ if ((${#need[@]})); then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Every container this engine runs gets no-new-privileges, also Swarm tasks, whose service spec
+# cannot ask for it (docs/fleet.md). Only written when there is no daemon.json yet.
+if [ ! -e /etc/docker/daemon.json ]; then
+  mkdir -p /etc/docker
+  printf '{"no-new-privileges": true}\n' >/etc/docker/daemon.json
+fi
+
 if ! docker info >/dev/null 2>&1; then
   say "starting dockerd"
   if [ -d /run/systemd/system ] && systemctl start docker 2>/dev/null; then :; else

@@ -33,6 +33,7 @@ from kiln.router.base import Router
 from kiln.router.config import PREVIEW_PORT, SOCKET_DIR, SOCKET_NAME, backend_name, render_config
 from kiln.router.haproxy_api import (
     FULL_WEIGHT,
+    POOL_MAX_CONN,
     POOL_PURGE_MS,
     RuntimeClient,
     ServerStat,
@@ -205,8 +206,10 @@ class HaproxyRouter:
 
     def _remove(self, backend: str, server: str) -> None:
         """Delete the server. HAProxy refuses while connections are still attached to it (its idle
-        pool among them); they are cut again and the delete retried until the pool is purged."""
-        deadline = time.monotonic() + POOL_PURGE_MS / 1000 + 2.0
+        pool among them); they are cut again and the delete retried until the pool is purged. An
+        instance that went away without closing them (its host was lost) leaves its whole pool
+        idle, and each purge closes only half of what is idle: up to log2(POOL_MAX_CONN) + 1 purges."""
+        deadline = time.monotonic() + POOL_PURGE_MS / 1000 * (POOL_MAX_CONN.bit_length() + 1) + 2.0
         while True:
             try:
                 self.client.run(remove_server(backend, server))
