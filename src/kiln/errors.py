@@ -3,7 +3,8 @@
     KilnError                    exit 1, one clear sentence + what to do
     ├── SpecError                exit 2, "kiln.yaml:LINE: key.path: problem"
     ├── UsageError               exit 2, a wrong argument (unknown environment, release…)
-    │   └── SecretMissing        a `secret:NAME` reference has no value to start a container with
+    │   ├── SecretMissing        a `secret:NAME` reference has no value to start a container with
+    │   └── NameTaken            an environment's router or network name belongs to another environment
     ├── EngineError              the Docker engine failed or is unreachable
     │   └── PortInUse            the router's public port is taken by someone else
     ├── BuildError               a base or app image could not be baked
@@ -66,6 +67,12 @@ class SpecError(KilnError):
 
 class UsageError(KilnError):
     exit_code = 2
+
+
+class NameTaken(UsageError):
+    """Names join app and environment with '-', which names may contain: `shop` + `eu-prod` and
+    `shop-eu` + `prod` both lead to `kiln-shop-eu-prod`. The first one keeps it; kiln never
+    touches an object whose labels name another environment."""
 
 
 class SecretMissing(UsageError):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from kiln.errors import NameTaken
 from kiln.spec.models import DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_PIDS, HealthCheck
 
 LABEL_PREFIX = "kiln."
@@ -35,6 +36,17 @@ def short_image(ref: str) -> str:
 def router_name(app: str, env: str) -> str:
     """The container of an environment's router."""
     return f"kiln-{app}-{env}-router"
+
+
+def check_owner(what: str, name: str, have: dict[str, str], want: dict[str, str]) -> None:
+    """NameTaken when the object called `name` (labelled `have`) belongs to another kiln
+    environment than the one `want` selects."""
+    owner = (have.get("kiln.app"), have.get("kiln.env"))
+    mine = (want.get("kiln.app"), want.get("kiln.env"))
+    if owner[0] is not None and owner != mine:
+        raise NameTaken(f"the {what} {name} belongs to kiln environment {owner[0]}/{owner[1]}, not "
+                        f"{mine[0]}/{mine[1]}: their names run together.",
+                        f"Rename the app or the environment {mine[1]!r} in kiln.yaml (kiln leaves the other one alone).")
 
 
 def selector(app: str, env: str | None = None, role: str | None = None) -> dict[str, str]:
@@ -167,8 +179,8 @@ class Images(Protocol):
 
 
 class Networks(Protocol):
-    def ensure_network(self, name: str, labels: dict[str, str]) -> None: ...
-    def remove_network(self, name: str) -> None: ...
+    def ensure_network(self, name: str, labels: dict[str, str]) -> None: ...  # NameTaken: another's
+    def remove_network(self, name: str, labels: dict[str, str] | None = None) -> None: ...  # only if it has `labels`
 
 
 class Runtime(Protocol):

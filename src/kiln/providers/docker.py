@@ -27,6 +27,7 @@ from kiln.providers.base import (
     EngineEvent,
     Finished,
     Limits,
+    check_owner,
 )
 from kiln.secretref import Lookup, resolve
 from kiln.spec.models import HealthCheck
@@ -180,14 +181,24 @@ class DockerProvider:
 
     # --- networks -------------------------------------------------------------------------
 
+    def _networks(self, name: str) -> list:
+        """The network called exactly `name` (the engine's name filter matches parts of names)."""
+        return [n for n in self.client.networks.list(names=[name]) if n.name == name]
+
     def ensure_network(self, name: str, labels: dict[str, str]) -> None:
         with engine_call(f"creating network {name}"):
-            if not self.client.networks.list(names=[name]):
+            found = self._networks(name)
+            if not found:
                 self.client.networks.create(name, driver="bridge", labels={**labels, **self.extra_labels})
+                return
+        check_owner("network", name, found[0].attrs.get("Labels") or {}, labels)
 
-    def remove_network(self, name: str) -> None:
+    def remove_network(self, name: str, labels: dict[str, str] | None = None) -> None:
         with engine_call(f"removing network {name}"):
-            for net in self.client.networks.list(names=[name]):
+            for net in self._networks(name):
+                have = net.attrs.get("Labels") or {}
+                if labels and any(have.get(k) != v for k, v in labels.items()):
+                    continue  # another environment's, by the same name
                 with contextlib.suppress(NotFound):
                     net.remove()
 

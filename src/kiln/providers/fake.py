@@ -27,6 +27,7 @@ from kiln.providers.base import (
     Finished,
     NodeFacts,
     Nodes,
+    check_owner,
     network_name,
     selector,
 )
@@ -133,9 +134,13 @@ class FakeEngine:
     # --- networks -----------------------------------------------------------------------
 
     def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+        if name in self.networks:
+            check_owner("network", name, self.networks[name], labels)
         self.networks.setdefault(name, {**labels, **self.extra_labels})
 
-    def remove_network(self, name: str) -> None:
+    def remove_network(self, name: str, labels: dict[str, str] | None = None) -> None:
+        if labels and any(self.networks.get(name, {}).get(k) != v for k, v in labels.items()):
+            return  # another environment's, by the same name
         if any(s.network == name for s in self.specs.values()):
             raise EngineError(f"removing network {name}: it has active endpoints")
         self.networks.pop(name, None)

@@ -52,6 +52,7 @@ from kiln.providers.base import (
     EngineEvent,
     NodeFacts,
     Nodes,
+    check_owner,
     router_name,
 )
 from kiln.providers.docker import DockerProvider, engine_call
@@ -128,6 +129,7 @@ class SwarmProvider(DockerProvider):
                 self.client.networks.create(name, driver="overlay", attachable=True, scope="swarm",
                                             labels={**labels, **self.extra_labels})
                 return
+        check_owner("network", name, found[0].attrs.get("Labels") or {}, labels)
         driver = found[0].attrs.get("Driver")
         if driver != "overlay":
             raise EngineError(f"network {name} exists as a {driver} network, left by this environment on another "

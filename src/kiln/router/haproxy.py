@@ -25,6 +25,7 @@ from kiln.providers.base import (
     ContainerSpec,
     Engine,
     Limits,
+    check_owner,
     network_name,
     router_name,
     selector,
@@ -75,7 +76,11 @@ class HaproxyRouter:
         return selector(self.cfg.app, self.cfg.env, ROUTER)
 
     def facts(self) -> ContainerFacts | None:
-        return self.runtime.container(self.name)
+        """The router container, if there is one; NameTaken if that name is another environment's."""
+        found = self.runtime.container(self.name)
+        if found is not None:
+            check_owner("router", self.name, found.labels, self.labels())
+        return found
 
     def _digest(self, text: str) -> str:
         return hashlib.sha256(f"{text}{self.cfg.bind}:{self.cfg.port}:{self.cfg.preview_port}".encode()).hexdigest()[:16]

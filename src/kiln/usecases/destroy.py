@@ -20,7 +20,7 @@ def destroy(ctx: Context, cfg: EnvConfig) -> int:
     removed = router.remove()
     if removed:
         ctx.out.step(f"removed {router.name}")
-    engine.remove_network(network_name(app, env))
+    engine.remove_network(network_name(app, env), selector(app, env))
     ctx.ledger.environments.forget(app, env)  # an environment kiln made (recreated, preview) is gone
     count = len(containers) + (1 if removed else 0)
     ctx.ledger.events.record(app, env, kinds.DESTROYED, f"removed {count} containers and the network")
