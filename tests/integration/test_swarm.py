@@ -13,7 +13,7 @@ import time
 import docker
 import pytest
 from cluster import Cluster
-from conftest import App, Wrk
+from conftest import App, Wrk, free_port
 
 pytestmark = pytest.mark.cluster
 REPLICAS = 3
@@ -171,3 +171,44 @@ def test_a_registry_outage_aborts_before_traffic_moves_and_the_old_release_serve
     assert [r["number"] for r in app.releases()] == [serving["number"]]  # nothing recorded
     assert len(nodes_of(app)) == REPLICAS
     no_failures(load.result(), "swarm: registry outage during a deploy", least=1000)
+
+
+def test_blue_green_promotion_recreate_and_promotion_between_engines(swarm_app: App) -> None:
+    """Blue-green with a preview and `kiln promote`, a past release recreated in a new environment
+    on the cluster, and the cluster's digest promoted to staging, a one-host environment."""
+    app = swarm_app
+    preview = free_port()
+    app.edit_spec(lambda data: data["environments"]["production"].update(preview_port=preview))
+    app.kiln("deploy")
+    first = app.serving()
+    app.set_rollout(strategy="blue-green", promote="manual", smoke=[{"path": "/health", "status": 200}])
+    app.set_message("blue-green")
+    assert app.kiln_json("deploy")["state"] == "paused"
+    assert "message=blue-green" in _get(f"http://127.0.0.1:{preview}/")
+    assert "message=blue-green" not in _get(app.url())
+    load = Wrk(app.url(), seconds=10)
+    time.sleep(1)
+    app.kiln("promote")
+    no_failures(load.result(), "swarm: blue-green promote under load", least=1000)
+    assert "message=blue-green" in _get(app.url())
+
+    made = app.kiln_json("recreate", "--release", str(first["number"]), "--from-env", "production", "--env", "old")
+    old = app.kiln_json("status", "-e", "old")
+    assert made["release"]["image"] == first["image"] == old["release"]["image"]  # the same digest
+    assert old["engine"] == "swarm" and all(i["node"] for i in old["instances"]), old
+    assert "message=hello, world" in _get(old["url"])
+
+    promoted = app.kiln_json("promote", "--from", "production", "--to", "staging")
+    staging = app.kiln_json("status", "-e", "staging")
+    assert staging["engine"] == "docker" and promoted["release"]["image"] == app.serving()["image"]
+    assert {i["node"] for i in staging["instances"]} == {None}  # one host: containers, not tasks
+    assert "message=blue-green" in _get(app.url("staging"))
+    app.kiln("destroy", "-e", "old")
+    app.kiln("destroy", "-e", "staging")
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
