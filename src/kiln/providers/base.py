@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from kiln.errors import NameTaken
 from kiln.spec.models import DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_PIDS, HealthCheck
@@ -224,6 +224,7 @@ class NodeFacts:
     leader: bool = False
 
 
+@runtime_checkable
 class Nodes(Protocol):
     """The hosts of a cluster engine (Swarm), and whether new instances may land on each."""
 

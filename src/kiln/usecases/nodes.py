@@ -27,10 +27,11 @@ class NodeRow:
 
 
 def cluster(ctx: Context) -> tuple[Engine, Nodes]:
+    """The cluster engine, as an engine and as a set of nodes."""
     engine = ctx.engine(CLUSTER_ENGINE)
-    if not hasattr(engine, "nodes"):
+    if not isinstance(engine, Nodes):
         raise UsageError(f"engine {engine.name} has no nodes.")
-    return engine, engine  # type: ignore[return-value]  # SwarmProvider is both
+    return engine, engine
 
 
 def listing(ctx: Context) -> list[NodeRow]:
