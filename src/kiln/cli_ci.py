@@ -26,6 +26,12 @@ secret_app = typer.Typer(help="Secrets for pipeline steps and `secret:NAME` refe
 
 SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Path to kiln.yaml (its place in the repository is used).")]
 RunArg = Annotated[int, typer.Argument(help="Run number (`kiln ci list`).")]
+PolicyOpt = Annotated[Optional[Path], typer.Option(
+    "--policy", help="Pipeline policy file: what each ref may deploy, promote, approve and read (default: "
+                     "KILN_CI_POLICY, else KILN_HOME/ci-policy.yaml if it exists, else the protected branch's kiln.yaml).")]
+policy_app = typer.Typer(help="What each ref's pipeline may do (deploy, promote, skip approval, read secrets), and why.",
+                         no_args_is_help=True)
+ci_app.add_typer(policy_app, name="policy")
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +46,15 @@ def _store(ctx):
     return ci_runs.store(ctx)
 
 
+def _with_policy(ctx, policy: Path | None):
+    """`ctx` with --policy FILE as its pipeline policy (runners it starts get it too)."""
+    if policy is not None:
+        from dataclasses import replace
+
+        ctx.settings = replace(ctx.settings, ci_policy=policy.expanduser().resolve())
+    return ctx
+
+
 # --- kiln ci ------------------------------------------------------------------------------------
 
 
@@ -49,15 +64,18 @@ def ci_run(
     ref: Annotated[str, typer.Option("--ref", "-r", help="Branch, tag, full ref or commit to run.")] = "HEAD",
     repo: Annotated[Optional[Path], typer.Option("--repo", help="Repository to check out from (default: the one holding kiln.yaml).")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Queue the run and return; a background runner does it.")] = False,
+    policy: PolicyOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Run the pipeline for one commit, as a server would: a clean checkout of the commit, bake,
-    then the steps; every step's state, timing and log go to the ledger. Exit code 1 when it fails."""
+    """Run the pipeline for one commit, as a server would: a clean checkout of the commit, its
+    pipeline checked against what its ref may do (a run asking for more fails before anything
+    runs), bake, then the steps; every step's state, timing and log go to the ledger. Exit code 1
+    when it fails."""
     from kiln import git
     from kiln.ci.runner import wait_and_run
     from kiln.ci.trigger import enqueue, spawn
 
-    ctx = _ctx(quiet=json)
+    ctx = _with_policy(_ctx(quiet=json), policy)
     spec_path = file.resolve()
     root = git.repo_root(repo.resolve() if repo else spec_path.parent)
     try:
@@ -91,11 +109,11 @@ def _exit_for(run) -> None:
 
 
 @ci_app.command("work", hidden=True)
-def ci_work(run_id: RunArg) -> None:
+def ci_work(run_id: RunArg, policy: PolicyOpt = None) -> None:
     """Be the runner of a queued run (started detached by hooks, webhooks and --detach)."""
     from kiln.ci.runner import wait_and_run
 
-    ctx = _ctx()
+    ctx = _with_policy(_ctx(), policy)
     _exit_for(wait_and_run(ctx, _store(ctx), run_id))
 
 
@@ -192,20 +210,72 @@ def ci_prune(
     ctx.out.done(f"pruned {runs} run(s), {lines} log line(s), {deliveries} webhook delivery id(s)")
 
 
+@policy_app.command("show")
+def policy_show(
+    file: SpecFile = Path("kiln.yaml"),
+    ref: Annotated[str, typer.Option("--ref", "-r", help="Branch, tag, full ref or commit whose rights to show.")] = "HEAD",
+    repo: Annotated[Optional[Path], typer.Option("--repo", help="Repository runs check out from (default: the one holding kiln.yaml).")] = None,
+    policy: PolicyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """What a run of REF may do (deploy, promote, promote without approval, read secrets) and
+    where that comes from: the policy file, or the kiln.yaml of the protected branch. A run whose
+    own pipeline asks for more fails before anything runs."""
+    from kiln import git
+    from kiln.ci.policy import trust_for
+
+    ctx = _with_policy(_ctx(quiet=json), policy)
+    root = git.repo_root(repo.resolve() if repo else file.resolve().parent)
+    try:
+        spec = str(file.resolve().relative_to(root))
+    except ValueError:
+        spec = str(file)
+    full, commit = git.resolve_ref(str(root), ref)
+    trust = trust_for(ctx.settings, str(root), spec, full, commit)
+    if json:
+        ctx.out.json({**trust.summary(), "commit": commit, "repo": str(root)})
+        return
+    ctx.out.print(f"{full} at {commit[:12]} in {root}")
+    for line in trust.lines():
+        ctx.out.print(f"  {line}")
+
+
 @hook_app.command("install")
 def hook_install(
     repo: Annotated[Path, typer.Option("--repo", help="The (bare) repository pushes go to.")] = Path("."),
     spec: Annotated[str, typer.Option("--spec", help="kiln.yaml's path inside the repository.")] = "kiln.yaml",
     force: Annotated[bool, typer.Option("--force", help="Replace a post-receive hook that is not kiln's.")] = False,
+    policy: PolicyOpt = None,
 ) -> None:
     """Write a post-receive hook: every push starts a run for each pushed ref (in the background;
-    one run per ref at a time, a newer push supersedes the queued older one)."""
+    one run per ref at a time, a newer push supersedes the queued older one). What each ref may
+    do comes from the policy file, else from the kiln.yaml of the repository's default branch."""
     from kiln import git
     from kiln.ci import hook
 
     root = git.repo_root(repo.resolve())
-    target = hook.install(root, spec, os.environ, force=force)
-    Output().done(f"wrote {target}; pushes to {root} now start pipeline runs (`kiln ci list`)")
+    environ = dict(os.environ)
+    if policy is not None:
+        if not policy.is_file():
+            raise UsageError(f"the policy file {policy} does not exist.", "Write it first (docs/ci.md, Trust).")
+        environ["KILN_CI_POLICY"] = str(policy.expanduser().resolve())
+    target = hook.install(root, spec, environ, force=force)
+    out = Output()
+    out.done(f"wrote {target}; pushes to {root} now start pipeline runs (`kiln ci list`)")
+    if environ.get("KILN_CI_POLICY"):
+        out.step(f"what each ref may do: the policy file {environ['KILN_CI_POLICY']}")
+    else:
+        branch, how = git.default_branch(root)
+        if branch is None:
+            out.warn(f"no protected branch ({how}): until one is set, runs may deploy nowhere and read no secret "
+                     "(docs/ci.md, Trust).")
+        elif git.tip(root, f"refs/heads/{branch}") is None:
+            out.warn(f"the protected branch is {branch} ({how}), which does not exist yet: until it is pushed, other "
+                     f"refs may deploy nowhere and read no secret. If pushes go to another default branch, say so: "
+                     f"`git -C {root} symbolic-ref HEAD refs/heads/NAME` (docs/ci.md, Trust).")
+        else:
+            out.step(f"the protected branch is {branch} ({how}): its kiln.yaml says what other refs may do "
+                     "(`kiln ci policy show --ref REF`)")
 
 
 @hook_app.command("receive", hidden=True)
@@ -279,6 +349,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8600,
     github_secret: Annotated[str, typer.Option("--github-secret", "--secret", help="Name of the stored secret GitHub signs webhooks with (HMAC-SHA256); GitHub's endpoint is served only when it is set.")] = "webhook",
     gitlab_secret: Annotated[str, typer.Option("--gitlab-secret", help="Name of the stored token GitLab sends (X-Gitlab-Token), another than GitHub's; GitLab's endpoint is served only when it is set.")] = "gitlab-token",
+    policy: PolicyOpt = None,
 ) -> None:
     """Serve webhooks: POST /hooks/github (if GitHub's secret is set) and /hooks/gitlab (if
     GitLab's token is set) accept push events, check their signature (HMAC-SHA256 of the raw body)
@@ -287,9 +358,12 @@ def serve(
     import uvicorn
 
     from kiln import git, secretref
+    from kiln.ci.policy import load_policy, record_webhook_secrets
     from kiln.server.app import Config, make_app
 
-    ctx = _ctx()
+    ctx = _with_policy(_ctx(), policy)
+    load_policy(ctx.settings)  # a wrong policy file stops the server now, not each run
+    record_webhook_secrets(ctx.settings, [github_secret, gitlab_secret])  # no pipeline may read them
     root = git.repo_root(repo.resolve())
     github = secretref.lookup(ctx.settings, github_secret) or None
     gitlab = secretref.lookup(ctx.settings, gitlab_secret) or None

@@ -16,6 +16,7 @@
     ├── LockHeld                 another kiln process holds the environment's lock
     ├── LockLost                 this process lost the lock mid-change (its lease ran out)
     ├── PipelineError            a pipeline run cannot start, or one of its steps failed
+    │   └── PolicyRefused        a run asks for more than its ref may do (ci/trust.py); nothing ran
     ├── SecretError              the secret store cannot be read or written (key missing or wrong)
     └── WebhookRejected          a webhook's signature or token is wrong (answered 401)
 
@@ -136,6 +137,16 @@ class LockLost(KilnError):
 class PipelineError(KilnError):
     """A `kiln ci` run could not start (checkout, spec, queue) or a step failed; nothing after
     the failing step ran, so what was serving keeps serving."""
+
+
+class PolicyRefused(PipelineError):
+    """A pushed commit's pipeline asks for rights its ref does not have (a deploy or promotion
+    target, a promotion without approval, a secret, the app): the run fails before anything runs.
+    `refusals` holds one sentence per widened right."""
+
+    def __init__(self, refusals: list[str], hint: str | None = None) -> None:
+        super().__init__("; ".join(refusals), hint)
+        self.refusals = refusals
 
 
 class SecretError(KilnError):

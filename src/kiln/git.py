@@ -116,6 +116,74 @@ def is_ancestor(repo: str | Path, older: str, newer: str) -> bool:
     return _git("-C", str(repo), "merge-base", "--is-ancestor", "--end-of-options", older, newer).ok
 
 
+def ref_commit(repo: str | Path, ref: str) -> str | None:
+    """The commit a full ref name (`is_ref`) names in `repo`, or None (no such ref, or not a ref)."""
+    if not is_ref(ref):
+        return None
+    found = _git("-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    return found.stdout.strip() if found.ok and is_commit(found.stdout.strip()) else None
+
+
+def tip(repo: str | Path, ref: str) -> str | None:
+    """The commit `ref` names in `repo`: a branch `refs/heads/B` as the repository has it, else
+    as its remote `origin` had it when last fetched (a clone that only tracks the branch)."""
+    found = ref_commit(repo, ref)
+    if found is None and ref.startswith("refs/heads/"):
+        found = ref_commit(repo, "refs/remotes/origin/" + ref.removeprefix("refs/heads/"))
+    return found
+
+
+def on_ref(repo: str | Path, ref: str, commit: str) -> bool:
+    """Whether `commit` is on `ref` in `repo`: a tag's commit itself, or a branch's tip or one of
+    its ancestors. A run's ref says where its commit was pushed; this checks it (a webhook could
+    name any ref)."""
+    found = tip(repo, ref)
+    if found is None or not is_commit(commit):
+        return False
+    return found == commit if ref.startswith("refs/tags/") else is_ancestor(repo, commit, found)
+
+
+def default_branch(repo: str | Path) -> tuple[str | None, str]:
+    """(the repository's default branch, how it was found), or (None, why not). A bare repository
+    (what pushes go to, or a mirror) says it with its HEAD; a work tree with the HEAD of its remote
+    `origin` (its own HEAD is only the branch checked out), else a branch `main` or `master`."""
+    bare = _git("-C", str(repo), "rev-parse", "--is-bare-repository")
+    if not bare.ok:
+        return None, f"{repo} is not a git repository kiln can read"
+    if bare.stdout.strip() == "true":
+        head = _git("-C", str(repo), "symbolic-ref", "--quiet", "HEAD")
+        name = head.stdout.strip()
+        if head.ok and name.startswith("refs/heads/"):
+            return name.removeprefix("refs/heads/"), f"the HEAD of {repo}"
+        return None, f"the HEAD of {repo} names no branch"
+    origin = _git("-C", str(repo), "symbolic-ref", "--quiet", "refs/remotes/origin/HEAD")
+    name = origin.stdout.strip()
+    if origin.ok and name.startswith("refs/remotes/origin/"):
+        return name.removeprefix("refs/remotes/origin/"), f"the HEAD of {repo}'s remote origin"
+    for branch in ("main", "master"):
+        if ref_commit(repo, f"refs/heads/{branch}") is not None:
+            return branch, f"{repo} has no remote HEAD; its branch {branch}"
+    return None, f"{repo} has no remote HEAD and no branch main or master"
+
+
+def show(repo: str | Path, commit: str, path: str, limit: int) -> str | None:
+    """The text of the file `path` at `commit` in `repo` (None when it has no such file), read with
+    git, never from a work tree. A file over `limit` bytes is refused before it is read."""
+    if not is_commit(commit) or path.startswith("-"):
+        raise UsageError(f"refusing to read {path!r} at {commit[:80]!r}: not a full commit id and a path.")
+    obj = f"{commit}:{path.removeprefix('./')}"
+    size = _git("-C", str(repo), "cat-file", "-s", obj)
+    if not size.ok or not size.stdout.strip().isdigit():
+        return None
+    if int(size.stdout.strip()) > limit:
+        raise UsageError(f"{path} at {commit[:12]} is larger than {limit // 1024} KiB.")
+    try:
+        blob = _git("-C", str(repo), "cat-file", "blob", obj)
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} at {commit[:12]} is not UTF-8 text.") from None
+    return blob.stdout if blob.ok else None
+
+
 def clone(repo: str | Path, commit: str, into: Path) -> Path:
     """A fresh clone of `repo` (a path or URL) at `commit`, detached, in `into` (which must not
     exist). The caller removes it (`remove`). `commit` must be a full object name (`is_commit`):

@@ -22,14 +22,16 @@ class Settings:
     ledger_url: str  # KILN_LEDGER_URL: sqlite (default) or postgresql+psycopg://…
     extra_labels: dict[str, str] = field(default_factory=dict)  # KILN_EXTRA_LABELS: k=v,k=v
     ci_max_runs: int = 4  # KILN_CI_MAX_RUNS: pipeline runs running at once on this ledger; others wait queued
+    ci_policy: Path | None = None  # KILN_CI_POLICY: the pipeline policy file (default: KILN_HOME/ci-policy.yaml if it exists)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         home = Path(env["KILN_HOME"]).expanduser() if env.get("KILN_HOME") else _default_home(env)
         url = env.get("KILN_LEDGER_URL") or _url_from_file(env.get(URL_FILE_ENV)) or f"sqlite:///{home / 'ledger.db'}"
+        policy = Path(env["KILN_CI_POLICY"]).expanduser() if env.get("KILN_CI_POLICY") else None
         return cls(home=home, ledger_url=url, extra_labels=_parse_labels(env.get("KILN_EXTRA_LABELS", "")),
-                   ci_max_runs=_positive(env, "KILN_CI_MAX_RUNS", 4))
+                   ci_max_runs=_positive(env, "KILN_CI_MAX_RUNS", 4), ci_policy=policy)
 
 
 URL_FILE_ENV = "KILN_LEDGER_URL_FILE"  # a 0600 file holding the ledger URL (the git hook's way: no password in it)

@@ -5,6 +5,7 @@ webhooks are verified and never replayed; a newer push supersedes a queued older
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -110,7 +111,7 @@ def repo(app: App, tmp_path_factory: pytest.TempPathFactory) -> Repo:
     shutil.copy(TEST_FILE, app.dir / "test_app.py")
     app.edit_spec(lambda data: data["build"]["steps"].append("COPY test_app.py /app/test_app.py"))
     made.set_approval("auto")
-    made.git("init", "-q", "--bare", str(made.bare), cwd=made.bare.parent)
+    made.git("init", "-q", "--bare", "-b", "main", str(made.bare), cwd=made.bare.parent)  # HEAD: the protected branch
     made.git("init", "-q", "-b", "main")
     made.git("remote", "add", "origin", str(made.bare))
     made.kiln("ci", "hook", "install", "--repo", str(made.bare))
@@ -200,8 +201,9 @@ def test_a_failing_test_step_stops_the_run_and_nothing_changes(repo: Repo) -> No
 def test_webhooks_start_one_run_per_delivery_and_refuse_bad_signatures(repo: Repo) -> None:
     repo.kiln("secret", "set", "webhook", stdin="hook-secret")
     # A passing commit in the bare repository, put there by a fetch: no hook, so no run of its own.
+    # It is main's too, so main's kiln.yaml (the policy) gives the branch what its pipeline asks.
     commit = repo.commit("for the webhook")
-    repo.git("fetch", "-q", str(repo.work), "HEAD:refs/heads/webhook", cwd=repo.bare)
+    repo.git("fetch", "-q", str(repo.work), "HEAD:refs/heads/webhook", "HEAD:refs/heads/main", cwd=repo.bare)
     assert repo.store.runs(limit=100) == []
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "kiln", "serve", "--repo", str(repo.bare), "--port", str(port)],
@@ -232,6 +234,57 @@ def test_webhooks_start_one_run_per_delivery_and_refuse_bad_signatures(repo: Rep
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+WIDENING = """
+pipeline:
+  steps:
+    - name: leak
+      run: echo "$HOOK" | base64; echo "$HOOK"
+      environment: {HOOK: "secret:webhook"}
+    - deploy: production
+    - promote: {from: staging, to: production, approval: auto}
+"""
+
+
+def test_a_branch_that_widens_its_own_rights_is_refused_and_nothing_changes(repo: Repo) -> None:
+    """Issue 15 item 1: main promotes to production (a branch may only test and deploy staging);
+    a branch whose kiln.yaml deploys and promotes to production with `approval: auto` and prints
+    the webhook secret in base64 gets a run refused before its bake: both environments keep their
+    release and containers, no step container ever existed, the secret is nowhere."""
+    hook_secret = "whk-0c9e5d3b7a21f4e8"
+    repo.kiln("secret", "set", "webhook", stdin=hook_secret)
+    repo.set_pipeline(PIPELINE.replace("APPROVAL", "auto") + "      branches: [main]\n")
+    main = repo.wait(repo.run_of(repo.push("main promotes")).id)
+    assert main.state == "succeeded", main.reason
+    before = {env: repo.serving(env) for env in ("staging", "production")}
+    running = {env: images_running(repo.app, env) for env in ("staging", "production")}
+    repo.git("checkout", "-q", "-b", "feature/x")
+    repo.set_pipeline(WIDENING)
+    commit = repo.commit("widen my rights")
+    repo.git("push", "-q", "origin", "HEAD:feature/x")
+    run = repo.wait(repo.run_of(commit).id, timeout=60)
+    assert (run.state, run.ref) == ("failed", "refs/heads/feature/x")
+    source = f"the policy from main (kiln.yaml at {main.commit[:12]})"
+    for widened in ("may not read secret webhook (pipeline.steps[0].environment.HOOK): it is one of kiln's own",
+                    f"may not deploy to production (pipeline.steps[1].deploy): {source} allows deploys to staging only",
+                    "may not promote to production with `approval: auto`"):
+        assert f"branch feature/x {widened}" in run.reason, run.reason
+    assert [s.state for s in repo.store.steps(run.id)] == ["failed", "skipped", "skipped", "skipped"]
+    assert not run.image
+    client = docker.from_env()
+    assert client.containers.list(all=True, filters={"label": f"kiln.ci.run={run.id}"}) == []
+    for env, release in before.items():
+        assert repo.serving(env) == release
+        assert images_running(repo.app, env) == running[env]
+    assert get(repo.app.url("production"))[0] == 200
+    logs = repo.kiln("ci", "logs", str(run.id)).stdout
+    assert "refused: branch feature/x may not deploy to production" in logs
+    encoded = base64.b64encode(hook_secret.encode())
+    repo.store.ledger.db.engine.dispose()
+    files = [*repo.app.home.glob("ledger.db*"), repo.app.home / "ci" / f"run-{run.id}.out"]
+    for data in [logs.encode(), *(p.read_bytes() for p in files if p.exists())]:
+        assert hook_secret.encode() not in data and encoded[:-4] not in data
 
 
 def _up(port: int) -> bool:

@@ -13,11 +13,11 @@ from kiln.private import write_private
 from kiln.settings import URL_FILE_ENV, Settings
 
 MARK = "# kiln: pipeline runs for pushed refs"
-# What the runner needs to find its state and engine, kept from the installer's environment as
+# What the runner needs to find its state, engine and pipeline policy, kept from the installer's environment as
 # defaults (a push over ssh does not carry the pusher's environment). Never a secret key, and
 # never KILN_LEDGER_URL, which may hold a password: the script names a 0600 file holding it
 # (KILN_LEDGER_URL_FILE), read when the hook runs.
-KEPT = ("KILN_HOME", "KILN_EXTRA_LABELS", "DOCKER_HOST")
+KEPT = ("KILN_HOME", "KILN_EXTRA_LABELS", "DOCKER_HOST", "KILN_CI_POLICY")
 URL_FILE = "ledger-url"  # in KILN_HOME
 
 

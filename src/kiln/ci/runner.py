@@ -1,7 +1,8 @@
 """One pipeline run: wait for its turn in its queue, check the commit out into a clean clone,
-bake, run the stages in order (a parallel group's steps in threads), record each step's state,
-timing and log. A failing step stops the run: later steps are skipped, so nothing after it
-deploys, and what was serving keeps serving."""
+check what its pipeline asks for against what its ref may do (ci/policy.py, ci/trust.py: a run
+asking for more fails before anything runs), bake, run the stages in order (a parallel group's
+steps in threads), record each step's state, timing and log. A failing step stops the run: later
+steps are skipped, so nothing after it deploys, and what was serving keeps serving."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from kiln import git, process, secretref
+from kiln import git, process
 from kiln.bake.baker import BakedImage, bake
 from kiln.ci.logsink import StepLog, StepOutput
 from kiln.ci.plan import Planned, plan
+from kiln.ci.policy import trust_for
 from kiln.ci.steps import Cancelled, StepContext, execute
+from kiln.ci.trust import asks
 from kiln.context import Context
-from kiln.errors import KilnError, PipelineError, UsageError
+from kiln.errors import KilnError, PipelineError, PolicyRefused, UsageError
 from kiln.ledger.ci_store import CiRun, CiStore
 from kiln.ledger.db import now
 from kiln.secretstore import Masker
@@ -137,12 +141,31 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
                                          "skipped" if p.skip else "pending", p.skip or "")
                                         for stage in stages for p in stage])
         ids = {row.position: row.id for row in rows}
-        masker = Masker(v for name in _secret_names(pipeline) if (v := ctx.secret(name)) is not None)
+        # Before anything runs: what this commit's pipeline asks for against what its ref may do,
+        # decided by a trusted source (ci/policy.py), never by this commit.
+        asked = asks(loaded.spec, pipeline, run.ref)
+        trust = trust_for(ctx.settings, run.repo, run.spec, run.ref, run.commit)
+        for line in (trust.headline(), *trust.notes):
+            log.write(f"› {line}")
+        refused = trust.refusals(asked)
+        if refused:
+            raise PolicyRefused(refused, f"Nothing ran. What {trust.name} may do comes from {trust.source}; "
+                                         f"`kiln ci policy show --repo {run.repo} --ref {run.ref}` shows it "
+                                         "(docs/ci.md, Trust).")
+        readable = trust.may_read(asked)
+        masker = Masker(_values(ctx, readable | trust.kiln_secrets))
         log.mask = masker
         image = bake(ctx.engine(), loaded, StepOutput(log), ctx.settings.home / "tmp")
         store.update_run(run.id, image=image.id)
         store.set_step(bake_step, "succeeded", f"{image.tag} ({image.id[:19]})" + ("" if image.built else ", reused"))
         ctx.out.done(f"baked {image.tag} ({image.id[:19]})")
+    except PolicyRefused as exc:
+        for line in exc.refusals:
+            log.write(f"refused: {line}")
+        log.write(f"  {exc.hint}")
+        store.set_step(bake_step, "failed", f"refused: {exc.message}")
+        ctx.out.warn(f"run {run.id} refused: {exc.message}")
+        return "failed", f"refused: {exc.message}"
     except KilnError as exc:
         store.set_step(bake_step, "failed", str(exc))
         log.write(f"error: {exc}")
@@ -155,7 +178,7 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
             continue
         if cancelled.is_set():
             return "cancelled", "cancelled by `kiln ci cancel`"
-        results = _run_stage(ctx, store, run, todo, ids, loaded, image, masker, cancelled)
+        results = _run_stage(ctx, store, run, todo, ids, loaded, image, masker, _granted(ctx, readable), cancelled)
         failed = [(p, r) for p, r in results if r is not None]
         if failed:
             p, why = failed[0]
@@ -167,13 +190,13 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
 
 
 def _run_stage(ctx: Context, store: CiStore, run: CiRun, stage: list[Planned], ids: dict[int, int],
-               loaded: LoadedSpec, image: BakedImage, masker: Masker, cancelled: threading.Event
-               ) -> list[tuple[Planned, str | None]]:
+               loaded: LoadedSpec, image: BakedImage, masker: Masker, secret: Callable[[str], str | None],
+               cancelled: threading.Event) -> list[tuple[Planned, str | None]]:
     def one(p: Planned) -> tuple[Planned, str | None]:
         # Each thread gets its own engine client; the ledger's engine is shared (thread-safe).
         log = StepLog(store, run.id, ids[p.position], masker, ctx.out, p.name)
         sc = StepContext(ctx.derive(StepOutput(log), own_engines=len(stage) > 1),
-                         store, run, ids[p.position], p.position, loaded, image, log, ctx.secret, cancelled)
+                         store, run, ids[p.position], p.position, loaded, image, log, secret, cancelled)
         store.set_step(sc.step_id, "running")
         ctx.out.step(f"step {p.position}: {p.name}")
         started = time.monotonic()
@@ -208,10 +231,24 @@ def _pipeline(loaded: LoadedSpec) -> Pipeline:
     return pipeline  # its environments were checked when the spec was loaded (spec/checks.py)
 
 
-def _secret_names(pipeline: Pipeline) -> set[str]:
-    names = set()
-    for step in pipeline.steps:
-        for inner in step.parallel or (step,):
-            envs = [inner.environment, *(s.environment for s in inner.services.values())]
-            names |= {n for env in envs for v in env.values() if (n := secretref.reference(v))}
-    return names
+def _values(ctx: Context, names: set[str]) -> list[str]:
+    """The values of the secrets `names` (to mask them); one that cannot be read was given to no step."""
+    values = []
+    for name in sorted(names):
+        try:
+            value = ctx.secret(name)
+        except KilnError:
+            continue
+        if value:
+            values.append(value)
+    return values
+
+
+def _granted(ctx: Context, readable: set[str]) -> Callable[[str], str | None]:
+    """The secret lookup of a run's steps: only the secrets the run may read (a step asking for
+    another was refused before anything ran; this holds all the same)."""
+    def find(name: str) -> str | None:
+        if name not in readable:
+            raise PolicyRefused([f"secret {name!r} is not granted to this run"])
+        return ctx.secret(name)
+    return find

@@ -27,7 +27,8 @@ def spawn(ctx: Context, run_id: int) -> Path:
     """A detached runner for `run_id` (it outlives a git hook or a webhook request); its terminal
     output goes to KILN_HOME/ci/run-ID.out. Returns that file."""
     out = ctx.settings.home / "ci" / f"run-{run_id}.out"
-    process.spawn_detached((sys.executable, "-m", "kiln", "ci", "work", str(run_id)), out)
+    policy = ("--policy", str(ctx.settings.ci_policy)) if ctx.settings.ci_policy is not None else ()
+    process.spawn_detached((sys.executable, "-m", "kiln", "ci", "work", str(run_id), *policy), out)
     return out
 
 
