@@ -4,6 +4,8 @@ without a moment with fewer serving instances."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kiln.errors import EngineError, KilnError, UsageError
@@ -138,3 +140,23 @@ def test_gc_keeps_the_local_image_of_a_release_that_serves_by_digest(w):
     out = collect(w.ctx, "shop", keep=1, dry_run=True)
     assert back.release.image == first.release.image
     assert local not in [i["image"] for i in out["images"]]
+
+
+def test_a_pipeline_deploy_step_accepts_the_tested_image_as_pushed_and_refuses_another(w):
+    from types import SimpleNamespace
+
+    from kiln.bake.baker import bake
+    from kiln.ci import steps
+    from kiln.errors import PipelineError
+
+    loaded = w.load()
+    image = bake(w.engine, loaded, w.out, w.root / "tmp")
+    sc = SimpleNamespace(ctx=w.ctx, loaded=loaded, image=image)
+    said = steps.deploy(sc, "production")  # the release records repository@sha256:…, the tested bytes
+    assert said.startswith("production v1 serving")
+    assert w.ctx.ledger.releases.current("shop", "production").image.startswith(f"{REGISTRY}/kiln/shop@sha256:")
+    w.change_code("print('v2')\n")  # the same step, told it tested another image than it deploys
+    other = replace(image, id=w.engine.add_image("kiln/shop:other"))
+    with pytest.raises(PipelineError) as err:
+        steps.deploy(SimpleNamespace(ctx=w.ctx, loaded=w.load(), image=other), "production")
+    assert "not the tested" in err.value.message
