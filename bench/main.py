@@ -13,11 +13,13 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import availability, controlplane, facts, report, timing
+from bench import availability, cluster, controlplane, facts, report, timing
 from bench.harness import RESULTS, BenchApp, heavy, log, remove_images, remove_labelled, sh
 from bench.peers import Swarm
 
 V1, V2 = availability.V1, availability.V2
+LOCAL_GROUPS = ("kiln", "compose", "swarm", "deploy", "noop", "router", "scale")  # one engine: report.{md,json}
+OPT_IN = ("cluster",)  # run only when named: builds a 3-node Swarm (scripts/cluster.sh); cluster.{md,json}
 
 PROFILES = {
     "quick": {"rounds": 1, "peer_rounds": 1, "repeats": 1, "noop_repeats": 3, "router_seconds": 5,
@@ -30,42 +32,45 @@ PROFILES = {
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="one repeat of each, short loads (a few minutes)")
-    ap.add_argument("--only", default="", help="comma-separated groups: kiln,compose,swarm,deploy,noop,router,scale")
-    ap.add_argument("--out", default=str(RESULTS), help="directory for report.{md,json} and plots")
+    ap.add_argument("--only", default="", help="comma-separated groups: kiln,compose,swarm,deploy,noop,router,scale "
+                                                 "(all by default), and cluster (only when named: a 3-node Swarm)")
+    ap.add_argument("--out", default=str(RESULTS), help="directory for report.{md,json} and plots (cluster.{md,json} "
+                                                          "for the cluster group)")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     p = PROFILES[mode]
     only = set(filter(None, args.only.split(",")))
+    unknown = only - set(LOCAL_GROUPS) - set(OPT_IN)
+    if unknown:
+        ap.error(f"unknown group(s): {', '.join(sorted(unknown))}")
+    local = not only or bool(only & set(LOCAL_GROUPS))  # the one-engine report is written only if one of its groups runs
     out = Path(args.out)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
 
     r: dict = {"mode": mode, "command": "bench/run" + (" --quick" if args.quick else "") + (f" --only {args.only}" if only else ""),
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "errors": {}, "notes": []}
+    c: dict = {"mode": mode, "command": r["command"], "started": r["started"], "errors": {}, "notes": []}
     root = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     swarm = Swarm()
 
     def group(name: str, fn: Callable[[], None]) -> None:
-        if only and name not in only:
+        if (name not in only) if only else (name in OPT_IN):
             return
+        into = c if name in OPT_IN else r
         try:
             fn()
         except Exception as exc:  # one group failing still leaves the others' figures
             traceback.print_exc()
-            r["errors"][name] = f"{type(exc).__name__}: {str(exc)[:600]}"
-        report.write(r, out)
+            into["errors"][name] = f"{type(exc).__name__}: {str(exc)[:600]}"
+        if into is c:
+            report.write_cluster(c, out)
+        else:
+            report.write(r, out)
 
     apps = {k: BenchApp.make(root, f"kb{k}") for k in ("avail", "deploy", "router", "scale")}
     try:
-        with heavy("setup: bases, images for the peers, machine facts"):
-            a = apps["avail"]
-            a.kiln("base", "build")
-            a.set_message("peer one")
-            sh("docker", "tag", a.image_tag(), V1)
-            a.set_message("peer two")
-            sh("docker", "tag", a.image_tag(), V2)
-            a.kiln("deploy")
-            router = next(c for c in a.containers() if c.labels.get("kiln.role") == "router")
-            r["facts"] = facts.machine(router.image.tags[0] if router.image.tags else router.image.id)
+        if local:
+            setup(apps, r)
 
         def kiln_group() -> None:
             r["availability"] = [row for row in r.get("availability", []) if row["tool"] != "kiln"]
@@ -117,15 +122,40 @@ def main(argv: list[str] | None = None) -> int:
                 r["plan"] = controlplane.plan_scale(1000)
                 r["releases"] = controlplane.releases_scale(apps["scale"], 100_000)
         group("scale", scale_group)
+
+        def cluster_group() -> None:
+            # Both locks for the whole group, heavy first (a test session under `flock /tmp/kiln-heavy.lock`
+            # takes them in this order too); the cluster is up only while they are held.
+            with heavy("cluster: 3-node Swarm, kiln vs Swarm's own update", wait=1800), cluster.session_lock() as waited:
+                c["cluster_lock_waited_seconds"] = round(waited, 1)
+                cluster.run(mode, root, c, lambda: report.write_cluster(c, out), facts.machine)
+        group("cluster", cluster_group)
     finally:
         with heavy("cleanup"):
             swarm.leave()
             remove_labelled()
             remove_images([f"kiln/{a.name}" for a in apps.values()], [V1, V2])
-        r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        report.write(r, out)
-        log(f"report: {out / 'report.md'}")
-    return 1 if r["errors"] else 0
+        r["finished"] = c["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        if local:
+            report.write(r, out)
+            log(f"report: {out / 'report.md'}")
+        if "cluster" in only:
+            report.write_cluster(c, out)
+            log(f"cluster report: {out / 'cluster.md'}")
+    return 1 if r["errors"] or c["errors"] else 0
+
+
+def setup(apps: dict[str, BenchApp], r: dict) -> None:
+    with heavy("setup: bases, images for the peers, machine facts"):
+        a = apps["avail"]
+        a.kiln("base", "build")
+        a.set_message("peer one")
+        sh("docker", "tag", a.image_tag(), V1)
+        a.set_message("peer two")
+        sh("docker", "tag", a.image_tag(), V2)
+        a.kiln("deploy")
+        router = next(c for c in a.containers() if c.labels.get("kiln.role") == "router")
+        r["facts"] = facts.machine(router.image.tags[0] if router.image.tags else router.image.id)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,16 @@ def _s(v: float | None) -> str:
     return f"{v:.2f} s" if v is not None else "–"
 
 
+def _after_exit(seconds: float) -> str:
+    return f"{seconds:.1f} s after the exit" if seconds >= 0 else f"{-seconds:.1f} s before the exit"
+
+
+def _kinds(errors: dict | None) -> str:
+    """wrk's socket errors by kind, when there are any: ' (timeout 9)'."""
+    nonzero = {k: v for k, v in (errors or {}).items() if v}
+    return f" ({', '.join(f'{k} {v}' for k, v in nonzero.items())})" if nonzero else ""
+
+
 def _x(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f} x" if a and b else "–"
 
@@ -228,3 +238,211 @@ def _plots(r: dict, results: Path, name: str) -> list[str]:
         plt.close(fig)
         made.append(f"{name}-deploy-time.png")
     return made
+
+
+# --- the cluster group: bench/results/cluster.{md,json} -------------------------------------------
+
+
+def cluster_targets(c: dict) -> list[dict]:
+    from bench.cluster import CAPACITY_BOUND, REPLICAS, summary
+
+    out = []
+    rows = c.get("kiln_rows", [])
+    if rows:
+        total, failed = sum(r["requests"] for r in rows), sum(r["failed"] for r in rows)
+        out.append({"target": "kiln on 3 nodes: 0 failed requests (non-2xx + socket errors) in every deploy, rollback, "
+                              "canary, node loss and node return",
+                    "measured": f"{failed} failed of {total:,} requests in {len(rows)} runs", "met": failed == 0})
+    for n in c.get("node_loss", []):
+        out.append({"target": f"node loss {n['run']}: {REPLICAS} instances serving again, none on the stopped node, within "
+                              f"{CAPACITY_BOUND:g} s of its dockerd's exit",
+                    "measured": f"{_after_exit(n['capacity_from_exit_seconds'])} "
+                                f"({n['capacity_from_stop_seconds']:.1f} s after the stop began)",
+                    "met": n["capacity_from_exit_seconds"] <= CAPACITY_BOUND})
+    for kind, how in (("idle", "no load"), ("loaded", "under the wrk load")):
+        s = summary(c).get(kind) or {}
+        k, sw, done = s.get("kiln_command"), s.get("swarm_done"), s.get("swarm_completed")
+        if k and sw:
+            out.append({"target": f"kiln deploy time below Docker Swarm's update (new image, 6 replicas, 3 nodes; {how})",
+                        "measured": f"kiln {k['median']:.2f} s, Swarm {sw['median']:.2f} s (new tasks routed, old ones "
+                                    f"gone): {k['median'] / sw['median']:.2f} x"
+                                    + (f"; until HAProxy routes only the new tasks {s['swarm_routed']['median']:.2f} s: "
+                                       f"{k['median'] / s['swarm_routed']['median']:.2f} x" if s.get("swarm_routed") else "")
+                                    + (f"; Swarm's update `completed` {done['median']:.2f} s: {k['median'] / done['median']:.2f} x"
+                                       if done else ""),
+                        "met": k["median"] < sw["median"]})
+    deploys = [r for r in rows if r["scenario"].startswith("deploy")]
+    swarm = c.get("swarm_rows", [])
+    if deploys and swarm:
+        kf, sf = sum(r["failed"] for r in deploys), sum(r["failed"] for r in swarm)
+        out.append({"target": "kiln's deploy fails no more requests than Swarm + HAProxy's update of the same change",
+                    "measured": f"kiln {kf} of {sum(r['requests'] for r in deploys):,} in {len(deploys)} deploys; Swarm "
+                                f"{sf} of {sum(r['requests'] for r in swarm):,} in {len(swarm)} updates",
+                    "met": kf <= sf})
+    return out
+
+
+def write_cluster(c: dict, results: Path, name: str = "cluster") -> None:
+    from bench.cluster import summary
+
+    results.mkdir(parents=True, exist_ok=True)
+    c["targets"] = cluster_targets(c)
+    c["summary"] = summary(c)
+    (results / f"{name}.json").write_text(json.dumps(c, indent=1, default=str) + "\n")
+    (results / f"{name}.md").write_text(_cluster_markdown(c))
+
+
+def _cluster_markdown(c: dict) -> str:
+    from bench.cluster import CANARY, HEALTH_CMD, REPLICAS, SWARM, TEMPLATE_SLOTS
+
+    lines = [f"# kiln cluster benchmark report ({c['mode']} run): 3 nodes, {REPLICAS} replicas", "",
+             f"Run {c['started']} – {c.get('finished', '(unfinished)')} with `{c['command']}`. Every figure below was "
+             "measured in this run, on this machine; the JSON beside this file has every sample.", "",
+             "## Machine", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in c.get("facts", {}).items()]
+    cl = c.get("cluster", {})
+    if cl:
+        lines += ["", "## Cluster (`scripts/cluster.sh up`: one machine, workers in network namespaces)", "",
+                  "| node | role | state | engine | address | CPUs it reports |", "|---|---|---|---|---|---|"]
+        lines += [f"| {n['hostname']} | {n['role']} | {n['state']} | {n['engine']} | {n['address']} | {n['cpus']:g} |"
+                  for n in cl.get("nodes", [])]
+        lines += ["", f"Registry https://{cl.get('registry')} (TLS, on the machine); Swarm dispatcher heartbeat "
+                  f"{cl.get('dispatcher_heartbeat')}; `up` took {cl.get('up_seconds')} s"
+                  + (f", `down` {cl['down_seconds']} s" if "down_seconds" in cl else "")
+                  + (f"; after `down` the machine's dockerd is in swarm state `{cl['manager_swarm_state_after']}`"
+                     if "manager_swarm_state_after" in cl else "")
+                  + ". The three nodes share this machine's 2 cores: every node's tasks, both routers, wrk and "
+                  "kiln itself compete for them, and traffic between nodes crosses a Linux bridge, not a network."]
+    lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |" for t in c["targets"]]
+    for group, msg in c.get("errors", {}).items():
+        lines += ["", f"**{group} did not complete:** {msg}"]
+    for note in c.get("notes", []):
+        lines += ["", note]
+
+    rows = c.get("kiln_rows", []) + c.get("swarm_rows", [])
+    if rows:
+        lines += ["", "## Failed requests during a change on the cluster (wrk keep-alive load, 16 connections)", "",
+                  "| tool | scenario | requests | req/s | non-2xx | socket errors | longest gap without a 2xx | change took | "
+                  "instances per node after | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            spread = ", ".join(f"{k} {v}" for k, v in (r.get("spread") or {}).items()) or "–"
+            lines.append(f"| {r['tool']} | {r['scenario']} | {r['requests']:,} | {r['rps']:.0f} | {r['non_2xx']} | "
+                         f"{r['socket_errors']}{_kinds(r.get('errors'))} | {r['max_gap_ms']} ms | {r['change_seconds']:.2f} s | "
+                         f"{spread} | {r['note']} |")
+        lines += ["", "Each run separately. wrk (2 threads, 16 keep-alive connections, `bench/wrk_report.lua`, its default "
+                  "2 s request timeout: an unanswered request is a socket error, `timeout`) runs from 1 s before each "
+                  "change until 1 s after it (3 s after a node's return). *change took*: the `kiln` command; for a "
+                  "node loss, from the start of `scripts/cluster.sh node-stop` until full capacity; for a node's "
+                  "return, until the manager lists it Ready; for Swarm, from `docker service update` until HAProxy "
+                  "routes to exactly the 6 new tasks and no old task runs. The longest gap is the longest stretch of "
+                  "wall-clock time (10 ms resolution) in which no connection received a 2xx response."]
+        uneven = [(r["scenario"], r["spread"]) for r in rows if r["tool"] == "kiln" and r.get("spread")
+                  and (len(r["spread"]) < 3 or max(r["spread"].values()) - min(r["spread"].values()) > 1)]
+        if uneven:
+            lines += ["", "Placement: after " + "; ".join(f"{sc} ({', '.join(f'{k} {v}' for k, v in sp.items())})" for sc, sp in uneven)
+                      + f", kiln's {REPLICAS} instances were not spread evenly over the 3 nodes. Each instance is a "
+                      "service of one task, placed by Swarm on the node running the fewest tasks at the moment it starts; "
+                      "with max_surge 100% the old set still runs then, so the new set fills the nodes the old one left "
+                      "emptier, and an uneven set begets its mirror image. Swarm's own service of 6 stays 2 per node "
+                      "(its spread is per service)."]
+        canary = [r for r in rows if r["scenario"].startswith("canary") and r.get("analysis")]
+        if canary:
+            lines += ["", "Canary (" + " then ".join(f"{s['weight']}% for {s['pause']}" for s in CANARY) + "): kiln said "
+                      + "; ".join(f"`{a}`" for r in canary for a in r["analysis"]) + "."]
+    nl = c.get("node_loss", [])
+    if nl:
+        lines += ["", "## Node loss (kiln agent running; `scripts/cluster.sh node-stop` of a worker holding instances)", "",
+                  "| run | node stopped | its instances | dockerd exited | manager lists it Down | its instances out of the router "
+                  "| full capacity, from the stop | full capacity, from the exit | agent events |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for n in nl:
+            ev = ", ".join(f"{k} {v}" for k, v in n["events"].items()) or "–"
+            lines.append(f"| {n['run']} | {n['victim']} | {n['instances_on_victim']} of {REPLICAS} | {n['dockerd_exit_seconds']:.2f} s | "
+                         f"{_s(n['node_down_seconds'])} | {_s(n['victim_out_of_router_seconds'])} | "
+                         f"{n['capacity_from_stop_seconds']:.2f} s | {_after_exit(n['capacity_from_exit_seconds'])} | {ev} |")
+        lines += ["", "Seconds from the start of `node-stop` (SIGTERM to the node's dockerd, which stops its containers "
+                  "before it exits; the script waits for its exit). *Full capacity*: 6 instances healthy in kiln's router "
+                  "with weight, their tasks running on Ready nodes, none on the stopped node (HAProxy's admin socket and "
+                  "the manager's task list, polled every 0.1 s). The requests, failures and gaps of these runs are in "
+                  "the table above."]
+        for n in nl:
+            if not (n.get("event_log") or n.get("router_trace")):
+                continue
+            lines += ["", f"Run {n['run']}, seconds from the start of the stop: kiln's events, and each change of the stopped "
+                      "node's servers in kiln's router (HAProxy `show stat`: status, sessions now, connection errors, "
+                      "response errors, retries, redispatches, server aborts, last check):", "", "```"]
+            lines += [f"{t:7.2f}  {kind:<22} {msg}" for t, kind, msg in n.get("event_log", [])]
+            lines += [""] + [f"{row[0]:7.2f}  " + " ".join(str(x) for x in row[1:]) for row in n.get("router_trace", [])]
+            lines += ["```"]
+    summ = c.get("summary") or {}
+    if any((summ.get(kind) or {}).get("kiln_command") or (summ.get(kind) or {}).get("swarm_done") for kind in summ):
+        lines += ["", "## Deploy time: kiln vs Docker Swarm (new image onto 6 running replicas on 3 nodes)"]
+        deploys = [r for r in c.get("kiln_rows", []) if r["scenario"].startswith("deploy")]
+        swarm = c.get("swarm_rows", [])
+
+        def av(rs: list[dict]) -> str:
+            return (f"{sum(r['failed'] for r in rs)} of {sum(r['requests'] for r in rs):,} | {max(r['max_gap_ms'] for r in rs)} ms"
+                    if rs else "– | –")
+        for kind, title in (("idle", "without load (as the one-engine report's deploy time)"),
+                            ("loaded", "under the wrk load (the runs of the table above)")):
+            s = summ.get(kind) or {}
+            if not (s.get("kiln_command") or s.get("swarm_done")):
+                continue
+            loaded_runs = kind == "loaded"
+            lines += ["", f"### {title.capitalize()}", "",
+                      "| what | runs | median | min | max |" + (" failed requests | longest gap |" if loaded_runs else ""),
+                      "|---|---|---|---|---|" + ("---|---|" if loaded_runs else "")]
+            for key, label, rs in (("kiln_command", "**kiln**: `kiln deploy`, the whole command (new set routed, old set stopped and removed)", deploys),
+                                   ("kiln_rollout", "kiln: its rollout, by its own timer (inside the command)", None),
+                                   ("swarm_ready", "Swarm: 6 new tasks running (healthy)", None),
+                                   ("swarm_routed", "Swarm: HAProxy routes to exactly the 6 new tasks (DNS)", None),
+                                   ("swarm_old_gone", "Swarm: no old task running any more", None),
+                                   ("swarm_done", "**Swarm**: new set routed and old set gone (what `kiln deploy` waits for)", swarm),
+                                   ("swarm_completed", "Swarm: its update state `completed` (after `--update-monitor`, 5 s by default)", None)):
+                v = s.get(key)
+                if v:
+                    lines.append(f"| {label} | {v['runs']} | {v['median']:.2f} s | {v['min']:.2f} s | {v['max']:.2f} s |"
+                                 + ((" " + (av(rs) if rs is not None else "(same runs) | (same runs)") + " |") if loaded_runs else ""))
+            ratio = s.get("ratio_kiln_to_swarm")
+            if ratio:
+                lines += ["", f"**kiln / Swarm**: median {ratio['median']:.2f} x, fastest runs {ratio['min']:.2f} x, slowest "
+                          f"runs {ratio['max']:.2f} x"
+                          + (f"; against Swarm until HAProxy routes only the new tasks (old ones may still be stopping): "
+                             f"median {s['ratio_kiln_to_swarm_routed']:.2f} x" if s.get("ratio_kiln_to_swarm_routed") else "")
+                          + (f"; against Swarm's `completed`: median {s['ratio_kiln_to_swarm_completed']:.2f} x"
+                             if s.get("ratio_kiln_to_swarm_completed") else "") + "."]
+        ms = [(kind, m) for kind in ("idle", "loaded") for m in ((c.get("kiln_times") or {}).get(kind) or {}).get("milestones", [])]
+        if ms:
+            kinds = sorted({k for _, m in ms for k in m}, key=lambda k: max(m.get(k, 0) for _, m in ms))
+            lines += ["", "Where kiln's rollout spends its time (seconds from the rollout's start until the last step of "
+                      "each kind was done, from `kiln rollout show`):", "",
+                      "| deploy | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+            for kind, m in ms:
+                lines.append(f"| {'no load' if kind == 'idle' else 'under load'} | " + " | ".join(f"{m.get(k, 0):.2f}" for k in kinds) + " |")
+        lines += ["", "Both from an image already baked and pushed to the registry and pulled by no node yet (each run "
+                  "pulls its new image on the nodes). **kiln**: rolling, max_surge 100% (start the 6 new tasks, "
+                  "check each, add each to HAProxy and wait for its check, then drain and remove the 6 old ones); the "
+                  "command includes starting Python, the cached bake, the push (the layers are there: only the "
+                  "manifest) and the ledger. **Swarm**: the service was created with `--replicas 6 --endpoint-mode "
+                  "dnsrr --update-order start-first --update-parallelism 6 --update-delay 0s` and updated with "
+                  "`docker service update --detach --no-resolve-image --image REPO@sha256:…`: all 6 tasks replaced at "
+                  "once, each new one started before its old one is stopped, which is the fastest update Swarm offers "
+                  "that never has fewer than 6 tasks running (stop-first, or a smaller parallelism, is slower or "
+                  "drops capacity). Its tasks have what kiln's have: user 65534, read-only root, tmpfs /tmp, every "
+                  "capability dropped, init, the same memory and CPU limits, stop grace period 10 s, and a health "
+                  f"check with python3 from the image, `{HEALTH_CMD}`, every 500 ms (timeout 2 s as kiln's, 3 retries, "
+                  "Docker's default), so Swarm too waits for health before it stops an old task (a task is `running` "
+                  "only once healthy). Polled every 50 ms (task list, service state, HAProxy's admin socket)."]
+    cfg = c.get("swarm_haproxy_cfg")
+    if cfg:
+        lines += ["", "Swarm is fronted by HAProxy in kiln's router image, started as kiln starts its router (a plain "
+                  "container on the manager attached to the service's overlay, the same limits and hardening), with "
+                  "the configuration kiln's router runs (rendered by `kiln.router.config.render_config`"
+                  + (", identical to the file kiln's router ran" if c.get("swarm_haproxy_cfg_extends_kilns") else "")
+                  + "), to which only the server-template and the resolvers section are added: servers come from "
+                  f"Docker's embedded DNS (`tasks.{SWARM}`), re-resolved every second, in {TEMPLATE_SLOTS} slots (a "
+                  "start-first update of 6 has 12 tasks in DNS at once; with 10 slots, in a trial run, two new tasks "
+                  "waited ~10 s for a slot), with the check interval, fall/rise and idle-connection pool kiln gives "
+                  "the servers it adds:", "", "```", cfg.rstrip("\n"), "```"]
+    return "\n".join(lines) + "\n"
