@@ -274,7 +274,7 @@ class AgentPolicy(Model):
 class Placement(Model):
     """Where a cluster engine (`engine: swarm`) may run the environment's instances."""
 
-    spread: Literal["node"] = Field("node", description="instances are spread over the nodes: each new one goes to the eligible node running the fewest tasks (Swarm's scheduler)")
+    spread: Literal["node"] = Field("node", description="how instances are placed: each new one goes to the eligible node running the fewest tasks at that moment (Swarm's scheduler); one release is not guaranteed an even spread (uneven ones such as 3/2/1 were seen after rollouts that start the new set beside the old)")
     constraints: tuple[Constraint, ...] = Field((), description="Swarm placement constraints every instance must satisfy, e.g. `node.labels.pool == web`, `node.role != manager`")
 
 
