@@ -20,7 +20,7 @@ down at its end, also on failure; everything it creates carries kiln.test=bench 
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import os
 import re
@@ -30,7 +30,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import docker
@@ -42,6 +42,7 @@ from bench.harness import (
     Load,
     Wrk,
     engine,
+    flocked,
     free_port,
     log,
     median,
@@ -96,24 +97,10 @@ RESOLVERS = """resolvers docker
 # --- the cluster ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def session_lock(wait: float = 1800) -> Iterator[float]:
+def session_lock(wait: float = 1800) -> contextlib.AbstractContextManager[float]:
     """The lock a test session holds from its cluster's up to its down (tests/integration/cluster.py):
     the machine has one cluster. Yields the seconds waited."""
-    with open(SESSION_LOCK, "a") as held:
-        began = time.monotonic()
-        while True:
-            try:
-                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() - began > wait:
-                    raise RuntimeError(f"{SESSION_LOCK} (the cluster) still held by another session after {wait:.0f}s") from None
-                time.sleep(1)
-        try:
-            yield time.monotonic() - began
-        finally:
-            fcntl.flock(held, fcntl.LOCK_UN)
+    return flocked(SESSION_LOCK, "the cluster", wait, every=1)
 
 
 def script(*args: str, timeout: float = 900) -> float:

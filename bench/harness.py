@@ -42,10 +42,9 @@ def log(message: str) -> None:
 
 
 @contextmanager
-def heavy(what: str, wait: float = 590) -> Iterator[None]:
-    """Hold the machine-wide lock for heavy work (also taken by integration test runs), so two
-    heavy jobs never share the 2 cores. Each holder keeps it for one scenario only (minutes)."""
-    with open(HEAVY_LOCK, "a") as fh:
+def flocked(path: Path | str, what: str, wait: float, every: float = 0.5) -> Iterator[float]:
+    """Hold an exclusive flock on `path` (waiting at most `wait` seconds); yields the seconds waited."""
+    with open(path, "a") as fh:
         began = time.monotonic()
         while True:
             try:
@@ -53,14 +52,21 @@ def heavy(what: str, wait: float = 590) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() - began > wait:
-                    raise RuntimeError(f"{HEAVY_LOCK} still held by another job after {wait:.0f}s") from None
-                time.sleep(0.5)
-        waited = time.monotonic() - began
-        log(f"{what}" + (f" (waited {waited:.0f}s for {HEAVY_LOCK})" if waited > 1 else ""))
+                    raise RuntimeError(f"{path} ({what}) still held by another job after {wait:.0f}s") from None
+                time.sleep(every)
         try:
-            yield
+            yield time.monotonic() - began
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def heavy(what: str, wait: float = 590) -> Iterator[None]:
+    """Hold the machine-wide lock for heavy work (also taken by integration test runs), so two
+    heavy jobs never share the 2 cores. Each holder keeps it for one scenario only (minutes)."""
+    with flocked(HEAVY_LOCK, "heavy work", wait) as waited:
+        log(f"{what}" + (f" (waited {waited:.0f}s for {HEAVY_LOCK})" if waited > 1 else ""))
+        yield
 
 
 def free_port() -> int:

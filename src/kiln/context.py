@@ -26,17 +26,14 @@ ENGINES = ("docker", "swarm")  # what environments.NAME.engine may name
 
 def open_engine(settings: Settings, name: str) -> Engine:
     """The real engine called `name` (a spec's environments.NAME.engine)."""
-    if name == "docker":
-        from kiln.providers.docker import DockerProvider
-        from kiln.secretref import lookup
+    from kiln.providers.docker import DockerProvider
+    from kiln.providers.swarm import SwarmProvider
+    from kiln.secretref import lookup
 
-        return DockerProvider(settings.extra_labels, secrets=lambda secret: lookup(settings, secret))
-    if name == "swarm":
-        from kiln.providers.swarm import SwarmProvider
-        from kiln.secretref import lookup
-
-        return SwarmProvider(settings.extra_labels, secrets=lambda secret: lookup(settings, secret))
-    raise UsageError(f"unknown engine {name!r}.", f"Engines kiln knows: {', '.join(ENGINES)}.")
+    providers = {"docker": DockerProvider, "swarm": SwarmProvider}
+    if name not in providers:
+        raise UsageError(f"unknown engine {name!r}.", f"Engines kiln knows: {', '.join(ENGINES)}.")
+    return providers[name](settings.extra_labels, secrets=lambda secret: lookup(settings, secret))
 
 
 @dataclass

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from kiln.errors import SecretError
+from kiln.errors import KilnError, SecretError
 from kiln.private import write_private
 from kiln.secretref import KEY_ENV, NAME, refuse_reserved  # NAME: the names references accept
 from kiln.settings import Settings
@@ -93,6 +93,20 @@ def _refuse_loose(path: Path) -> None:
 
 
 SHORT = 4  # values (and lines of values) shorter than this are masked only as whole words
+
+
+def masker_for(names: Iterable[str], lookup: Callable[[str], str | None]) -> Masker:
+    """A Masker of the values `lookup` gives `names`; a name it cannot read (reserved, or not
+    decryptable) was given to no container, so there is nothing of it to mask."""
+    values = []
+    for name in sorted(names):
+        try:
+            value = lookup(name)
+        except KilnError:
+            continue
+        if value:
+            values.append(value)
+    return Masker(values)
 
 
 class Masker:

@@ -238,7 +238,8 @@ def restart_dockerd(engine: docker.DockerClient) -> None:
     if Path("/run/systemd/system").is_dir() and subprocess.run(["systemctl", "is-active", "-q", "docker"]).returncode == 0:
         subprocess.run(["systemctl", "restart", "docker"], check=True)
     else:
-        pid = int(subprocess.check_output(["pidof", "dockerd"]).split()[0])
+        # The machine's dockerd by its pidfile: `pidof` also finds the test cluster's node dockerds.
+        pid = int(Path("/var/run/docker.pid").read_text().strip())
         argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
         os.kill(pid, signal.SIGTERM)
         wait_for("dockerd to stop", lambda: not Path(f"/proc/{pid}").exists(), timeout=60, every=0.2)

@@ -21,7 +21,7 @@ from kiln.ledger.db import now
 from kiln.ledger.releases import Release
 from kiln.providers.base import ContainerFacts, EngineEvent
 from kiln.rollout.driver import PAUSED
-from kiln.rollout.executor import Executor, Target
+from kiln.rollout.executor import Executor, Target, events_journal
 from kiln.rollout.lock import AGENT, Held, hold
 from kiln.rollout.plan import Desired, Instance, plan
 from kiln.spec.models import AgentPolicy
@@ -111,7 +111,7 @@ class Reconciler:
         # A suspect (failing its check for the first time) is judged on the next pass; until then
         # it counts as ready, so that this pass neither waits for its health nor replaces it.
         doubted: set[str] = set()
-        executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=self._journal,
+        executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=events_journal(ctx.ledger, app, env),
                             probe=lambda svc, c: c.name in doubted or engine.probe(c, svc.healthcheck, svc.port),
                             secrets=ctx.secret)
         executor.watch = lambda seen: self._unchanged(executor, seen)
@@ -240,10 +240,6 @@ class Reconciler:
         waiting = {str(r.to_release) for r in self.ctx.ledger.rollouts.unfinished(self.app, self.env)
                    if r.state == PAUSED}
         return frozenset(c.name for c in containers if c.label("release") in waiting)
-
-    def _journal(self, action: str, target: str, state: str, detail: str) -> None:
-        if state != "started":
-            self._event(kinds.AGENT_ACTION_EVENTS[action], f"{target}: {state}" + (f" ({detail})" if detail else ""))
 
     def _event(self, kind: str, message: str) -> None:
         self.ctx.ledger.events.record(self.app, self.env, kind, message)

@@ -26,14 +26,16 @@ def queue_key(repo: str, ref: str) -> str:
     return f"{repo}#{ref}"
 
 
+def ref_matches(ref: str, branches: tuple[str, ...], tags: tuple[str, ...]) -> bool:
+    """Whether `ref` is a branch matching one of the glob patterns `branches`, or a tag matching one of `tags`."""
+    branch, tag = branch_of(ref), tag_of(ref)
+    return (branch is not None and any(fnmatch.fnmatchcase(branch, p) for p in branches)) or \
+        (tag is not None and any(fnmatch.fnmatchcase(tag, p) for p in tags))
+
+
 def skip_reason(step: Step, ref: str) -> str | None:
     """Why `step` does not run for `ref` (None: it runs)."""
-    if not step.branches and not step.tags:
-        return None
-    branch, tag = branch_of(ref), tag_of(ref)
-    if branch is not None and any(fnmatch.fnmatchcase(branch, p) for p in step.branches):
-        return None
-    if tag is not None and any(fnmatch.fnmatchcase(tag, p) for p in step.tags):
+    if not step.branches and not step.tags or ref_matches(ref, step.branches, step.tags):
         return None
     wanted = [f"branch {p}" for p in step.branches] + [f"tag {p}" for p in step.tags]
     return f"only for {', '.join(wanted)}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from kiln import git
 from kiln.ci.plan import HEADS
@@ -31,6 +31,7 @@ from kiln.private import write_private
 from kiln.secretref import NAME
 from kiln.settings import Settings
 from kiln.spec.loader import MAX_BYTES, parse_spec
+from kiln.spec.models import Model
 
 POLICY_FILE = "ci-policy.yaml"  # in KILN_HOME
 WEBHOOK_SECRETS = "webhook-secrets"  # in KILN_HOME: names of the secrets `kiln serve` verifies webhooks with
@@ -40,11 +41,7 @@ KILN_SECRETS = frozenset({"webhook", "gitlab-token"})  # kiln serve's default na
 # --- the policy file -----------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RuleModel(_Model):
+class RuleModel(Model):
     branches: tuple[str, ...] = Field((), description="branch patterns (globs, as pipeline filters)")
     tags: tuple[str, ...] = Field((), description="tag patterns")
     deploy: tuple[str, ...] = Field((), description="environments these refs may deploy to (and promote to)")
@@ -67,7 +64,7 @@ class RuleModel(_Model):
                                                      frozenset(self.auto_approval), frozenset(self.secrets), app))
 
 
-class PolicyFile(_Model):
+class PolicyFile(Model):
     app: str | None = Field(None, description="the app runs may deploy (default: any)")
     protected_branch: str | None = Field(None, description="without refs: the branch whose kiln.yaml is the policy")
     kiln_secrets: tuple[str, ...] = Field((), description="more secrets only kiln reads (besides webhook, gitlab-token)")

@@ -26,7 +26,7 @@ from kiln.context import Context
 from kiln.errors import KilnError, PipelineError, PolicyRefused, UsageError
 from kiln.ledger.ci_store import CiRun, CiStore
 from kiln.ledger.db import now
-from kiln.secretstore import Masker
+from kiln.secretstore import Masker, masker_for
 from kiln.spec.loader import LoadedSpec, find_spec, load_spec
 from kiln.spec.pipeline import Pipeline
 
@@ -153,7 +153,7 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
                                          f"`kiln ci policy show --repo {run.repo} --ref {run.ref}` shows it "
                                          "(docs/ci.md, Trust).")
         readable = trust.may_read(asked)
-        masker = Masker(_values(ctx, readable | trust.kiln_secrets))
+        masker = masker_for(readable | trust.kiln_secrets, ctx.secret)
         log.mask = masker
         image = bake(ctx.engine(), loaded, StepOutput(log), ctx.settings.home / "tmp")
         store.update_run(run.id, image=image.id)
@@ -229,19 +229,6 @@ def _pipeline(loaded: LoadedSpec) -> Pipeline:
         raise PipelineError(f"{loaded.path.name} at this commit has no `pipeline` section.",
                             "Add one (docs/ci.md) and commit it.")
     return pipeline  # its environments were checked when the spec was loaded (spec/checks.py)
-
-
-def _values(ctx: Context, names: set[str]) -> list[str]:
-    """The values of the secrets `names` (to mask them); one that cannot be read was given to no step."""
-    values = []
-    for name in sorted(names):
-        try:
-            value = ctx.secret(name)
-        except KilnError:
-            continue
-        if value:
-            values.append(value)
-    return values
 
 
 def _granted(ctx: Context, readable: set[str]) -> Callable[[str], str | None]:

@@ -20,19 +20,17 @@ secrets) are refused to everyone, whatever grants them."""
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from kiln.ci.plan import branch_of, skip_reason, tag_of
+from kiln.ci.plan import branch_of, ref_matches, skip_reason, tag_of
+from kiln.git import is_commit
 from kiln.secretref import reference
 from kiln.spec.models import Spec
 from kiln.spec.pipeline import Pipeline, Step
 from kiln.spec.resolve import resolve
 
 KINDS = ("app", "deploy", "promote", "auto", "secret")
-_HEX = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full commit id (kiln.git.is_commit)
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,7 @@ def who(ref: str) -> str:
         return f"branch {branch}"
     if (tag := tag_of(ref)) is not None:
         return f"tag {tag}"
-    return f"commit {ref[:12]}" if _HEX.fullmatch(ref) else ref
+    return f"commit {ref[:12]}" if is_commit(ref) else ref
 
 
 def refusals(asked: Iterable[Ask], rights: Rights | None, kiln_secrets: Iterable[str], ref_name: str,
@@ -199,9 +197,7 @@ class Rule:
     rights: Rights = field(default_factory=Rights)
 
     def matches(self, ref: str) -> bool:
-        branch, tag = branch_of(ref), tag_of(ref)
-        return (branch is not None and any(fnmatch.fnmatchcase(branch, p) for p in self.branches)) or \
-            (tag is not None and any(fnmatch.fnmatchcase(tag, p) for p in self.tags))
+        return ref_matches(ref, self.branches, self.tags)
 
     @property
     def title(self) -> str:

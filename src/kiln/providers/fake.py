@@ -193,9 +193,9 @@ class FakeEngine:
                           for n in self.node_list]
         self.log.append((availability, node))
         if availability == "drain":  # Swarm stops what still runs there
-            for name, where in self.placed.items():
-                if node in (where, next((n.id for n in self.node_list if n.hostname == where), "")):
-                    self.stop(name, 0)
+            hostname = next(n.hostname for n in self.node_list if node in (n.id, n.hostname))
+            for name in [c for c, where in self.placed.items() if where == hostname]:
+                self.stop(name, 0)
 
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
         return [self._facts(n) for n, s in self.specs.items() if _matches({**s.labels, **self.extra_labels}, labels)]

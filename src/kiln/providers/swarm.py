@@ -124,7 +124,7 @@ class SwarmProvider(DockerProvider):
 
     def ensure_network(self, name: str, labels: dict[str, str]) -> None:
         with engine_call(f"creating network {name}"):
-            found = [n for n in self.client.networks.list(names=[name]) if n.name == name]
+            found = self._networks(name)
             if not found:
                 self.client.networks.create(name, driver="overlay", attachable=True, scope="swarm",
                                             labels={**labels, **self.extra_labels})
@@ -246,7 +246,7 @@ class SwarmProvider(DockerProvider):
         if service is None:
             super().stop(name, grace)
             return
-        self.remove(name)
+        self._remove_service(name)
         deadline = time.monotonic() + grace + 5
         while time.monotonic() < deadline:
             with engine_call(f"waiting for {name} to stop"):
@@ -258,7 +258,10 @@ class SwarmProvider(DockerProvider):
     def remove(self, name: str) -> None:
         if self._service(name) is None:
             super().remove(name)
-            return
+        else:
+            self._remove_service(name)
+
+    def _remove_service(self, name: str) -> None:
         with contextlib.suppress(NotFound), engine_call(f"removing service {name}"):
             self.api.remove_service(name)
 
@@ -315,18 +318,21 @@ class SwarmProvider(DockerProvider):
         return dataclasses.replace(spec, limits=dataclasses.replace(spec.limits, pids=0), no_new_privileges=False)
 
     def details(self, name: str) -> ContainerDetails | None:
-        local = self._local_task(name)
-        return super().details(local) if local else None if self._service(name) else super().details(name)
+        container = self._here(name)
+        return super().details(container) if container else None
 
     def changes(self, name: str) -> list[str]:
-        local = self._local_task(name)
-        return super().changes(local) if local else [] if self._service(name) else super().changes(name)
+        container = self._here(name)
+        return super().changes(container) if container else []
 
-    def _local_task(self, name: str) -> str | None:
-        """The container of instance `name`'s task, when it runs on this engine's own node."""
+    def _here(self, name: str) -> str | None:
+        """The container on this engine's own node behind `name`: an instance's task container
+        when its task runs here (None when it runs on another node), else the plain container."""
         with engine_call(f"looking for {name}'s task here"):
             found = self.api.containers(all=True, filters={"label": f"{SERVICE_LABEL}={name}"})
-        return found[0]["Id"] if found else None
+        if found:
+            return str(found[0]["Id"])
+        return None if self._service(name) else name
 
     def events(self, labels: dict[str, str], since: float | None = None,
                until: float | None = None) -> Iterator[EngineEvent]:

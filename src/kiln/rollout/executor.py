@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kiln import faults
-from kiln.errors import KilnError, LockLost, RolloutError, UsageError
+from kiln.errors import LockLost, RolloutError, UsageError
 from kiln.ledger import kinds
 from kiln.ledger.releases import Release
 from kiln.ledger.store import Ledger
@@ -35,7 +35,7 @@ from kiln.rollout.plan import (
 from kiln.router.base import Traffic
 from kiln.router.config import CONNECT_TIMEOUT
 from kiln.secretref import reference
-from kiln.secretstore import Masker
+from kiln.secretstore import masker_for
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
 
@@ -63,6 +63,16 @@ class Target:
 
 # (action, instance, state, detail): action is one of kinds.STEP_*; state is started, done or failed
 Journal = Callable[[str, str, str, str], None]
+
+def events_journal(ledger: Ledger, app: str, env: str) -> Journal:
+    """The journal of work outside a rollout (the agent's healing, a node drain): each action's
+    end as an event of the environment."""
+    def journal(action: str, target: str, state: str, detail: str) -> None:
+        if state != "started":
+            ledger.events.record(app, env, kinds.AGENT_ACTION_EVENTS[action],
+                                 f"{target}: {state}" + (f" ({detail})" if detail else ""))
+    return journal
+
 
 # The name journalled for each action: stored data, so an explicit constant, never the class name.
 STEP_OF: dict[type, str] = {
@@ -300,15 +310,7 @@ class Executor:
             return text
         cfgs = [t.cfg for t in self.targets.values()] + [self.router.cfg]
         names = {n for cfg in cfgs for svc in cfg.services for v in svc.environment.values() if (n := reference(v))}
-        values = []
-        for name in sorted(names):
-            try:
-                value = self.secrets(name)
-            except KilnError:  # reserved or undecryptable: no container was given it
-                continue
-            if value:
-                values.append(value)
-        return Masker(values)(text) if values else text
+        return masker_for(names, self.secrets)(text)
 
 
 def _describe(svc: ServiceConfig) -> str:

@@ -14,7 +14,7 @@ from kiln.context import Context
 from kiln.errors import KilnError, UsageError
 from kiln.ledger import kinds
 from kiln.providers.base import INSTANCE, ContainerFacts, Engine, NodeFacts, Nodes
-from kiln.rollout.executor import Executor, Target
+from kiln.rollout.executor import Executor, Target, events_journal
 from kiln.usecases.deploy import kept, locked, settle
 
 CLUSTER_ENGINE = "swarm"
@@ -93,14 +93,8 @@ def _move(ctx: Context, engine: Engine, app: str, env: str, names: set[str], nod
     with locked(ctx, app, env, f"node drain {node}"):
         router = ctx.router(cfg)
         settle(ctx, router, drop_paused=False)
-
-        def journal(action: str, target: str, state: str, detail: str) -> None:
-            if state != "started":
-                ctx.ledger.events.record(app, env, kinds.AGENT_ACTION_EVENTS[action],
-                                         f"{target}: {state}" + (f" ({detail})" if detail else ""))
-
-        executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=ctx.lost_lock, journal=journal,
-                            secrets=ctx.secret)
+        executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=ctx.lost_lock,
+                            journal=events_journal(ctx.ledger, app, env), secrets=ctx.secret)
         target = Target.of(release)
         keep = kept(ctx, app, env)
         executor.tainted = names - keep  # replaced first, then retired: the agent's way
