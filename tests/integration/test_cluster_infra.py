@@ -48,7 +48,7 @@ def _registry(cluster: Cluster, method: str, path: str) -> int:
 
 def test_an_image_pushed_to_the_registry_pulls_by_digest_on_n2(cluster: Cluster) -> None:
     if not cluster.probe_image:
-        pytest.skip("scripts/cluster.sh up found no kiln-base image to push (run `kiln base build`)")
+        pytest.fail("scripts/cluster.sh up found no kiln-base image to push (scripts/test.sh builds one first: `kiln base build`)")
     repo = f"{cluster.registry}/kiln/test-{SESSION}"
     # An image no node has yet: the probe image plus a label (a new config, so a new digest).
     cid = cluster.docker(LOCAL, "create", "--label", TEST_LABEL, cluster.probe_image, "true").stdout.strip()
@@ -92,7 +92,7 @@ print(json.dumps({ip: urllib.request.urlopen("http://%s:8000/id" % ip, timeout=5
 
 def test_a_global_dnsrr_service_on_an_overlay_reaches_across_all_three_nodes(cluster: Cluster) -> None:
     if not cluster.probe_image:
-        pytest.skip("scripts/cluster.sh up found no kiln-base image to run (run `kiln base build`)")
+        pytest.fail("scripts/cluster.sh up found no kiln-base image to run (scripts/test.sh builds one first: `kiln base build`)")
     name = f"kiln-cluster-t{SESSION}"
     labels = ["--label", TEST_LABEL, "--label", "kiln.cluster=test"]
     cluster.docker(LOCAL, "network", "create", "-d", "overlay", "--attachable", *labels, name)
