@@ -40,6 +40,15 @@ def run(argv: Sequence[str], cwd: Path | None = None, timeout: float | None = No
     return Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_bounded(argv: Sequence[str], timeout: float) -> Result:
+    """`run`, but a program still running after `timeout` seconds is killed and gives code 124 (as timeout(1) does)."""
+    try:
+        return run(argv, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return Result(tuple(argv), 124, out, "")
+
+
 def stream(argv: Sequence[str], on_line: Callable[[str], None], cwd: Path | None = None) -> Result:
     """Run, handing each output line to `on_line` (progress); keeps the tail for error messages."""
     tail: list[str] = []

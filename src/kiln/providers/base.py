@@ -99,6 +99,7 @@ class ContainerSpec:
     publish: dict[int, tuple[str, int]] = field(default_factory=dict)  # container port -> (host ip, port)
     binds: dict[str, str] = field(default_factory=dict)  # host path -> container path
     ro_binds: dict[str, str] = field(default_factory=dict)  # the same, read-only
+    devices: tuple[str, ...] = ()  # host devices passed in (the QEMU launcher's /dev/kvm)
     restart: bool = False  # restart with the engine (the router); instances are replaced instead
     aliases: tuple[str, ...] = ()  # other names the container answers to on its network (CI sidecars)
     limits: Limits = Limits()  # every container kiln starts has them

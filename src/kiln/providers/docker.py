@@ -412,6 +412,8 @@ def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: 
     if spec.binds or spec.ro_binds:
         kwargs["volumes"] = {**{host: {"bind": inner, "mode": "rw"} for host, inner in spec.binds.items()},
                              **{host: {"bind": inner, "mode": "ro"} for host, inner in spec.ro_binds.items()}}
+    if spec.devices:
+        kwargs["devices"] = [f"{d}:{d}:rwm" for d in spec.devices]
     if spec.restart:
         kwargs["restart_policy"] = {"Name": "unless-stopped"}
     if spec.aliases:

@@ -15,10 +15,12 @@ files as the VM image."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
 
+from kiln import process
 from kiln.bake.base import base_tag
 from kiln.bake.inputs import base_inputs_hash
 from kiln.bake.vm import INITRD, KERNEL, VmStore, is_vm_ref
@@ -32,6 +34,7 @@ VM_RUN = "/run/vm"  # the launcher's tmpfs: the VM's overlay and seed
 IMAGE_DIR = "/vm"  # where the release's disk, kernel and initrd are mounted (read-only)
 QEMU_OVERHEAD = 256 * 1024**2  # QEMU's own memory beside the guest's (TCG's translation cache is capped at 64 MiB)
 IMAGE_LABEL = "kiln.vm.image"
+KVM = "/dev/kvm"
 
 # The launcher's PID 1 (under docker-init): the seed disk from the environment kiln passed, the
 # overlay, then QEMU in its place. QEMU's arguments follow as "$@"; nothing here is spliced from input.
@@ -47,6 +50,29 @@ rm -rf {VM_RUN}/seed
 qemu-img create -q -f qcow2 -F qcow2 -b {IMAGE_DIR}/disk.qcow2 {VM_RUN}/overlay.qcow2
 exec "$@"
 """
+
+
+def detect_accel(kernel: Path, cache: Path) -> str:
+    """kvm if a VM boots with KVM on this host, else tcg; KILN_QEMU_ACCEL=kvm|tcg decides instead.
+    The probe boots the kernel with no root until it panics (a second with KVM): a /dev/kvm
+    that is there but fails hangs QEMU instead, so no panic within 10 s means TCG. Remembered in `cache`."""
+    chosen = os.environ.get("KILN_QEMU_ACCEL", "")
+    if chosen in ("kvm", "tcg"):
+        return chosen
+    with contextlib.suppress(OSError):
+        known = cache.read_text().strip()
+        if known in ("kvm", "tcg"):
+            return known
+    accel = "tcg"
+    if os.access(KVM, os.R_OK | os.W_OK) and process.which("qemu-system-x86_64"):
+        probe = process.run_bounded(["qemu-system-x86_64", "-accel", "kvm", "-nodefaults", "-display", "none",
+                                     "-serial", "stdio", "-no-reboot", "-m", "256M", "-kernel", str(kernel),
+                                     "-append", "console=ttyS0 panic=-1"], timeout=10)
+        accel = "kvm" if "Kernel panic" in probe.stdout else "tcg"
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(accel + "\n")
+    return accel
 
 
 def launcher_image_tag() -> str:
@@ -87,7 +113,7 @@ def launcher_spec(spec: ContainerSpec, image_dir: Path, launcher: str, env_text:
         environment={"KILN_VM_SERVICE": spec.labels.get("kiln.service", "app"), "KILN_VM_ENV": env_text},
         writable=(VM_RUN,), read_only=True, cap_add=(), no_new_privileges=True,
         stop_grace_period=spec.stop_grace_period, limits=launcher_limits(spec.limits),
-        binds={}, ro_binds={str(image_dir): IMAGE_DIR})
+        binds={}, ro_binds={str(image_dir): IMAGE_DIR}, devices=(KVM,) if accel == "kvm" else ())
 
 
 def _as_vm(facts: ContainerFacts) -> ContainerFacts:
@@ -105,7 +131,7 @@ class QemuProvider(DockerProvider):
                  home: Path | None = None) -> None:
         super().__init__(extra_labels, secrets)
         self.store = VmStore(home or Path(os.environ.get("KILN_HOME", "~/.kiln")).expanduser())
-        self.accel = os.environ.get("KILN_QEMU_ACCEL", "tcg")
+        self._accel: str | None = None
 
     # --- images: a VM image is a file in the store, named by its sha256 ----------------------
 
@@ -136,7 +162,9 @@ class QemuProvider(DockerProvider):
             env_text = env_file(resolve(spec.environment, self.secrets))
         except ValueError as exc:
             raise EngineError(f"starting VM {spec.name}: {exc}.") from None
-        return _as_vm(super().start(launcher_spec(spec, vm.dir, launcher, env_text, self.accel)))
+        if self._accel is None:
+            self._accel = detect_accel(vm.dir / KERNEL, self.store.root / "accel")
+        return _as_vm(super().start(launcher_spec(spec, vm.dir, launcher, env_text, self._accel)))
 
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
         return [_as_vm(c) for c in super().containers(labels)]
