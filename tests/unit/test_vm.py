@@ -211,3 +211,15 @@ def test_a_kvm_launcher_gets_the_kvm_device() -> None:
     spec_ = ContainerSpec(name="vm", image="kiln-vm/hello@sha256:" + "1" * 64, network="n", labels={})
     assert launcher_spec(spec_, Path("/d"), "sha256:l", "", "kvm").devices == ("/dev/kvm",)
     assert launcher_spec(spec_, Path("/d"), "sha256:l", "", "tcg").devices == ()
+
+
+def test_promotion_between_a_container_and_a_vm_environment_is_refused(tmp_path: Path) -> None:
+    from kiln.errors import UsageError
+    from kiln.usecases import environments as envs
+    from kiln.usecases.deploy import deploy
+    from unit.world import World
+
+    w = World.make(tmp_path, spec=json.dumps(SPEC))
+    deploy(w.ctx, w.load(), "production")
+    with pytest.raises(UsageError, match="promotion moves one artifact unchanged"):
+        envs.promote_artifact(w.ctx, w.load(), "production", "vmtest")

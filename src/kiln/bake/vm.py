@@ -18,9 +18,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from kiln import process
 from kiln.bake.baker import bake
@@ -43,7 +45,7 @@ from kiln.errors import BuildError, UsageError
 from kiln.output import Output
 from kiln.providers.base import Images
 from kiln.spec.loader import LoadedSpec
-from kiln.spec.models import VmBuild
+from kiln.spec.models import Spec, VmBuild
 
 VM_REPO = "kiln-vm"
 DISK = "disk.qcow2"
@@ -128,7 +130,8 @@ class VmStore:
         (self.root / "by-digest" / image.sha256).unlink(missing_ok=True)
         shutil.rmtree(image.dir, ignore_errors=True)
 
-    def _add(self, staged: Path, inputs: str, sha256: str) -> Path:
+    def add(self, staged: Path, inputs: str, sha256: str) -> Path:
+        """Move a finished image directory into the store, indexed by its digest."""
         final = self.root / inputs[:16]
         shutil.rmtree(final, ignore_errors=True)
         staged.rename(final)
@@ -161,7 +164,7 @@ def bake_vm(images: Images, loaded: LoadedSpec, out: Output, scratch: Path, stor
     store.root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="vm-", dir=store.root))  # on the store's filesystem: a rename lands it
     try:
-        provenance = {"app": spec.app, "inputs": inputs, "app_inputs": app.inputs_hash, "app_image": app.id,
+        provenance: dict[str, object] = {"app": spec.app, "inputs": inputs, "app_inputs": app.inputs_hash, "app_image": app.id,
                       "commit": app.commit, "dirty": app.dirty, "size": vm.size,
                       "baked_at": datetime.now(UTC).isoformat(timespec="seconds")}
         with out.working(f"Baking VM image {VM_REPO}/{spec.app}:{inputs[:16]}") as update:
@@ -172,7 +175,7 @@ def bake_vm(images: Images, loaded: LoadedSpec, out: Output, scratch: Path, stor
             sha = _sha256(work / DISK)
             (work / "provenance.json").write_text(json.dumps({**provenance, "sha256": sha}, indent=2) + "\n")
             shutil.rmtree(root)
-            final = store._add(work, inputs, sha)
+            final = store.add(work, inputs, sha)
         image = VmImage(vm_ref(spec.app, sha), final, sha, inputs, app.id, app.commit, app.dirty, built=True)
         for fmt in vm.formats:
             if fmt != "qcow2":
@@ -189,7 +192,7 @@ def _run(argv: list[str], what: str) -> None:
         raise BuildError(f"{what} failed (exit {result.code}): {(result.stderr or result.stdout).strip()[-800:]}")
 
 
-def _unpack(images: Images, image: str, work: Path, root: Path, update) -> None:
+def _unpack(images: Images, image: str, work: Path, root: Path, update: Callable[[str], None]) -> None:
     update("exporting the image's filesystem")
     tarball = work / "root.tar"
     images.export_rootfs(image, tarball)
@@ -198,7 +201,7 @@ def _unpack(images: Images, image: str, work: Path, root: Path, update) -> None:
     tarball.unlink()
 
 
-def _customize(root: Path, spec, provenance: dict) -> None:
+def _customize(root: Path, spec: Spec, provenance: dict[str, object]) -> None:
     for name in (".dockerenv",):
         (root / name).unlink(missing_ok=True)
     for f in guest_files(spec, provenance):
@@ -225,7 +228,7 @@ def _boot_files(root: Path) -> tuple[Path, Path]:
     return kernels[-1], initrds[-1]
 
 
-def _assemble(root: Path, work: Path, size: int, update) -> None:
+def _assemble(root: Path, work: Path, size: int, update: Callable[[str], None]) -> None:
     kernel, initrd = _boot_files(root)
     shutil.copyfile(kernel, work / KERNEL)
     shutil.copyfile(initrd, work / INITRD)
@@ -258,7 +261,7 @@ def _assemble(root: Path, work: Path, size: int, update) -> None:
     raw.unlink()
 
 
-def _copy_sparse(src: Path, disk, offset: int) -> None:
+def _copy_sparse(src: Path, disk: BinaryIO, offset: int) -> None:
     """`src` into `disk` at `offset`, skipping blocks of zeros (the disk file stays sparse)."""
     zero = bytes(_CHUNK)
     with open(src, "rb") as fh:

@@ -88,7 +88,9 @@ tmpfs /var/tmp tmpfs nosuid,nodev,mode=1777 0 0
 # kiln's engine boots the kernel directly with the root read-only (its remount masked) and
 # cloud-init off: kiln-seed delivers the environment, and a root nothing writes shows tampering
 # as writes to the VM's overlay. A cloud boots through syslinux with cloud-init and a writable root.
-ENGINE_CMDLINE = (f"root=LABEL={ROOT_LABEL} ro console=ttyS0 cloud-init=disabled "
+# panic=-1: a kernel that cannot boot reboots at once, which ends QEMU (-no-reboot), so a broken
+# image fails its rollout in seconds, with the panic on its console, instead of hanging to the deadline.
+ENGINE_CMDLINE = (f"root=LABEL={ROOT_LABEL} ro console=ttyS0 panic=-1 cloud-init=disabled "
                   "systemd.mask=systemd-remount-fs.service")
 DISK_CMDLINE = f"root=LABEL={ROOT_LABEL} rw console=tty0 console=ttyS0"
 SYSLINUX_CFG = f"""DEFAULT kiln

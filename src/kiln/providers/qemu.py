@@ -150,7 +150,10 @@ class QemuProvider(DockerProvider):
 
     def start(self, spec: ContainerSpec) -> ContainerFacts:
         if not is_vm_ref(spec.image):
-            return super().start(spec)
+            if spec.labels.get("kiln.role") == INSTANCE:
+                raise EngineError(f"engine qemu runs VM images, and {spec.name} names the container image {spec.image[:19]}.",
+                                  "Deploy to this environment with `kiln deploy`, which bakes its VM image.")
+            return super().start(spec)  # the router, a CI step
         vm = self.store.require(spec.image)
         if spec.labels.get("kiln.role") != INSTANCE:  # a hook: the container image of the same files
             return super().start(replace(spec, image=vm.app_image))
