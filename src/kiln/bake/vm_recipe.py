@@ -39,6 +39,8 @@ MASKED = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2
           "fstrim.timer", "dpkg-db-backup.timer", "systemd-random-seed.service",
           "getty.target", "serial-getty@ttyS0.service")  # and no logins: a server is replaced, never logged into
 
+# The seed disk is there without udev: its driver is in the initrd (the root disk's), devtmpfs
+# makes the node, and blkid reads the label itself.
 SEED_SCRIPT = f"""#!/bin/sh
 # kiln-seed: copy this instance's environment from its NoCloud seed (the disk labelled CIDATA).
 set -eu
@@ -56,8 +58,7 @@ umount /run/kiln/seed
 SEED_UNIT = """[Unit]
 Description=kiln: this instance's environment from its NoCloud seed
 DefaultDependencies=no
-After=local-fs.target systemd-udev-settle.service
-Wants=systemd-udev-settle.service
+After=local-fs.target
 Before=sysinit.target
 
 [Service]
