@@ -59,6 +59,7 @@ def run(cold: bool) -> dict:
                 first = app.kiln("bake", "--vm", "--json", timeout=1800)
                 r["bake_vm_first_s"] = round(first.seconds, 1)
                 r["bake_vm_cached_s"] = round(app.kiln("bake", "--vm", "--json").seconds, 2)
+                app.kiln("bake", "--json")  # the container image of these files, so that the next one is cached
                 r["bake_container_cached_s"] = round(app.kiln("bake", "--json").seconds, 2)
                 app.set_message("bench vm second")
                 r["bake_vm_new_release_s"] = round(app.kiln("bake", "--vm", "--json", timeout=900).seconds, 1)
