@@ -22,7 +22,14 @@ from kiln.bake.vm_recipe import (
     vm_inputs_hash,
 )
 from kiln.providers.base import ContainerSpec, Limits
-from kiln.providers.qemu import IMAGE_DIR, IMAGE_LABEL, QEMU_OVERHEAD, VM_RUN, launcher_spec, qemu_argv
+from kiln.providers.qemu import (
+    IMAGE_DIR,
+    IMAGE_LABEL,
+    QEMU_OVERHEAD,
+    VM_RUN,
+    launcher_spec,
+    qemu_argv,
+)
 from kiln.spec.checks import spec_problems
 from kiln.spec.models import Base, Service, Spec, VmBuild
 from kiln.spec.resolve import resolve
