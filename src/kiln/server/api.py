@@ -94,13 +94,18 @@ def rollout_doc(r: Any) -> dict[str, Any]:
             "finished_at": r.finished_at.isoformat() + "Z" if r.finished_at else None}
 
 
+def caller(request: Request) -> Caller:
+    """The request's token (a FastAPI dependency; the app's Auth is on app.state)."""
+    auth: Auth = request.app.state.auth
+    return auth.caller(request)
+
+
+Who = Annotated[Caller, Depends(caller)]
+
+
 def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
     api = APIRouter(prefix="/api/v1")
-
-    def caller(request: Request) -> Caller:
-        return auth.caller(request)
-
-    Who = Annotated[Caller, Depends(caller)]
+    app.state.auth = auth
 
     def reader(who: Caller) -> Any:
         auth.require(who, READ)

@@ -165,7 +165,8 @@ class Plane:
     def act(self, token: Token, app: str, env: str, what: str, do: Callable[[Context], T],
             said: Callable[[T], str]) -> tuple[T, list[str]]:
         """Run one action as `token`, on its own Context: an event names the token and says what
-        came of it (or why it failed); KilnErrors go on to the caller."""
+        came of it (or why it failed); KilnErrors go on to the caller. Returns the use case's result
+and what it said, ending with that summary."""
         out = _Quiet()
         ctx = self.base.derive(out, own_engines=True)
         who = f"{what} by token {token.name} ({token.role})"
@@ -174,8 +175,9 @@ class Plane:
         except KilnError as exc:
             ctx.ledger.events.record(app, env, kinds.API_ACTION_FAILED, f"{who} failed: {exc.message}")
             raise
-        ctx.ledger.events.record(app, env, kinds.API_ACTION, f"{who}: {said(result)}")
-        return result, out.lines
+        summary = said(result)
+        ctx.ledger.events.record(app, env, kinds.API_ACTION, f"{who}: {summary}")
+        return result, out.lines + [summary]
 
 
     # the actions the API and the dashboard offer: one use case each, the CLI's
