@@ -94,7 +94,7 @@ def browser(served):
     options.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1000", f"--user-data-dir={tempfile.mkdtemp(prefix='kiln-chromium-')}"):
+                "--window-size=1280,1400", f"--user-data-dir={tempfile.mkdtemp(prefix='kiln-chromium-')}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.implicitly_wait(0)

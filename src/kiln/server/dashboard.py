@@ -138,11 +138,10 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         plane.require_env(app_name, env)
         rels = history.releases(ctx, app_name, env, 30)
         diff = history.release_diff(ctx, app_name, env, a, b) if a and b else None
-        samples = ctx.ledger.samples.of(app_name, env, now() - timedelta(minutes=PLOT_MINUTES))
         loaded = plane.spec(app_name)
         others = [e for e in (loaded.spec.environments if loaded else ()) if e != env]
         return page("env.html", request, who, app=app_name, env=env, releases=rels, diff=diff, a=a, b=b,
-                    charts=charts(samples, now()), others=others, live=_live(plane, ctx, app_name, env),
+                    others=others, live=_live(plane, ctx, app_name, env),
                     can_act=_can(who, env), has_spec=loaded is not None,
                     images=_images(rels))
 
@@ -276,7 +275,7 @@ def _live(plane: Plane, ctx: Any, app: str, env: str) -> dict[str, Any]:
     servers = plane.router_servers(cfg)
     traffic = live_rows(plane.traffic(cfg, servers))
     latest = next(iter(history.rollouts(ctx, app, env, 1)), None)
-    steps = history.rollout(ctx, app, env, latest.id)[1][-12:] if latest else []
+    steps = list(reversed(history.rollout(ctx, app, env, latest.id)[1][-12:])) if latest else []
     weights: dict[int, int] = {}
     for name, s in servers.items():
         from kiln.agent.sampling import release_of
@@ -286,5 +285,7 @@ def _live(plane: Plane, ctx: Any, app: str, env: str) -> dict[str, Any]:
             weights[number] = weights.get(number, 0) + s.weight
     total = sum(weights.values()) or 1
     share = {n: round(100 * w / total) for n, w in sorted(weights.items())}
+    samples = ctx.ledger.samples.of(app, env, now() - timedelta(minutes=PLOT_MINUTES))
     return {"status": st, "rollout": latest, "steps": steps, "traffic": traffic, "share": share,
+            "charts": charts(samples, now()),
             "lock": locks.status(ctx, app, env).lock, "at": time.strftime("%H:%M:%S", time.gmtime())}
