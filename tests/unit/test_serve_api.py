@@ -56,24 +56,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served(w: World) -> Iterator[Served]:
-    plane = Plane(w.ctx, [w.root / "kiln.yaml"])
+class _Switch:
+    """An ASGI app that passes each request to the app of the test running now: one uvicorn
+    server for the module (starting one per test cost ~0.5 s each)."""
+
+    app = None
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[_Switch, str]]:
+    switch = _Switch()
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(w.ctx, None, plane=plane), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    srv = uvicorn.Server(uvicorn.Config(switch, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
+    while not srv.started and time.monotonic() < deadline:
         time.sleep(0.02)
-    s = Served(w, f"http://127.0.0.1:{port}")
+    yield switch, f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(5)
+
+
+@pytest.fixture
+def served(w: World, server) -> Iterator[Served]:
+    switch, url = server
+    switch.app = make_app(w.ctx, None, plane=Plane(w.ctx, [w.root / "kiln.yaml"]))
+    s = Served(w, url)
     for name, role, envs in (("ada", "admin", ()), ("vic", "viewer", ()), ("dee", "deployer", ()),
                              ("stan", "deployer", ("staging",))):
         s.token(name, role, *envs)
     yield s
-    server.should_exit = True
-    thread.join(5)
+    switch.app = None
 
 
 # --- the pure parts -----------------------------------------------------------------------------------
