@@ -387,3 +387,22 @@ def test_the_agent_samples_each_releases_traffic_into_the_ledger(w, monkeypatch)
     [sample] = w.ctx.ledger.samples.of("shop", "production", now().replace(year=2000))
     assert (sample.release, sample.requests, sample.errors, sample.response_ms) == (1, 100, 2, 20.0)
     agent._resign("production", "stopped")
+
+
+def test_kiln_token_create_list_revoke(tmp_path):
+    from unit.cli_inproc import run_kiln
+
+    env = {"KILN_HOME": str(tmp_path / "home"), "NO_COLOR": "1", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    made = run_kiln(["token", "create", "ci-bot", "--role", "deployer", "--env", "staging"], cwd=tmp_path, env=env)
+    assert made.returncode == 0, made.stderr
+    value = made.stdout.strip()
+    assert value.startswith("kiln_") and "shown only this once" in made.stderr
+    listed = run_kiln(["token", "list"], cwd=tmp_path, env=env)
+    assert "ci-bot" in listed.stdout and "deployer" in listed.stdout and "staging" in listed.stdout
+    assert value not in listed.stdout + listed.stderr
+    assert value not in (tmp_path / "home" / "ledger.db").read_bytes().decode(errors="replace")
+    bad = run_kiln(["token", "create", "x", "--role", "root"], cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and "unknown role 'root'" in bad.stderr and "Traceback" not in bad.stderr
+    assert run_kiln(["token", "revoke", "ci-bot"], cwd=tmp_path, env=env).returncode == 0
+    gone = run_kiln(["token", "revoke", "ci-bot"], cwd=tmp_path, env=env)
+    assert gone.returncode == 2 and "there is no token 'ci-bot'" in gone.stderr
