@@ -223,8 +223,8 @@ def write(result: dict) -> None:
                   f"{s['deploy_seconds_alone']} s without"]
     if w:
         lines += ["", "## Dashboard page weight (uncompressed bytes)", "",
-                  f"The overview lists all {ENVS + 1} environments of the run (the {ENVS} seeded ones and "
-                  "examples/hello's production); the environment page is examples/hello's production (its "
+                  f"The overview lists all {ENVS + 2} environments of the run (the {ENVS} seeded ones and "
+                  "examples/hello's production and staging); the environment page is examples/hello's production (its "
                   "charts are inline SVG). No JavaScript library: the page's own script is the `js` row.", "",
                   "| what | bytes |", "|---|---|"]
         lines += [f"| {k} | {v:,} |" for k, v in w.items()]
