@@ -349,6 +349,7 @@ def test_the_dashboard_signs_in_with_a_cookie_and_every_action_needs_its_csrf_to
         assert w.ctx.ledger.releases.current("shop", "production").note == "rollback to v1"
         assert "id=\"steps\"" in browser.get("/apps/shop/envs/production/live").text
         assert "rollout" in browser.get("/apps/shop/events").text
+        assert browser.get("/apps/shop/events", params={"fragment": 1}).text.startswith("<table id=\"events\">")
         assert browser.get("/ci").status_code == 200
         assert browser.post("/logout", data={"csrf": csrf}).status_code == 303
 

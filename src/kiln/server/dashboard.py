@@ -153,10 +153,10 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
                     live=_live(plane, plane.ctx(), app_name, env))
 
     @app.get("/apps/{app_name}/events", response_class=HTMLResponse, include_in_schema=False)
-    def events_page(app_name: str, request: Request, env: str | None = None) -> HTMLResponse:
+    def events_page(app_name: str, request: Request, env: str | None = None, fragment: bool = False) -> HTMLResponse:
         who = viewer(request)
         plane.require_app(app_name)
-        return page("events.html", request, who, app=app_name, env=env,
+        return page("events_table.html" if fragment else "events.html", request, who, app=app_name, env=env,
                     events=list(reversed(next(history.events(plane.ctx(), app_name, env, 200)))))
 
     @app.get("/ci", response_class=HTMLResponse, include_in_schema=False)
