@@ -166,6 +166,7 @@ def test_admins_manage_tokens_whose_value_is_shown_once(served):
         made = admin.post("/api/v1/tokens", json={"name": "bot", "role": "deployer", "envs": ["staging"]}).json()
         assert made["token"].startswith("kiln_") and made["envs"] == ["staging"]
         listed = admin.get("/api/v1/tokens").json()
+        assert next(t for t in listed if t["name"] == "ada")["last_used_at"] is not None
         assert [t["name"] for t in listed] == ["ada", "bot", "dee", "stan", "vic"]
         assert all("token" not in t and "digest" not in t for t in listed)
         assert admin.post("/api/v1/tokens", json={"name": "bot", "role": "viewer"}).status_code == 400

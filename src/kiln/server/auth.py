@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -21,6 +22,7 @@ from kiln.errors import Forbidden
 from kiln.ledger.store import Ledger
 
 COOKIE = "kiln_token"
+USED_EVERY = 60.0  # seconds between two records of a token's last use
 CSRF_HEADER = "x-csrf-token"
 
 
@@ -34,6 +36,7 @@ class Auth:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._key = secrets.token_bytes(32)
+        self._used: dict[str, float] = {}  # token name -> when its last use was recorded
 
     def caller(self, request: Request) -> Caller:
         """The token of the request; Forbidden(401) when there is none or kiln does not know it."""
@@ -50,6 +53,9 @@ class Auth:
         token = self.ledger.tokens.find(raw)
         if token is None:
             raise Forbidden("this API token is not valid (unknown or revoked).", 401)
+        if time.monotonic() - self._used.get(token.name, -USED_EVERY) >= USED_EVERY:
+            self._used[token.name] = time.monotonic()
+            self.ledger.tokens.used(token.name)  # `kiln token list` shows it (to the minute, not a write per request)
         return Caller(token, by_cookie)
 
     def require(self, caller: Caller, need: str, env: str | None = None) -> Token:
