@@ -82,12 +82,12 @@ class Agent:
                 if time.monotonic() >= prune_at:
                     self._prune_previews()
                     prune_at = time.monotonic() + PRUNE_EVERY
-                if time.monotonic() >= sample_at and not once:
-                    self._sample()
-                    sample_at = time.monotonic() + SAMPLE_EVERY
                 self._drain(due)
                 for env in [e for e, at in due.items() if at <= time.monotonic()]:
                     due[env] = time.monotonic() + (self._pass(env) if self._lead(env) else RETRY)
+                if time.monotonic() >= sample_at and not once:  # after the passes: the leads are known
+                    self._sample()
+                    sample_at = time.monotonic() + SAMPLE_EVERY
                 if once:
                     return
                 try:  # sleep until the next pass is due, or an engine event arrives

@@ -53,9 +53,12 @@ async def error_page(request: Request, exc: KilnError) -> Response:
 
 
 def charts(samples: list[Sample], end_at: Any) -> dict[str, str]:
-    """Requests/s, 5xx % and response time per release over the last PLOT_MINUTES, as SVG."""
+    """Requests/s, 5xx % and response time per release over the last PLOT_MINUTES, as SVG (the
+    time axis starts at the first sample of the hour, so that a young history is not a sliver)."""
     end = end_at.timestamp()
     start = end - PLOT_MINUTES * 60
+    if samples:
+        start = max(start, min(s.at.timestamp() for s in samples) - 30)
     rps: dict[str, list[tuple[float, float]]] = {}
     err: dict[str, list[tuple[float, float]]] = {}
     ms: dict[str, list[tuple[float, float]]] = {}

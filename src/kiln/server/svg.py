@@ -23,6 +23,10 @@ def _nice(top: float) -> float:
     return 10 * scale
 
 
+def _ago(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def line_chart(title: str, unit: str, series: dict[str, list[tuple[float, float]]], start: float, end: float,
                width: int = 360, height: int = 140) -> str:
     """`series`: label -> [(t, value)] with t in seconds (same clock as start/end)."""
@@ -44,13 +48,15 @@ def line_chart(title: str, unit: str, series: dict[str, list[tuple[float, float]
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" class="axis"/>',
              f'<text x="{left - 4}" y="{top + 4}" class="l" text-anchor="end">{ymax:g}</text>',
              f'<text x="{left - 4}" y="{top + h}" class="l" text-anchor="end">0</text>',
-             f'<text x="{left}" y="{height - 4}" class="l">-{(end - start) / 60:.0f} min</text>',
+             f'<text x="{left}" y="{height - 4}" class="l">-{_ago(end - start)}</text>',
              f'<text x="{left + w}" y="{height - 4}" class="l" text-anchor="end">now</text>']
     for i, (label, points) in enumerate(sorted(series.items())):
         colour = COLOURS[i % len(COLOURS)]
         if points:
             path = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in sorted(points))
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>')
+            if len(points) <= 60:  # few samples: each one seen
+                parts += [f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="2" fill="{colour}"/>' for t, v in points]
         parts.append(f'<text x="{left + 6 + 52 * i}" y="{top + 10}" fill="{colour}" class="l">{escape(label)}</text>')
     if not series:
         parts.append(f'<text x="{left + w / 2}" y="{top + h / 2}" class="l" text-anchor="middle">no samples yet</text>')
