@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from kiln import secretref
 from kiln.bake.baker import bake
+from kiln.bake.vm import VmStore, bake_vm
 from kiln.context import Context
 from kiln.errors import KilnError, LedgerError, LockLost, PortInUse, RolloutError, UsageError
 from kiln.ledger import kinds
@@ -70,9 +71,18 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = No
     with locked(ctx, cfg.app, env, "deploy"):
         with ports_named(ctx, cfg):
             ctx.router(cfg).check()
-        image = bake(ctx.engine_for(cfg), loaded, ctx.out, ctx.settings.home / "tmp")
-        artifact = Artifact(image.id, image.tag, image.inputs_hash, image.commit, image.dirty)
-        return ship(ctx, cfg, artifact, loaded.digest, policy)
+        return ship(ctx, cfg, bake_artifact(ctx, loaded, cfg.engine), loaded.digest, policy)
+
+
+def bake_artifact(ctx: Context, loaded: LoadedSpec, engine: str) -> Artifact:
+    """What an environment on `engine` runs, baked from `loaded` (or found by its inputs): the
+    app image, or on `engine: qemu` the VM image of the same inputs."""
+    scratch = ctx.settings.home / "tmp"
+    if engine == "qemu":
+        vm = bake_vm(ctx.engine(engine), loaded, ctx.out, scratch, VmStore(ctx.settings.home))
+        return Artifact(vm.ref, vm.tag, vm.inputs_hash, vm.commit, vm.dirty)
+    image = bake(ctx.engine(engine), loaded, ctx.out, scratch)
+    return Artifact(image.id, image.tag, image.inputs_hash, image.commit, image.dirty)
 
 
 def deploy_image(ctx: Context, loaded: LoadedSpec, env: str, image: str, strategy: str | None = None) -> Outcome:
