@@ -408,3 +408,50 @@ def test_kiln_token_create_list_revoke(tmp_path):
     assert run_kiln(["token", "revoke", "ci-bot"], cwd=tmp_path, env=env).returncode == 0
     gone = run_kiln(["token", "revoke", "ci-bot"], cwd=tmp_path, env=env)
     assert gone.returncode == 2 and "there is no token 'ci-bot'" in gone.stderr
+
+
+def test_kiln_rollout_abort_asks_the_running_rollout_and_says_when_there_is_none(tmp_path):
+    from kiln.ledger.store import Ledger
+    from unit.cli_inproc import run_kiln
+    from unit.world import SPEC
+
+    (tmp_path / "kiln.yaml").write_text(SPEC)
+    home = tmp_path / "home"
+    env = {"KILN_HOME": str(home), "NO_COLOR": "1", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "USER": "ops"}
+    none = run_kiln(["rollout", "abort", "-e", "production"], cwd=tmp_path, env=env)
+    assert none.returncode == 2 and "no rollout of shop/production is running" in none.stderr
+    ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+    rollout = ledger.rollouts.start("shop", "production", None, 1, "canary", {})
+    asked = run_kiln(["rollout", "abort", "-e", "production"], cwd=tmp_path, env=env)
+    assert asked.returncode == 0, asked.stderr
+    assert f"rollout {rollout.id} to v1: running" in asked.stderr
+    assert ledger.rollouts.abort_requested(rollout.id)
+
+
+def test_a_running_canary_asked_to_abort_converges_back_at_its_next_analysis_tick(w, monkeypatch):
+    from kiln.errors import RolloutError
+    from kiln.rollout import driver
+
+    w.edit_spec("      strategy: rolling\n", "      strategy: canary\n      steps: [{weight: 25, pause: 60s}]\n")
+    deploy(w.ctx, w.load(), "production")
+    old = dict(w.serving())
+
+    class Clock:  # the analysis waits on this clock: asked to abort during its first wait
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            return cls.now
+
+        @classmethod
+        def sleep(cls, seconds: float) -> None:
+            cls.now += seconds
+            running = w.ctx.ledger.rollouts.unfinished("shop", "production")
+            w.ctx.ledger.rollouts.request_abort(running[-1].id, "token dee")
+
+    monkeypatch.setattr(driver, "time", Clock)
+    w.change_code("print('v2')\n")
+    with pytest.raises(RolloutError, match="aborted by token dee"):
+        deploy(w.ctx, w.load(), "production")
+    assert Clock.now < 60  # not the whole pause
+    assert w.serving() == old and w.rollouts()[-1].state == "aborted"
