@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what kiln needs on Debian (run as root): Docker's engine (docker.io),
-# debootstrap, HAProxy (its binary checks rendered configs in tests), wrk, git; then start
+# debootstrap, HAProxy (its binary checks rendered configs in tests), wrk, git, Chromium and its
+# driver (the dashboard's browser test); then start
 # dockerd if no engine answers, and install kiln into ./.venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,8 @@ say() { printf '\033[1;36m›\033[0m %s\n' "$*" >&2; }
 
 need=()
 for pair in dockerd:docker.io debootstrap:debootstrap gpgv:gpgv haproxy:haproxy wrk:wrk git:git curl:curl ip:iproute2 docker-compose:docker-compose \
-    qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools syslinux:syslinux; do
+    qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools syslinux:syslinux \
+    chromium:chromium chromedriver:chromium-driver; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv python3-pip)

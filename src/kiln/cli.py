@@ -43,7 +43,7 @@ COMMANDS: dict[str, str] = {
     "releases": "List an environment's releases, newest first.",
     "rollback": "Put an earlier release back in service.",
     "promote": "Promote an image to the next environment, or a blue-green set.",
-    "rollout": "Inspect rollouts; resume one a killed kiln left.",
+    "rollout": "Inspect, resume or abort rollouts.",
     "env": "List, show and compare environments.",
     "recreate": "Run an older release exactly, in a new environment.",
     "preview": "Run a commit in its own short-lived environment.",
@@ -59,7 +59,8 @@ COMMANDS: dict[str, str] = {
     "base": "Bake OS base images from Debian packages.",
     "secret": "Store secrets for `secret:NAME` references, encrypted.",
     "ci": "Run the pipeline for a commit; list, approve, cancel runs.",
-    "serve": "Serve the webhooks that start pipeline runs.",
+    "token": "Create, list and revoke API tokens for `kiln serve`.",
+    "serve": "Serve the API, the dashboard, /metrics and webhooks.",
 }
 
 
@@ -88,7 +89,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 base_app = typer.Typer(help="Bake OS base images from Debian packages (no registry needed).", no_args_is_help=True)
-rollout_app = typer.Typer(help="Inspect rollouts, or resume one a killed kiln left unfinished.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Inspect rollouts, resume one a killed kiln left unfinished, or abort one.", no_args_is_help=True)
 app.add_typer(base_app, name="base")
 app.add_typer(rollout_app, name="rollout")
 lock_app = typer.Typer(help="Inspect or break the lock a kiln process holds while it changes an environment.", no_args_is_help=True)
@@ -379,6 +380,23 @@ def rollout_resume(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: Json
     else:
         for r in settled:
             ctx.out.done(f"rollout {r.id} to v{r.to_release}: {r.state}")
+
+
+@rollout_app.command("abort")
+def rollout_abort(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
+    """Abort the environment's unfinished rollout: a release waiting for promotion is dropped at
+    once; a running rollout is asked to stop, and its kiln converges back to the release that served."""
+    import getpass
+
+    from kiln.usecases.deploy import abort
+
+    _, cfg = _env_config(file, env)
+    ctx = _ctx(quiet=json)
+    r = abort(ctx, cfg.app, cfg.env, getpass.getuser())
+    if json:
+        ctx.out.json(_rollout_doc(r))
+    else:
+        ctx.out.done(f"rollout {r.id} to v{r.to_release}: {r.state}" + (f" ({r.reason})" if r.reason else ""))
 
 
 @rollout_app.command("show")
