@@ -230,3 +230,22 @@ def test_promotion_between_a_container_and_a_vm_environment_is_refused(tmp_path:
     deploy(w.ctx, w.load(), "production")
     with pytest.raises(UsageError, match="promotion moves one artifact unchanged"):
         envs.promote_artifact(w.ctx, w.load(), "production", "vmtest")
+
+
+def test_overlay_writes_count_only_what_the_overlay_itself_holds() -> None:
+    from kiln.providers.qemu import overlay_writes
+
+    untouched = json.dumps([{"start": 0, "length": 2 * 1024**3, "depth": 1, "present": True, "zero": False, "data": True},
+                            {"start": 2 * 1024**3, "length": 1024**2, "depth": 1, "present": False, "zero": True, "data": False}])
+    assert overlay_writes(untouched) == 0  # everything read through from the release's image
+    written = json.dumps([{"start": 0, "length": 65536, "depth": 0, "present": True, "zero": False, "data": True},
+                          {"start": 65536, "length": 1024**3, "depth": 1, "present": True, "zero": False, "data": True}])
+    assert overlay_writes(written) == 65536
+    assert overlay_writes("not json") == 0
+
+
+def test_a_write_to_a_vms_root_disk_taints_it() -> None:
+    from kiln.agent.drift import changed_files
+
+    assert changed_files(["C /dev/vda: 64 KiB written to the VM's read-only root disk"], ("/run/vm",)) == [
+        "C /dev/vda: 64 KiB written to the VM's read-only root disk"]

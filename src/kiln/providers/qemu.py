@@ -16,6 +16,7 @@ files as the VM image."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -116,6 +117,15 @@ def launcher_spec(spec: ContainerSpec, image_dir: Path, launcher: str, env_text:
         binds={}, ro_binds={str(image_dir): IMAGE_DIR}, devices=(KVM,) if accel == "kvm" else ())
 
 
+def overlay_writes(qemu_img_map: str) -> int:
+    """Bytes the overlay itself holds (depth 0 data), from `qemu-img map --output=json`."""
+    try:
+        extents = json.loads(qemu_img_map)
+    except ValueError:
+        return 0
+    return sum(e.get("length", 0) for e in extents if e.get("data") and e.get("depth") == 0)
+
+
 def _as_vm(facts: ContainerFacts) -> ContainerFacts:
     """A launcher's facts with the VM image it boots as its image."""
     image = facts.labels.get(IMAGE_LABEL)
@@ -188,6 +198,19 @@ class QemuProvider(DockerProvider):
         # The service's own hardening lives in the guest's systemd unit; the engine shows the launcher's.
         return replace(spec, writable=(VM_RUN,), read_only=True, cap_add=(), no_new_privileges=True, user=None,
                        limits=launcher_limits(spec.limits), health_command=None)
+
+    def changes(self, name: str) -> list[str]:
+        """Writes to the VM's root disk, which its guest mounts read-only: none, unless someone
+        remounted it (read from the overlay in the launcher's tmpfs, through /proc: no exec)."""
+        facts = super().container(name)
+        pid = self.api.inspect_container(name)["State"]["Pid"] if facts and facts.running else 0
+        if not pid:
+            return []
+        overlay = {"driver": "qcow2", "backing": None,  # the overlay alone: its backing path is the launcher's
+                   "file": {"driver": "file", "filename": f"/proc/{pid}/root{VM_RUN}/overlay.qcow2"}}
+        mapped = process.run(["qemu-img", "map", "-U", "--output=json", "json:" + json.dumps(overlay)])
+        written = overlay_writes(mapped.stdout) if mapped.ok else 0
+        return [f"C /dev/vda: {written // 1024} KiB written to the VM's read-only root disk"] if written else []
 
     def details(self, name: str) -> ContainerDetails | None:
         found = super().details(name)

@@ -12,6 +12,7 @@ from typing import Any
 
 from kiln import secretref
 from kiln.agent.drift import exec_detail, taints
+from kiln.bake.vm import is_vm_ref
 from kiln.context import Context
 from kiln.ledger import kinds
 from kiln.ledger.releases import Release
@@ -63,8 +64,10 @@ def inspect(ctx: Context, engine: Engine, app: str, env: str, containers: list[C
                 for cmd, at in execs.get(c.name, []) if cmd != own]
         expected = engine.enforceable(instance_spec(cfg, svc, number, release.image, c.name))
         expected = replace(expected, environment=_with_secrets(ctx, expected.environment, details.env))
-        # A read-only root filesystem cannot be written (not even by `docker cp`): no `docker diff` needed.
-        changes = [] if details.read_only and expected.read_only else engine.changes(c.name)
+        # A read-only root filesystem cannot be written (not even by `docker cp`): no `docker diff`
+        # needed. A VM's disk is another matter: its guest could remount it.
+        vm = is_vm_ref(release.image)
+        changes = [] if details.read_only and expected.read_only and not vm else engine.changes(c.name)
         reasons = taints(expected, image_envs[release.image], c, details, changes, seen)
         if reasons:
             out[c.name] = reasons
