@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.harness import (
@@ -88,34 +89,64 @@ def _get(url: str) -> str:
         return f"({exc})"
 
 
-def kill_runs(app: BenchApp, runs: int, rng: random.Random) -> list[dict]:
-    out = []
-    attempt = 0
-    while sum(1 for r in out if r["killed"]) < runs and attempt < runs * 2:
-        attempt += 1
+def schedule(runs: int, rng: random.Random) -> Iterator[tuple[str, str | None, float | None]]:
+    """(strategy, named point or None, delay of an outside kill or None), endlessly: first every
+    named point of every strategy and one outside kill per strategy (so each is covered), then
+    random ones."""
+    for strategy, points in POINTS.items():
+        for point in points:
+            yield strategy, point, None
+    for strategy in POINTS:
+        yield strategy, None, round(rng.uniform(0.8, 3.0), 2)
+    while True:
         strategy = rng.choice(list(POINTS))
-        how = rng.choice(["point", "external"])
-        point = rng.choice(POINTS[strategy]) if how == "point" else None
-        delay = round(rng.uniform(0.3, 4.0), 2) if how == "external" else None
+        if rng.random() < 0.5:
+            yield strategy, rng.choice(POINTS[strategy]), None
+        else:
+            yield strategy, None, round(rng.uniform(0.3, 4.0), 2)
+
+
+def kill_runs(app: BenchApp, runs: int, rng: random.Random) -> list[dict]:
+    """Kill runs until at least `runs` of them interrupted a rollout by the ledger's account (the
+    rollout the killed `kiln deploy` opened is left `running`) and every (strategy, named point)
+    pair and an outside kill of each strategy has interrupted one; at most 3 x as many attempts.
+    A kill that came before the rollout opened or after it ended is recorded but not counted."""
+    out: list[dict] = []
+    need = {(s, f"KILN_FAULT={p}") for s, ps in POINTS.items() for p in ps} | {(s, "outside") for s in POINTS}
+    plan = schedule(runs, rng)
+    attempt = 0
+    budget = 3 * max(runs, len(need))
+    while attempt < budget:
+        covered = {(r["strategy"], r["kind"]) for r in out if r["interrupted"]}
+        if sum(1 for r in out if r["interrupted"]) >= runs and need <= covered:
+            break
+        strategy, point, delay = next(plan)
+        kind = f"KILN_FAULT={point}" if point else "outside"
+        if (strategy, kind) in covered and not need <= covered and attempt < len(need) * 2:
+            continue  # cover what is missing first
+        attempt += 1
         app.set_rollout(**policy(strategy))
         message = f"fault run {attempt}"
         app.set_message(message)
         app.image_tag()
-        row = {"run": attempt, "strategy": strategy, "kill": f"KILN_FAULT={point}" if point else f"kill -9 after {delay}s"}
+        before = app.kiln_json("rollout", "list")
+        last_id = before[0]["id"] if before else 0
+        row = {"run": attempt, "strategy": strategy, "kind": kind,
+               "kill": f"KILN_FAULT={point}" if point else f"kill -9 after {delay}s"}
         with heavy(f"fault run {attempt}: {strategy}, {row['kill']}"):
-            def crash_and_recover(point: str | None = point, delay: float | None = delay) -> tuple[int, str, float]:
+            def crash_and_recover(point: str | None = point, delay: float | None = delay) -> tuple:
                 proc = app.popen("deploy", extra_env={"KILN_FAULT": point} if point else None)
                 if delay is not None:
                     try:
                         proc.wait(timeout=delay)
                     except subprocess.TimeoutExpired:
                         proc.send_signal(signal.SIGKILL)
-                _, err = proc.communicate(timeout=180)
-                left = app.kiln_json("rollout", "list")[0]["state"] if proc.returncode == -signal.SIGKILL else ""
+                proc.communicate(timeout=180)
+                ledger = app.kiln_json("rollout", "list")
                 began = time.monotonic()
                 run = app.kiln("deploy", check=False)
-                return proc.returncode, left, time.monotonic() - began, run
-            load, (code, left, recovery, run) = under_load(app.url, crash_and_recover)
+                return proc.returncode, ledger, time.monotonic() - began, run
+            load, (code, ledger, recovery, run) = under_load(app.url, crash_and_recover)
             problems = []
             if run.returncode != 0:
                 problems.append(f"the recovery `kiln deploy` exited {run.returncode}: "
@@ -123,12 +154,17 @@ def kill_runs(app: BenchApp, runs: int, rng: random.Random) -> list[dict]:
                 app.kiln("deploy", check=False)  # a clean start for the next run
                 message = None  # the release was aborted: the previous one serves
             problems += check(app, 2, message)
-        row.update(killed=code == -signal.SIGKILL, exit=code, rollout_left=left, recovery_seconds=round(recovery, 2),
-                   **load.row(), problems=problems)
+        killed = code == -signal.SIGKILL
+        opened = [r for r in ledger if r["id"] > last_id]
+        left = opened[0] if opened else None
+        interrupted = killed and left is not None and left["state"] == "running"
+        row.update(killed=killed, exit=code, interrupted=interrupted,
+                   rollout_left=(f"{left['state']} (phase {left.get('phase')})" if left else "none opened"),
+                   recovery_seconds=round(recovery, 2), **load.row(), problems=problems)
         if load.failed:
             problems.append(f"{load.failed} failed requests")
         row["ok"] = not problems
-        log(f"run {attempt}: {row['kill']} ({strategy}) exit {code}, left {left or '-'}, "
+        log(f"run {attempt}: {row['kill']} ({strategy}) exit {code}, interrupted {interrupted} ({row['rollout_left']}), "
             f"{load.requests} requests {load.failed} failed, problems: {problems or 'none'}")
         out.append(row)
     return out
@@ -284,17 +320,22 @@ def write(r: dict, out: Path) -> None:
              "for every run. Every figure was measured in this run.", ""]
     kills = r.get("kills", [])
     if kills:
-        n = sum(1 for k in kills if k["killed"])
-        total = sum(k["requests"] for k in kills)
-        failed = sum(k["failed"] for k in kills)
-        bad = sum(1 for k in kills if not k["ok"])
+        counted = [k for k in kills if k.get("interrupted")]
+        total = sum(k["requests"] for k in counted)
+        failed = sum(k["failed"] for k in counted)
+        bad = sum(1 for k in counted if not k["ok"])
+        cover = sorted({f"{k['strategy']} {k['kind']}" for k in counted})
         lines += ["## kill -9 of kiln mid-rollout, then `kiln deploy`", "",
-                  f"{n} runs killed kiln ({len(kills)} attempts); {total:,} requests, **{failed} failed**; "
-                  f"{bad} runs with a problem.", "",
-                  "| run | strategy | kill | killed | rollout left | recovery deploy | requests | failed | gap | checks |",
+                  f"**{len(counted)} kills interrupted a rollout** by the ledger's account (the rollout the killed "
+                  f"`kiln deploy` opened was left `running`), of {len(kills)} attempts; over those runs {total:,} requests, "
+                  f"**{failed} failed**; {bad} of them with a problem. Covered: {', '.join(cover)}. The other attempts "
+                  "(kiln killed before its rollout opened or after it ended, or not killed at all) are listed but not "
+                  "counted.", "",
+                  "| run | strategy | kill | interrupted a rollout | rollout after the kill | recovery deploy | requests | failed | gap | checks |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for k in kills:
-            lines.append(f"| {k['run']} | {k['strategy']} | {k['kill']} | {'yes' if k['killed'] else 'no (finished first)'} | "
+            said = "yes" if k.get("interrupted") else ("no: killed, but no rollout left running" if k["killed"] else "no: not killed (finished first)")
+            lines.append(f"| {k['run']} | {k['strategy']} | {k['kill']} | {said} | "
                          f"{k['rollout_left'] or '–'} | {k['recovery_seconds']:.1f} s | {k['requests']:,} | {k['failed']} | "
                          f"{k['max_gap_ms']} ms | {'ok' if k['ok'] else '; '.join(k['problems'])} |")
         lines += ["", "Checks after each run: exactly 2 healthy, routed instances of the serving release and the "

@@ -205,7 +205,9 @@ class BenchApp:
         return f"http://127.0.0.1:{self.port}/"
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("KILN_LEDGER_URL", "KILN_FAULT")}
+        # PYTHONDONTWRITEBYTECODE (set in some sandboxes) would make every kiln command compile
+        # kiln's sources again: an installed kiln has its .pyc files, so the bench must too.
+        env = {k: v for k, v in os.environ.items() if k not in ("KILN_LEDGER_URL", "KILN_FAULT", "PYTHONDONTWRITEBYTECODE")}
         return {**env, "KILN_HOME": str(self.home), "KILN_EXTRA_LABELS": LABEL_ARG, **(extra or {})}
 
     def argv(self, *args: str) -> list[str]:

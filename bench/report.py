@@ -156,9 +156,11 @@ def _markdown(r: dict, plots: list[str]) -> str:
     if noop:
         lines += ["", "## No-op costs", "", "| what | median | samples |", "|---|---|---|"]
         for k, label in (("noop_deploy", "`kiln deploy`, nothing changed"), ("cached_bake", "`kiln bake`, image cached"),
-                         ("import_kiln_cli", "`python -c 'import kiln.cli'` (what bounds both)"),
+                         ("import_kiln_cli", "`python -c 'import kiln.cli'` (what bounds the bake)"),
+                         ("import_deploy_path", "importing all a no-op deploy imports, before any work (what bounds it)"),
                          ("python_start", "`python -c pass`")):
-            lines.append(f"| {label} | {_s(_med(noop[k]))} | {', '.join(f'{v:.2f}' for v in noop[k])} |")
+            if k in noop:
+                lines.append(f"| {label} | {_s(_med(noop[k]))} | {', '.join(f'{v:.2f}' for v in noop[k])} |")
     router = r.get("router")
     if router:
         lines += ["", "## Router overhead (one instance, wrk for "
