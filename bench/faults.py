@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from bench.harness import (
@@ -202,10 +203,61 @@ def restart_dockerd() -> float:
     raise RuntimeError("dockerd did not come back within 90 s")
 
 
-def dockerd_restart(app: BenchApp) -> dict:
+DAEMON_JSON = Path("/etc/docker/daemon.json")
+
+
+def live_restore_blocker() -> str | None:
+    """Why dockerd's live-restore cannot be turned on here for a measurement, or None. Docker
+    refuses it on a Swarm node ("--live-restore daemon configuration is incompatible with swarm
+    mode": `docker swarm init` fails, and a node restarted with it does not start its cluster
+    component), and this machine's dockerd is the test cluster's manager while that cluster is up."""
+    info = engine().info()
+    state = (info.get("Swarm") or {}).get("LocalNodeState", "?")
+    if state != "inactive":
+        return (f"this dockerd is a Swarm node (state {state}), and Docker does not allow live-restore on a Swarm "
+                "node; leaving the swarm would break the test cluster")
+    return None
+
+
+@contextmanager
+def live_restore() -> Iterator[None]:
+    """live-restore on in /etc/docker/daemon.json (a reloadable option: SIGHUP, no restart) for the
+    block, then the file as it was and reloaded again."""
+    before = DAEMON_JSON.read_text() if DAEMON_JSON.exists() else None
+    config = json.loads(before) if before else {}
+    pid = int(Path("/var/run/docker.pid").read_text().strip())
+    try:
+        DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
+        DAEMON_JSON.write_text(json.dumps({**config, "live-restore": True}) + "\n")
+        os.kill(pid, signal.SIGHUP)
+        _await_live_restore(True)
+        yield
+    finally:
+        if before is None:
+            DAEMON_JSON.unlink(missing_ok=True)
+        else:
+            DAEMON_JSON.write_text(before)
+        pid = int(Path("/var/run/docker.pid").read_text().strip())  # restarted meanwhile
+        os.kill(pid, signal.SIGHUP)
+        _await_live_restore(bool(config.get("live-restore")))
+
+
+def _await_live_restore(want: bool) -> None:
+    deadline = time.monotonic() + 20
+    while engine().info().get("LiveRestoreEnabled") != want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"dockerd did not reload live-restore={want} from {DAEMON_JSON}")
+        time.sleep(0.2)
+
+
+def dockerd_restart(app: BenchApp, with_live_restore: bool = False) -> dict:
     app.set_rollout(strategy="rolling", max_surge="100%", max_unavailable=0)
-    row: dict = {}
-    with heavy("fault: dockerd restart during steady state"):
+    row: dict = {"live_restore": with_live_restore}
+    if with_live_restore and (why := live_restore_blocker()):
+        log(f"dockerd restart with live-restore: not measured: {why}")
+        return {**row, "skipped": why, "ok": True}
+    with heavy("fault: dockerd restart during steady state" + (" (live-restore on)" if with_live_restore else "")), \
+            (live_restore() if with_live_restore else nullcontext()):
         # `kiln agent` runs throughout, as it would under systemd: it must restore service by itself.
         with open(app.home / "agent.log", "w") as agent_log:
             agent = subprocess.Popen(app.argv("agent"), env=app.env(), stdout=agent_log, stderr=subprocess.STDOUT,
@@ -311,13 +363,55 @@ def bad_releases(app: BenchApp) -> list[dict]:
     return out
 
 
+def _kinds(errors: dict | None) -> str:
+    nonzero = {k: v for k, v in (errors or {}).items() if v}
+    return f": {', '.join(f'{k} {v}' for k, v in nonzero.items())}" if nonzero else ""
+
+
+def _provenance(r: dict) -> str:
+    p = r.get("provenance")
+    if not p:
+        return "Tree state: not recorded."
+    return (f"Measured at commit `{p['commit'][:12]}`, "
+            + (f"**with a dirty tree** (changed: {', '.join(p['changed'])})." if p["dirty"] else "clean tree."))
+
+
+def headline(r: dict) -> list[str]:
+    """One line per fault kind, every failed request counted (the dockerd restarts included)."""
+    out = []
+    kills = [k for k in r.get("kills", []) if k.get("interrupted")]
+    if r.get("kills"):
+        out.append(f"kill -9 mid-rollout: {len(kills)} kills interrupted a rollout (of {len(r['kills'])} attempts); "
+                   f"{sum(k['failed'] for k in kills)} failed of {sum(k['requests'] for k in kills):,} requests; "
+                   f"{sum(1 for k in kills if not k['ok'])} runs with a problem")
+    for key, label in (("dockerd", "dockerd restart, live-restore off"), ("dockerd_live_restore", "dockerd restart, live-restore on")):
+        d = r.get(key)
+        if d and d.get("skipped"):
+            out.append(f"{label}: not measured ({d['skipped']})")
+        elif d:
+            a = d.get("during_restart", {})
+            back = (d.get("after_restart") or {}).get("serving_by_itself_after_s")
+            out.append(f"{label}: {a.get('failed', 0):,} failures (non-2xx + socket errors) beside {a.get('requests', 0):,} "
+                       "answered requests, longest gap "
+                       f"{a.get('max_gap_ms', 0)} ms; serving again by itself "
+                       + (f"{back} s after the engine was back" if back is not None else "**not within 10 s**"))
+    bad = r.get("bad", [])
+    if bad:
+        out.append(f"bad releases: {sum(1 for b in bad if b['rollout'] == 'aborted')} of {len(bad)} aborted; "
+                   + "; ".join(f"{b['bad release']}: {b['failed']} failed" for b in bad))
+    return out
+
+
 def write(r: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "faults.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
     lines = ["# kiln fault-injection report", "",
              f"Run {r['started']} – {r.get('finished', '(unfinished)')} with `{r['command']}` (seed {r['seed']}); "
              f"kiln commit {r.get('commit', '?')}. wrk sends keep-alive load (16 connections) through kiln's router "
-             "for every run. Every figure was measured in this run.", ""]
+             "for every run. Every figure was measured in this run.", "", _provenance(r), ""]
+    for note in r.get("notes", []):
+        lines += [note, ""]
+    lines += ["## Headline", "", *[f"- {h}" for h in headline(r)], ""]
     kills = r.get("kills", [])
     if kills:
         counted = [k for k in kills if k.get("interrupted")]
@@ -340,26 +434,42 @@ def write(r: dict, out: Path) -> None:
                          f"{k['max_gap_ms']} ms | {'ok' if k['ok'] else '; '.join(k['problems'])} |")
         lines += ["", "Checks after each run: exactly 2 healthy, routed instances of the serving release and the "
                   "router (no orphan), no rollout left running or paused, the lock free, the new release serving."]
-    d = r.get("dockerd")
-    if d:
+    for key, title in (("dockerd", "dockerd restarted during steady state (live-restore off, Docker's default)"),
+                       ("dockerd_live_restore", "dockerd restarted during steady state, live-restore on")):
+        d = r.get(key)
+        if not d:
+            continue
+        lines += ["", f"## {title}", ""]
+        if d.get("skipped"):
+            lines += [f"Not measured: {d['skipped']}."]
+            continue
         a, b, c = d.get("during_restart", {}), d.get("during_kiln_deploy", {}), d.get("after_kiln_deploy", {})
         ar = d.get("after_restart", {})
-        lines += ["", "## dockerd restarted during steady state", "",
-                  f"- dockerd answered again {d.get('engine_back_seconds')} s after the restart began (no live-restore: "
-                  "a dockerd restart stops every container).",
+        back = ar.get("serving_by_itself_after_s")
+        lines += [f"**{a.get('failed', 0):,} failures** (non-2xx answers and socket errors; wrk reconnects at once after a "
+                  "socket error, so a closed port yields thousands a second) beside "
+                  f"{a.get('requests', 0):,} answered requests, from 2 s before the restart to "
+                  f"10 s after the engine answered again (longest gap without a 2xx {a.get('max_gap_ms', 0)} ms; "
+                  f"non-2xx {a.get('non_2xx', 0)}, socket errors {a.get('socket_errors', 0)}{_kinds(a.get('errors'))}).", "",
+                  f"- dockerd answered again {d.get('engine_back_seconds')} s after the restart began"
+                  + (" (live-restore: containers kept running while it was down)." if d.get("live_restore")
+                     else " (no live-restore: a dockerd restart stops every container, kiln's router included)."),
                   f"- Served again (kiln agent running) within 10 s after: "
-                  f"{'yes, after ' + str(ar.get('serving_by_itself_after_s')) + ' s' if ar.get('serving_by_itself_after_s') is not None else '**no**'}; "
+                  f"{'yes, after ' + str(back) + ' s' if back is not None else '**no**'}; "
                   f"router then: {json.dumps(ar.get('router'))}; instances: {len(ar.get('instances') or [])}.",
-                  f"- Load from 2 s before the restart to 10 s after the engine was back: {a.get('requests', 0):,} requests, "
-                  f"**{a.get('failed', 0)} failed**, longest gap {a.get('max_gap_ms', 0)} ms.",
-                  f"- Then `kiln deploy` (exit {d.get('kiln_deploy', {}).get('exit')}, {d.get('kiln_deploy', {}).get('seconds')} s) "
-                  f"restored service: {b.get('requests', 0):,} requests during it, {b.get('failed', 0)} failed, gap {b.get('max_gap_ms', 0)} ms; "
+                  f"- Then `kiln deploy` (exit {d.get('kiln_deploy', {}).get('exit')}, {d.get('kiln_deploy', {}).get('seconds')} s): "
+                  f"{b.get('requests', 0):,} requests during it, {b.get('failed', 0)} failed, gap {b.get('max_gap_ms', 0)} ms; "
                   f"afterwards {c.get('requests', 0):,} requests, {c.get('failed', 0)} failed.",
-                  f"- Checks after the deploy: {'ok' if d.get('ok') else '; '.join(d.get('problems', []))}.",
-                  "", "`kiln agent` ran throughout, as under systemd: it reconnects when the engine is back, restarts the "
-                  "router's servers and replaces the instances that died with the engine. Requests fail while the "
-                  "engine is down, since without live-restore the router container stops with it; the `kiln deploy` "
-                  "afterwards is a check that nothing is left to do."]
+                  f"- Checks after the deploy: {'ok' if d.get('ok') else '; '.join(d.get('problems', []))}."]
+    if r.get("dockerd") or r.get("dockerd_live_restore"):
+        lines += ["", "`kiln agent` ran throughout, as under systemd (`kiln agent install`): it reconnects when the engine "
+                  "is back, restores the router's servers and replaces the instances that died with the engine. Without "
+                  "live-restore requests fail while the engine is down, since the router container stops with it. "
+                  "live-restore keeps containers running through a dockerd restart, but Docker refuses it on a Swarm node "
+                  "(`--live-restore daemon configuration is incompatible with swarm mode`), and this machine's dockerd "
+                  "is the test cluster's manager while that cluster is up: `scripts/prereqs.sh` turns it on only when "
+                  "asked (`KILN_LIVE_RESTORE=1`) and the engine is not a Swarm node. The `kiln deploy` afterwards is a "
+                  "check that nothing is left to do."]
     bad = r.get("bad", [])
     if bad:
         lines += ["", "## Bad releases", "",
@@ -379,10 +489,13 @@ def write(r: dict, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/faults", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=10, help="kill -9 runs that really kill kiln (default 10)")
+    ap.add_argument("--runs", type=int, default=10, help="kills that interrupt a rollout, by the ledger (default 10; "
+                                                         "more runs if needed to cover every strategy and fault point)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
-    ap.add_argument("--only", default="", help="comma-separated: kills,dockerd,bad")
+    ap.add_argument("--only", default="", help="comma-separated: kills,dockerd,dockerd_live_restore,bad")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--note", action="append", default=[], help="a sentence for the report, e.g. that the machine was "
+                                                                   "shared with other work (repeatable)")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
     rng = random.Random(seed)
@@ -392,11 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     r: dict = {"command": "bench/faults " + " ".join(argv or sys.argv[1:]), "seed": seed,
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "errors": {}}
     r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    from bench.facts import provenance
+    r["provenance"] = provenance()
+    r["notes"] = list(args.note)
     app = BenchApp.make(Path(tempfile.mkdtemp(prefix="kiln-faults-")), "kbfault")
     try:
         with heavy("faults: first deploy"):
             app.kiln("deploy")
         for name, fn in (("kills", lambda: kill_runs(app, args.runs, rng)), ("dockerd", lambda: dockerd_restart(app)),
+                         ("dockerd_live_restore", lambda: dockerd_restart(app, with_live_restore=True)),
                          ("bad", lambda: bad_releases(app))):
             if only and name not in only:
                 continue
@@ -414,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         write(r, out)
     failed = [k for k in r.get("kills", []) if not k["ok"]] + [b for b in r.get("bad", []) if not b["ok"]]
-    failed += [r["dockerd"]] if r.get("dockerd") and not r["dockerd"]["ok"] else []
+    failed += [r[k] for k in ("dockerd", "dockerd_live_restore") if r.get(k) and not r[k]["ok"]]
     log(f"report: {out / 'faults.md'}; {len(failed)} runs with problems")
     return 1 if failed or r["errors"] else 0
 
