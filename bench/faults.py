@@ -256,8 +256,10 @@ def dockerd_restart(app: BenchApp, with_live_restore: bool = False) -> dict:
     if with_live_restore and (why := live_restore_blocker()):
         log(f"dockerd restart with live-restore: not measured: {why}")
         return {**row, "skipped": why, "ok": True}
+    # With live-restore on, no test cluster may come up meanwhile (`docker swarm init` would fail): hold its lock too.
+    from bench.cluster import session_lock
     with heavy("fault: dockerd restart during steady state" + (" (live-restore on)" if with_live_restore else "")), \
-            (live_restore() if with_live_restore else nullcontext()):
+            (session_lock() if with_live_restore else nullcontext()), (live_restore() if with_live_restore else nullcontext()):
         # `kiln agent` runs throughout, as it would under systemd: it must restore service by itself.
         with open(app.home / "agent.log", "w") as agent_log:
             agent = subprocess.Popen(app.argv("agent"), env=app.env(), stdout=agent_log, stderr=subprocess.STDOUT,
