@@ -532,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
             remove_images([f"kiln/{app.name}"], [])
         r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         write(r, out)
+        if out.resolve() == RESULTS.resolve():
+            from bench import readme_table
+            readme_table.main([])
     failed = [k for k in r.get("kills", []) if not k["ok"]] + [b for b in r.get("bad", []) if not b["ok"]]
     failed += [r[k] for k in ("dockerd", "dockerd_live_restore") if r.get(k) and not r[k]["ok"]]
     log(f"report: {out / 'faults.md'}; {len(failed)} runs with problems")

@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         if "cluster" in only:
             report.write_cluster(c, out)
             log(f"cluster report: {out / 'cluster.md'}")
+        if out.resolve() == RESULTS.resolve():
+            from bench import readme_table
+            readme_table.main([])
+            log("README.md's benchmark figures rewritten from bench/results (bench/readme_table.py)")
     return 1 if r["errors"] or c["errors"] else 0
 
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.unit.cli_inproc import run_kiln
 
 from kiln.agent import install as inst
 from kiln.errors import KilnError, UsageError
 from kiln.process import Result
+from unit.cli_inproc import run_kiln
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello" / "kiln.yaml"
 
@@ -81,7 +81,7 @@ def test_a_failing_systemctl_is_a_clean_error(tmp_path):
 
 def _env(tmp_path: Path) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", ""), "KILN_HOME": str(tmp_path / "home"), "NO_COLOR": "1", "COLUMNS": "200",
-            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+            "PYTHONPATH": str(Path(inst.__file__).resolve().parents[2])}  # this kiln, wherever the test runs from
 
 
 def test_cli_without_systemd_prints_the_unit_and_what_to_do(tmp_path, monkeypatch):
