@@ -124,6 +124,38 @@ def swarm_scenario(swarm: Swarm, rounds: int, replicas: int = 2) -> list[dict]:
         swarm.remove(name)
 
 
+DNSRR = "kilnbench-dnsrr"
+DNSRR_TOOL = "Docker Swarm (dnsrr) + HAProxy"
+
+
+def swarm_dnsrr_scenario(root: Path, rounds: int, router_image: str, spec: Path, load: str = "wrk",
+                         replicas: int = 2) -> list[dict]:
+    """Swarm as its users run their own load balancer where the routing mesh is not wanted (or, as
+    here, cannot work): a service with `--endpoint-mode dnsrr`, `service update --update-order
+    start-first` to the other image, behind HAProxy in kiln's router image with kiln's own router
+    configuration (the same retries and redispatch) and servers from Docker's DNS (server-template +
+    resolvers, re-resolved every second), checked every 500 ms as kiln checks its servers; the
+    tasks' health check runs every 500 ms as kiln's probe (bench/cluster.py's SwarmPeer, on this
+    one-node swarm: local images, no registry)."""
+    from bench.cluster import SwarmPeer, dnsrr_haproxy_config
+
+    peer = SwarmPeer(root, "", router_image, {}, dnsrr_haproxy_config(spec, DNSRR), service=DNSRR, replicas=replicas)
+    rows = []
+    try:
+        peer.create(V1)
+        for i in range(rounds):
+            target = V2 if i % 2 == 0 else V1
+            figures, t = measure(load, peer.url, lambda t=target: peer.update(t))
+            rows.append(_row(DNSRR_TOOL, "service update --update-order start-first", figures, t["done"],
+                             f"{replicas} replicas, --endpoint-mode dnsrr; HAProxy with kiln's router config, "
+                             "server-template via 127.0.0.11; change = until HAProxy routes only new tasks and no old "
+                             "one runs (Swarm's `completed` comes later)"))
+            log(f"swarm dnsrr update ({load}): {_said(figures)}; {t}")
+    finally:
+        peer.remove()
+    return rows
+
+
 def mesh_diagnosis() -> str:
     if not Path("/proc/sys/net/ipv4/vs").exists():
         return ("this kernel has no IPVS (/proc/sys/net/ipv4/vs is missing, no loadable modules), "

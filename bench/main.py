@@ -91,10 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         group("compose", compose_group)
 
         def swarm_group() -> None:
-            with heavy("Docker Swarm: service update under load, deploy times"):
+            # The machine's one dockerd becomes a swarm manager for a while: no test cluster meanwhile.
+            with heavy("Docker Swarm: service update under load, deploy times"), cluster.session_lock():
                 try:
                     swarm.init()
                     r.setdefault("availability", []).extend(availability.swarm_scenario(swarm, p["peer_rounds"]))
+                    router = next(x for x in apps["avail"].containers() if x.labels.get("kiln.role") == "router")
+                    for kind in ("wrk", "open"):
+                        rows = availability.swarm_dnsrr_scenario(root, p["peer_rounds"], router.image.id,
+                                                                 apps["avail"].spec, load=kind)
+                        r.setdefault("availability" if kind == "wrk" else "open_loop", []).extend(rows)
                     for n in p["replicas"]:
                         r.setdefault("deploy_time", {}).setdefault(str(n), {})["swarm"] = \
                             timing.swarm_deploy_times(swarm, n, p["repeats"])
