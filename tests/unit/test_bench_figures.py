@@ -64,14 +64,17 @@ def test_open_loop_keeps_its_schedule_while_a_server_hangs():
         def log_message(self, *args):
             pass
     server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         async def go(url: str) -> dict:
             stop = asyncio.Event()
             asyncio.get_running_loop().call_later(0.5, stop.set)
             return await openloop.run(url, rate=40, timeout=0.3, stop=stop)
-        hung = asyncio.run(go(f"http://127.0.0.1:{hang.getsockname()[1]}/"))
-        ok = asyncio.run(go(f"http://127.0.0.1:{server.server_address[1]}/"))
+
+        async def both() -> list[dict]:
+            return await asyncio.gather(go(f"http://127.0.0.1:{hang.getsockname()[1]}/"),
+                                        go(f"http://127.0.0.1:{server.server_address[1]}/"))
+        hung, ok = asyncio.run(both())
     finally:
         server.shutdown()
         hang.close()
