@@ -548,12 +548,14 @@ def dnsrr_haproxy_config(spec: Path, service: str) -> str:
     from kiln.spec.resolve import resolve
 
     cfg = resolve(load_spec(spec).spec, "production")
-    text = render_config(cfg.model_copy(update={"port": ROUTER_PORT}))
+    # No preview frontend (the peer has no release awaiting traffic): svc-web is then the last
+    # backend, the one the server-template line below is appended to.
+    text = render_config(cfg.model_copy(update={"port": ROUTER_PORT, "preview_port": None}))
     interval = int(cfg.public_service.healthcheck.interval * 1000)
     server = (f"    server-template web {TEMPLATE_SLOTS} tasks.{service}:{PORT} check inter {interval} fall 2 rise 1 "
               f"resolvers docker init-addr none resolve-prefer ipv4 "
               f"pool-max-conn {POOL_MAX_CONN} pool-purge-delay {POOL_PURGE_MS}")
-    if "backend svc-web\n" not in text:
+    if "backend svc-web\n" not in text or "backend svc-web-preview" in text:
         raise RuntimeError(f"kiln's router config has no backend svc-web:\n{text}")
     return text.rstrip("\n") + "\n" + server + "\n\n" + RESOLVERS
 
@@ -663,7 +665,11 @@ class SwarmPeer:
         want = set(ips)
         while self.routed() != want:
             if time.monotonic() - began > timeout:
-                raise RuntimeError(f"HAProxy routes {sorted(self.routed())}, not the tasks {sorted(want)}, after {timeout:.0f}s")
+                logs = subprocess.run(["docker", "logs", "--tail", "30", self.router], capture_output=True, text=True)
+                state = sh("docker", "ps", "-a", "--filter", f"name={self.service}", "--format", "{{.Names}} {{.Status}}",
+                           check=False)
+                raise RuntimeError(f"HAProxy routes {sorted(self.routed())}, not the tasks {sorted(want)}, after "
+                                   f"{timeout:.0f}s; containers: {state.strip()}; its log: {(logs.stdout + logs.stderr)[-1500:]}")
             time.sleep(0.05)
         return time.monotonic() - began
 
