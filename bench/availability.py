@@ -139,7 +139,8 @@ def swarm_dnsrr_scenario(root: Path, rounds: int, router_image: str, spec: Path,
     one-node swarm: local images, no registry)."""
     from bench.cluster import SwarmPeer, dnsrr_haproxy_config
 
-    peer = SwarmPeer(root, "", router_image, {}, dnsrr_haproxy_config(spec, DNSRR), service=DNSRR, replicas=replicas)
+    name = f"{DNSRR}-{load}"  # a name per run: a removed overlay network may linger a moment
+    peer = SwarmPeer(root, "", router_image, {}, dnsrr_haproxy_config(spec, name), service=name, replicas=replicas)
     rows = []
     try:
         peer.create(V1)
