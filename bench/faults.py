@@ -178,18 +178,34 @@ def _dockerd() -> tuple[int, list[str], str]:
     return pid, [a.decode() for a in argv], logfile
 
 
-def restart_dockerd() -> float:
+def _exited(pid: int) -> bool:
+    """Whether process `pid` has exited: gone, or a zombie (a dockerd an earlier restart started is
+    this process's child, and stays in /proc until reaped: reap it)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+    return state == "Z"
+
+
+def restart_dockerd() -> tuple[float, float | None]:
     """Stop dockerd (SIGTERM, as a service manager does) and start it again the same way;
-    seconds until the engine answers again."""
+    seconds until the engine answers again, and until the old dockerd had exited (None under systemd)."""
     began = time.monotonic()
+    exited = None
     if Path("/run/systemd/system").exists():
         subprocess.run(["systemctl", "restart", "docker"], check=True, timeout=120)
     else:
         pid, argv, logfile = _dockerd()
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while not _exited(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+        exited = time.monotonic() - began
         target = logfile if logfile.startswith("/") and not logfile.startswith("/dev/") else "/var/log/kiln-dockerd.log"
         with open(target, "a") as fh:
             subprocess.Popen(argv, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -197,7 +213,7 @@ def restart_dockerd() -> float:
     while time.monotonic() < deadline:
         try:
             engine().ping()
-            return time.monotonic() - began
+            return time.monotonic() - began, exited
         except Exception:
             time.sleep(0.2)
     raise RuntimeError("dockerd did not come back within 90 s")
@@ -219,27 +235,36 @@ def live_restore_blocker() -> str | None:
     return None
 
 
+def _reload_dockerd(config: dict) -> None:
+    DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
+    DAEMON_JSON.write_text(json.dumps(config) + "\n")
+    os.kill(int(Path("/var/run/docker.pid").read_text().strip()), signal.SIGHUP)  # the current dockerd's pid
+    _await_live_restore(bool(config["live-restore"]))
+
+
 @contextmanager
-def live_restore() -> Iterator[None]:
+def live_restore() -> Iterator[dict]:
     """live-restore on in /etc/docker/daemon.json (a reloadable option: SIGHUP, no restart) for the
-    block, then the file as it was and reloaded again."""
+    block; then off again, and the file as it was. A reload keeps the running value of a key the
+    file does not set, so "off" is written out before the original file is put back. A failure to
+    turn it off is yielded state's `revert_error` (and logged), not an exception that loses the row."""
     before = DAEMON_JSON.read_text() if DAEMON_JSON.exists() else None
     config = json.loads(before) if before else {}
-    pid = int(Path("/var/run/docker.pid").read_text().strip())
+    state: dict = {}
     try:
-        DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
-        DAEMON_JSON.write_text(json.dumps({**config, "live-restore": True}) + "\n")
-        os.kill(pid, signal.SIGHUP)
-        _await_live_restore(True)
-        yield
+        _reload_dockerd({**config, "live-restore": True})
+        yield state
     finally:
-        if before is None:
-            DAEMON_JSON.unlink(missing_ok=True)
-        else:
-            DAEMON_JSON.write_text(before)
-        pid = int(Path("/var/run/docker.pid").read_text().strip())  # restarted meanwhile
-        os.kill(pid, signal.SIGHUP)
-        _await_live_restore(bool(config.get("live-restore")))
+        try:
+            _reload_dockerd({**config, "live-restore": bool(config.get("live-restore"))})
+        except Exception as exc:  # noqa: BLE001 — say so loudly, keep the measurement
+            state["revert_error"] = f"{type(exc).__name__}: {exc}"
+            log(f"ERROR: dockerd's live-restore may still be on ({exc}); set it off in {DAEMON_JSON} and SIGHUP dockerd")
+        finally:
+            if before is None:
+                DAEMON_JSON.unlink(missing_ok=True)
+            else:
+                DAEMON_JSON.write_text(before)
 
 
 def _await_live_restore(want: bool) -> None:
@@ -259,16 +284,21 @@ def dockerd_restart(app: BenchApp, with_live_restore: bool = False) -> dict:
     # With live-restore on, no test cluster may come up meanwhile (`docker swarm init` would fail): hold its lock too.
     from bench.cluster import session_lock
     with heavy("fault: dockerd restart during steady state" + (" (live-restore on)" if with_live_restore else "")), \
-            (session_lock() if with_live_restore else nullcontext()), (live_restore() if with_live_restore else nullcontext()):
+            (session_lock() if with_live_restore else nullcontext()), \
+            (live_restore() if with_live_restore else nullcontext({})) as lr:
         # `kiln agent` runs throughout, as it would under systemd: it must restore service by itself.
         with open(app.home / "agent.log", "w") as agent_log:
             agent = subprocess.Popen(app.argv("agent"), env=app.env(), stdout=agent_log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            return _dockerd_restart(app, row, agent)
+            row = _dockerd_restart(app, row, agent)
         finally:
             agent.terminate()
             agent.wait(timeout=60)
+    if lr.get("revert_error"):
+        row["problems"].append(f"live-restore not turned off again: {lr['revert_error']}")
+        row["ok"] = False
+    return row
 
 
 def _dockerd_restart(app: BenchApp, row: dict, agent: subprocess.Popen) -> dict:
@@ -277,7 +307,8 @@ def _dockerd_restart(app: BenchApp, row: dict, agent: subprocess.Popen) -> dict:
         time.sleep(0.5)
     load = Wrk(app.url)
     time.sleep(2)
-    row["engine_back_seconds"] = round(restart_dockerd(), 2)
+    back, exited = restart_dockerd()
+    row["engine_back_seconds"], row["dockerd_exited_seconds"] = round(back, 2), exited and round(exited, 2)
     restarted = time.monotonic()
     # The agent should restore service by itself: wait up to 10 s and look.
     answered = None
@@ -454,6 +485,7 @@ def write(r: dict, out: Path) -> None:
                   f"10 s after the engine answered again (longest gap without a 2xx {a.get('max_gap_ms', 0)} ms; "
                   f"non-2xx {a.get('non_2xx', 0)}, socket errors {a.get('socket_errors', 0)}{_kinds(a.get('errors'))}).", "",
                   f"- dockerd answered again {d.get('engine_back_seconds')} s after the restart began"
+                  + (f" (the old one had exited after {d['dockerd_exited_seconds']} s)" if d.get("dockerd_exited_seconds") else "")
                   + (" (live-restore: containers kept running while it was down)." if d.get("live_restore")
                      else " (no live-restore: a dockerd restart stops every container, kiln's router included)."),
                   f"- Served again (kiln agent running) within 10 s after: "
