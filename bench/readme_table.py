@@ -37,7 +37,8 @@ def _run(r: dict) -> str:
     old = r.get("commit") or (r.get("facts") or {}).get("kiln commit")  # reports from before provenance was recorded
     commit = f"commit `{old}` (whole-tree state not recorded)" if not p and old else tree
     notes = " ".join(r.get("notes") or [])
-    return f"`{r['command'].strip()}`, {r['started']}, {commit}" + (f". {notes}" if notes else "")
+    command = r["command"].split(" --note ")[0].strip()  # the note follows, as the run recorded it
+    return f"`{command}`, {r['started']}, {commit}" + (f". {notes}" if notes else "")
 
 
 def block(results: Path = RESULTS) -> str:
