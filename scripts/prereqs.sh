@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what kiln needs on Debian (run as root): Docker's engine (docker.io),
-# debootstrap, HAProxy (its binary checks rendered configs in tests), wrk, git; then start
+# debootstrap, HAProxy (its binary checks rendered configs in tests), wrk, git, Chromium and its
+# driver (the dashboard's browser test); then start
 # dockerd if no engine answers, and install kiln into ./.venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,12 +9,16 @@ cd "$(dirname "$0")/.."
 say() { printf '\033[1;36m›\033[0m %s\n' "$*" >&2; }
 
 need=()
-for pair in dockerd:docker.io debootstrap:debootstrap gpgv:gpgv haproxy:haproxy wrk:wrk git:git curl:curl ip:iproute2 docker-compose:docker-compose; do
+for pair in dockerd:docker.io debootstrap:debootstrap gpgv:gpgv haproxy:haproxy wrk:wrk git:git curl:curl ip:iproute2 docker-compose:docker-compose \
+    qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools syslinux:syslinux \
+    chromium:chromium chromedriver:chromium-driver; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv python3-pip)
 # debootstrap checks Debian's signatures against this keyring (kiln passes --force-check-gpg).
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
+# VM images (`kiln bake --vm`): syslinux's boot code for the disk's MBR.
+[ -f /usr/lib/syslinux/mbr/mbr.bin ] || need+=(syslinux-common)
 if ((${#need[@]})); then
   say "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -27,6 +27,7 @@ from kiln.cli_common import load as _load
 from kiln.cli_common import report as _report
 from kiln.cli_common import strategy_of as _strategy
 from kiln.cli_envs import env_app, gc, preview_app, recreate, release_app
+from kiln.cli_images import image_app
 from kiln.cli_nodes import node_app
 from kiln.errors import KilnError, UsageError
 from kiln.output import Output
@@ -42,7 +43,7 @@ COMMANDS: dict[str, str] = {
     "releases": "List an environment's releases, newest first.",
     "rollback": "Put an earlier release back in service.",
     "promote": "Promote an image to the next environment, or a blue-green set.",
-    "rollout": "Inspect rollouts; resume one a killed kiln left.",
+    "rollout": "Inspect, resume or abort rollouts.",
     "env": "List, show and compare environments.",
     "recreate": "Run an older release exactly, in a new environment.",
     "preview": "Run a commit in its own short-lived environment.",
@@ -52,12 +53,14 @@ COMMANDS: dict[str, str] = {
     "agent": "Keep environments at their release, replacing failed instances.",
     "lock": "Inspect or break an environment's lock.",
     "node": "List, drain and activate the nodes of a Swarm cluster.",
+    "image": "List VM images; export a release's image for a cloud.",
     "gc": "Remove images and instances nothing needs any more.",
     "destroy": "Remove an environment's instances, router and network.",
     "base": "Bake OS base images from Debian packages.",
     "secret": "Store secrets for `secret:NAME` references, encrypted.",
     "ci": "Run the pipeline for a commit; list, approve, cancel runs.",
-    "serve": "Serve the webhooks that start pipeline runs.",
+    "token": "Create, list and revoke API tokens for `kiln serve`.",
+    "serve": "Serve the API, the dashboard, /metrics and webhooks.",
 }
 
 
@@ -86,7 +89,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 base_app = typer.Typer(help="Bake OS base images from Debian packages (no registry needed).", no_args_is_help=True)
-rollout_app = typer.Typer(help="Inspect rollouts, or resume one a killed kiln left unfinished.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Inspect rollouts, resume one a killed kiln left unfinished, or abort one.", no_args_is_help=True)
 app.add_typer(base_app, name="base")
 app.add_typer(rollout_app, name="rollout")
 lock_app = typer.Typer(help="Inspect or break the lock a kiln process holds while it changes an environment.", no_args_is_help=True)
@@ -94,6 +97,7 @@ app.add_typer(lock_app, name="lock")
 app.add_typer(env_app, name="env")
 app.add_typer(preview_app, name="preview")
 app.add_typer(release_app, name="release")
+app.add_typer(image_app, name="image")
 app.add_typer(node_app, name="node")
 from kiln.cli_ci import register as _register_ci  # noqa: E402  (kiln ci, kiln secret, kiln serve)
 
@@ -163,12 +167,23 @@ def base_build(file: SpecFile = DEFAULT_SPEC, json: JsonOpt = False) -> None:
 
 
 @app.command()
-def bake(file: SpecFile = DEFAULT_SPEC, json: JsonOpt = False) -> None:
+def bake(file: SpecFile = DEFAULT_SPEC, json: JsonOpt = False,
+         vm: Annotated[bool, typer.Option("--vm", help="Also bake a bootable VM image from the same inputs (build.vm; docs/vm.md): a few minutes the first time.")] = False) -> None:
     """Bake the app image; an image with the same inputs hash is reused without a build."""
     from kiln.bake.baker import bake as do_bake
 
     loaded = _load(file)
     ctx = _ctx(quiet=json)
+    if vm:
+        from kiln.bake.vm import VmStore, bake_vm
+
+        got = bake_vm(ctx.engine(), loaded, ctx.out, ctx.settings.home / "tmp", VmStore(ctx.settings.home))
+        if json:
+            ctx.out.json({"image": got.ref, "disk": str(got.disk), "sha256": got.sha256, "inputs_hash": got.inputs_hash,
+                          "app_image": got.app_image, "commit": got.commit, "dirty": got.dirty, "built": got.built})
+        elif not got.built:
+            ctx.out.done(f"{got.tag} is up to date ({got.disk}); no build needed")
+        return
     img = do_bake(ctx.engine(), loaded, ctx.out, ctx.settings.home / "tmp")
     if json:
         ctx.out.json({"image": img.id, "tag": img.tag, "inputs_hash": img.inputs_hash, "commit": img.commit,
@@ -268,6 +283,7 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
 def releases(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False,
              limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 20) -> None:
     """List the environment's releases, newest first."""
+    from kiln.providers.base import short_image
     from kiln.usecases import history
 
     _, cfg = _env_config(file, env)
@@ -281,7 +297,7 @@ def releases(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = 
         r, state = rs.release, rs.state
         mark = "▶" if state == "serving" else ""
         commit = (r.commit or "-")[:12] + ("+dirty" if r.dirty else "")
-        table.add_row(mark, f"v{r.number}", state, r.image[7:19], commit,
+        table.add_row(mark, f"v{r.number}", state, short_image(r.image), commit,
                       r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.note)
     ctx.out.print(table)
 
@@ -364,6 +380,23 @@ def rollout_resume(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: Json
     else:
         for r in settled:
             ctx.out.done(f"rollout {r.id} to v{r.to_release}: {r.state}")
+
+
+@rollout_app.command("abort")
+def rollout_abort(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False) -> None:
+    """Abort the environment's unfinished rollout: a release waiting for promotion is dropped at
+    once; a running rollout is asked to stop, and its kiln converges back to the release that served."""
+    import getpass
+
+    from kiln.usecases.deploy import abort
+
+    _, cfg = _env_config(file, env)
+    ctx = _ctx(quiet=json)
+    r = abort(ctx, cfg.app, cfg.env, getpass.getuser())
+    if json:
+        ctx.out.json(_rollout_doc(r))
+    else:
+        ctx.out.done(f"rollout {r.id} to v{r.to_release}: {r.state}" + (f" ({r.reason})" if r.reason else ""))
 
 
 @rollout_app.command("show")

@@ -1,4 +1,4 @@
-"""The `kiln ci`, `kiln secret` and `kiln serve` commands: parse, build a Context, call one use
+"""The `kiln ci` and `kiln secret` commands (and the registration of cli_serve's `kiln token` and `kiln serve`): parse, build a Context, call one use
 case, print. Registered on the main app by `register(app)` (cli.py)."""
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ ci_app.add_typer(policy_app, name="policy")
 
 
 def register(app: typer.Typer) -> None:
+    from kiln.cli_serve import serve, token_app
+
     app.add_typer(ci_app, name="ci")
     app.add_typer(secret_app, name="secret")
+    app.add_typer(token_app, name="token")
     app.command("serve")(serve)
 
 
@@ -337,43 +340,3 @@ def secret_delete(name: Annotated[str, typer.Argument(help="Secret name.")]) -> 
     if not _secrets().delete(name):
         raise UsageError(f"there is no secret {name!r}.", "`kiln secret list` shows the stored ones.")
     Output().done(f"secret {name} deleted")
-
-
-# --- kiln serve ---------------------------------------------------------------------------------
-
-
-def serve(
-    repo: Annotated[Path, typer.Option("--repo", help="Local repository (or mirror) runs check out from.")],
-    spec: Annotated[str, typer.Option("--spec", help="kiln.yaml's path inside the repository.")] = "kiln.yaml",
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback unless told otherwise).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8600,
-    github_secret: Annotated[str, typer.Option("--github-secret", "--secret", help="Name of the stored secret GitHub signs webhooks with (HMAC-SHA256); GitHub's endpoint is served only when it is set.")] = "webhook",
-    gitlab_secret: Annotated[str, typer.Option("--gitlab-secret", help="Name of the stored token GitLab sends (X-Gitlab-Token), another than GitHub's; GitLab's endpoint is served only when it is set.")] = "gitlab-token",
-    policy: PolicyOpt = None,
-) -> None:
-    """Serve webhooks: POST /hooks/github (if GitHub's secret is set) and /hooks/gitlab (if
-    GitLab's token is set) accept push events, check their signature (HMAC-SHA256 of the raw body)
-    or token in constant time, refuse a delivery id seen before, and queue a run for the pushed ref
-    (401 and nothing runs when the check fails)."""
-    import uvicorn
-
-    from kiln import git, secretref
-    from kiln.ci.policy import load_policy, record_webhook_secrets
-    from kiln.server.app import Config, make_app
-
-    ctx = _with_policy(_ctx(), policy)
-    load_policy(ctx.settings)  # a wrong policy file stops the server now, not each run
-    record_webhook_secrets(ctx.settings, [github_secret, gitlab_secret])  # no pipeline may read them
-    root = git.repo_root(repo.resolve())
-    github = secretref.lookup(ctx.settings, github_secret) or None
-    gitlab = secretref.lookup(ctx.settings, gitlab_secret) or None
-    if not github and not gitlab:
-        raise UsageError(f"neither secret {github_secret!r} (GitHub) nor {gitlab_secret!r} (GitLab) is set, so no "
-                         "webhook could be verified.",
-                         f"Store one first: `kiln secret set {github_secret}` or `kiln secret set {gitlab_secret}` "
-                         "(value on stdin; one per provider).")
-    config = Config(repo=str(root), spec=spec, github=github, gitlab=gitlab)
-    hooks = " and ".join(f"http://{host}:{port}/hooks/{name}" for name, key in (("github", github), ("gitlab", gitlab))
-                         if key)
-    ctx.out.step(f"kiln serve: webhooks for {root} on {hooks}")
-    uvicorn.run(make_app(ctx, config), host=host, port=port, log_level="warning")

@@ -21,19 +21,22 @@ if TYPE_CHECKING:  # imported on first use: SQLAlchemy and the Docker SDK cost ~
     from kiln.spec.resolve import EnvConfig
 
 DEFAULT_ENGINE = "docker"
-ENGINES = ("docker", "swarm")  # what environments.NAME.engine may name
+ENGINES = ("docker", "swarm", "qemu")  # what environments.NAME.engine may name
 
 
 def open_engine(settings: Settings, name: str) -> Engine:
     """The real engine called `name` (a spec's environments.NAME.engine)."""
     from kiln.providers.docker import DockerProvider
+    from kiln.providers.qemu import QemuProvider
     from kiln.providers.swarm import SwarmProvider
     from kiln.secretref import lookup
 
-    providers = {"docker": DockerProvider, "swarm": SwarmProvider}
-    if name not in providers:
+    if name not in ENGINES:
         raise UsageError(f"unknown engine {name!r}.", f"Engines kiln knows: {', '.join(ENGINES)}.")
-    return providers[name](settings.extra_labels, secrets=lambda secret: lookup(settings, secret))
+    secrets = lambda secret: lookup(settings, secret)  # noqa: E731
+    if name == "qemu":
+        return QemuProvider(settings.extra_labels, secrets=secrets, home=settings.home)
+    return {"docker": DockerProvider, "swarm": SwarmProvider}[name](settings.extra_labels, secrets=secrets)
 
 
 @dataclass

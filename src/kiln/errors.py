@@ -4,6 +4,7 @@
     ├── SpecError                exit 2, "kiln.yaml:LINE: key.path: problem"
     ├── UsageError               exit 2, a wrong argument (unknown environment, release…)
     │   ├── SecretMissing        a `secret:NAME` reference has no value to start a container with
+    │   ├── NotFound             no such app, environment, release, rollout, run or token (HTTP 404)
     │   └── NameTaken            an environment's router or network name belongs to another environment
     ├── EngineError              the Docker engine failed or is unreachable
     │   └── PortInUse            the router's public port is taken by someone else
@@ -18,7 +19,8 @@
     ├── PipelineError            a pipeline run cannot start, or one of its steps failed
     │   └── PolicyRefused        a run asks for more than its ref may do (ci/trust.py); nothing ran
     ├── SecretError              the secret store cannot be read or written (key missing or wrong)
-    └── WebhookRejected          a webhook's signature or token is wrong (answered 401)
+    ├── WebhookRejected          a webhook's signature or token is wrong (answered 401)
+    └── Forbidden                an API token is missing or wrong (401), or its role may not (403)
 
 The CLI catches KilnError, prints `message` (and `hint`), and exits with `exit_code`;
 anything else is a bug and keeps its traceback.
@@ -77,6 +79,10 @@ class NameTaken(UsageError):
 
 
 class SecretMissing(UsageError):
+    pass
+
+
+class NotFound(UsageError):
     pass
 
 
@@ -155,3 +161,11 @@ class SecretError(KilnError):
 
 class WebhookRejected(KilnError):
     pass
+
+
+class Forbidden(KilnError):
+    """`status` is 401 (no token, or one kiln does not know) or 403 (its role may not)."""
+
+    def __init__(self, message: str, status: int = 403, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.status = status

@@ -29,13 +29,24 @@ def which(program: str) -> str | None:
     return shutil.which(program)
 
 
-def run(argv: Sequence[str], cwd: Path | None = None, timeout: float | None = None) -> Result:
-    """Run to completion, capturing output. A missing program is code 127, not an exception."""
+def run(argv: Sequence[str], cwd: Path | None = None, timeout: float | None = None,
+        stdin: str | None = None) -> Result:
+    """Run to completion, capturing output (with `stdin` as its input). A missing program is code 127, not an exception."""
     try:
-        proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+                              input=stdin)
     except FileNotFoundError:
         return Result(tuple(argv), 127, "", f"{argv[0]}: not found")
     return Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_bounded(argv: Sequence[str], timeout: float) -> Result:
+    """`run`, but a program still running after `timeout` seconds is killed and gives code 124 (as timeout(1) does)."""
+    try:
+        return run(argv, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return Result(tuple(argv), 124, out, "")
 
 
 def stream(argv: Sequence[str], on_line: Callable[[str], None], cwd: Path | None = None) -> Result:

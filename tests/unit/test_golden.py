@@ -274,7 +274,7 @@ def test_create_args_of_the_router(tmp_path, monkeypatch):
     assert create_args(spec, {"kiln.test": "x"}, dict(spec.environment)) == {
         "name": "kiln-shop-staging-router",
         "labels": {"kiln.app": "shop", "kiln.env": "staging", "kiln.role": "router",
-                   "kiln.router.config": "2fb3d060ae40b8c5", "kiln.test": "x"},
+                   "kiln.router.config": "30805c839a6b27f5", "kiln.test": "x"},
         "network": "kiln-shop-staging",
         "environment": {},
         "read_only": True,

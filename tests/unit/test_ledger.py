@@ -298,7 +298,7 @@ def test_stored_names_keep_their_values():
         "STEP_UNROUTE": "Unroute", "STEP_REMOVE": "Remove", "STEP_PHASE": "Phase",
         "ROLLOUT_STARTED": "rollout.started", "ROLLOUT_RESUMED": "rollout.resumed",
         "ROLLOUT_PAUSED": "rollout.paused", "ROLLOUT_SUCCEEDED": "rollout.succeeded",
-        "ROLLOUT_ABORTED": "rollout.aborted",
+        "ROLLOUT_ABORTED": "rollout.aborted", "API_ACTION": "api.action", "API_ACTION_FAILED": "api.action.failed",
         "PROMOTED": "promoted", "PREVIEW_PRUNED": "preview.pruned", "DESTROYED": "destroyed", "NODE_DRAINED": "node.drained",
         "INSTANCE_FAILED": "instance.failed", "INSTANCE_LOST": "instance.lost",
         "INSTANCE_TAINTED": "instance.tainted", "INSTANCE_REPLACED": "instance.replaced",

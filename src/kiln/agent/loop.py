@@ -5,7 +5,11 @@ named ENV/agent in the ledger, renewed by a heartbeat), so a second agent stands
 making duplicate replacements, and takes over when the first one's lease runs out. Engine
 events (an instance died, was OOM-killed, turned unhealthy, someone exec'd into it) trigger a
 pass at once; otherwise each environment is reconciled every `agent.interval`. When the engine
-goes away the agent keeps trying to reconnect, and restores what died with the engine."""
+goes away the agent keeps trying to reconnect, and restores what died with the engine.
+
+Every SAMPLE_EVERY seconds the agent also reads the per-server counters of the routers of the
+environments it leads and records each release's traffic in the ledger (agent/sampling.py), for
+the dashboard's plots; samples older than RETENTION are pruned."""
 
 from __future__ import annotations
 
@@ -15,13 +19,17 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 
 from kiln.agent.reconcile import WATCHED, Reconciler
+from kiln.agent.sampling import RETENTION, SAMPLE_EVERY, per_release
 from kiln.context import DEFAULT_ENGINE, Context
 from kiln.errors import EngineError, KilnError, LockHeld
 from kiln.ledger import kinds
+from kiln.ledger.db import now
 from kiln.providers.base import EngineEvent, selector
 from kiln.rollout.lock import Held, hold, lease_name
+from kiln.router.haproxy_api import ServerStat
 from kiln.spec.models import AgentPolicy
 
 LEASE = 15.0  # seconds an agent that stopped renewing still leads its environments
@@ -50,6 +58,7 @@ class Agent:
         self.standby_said: set[str] = set()
         self.events: queue.Queue[object] = queue.Queue()
         self.stopping = threading.Event()
+        self.readings: dict[str, tuple[float, dict[str, ServerStat]]] = {}  # env -> (when, router counters)
 
     def stop(self) -> None:
         """Stop soon (safe from a signal handler): the current pass ends, then leases are released."""
@@ -67,7 +76,7 @@ class Agent:
                 threading.Thread(target=self._watch, args=(stop, engine), name=f"kiln-agent-events-{engine}",
                                  daemon=True).start()
         due = {env: 0.0 for env in self.reconcilers}
-        prune_at = 0.0
+        prune_at = sample_at = 0.0
         try:
             while not stop.is_set():
                 if time.monotonic() >= prune_at:
@@ -76,10 +85,14 @@ class Agent:
                 self._drain(due)
                 for env in [e for e, at in due.items() if at <= time.monotonic()]:
                     due[env] = time.monotonic() + (self._pass(env) if self._lead(env) else RETRY)
+                if time.monotonic() >= sample_at and not once:  # after the passes: the leads are known
+                    self._sample()
+                    sample_at = time.monotonic() + SAMPLE_EVERY
                 if once:
                     return
                 try:  # sleep until the next pass is due, or an engine event arrives
-                    self.events.put(self.events.get(timeout=max(0.0, min(due.values()) - time.monotonic())))
+                    wake = min([*due.values(), sample_at])
+                    self.events.put(self.events.get(timeout=max(0.0, wake - time.monotonic())))
                 except queue.Empty:
                     pass
         finally:
@@ -95,6 +108,28 @@ class Agent:
                 self.ctx.out.step(f"{time.strftime('%H:%M:%S')} {self.app}/{env}: preview expired; removed it")
         except KilnError as exc:  # another agent is pruning it, or the engine is away: next time
             self.ctx.out.warn(f"{self.app}: pruning previews: {exc.message}")
+
+    def _sample(self) -> None:
+        """Record each release's traffic since the previous reading, for the environments this
+        agent leads; forget samples older than RETENTION."""
+        for env in list(self.leads):
+            try:
+                release = self.ctx.ledger.releases.current(self.app, env)
+                if release is None:
+                    continue
+                router = self.ctx.router(release.env_config())
+                facts = router.facts()
+                servers = router.servers() if facts is not None and facts.running else {}
+                at = time.monotonic()
+                last = self.readings.get(env)
+                self.readings[env] = (at, servers)
+                if last is not None:
+                    self.ctx.ledger.samples.record(self.app, env, per_release(last[1], servers, at - last[0], now()))
+            except KilnError as exc:  # the router or the ledger is away: the next reading starts afresh
+                self.readings.pop(env, None)
+                self.ctx.out.warn(f"{self.app}/{env}: sampling the router: {exc.message}")
+        with contextlib.suppress(KilnError):
+            self.ctx.ledger.samples.prune(now() - timedelta(seconds=RETENTION))
 
     # --- leadership ------------------------------------------------------------------------
 

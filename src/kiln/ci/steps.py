@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from kiln import probe, secretref
 from kiln.bake.baker import BakedImage
 from kiln.bake.base import ensure_base
+from kiln.bake.vm import is_vm_ref
 from kiln.ci.logsink import StepLog
 from kiln.ci.plan import check_problem, command_argv
 from kiln.context import Context
@@ -140,7 +141,11 @@ def deploy(sc: StepContext, env: str) -> str:
     outcome = do_deploy(sc.ctx, sc.loaded, env)
     got = outcome.release.image  # on a cluster engine, the tested image as pushed: repository@sha256:…
     engine = sc.ctx.engine_for(outcome.release.env_config())
-    if got != sc.image.id and engine.image_id(got) != sc.image.id:  # the same inputs must give the tested image
+    if is_vm_ref(got):  # a VM image: the tested files on the VM base, baked from the same commit
+        if outcome.release.commit != sc.image.commit:
+            raise PipelineError(f"{env} got VM image {short_image(got)} of commit {outcome.release.commit}, "
+                                f"not of the tested {sc.image.commit}.")
+    elif got != sc.image.id and engine.image_id(got) != sc.image.id:  # the same inputs must give the tested image
         raise PipelineError(f"{env} got image {short_image(got)}, not the tested {sc.image.id[:19]}.")
     what = "already serving" if not outcome.changed else "waits for `kiln promote`" if outcome.state == "paused" \
         else "serving"

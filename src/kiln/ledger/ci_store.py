@@ -177,6 +177,11 @@ class CiStore:
         with self.ledger.db.session() as s:
             return [_run(r) for r in s.scalars(q)]
 
+    def counts(self) -> dict[str, int]:
+        """How many runs there are in each state."""
+        with self.ledger.db.session() as s:
+            return {state: n for state, n in s.execute(select(CiRunRow.state, func.count()).group_by(CiRunRow.state))}
+
     # --- steps ----------------------------------------------------------------------------
 
     def add_steps(self, run_id: int, steps: Iterable[tuple[int, int, str, str, str, str]]) -> list[CiStep]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from kiln.ledger.db import Database, now
 from kiln.ledger.schema import EventRow
@@ -35,3 +35,13 @@ class Events:
             rows = list(s.scalars(q.order_by(EventRow.id.desc()).limit(limit)))
         return [{"id": r.id, "env": r.env, "kind": r.kind, "message": r.message, "at": r.at.isoformat() + "Z"}
                 for r in reversed(rows)]
+
+    def count(self, kind: str) -> int:
+        """How many events of `kind` there are (of every app)."""
+        with self.db.session() as s:
+            return s.scalar(select(func.count()).select_from(EventRow).where(EventRow.kind == kind)) or 0
+
+    def messages(self, kind: str) -> list[str]:
+        """The messages of every event of `kind` (of every app), oldest first."""
+        with self.db.session() as s:
+            return list(s.scalars(select(EventRow.message).where(EventRow.kind == kind).order_by(EventRow.id)))

@@ -36,6 +36,10 @@ ROLLOUT_PAUSED = "rollout.paused"
 ROLLOUT_SUCCEEDED = "rollout.succeeded"
 ROLLOUT_ABORTED = "rollout.aborted"
 
+# actions asked through `kiln serve` (server/plane.py): "WHAT by token NAME (ROLE): outcome"
+API_ACTION = "api.action"
+API_ACTION_FAILED = "api.action.failed"
+
 # environments (usecases/environments.py, usecases/destroy.py)
 PROMOTED = "promoted"
 PREVIEW_PRUNED = "preview.pruned"

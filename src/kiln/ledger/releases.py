@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from kiln.errors import LedgerError, UsageError
+from kiln.errors import LedgerError, NotFound
 from kiln.ledger.db import Database, now
 from kiln.ledger.kinds import ABORTED, SUCCEEDED, UNFINISHED
 from kiln.ledger.schema import ReleaseRow, RolloutRow
@@ -97,11 +97,20 @@ class Releases:
                                                     ReleaseRow.number == number))
             return _release(row) if row else None
 
+    def with_image(self, app: str, image: str) -> Release | None:
+        """The newest release of app (any environment) whose image is `image` (id, registry
+        reference or tag)."""
+        with self.db.session() as s:
+            row = s.scalar(select(ReleaseRow).where(ReleaseRow.app == app, (ReleaseRow.image == image)
+                                                    | (ReleaseRow.image_tag == image))
+                           .order_by(ReleaseRow.id.desc()).limit(1))
+            return _release(row) if row else None
+
     def require(self, app: str, env: str, number: int) -> Release:
         """Release `number` of app/env, a number a user gave: UsageError when there is none."""
         release = self.get(app, env, number)
         if release is None:
-            raise UsageError(f"{app}/{env} has no release v{number}.", f"`kiln releases -e {env}` lists them.")
+            raise NotFound(f"{app}/{env} has no release v{number}.", f"`kiln releases -e {env}` lists them.")
         return release
 
     def current(self, app: str, env: str) -> Release | None:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from kiln.errors import LedgerError
-from kiln.ledger.db import Database, now
+from kiln.ledger.db import Database, changed, now
 from kiln.ledger.kinds import ROLLOUT_STATES, RUNNING, STEP_ACTIONS, UNFINISHED
 from kiln.ledger.schema import RolloutRow, StepRow
 
@@ -70,6 +70,30 @@ class Rollouts:
             row = _existing(s.get(RolloutRow, rollout_id), rollout_id)
             row.state, row.reason = state, reason
             row.finished_at = None if state in UNFINISHED else now()
+
+    def request_abort(self, rollout_id: int, by: str) -> bool:
+        """Ask the process running an unfinished rollout to abort it; False when it has ended."""
+        with self.db.session() as s, s.begin():
+            return changed(s.execute(update(RolloutRow).where(RolloutRow.id == rollout_id,
+                                                              RolloutRow.state.in_(UNFINISHED))
+                                     .values(abort_by=by))) > 0
+
+    def abort_requested(self, rollout_id: int) -> str:
+        """Who asked to abort the rollout ("" when nobody did)."""
+        with self.db.session() as s:
+            return s.scalar(select(RolloutRow.abort_by).where(RolloutRow.id == rollout_id)) or ""
+
+    def outcomes(self) -> dict[str, int]:
+        """How many rollouts (of every environment) there are in each state."""
+        with self.db.session() as s:
+            return {state: n for state, n in s.execute(select(RolloutRow.state, func.count()).group_by(RolloutRow.state))}
+
+    def durations(self) -> list[float]:
+        """Seconds each finished rollout took (of every environment)."""
+        with self.db.session() as s:
+            rows = s.execute(select(RolloutRow.started_at, RolloutRow.finished_at)
+                             .where(RolloutRow.finished_at.is_not(None))).all()
+        return [(end - start).total_seconds() for start, end in rows if end is not None]
 
     def get(self, rollout_id: int) -> Rollout | None:
         with self.db.session() as s:

@@ -52,6 +52,8 @@ class RolloutRow(Table):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     phase: Mapped[str] = mapped_column(String(32), default="", server_default="")  # the strategy's step
     data: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # its state machine's data, JSON
+    # who asked to abort it while it ran (the process running it aborts at its next check)
+    abort_by: Mapped[str] = mapped_column(String(128), default="", server_default="")
 
 
 class StepRow(Table):
@@ -122,6 +124,37 @@ class PinRow(Table):
     env: Mapped[str] = mapped_column(String(64), primary_key=True)
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     pinned_at: Mapped[datetime] = mapped_column()
+
+
+class TokenRow(Table):
+    """An API token of `kiln serve`: only the SHA-256 of the token is stored, never the token."""
+
+    __tablename__ = "tokens"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # viewer, deployer, admin
+    envs: Mapped[str] = mapped_column(Text, default="[]")  # JSON list; [] = every environment
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token
+    created_at: Mapped[datetime] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class SampleRow(Table):
+    """Traffic of one release of an environment over one interval, from HAProxy's per-server
+    counters (sampled by the agent); kept for a retention, then pruned."""
+
+    __tablename__ = "samples"
+    __table_args__ = (Index("ix_samples_app_env_at", "app", "env", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app: Mapped[str] = mapped_column(String(64))
+    env: Mapped[str] = mapped_column(String(64))
+    release: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column()  # the end of the interval
+    seconds: Mapped[float] = mapped_column(Float)  # its length
+    requests: Mapped[int] = mapped_column(Integer)  # HTTP responses in the interval
+    errors: Mapped[int] = mapped_column(Integer)  # 5xx among them
+    response_ms: Mapped[float] = mapped_column(Float)  # HAProxy's rtime, weighted by responses
 
 
 from kiln.ledger import ci_schema as _ci_schema  # noqa: E402,F401  (the pipeline's tables join this metadata)

@@ -6,6 +6,8 @@ aggregate, each in its own module:
     ledger.locks         locks.py         per-environment locks and agent leases
     ledger.environments  environments.py  environments kiln made, and pinned releases
     ledger.events        events.py        what happened to an environment
+    ledger.tokens        tokens.py        `kiln serve`'s API tokens (hashed)
+    ledger.samples       samples.py       traffic per release over time (the agent samples HAProxy)
 
 The pipeline's part (runs, steps, logs, webhook deliveries) is ci_store.CiStore(ledger). Names
 stored in rows (event kinds, step actions, rollout states) are constants in kinds.py."""
@@ -18,6 +20,8 @@ from kiln.ledger.events import Events
 from kiln.ledger.locks import Locks
 from kiln.ledger.releases import Releases
 from kiln.ledger.rollouts import Rollouts
+from kiln.ledger.samples import Samples
+from kiln.ledger.tokens import Tokens
 
 
 class Ledger:
@@ -28,3 +32,5 @@ class Ledger:
         self.locks = Locks(self.db)
         self.environments = Environments(self.db)
         self.events = Events(self.db)
+        self.tokens = Tokens(self.db)
+        self.samples = Samples(self.db)

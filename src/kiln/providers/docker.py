@@ -125,6 +125,18 @@ class DockerProvider:
             raise BuildError(f"the engine did not create {tag} from {tarball}")
         return image
 
+    def export_rootfs(self, image: str, dest: Path) -> None:
+        """The image's filesystem, flattened, as a tar file at `dest` (through a container never started)."""
+        with engine_call(f"exporting the filesystem of {image[:19]}"):
+            container = self.client.containers.create(image, command=["/bin/true"], network_disabled=True,
+                                                      labels=self.extra_labels)
+            try:
+                with open(dest, "wb") as fh:
+                    for chunk in container.export():
+                        fh.write(chunk)
+            finally:
+                container.remove(force=True)
+
     def build(self, context: BinaryIO, dockerfile: str, tag: str, args: dict[str, str],
               labels: dict[str, str], on_line: Callable[[str], None]) -> str:
         tail: list[str] = []
@@ -398,8 +410,11 @@ def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: 
         }
     if spec.publish:
         kwargs["ports"] = {f"{cport}/tcp": hostport for cport, hostport in spec.publish.items()}
-    if spec.binds:
-        kwargs["volumes"] = {host: {"bind": inner, "mode": "rw"} for host, inner in spec.binds.items()}
+    if spec.binds or spec.ro_binds:
+        kwargs["volumes"] = {**{host: {"bind": inner, "mode": "rw"} for host, inner in spec.binds.items()},
+                             **{host: {"bind": inner, "mode": "ro"} for host, inner in spec.ro_binds.items()}}
+    if spec.devices:
+        kwargs["devices"] = [f"{d}:{d}:rwm" for d in spec.devices]
     if spec.restart:
         kwargs["restart_policy"] = {"Name": "unless-stopped"}
     if spec.aliases:

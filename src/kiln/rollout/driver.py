@@ -76,6 +76,7 @@ class Driver:
                 self.out.done(f"v{self.target.release.number} is healthy and waits on {self.target.cfg.preview_url}; "
                               "`kiln promote` switches traffic to it, `kiln rollback` drops it")
                 return PAUSED
+            self._check_abort()
             self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "started")
             detail = self._phase(phase, progress)
             self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "done", detail)
@@ -167,6 +168,7 @@ class Driver:
             verdict = judge(canary, baseline, policy.analysis)
             if verdict or time.monotonic() >= end:
                 break
+            self._check_abort()
             time.sleep(ANALYSIS_INTERVAL)
         summary = (f"{percent}%: canary {canary.responses} responses, {canary.error_rate:.1f}% 5xx, "
                    f"{canary.mean_ms:.0f} ms; baseline {baseline.responses} responses, "
@@ -194,6 +196,13 @@ class Driver:
         return f"kept {len(keep)} old instance(s) idle" if keep else ""
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _check_abort(self) -> None:
+        """Stop (and so converge back) when someone asked to abort this rollout (`kiln rollout
+        abort`, the API)."""
+        who = self.ledger.rollouts.abort_requested(self.rollout_id)
+        if who:
+            raise RolloutError(f"aborted by {who}")
 
     def _clear_preview(self, keep: set[str]) -> None:
         for name in self.router.servers(preview=True):

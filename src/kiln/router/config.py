@@ -87,4 +87,8 @@ def render_config(cfg: EnvConfig) -> str:
         if hc is not None and hc.kind == "http":
             lines += [f"    option httpchk GET {_word(hc.http or '/', 'the healthcheck path')}",
                       "    http-check expect status 200-399"]
+        if hc is not None:
+            # A check may take the healthcheck's timeout (without this, HAProxy allows it only its
+            # interval): a busy instance answering slowly is not taken out of the rotation.
+            lines.append(f"    timeout check {int(hc.timeout * 1000)}ms")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,7 @@
-"""`kiln serve`: the HTTP endpoint for webhooks (FastAPI). Each push event that passes its
+"""`kiln serve` (FastAPI): the control plane (server/api.py's API, server/dashboard.py's pages,
+server/metrics.py's /metrics; tokens checked by server/auth.py) and the webhooks.
+
+Webhooks: each push event that passes its
 signature or token check, and whose delivery id was not seen before, queues a run of the pushed
 ref and starts a detached runner. Answers: 202 queued (or ignored, for other events), 401 bad
 signature or token, 409 a replay (a delivery id seen before; or a commit the ref already ran, or
@@ -13,15 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from kiln import __version__
+from kiln.access import READ
 from kiln.ci.plan import queue_key
 from kiln.ci.trigger import enqueue, spawn
 from kiln.context import Context
-from kiln.errors import UsageError, WebhookRejected
+from kiln.errors import KilnError, UsageError, WebhookRejected
 from kiln.git import is_ancestor
 from kiln.ledger.ci_store import CiStore
+from kiln.server.plane import Plane
 from kiln.server.webhooks import ZERO, parse, verify_github, verify_gitlab
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; GitHub's push payloads are far smaller
@@ -66,8 +73,42 @@ class Config:
                              "A GitLab token travels in clear with every hook: it must not also sign GitHub's.")
 
 
-def make_app(ctx: Context, config: Config, start_runner: bool = True) -> FastAPI:
-    app = FastAPI(title="kiln", docs_url=None, redoc_url=None, openapi_url=None)
+def make_app(ctx: Context, config: Config | None, start_runner: bool = True, plane: Plane | None = None) -> FastAPI:
+    """The app: webhooks when `config` is given, the control plane when `plane` is."""
+    app = FastAPI(title="kiln", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json" if plane else None)
+    if config is not None:
+        _webhooks(app, ctx, config, start_runner)
+    if plane is not None:
+        from kiln.server import api, dashboard
+        from kiln.server.auth import Auth
+        from kiln.server.metrics import exposition
+
+        auth = Auth(ctx.ledger)
+
+        @app.exception_handler(KilnError)
+        async def kiln_error(request: Request, exc: KilnError) -> Response:
+            if not request.url.path.startswith(("/api/", "/metrics")):
+                return await dashboard.error_page(request, exc)
+            return api.error_response(exc)
+
+        api.install(app, plane, auth)
+
+        @app.get("/metrics", include_in_schema=False)
+        def metrics(request: Request) -> Response:
+            auth.require(auth.caller(request), READ)
+            return Response(exposition(plane), media_type=CONTENT_TYPE_LATEST)
+
+        dashboard.install(app, plane, auth)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _webhooks(app: FastAPI, ctx: Context, config: Config, start_runner: bool) -> None:
     store = CiStore(ctx.ledger)
 
     def _replayed(ref: str, commit: str) -> str | None:
@@ -133,9 +174,3 @@ def make_app(ctx: Context, config: Config, start_runner: bool = True) -> FastAPI
         @app.post("/hooks/gitlab")
         async def gitlab(request: Request) -> JSONResponse:
             return await receive("gitlab", request)
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return app

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kiln.spec.models import NAME_MAX, NAME_RULE, Spec, valid_name
+from kiln.spec.models import NAME_MAX, NAME_RULE, ServiceOverride, Spec, valid_name
 from kiln.spec.pipeline import pipeline_problems
 
 Path = tuple[str | int, ...]
 _NAME_HINT = f"use {NAME_RULE}, at most {NAME_MAX} characters"
+_NONE = ServiceOverride()
 
 
 def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
@@ -40,6 +41,8 @@ def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
                    "engine swarm needs a top-level 'registry: HOST[:PORT]/PATH', where its nodes pull images from")
         if env.placement is not None and env.engine != "swarm":
             yield ("environments", name, "placement"), "placement applies to a cluster engine only; set 'engine: swarm'"
+        if env.engine == "qemu":
+            yield from _vm_problems(spec, name)
 
     seen: dict[tuple[str, int], str] = {}
     for name, env in spec.environments.items():
@@ -57,3 +60,19 @@ def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
         if service.rollout.strategy != "rolling" and svc_name != spec.public_service:
             yield (("services", svc_name, "rollout", "strategy"),
                    f"{service.rollout.strategy} moves public traffic, but {svc_name} is not the public service; use rolling")
+
+
+def _vm_problems(spec: Spec, env: str) -> Iterator[tuple[Path, str]]:
+    """What a VM cannot run: kiln's checks reach a VM through its port (no `exec` into it)."""
+    for svc_name, service in spec.services.items():
+        if not service.command:
+            yield (("services", svc_name, "command"),
+                   f"environment {env} runs on engine qemu, whose systemd unit needs the argv to run; set 'command: [...]'")
+        hc = service.healthcheck
+        if hc is not None and hc.kind == "command":
+            yield (("services", svc_name, "healthcheck", "command"),
+                   f"environment {env} runs on engine qemu, where kiln checks an instance through its port; use 'http: /path' or 'tcp: true'")
+        for key, value in [*service.environment.items(), *spec.environments[env].services.get(svc_name, _NONE).environment.items()]:
+            if "\n" in value or "\x00" in value:
+                yield (("services", svc_name, "environment", key),
+                       f"environment {env} runs on engine qemu, whose systemd units take one-line values; put the value on one line")

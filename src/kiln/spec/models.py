@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
 from kiln.spec.pipeline import Pipeline
-from kiln.spec.sizes import Memory
+from kiln.spec.sizes import DiskSize, Memory
 from kiln.spec.smoke import SmokeCheck, path_problem
 
 NAME = re.compile(r"[a-z][a-z0-9-]*")  # app, service and environment names (they make container names)
@@ -66,6 +66,24 @@ def inside_problem(path: str) -> str | None:
     return None
 
 
+VM_FORMATS = ("qcow2", "raw", "gce", "vmdk")
+MIN_VM_SIZE = 1024**3
+
+
+class VmBuild(Model):
+    """A bootable VM disk image baked from the same inputs as the app image (docs/vm.md)."""
+
+    size: DiskSize = Field(2 * 1024**3, description="size of the disk image (the root filesystem fills it), at least 1G")
+    formats: tuple[Literal["qcow2", "raw", "gce", "vmdk"], ...] = Field(("qcow2",), description="formats `kiln bake --vm` also writes beside the image: qcow2 (OpenStack), raw, gce (disk.raw in a .tar.gz), vmdk (AWS import)")
+    boot_timeout: Duration = Field(180.0, description="time a VM has to boot, added to each service's healthcheck deadline on `engine: qemu`")
+
+    @model_validator(mode="after")
+    def _big_enough(self) -> VmBuild:
+        if self.size < MIN_VM_SIZE:
+            raise ValueError("size: a VM image needs at least 1G (kernel, systemd and the app)")
+        return self
+
+
 class Build(Model):
     """How the app image is baked."""
 
@@ -75,6 +93,7 @@ class Build(Model):
     base: Base = Field(default_factory=Base, description="the base image to bake from")
     args: dict[str, str] = Field(default_factory=dict, description="build arguments")
     allow_secrets: tuple[str, ...] = Field((), description="glob patterns of context files that look like secrets but may be baked")
+    vm: VmBuild | None = Field(None, description="also bake a bootable VM image from the same inputs (see build.vm); `engine: qemu` uses the defaults when absent")
 
     @model_validator(mode="after")
     def _one_recipe(self) -> Build:
@@ -282,7 +301,7 @@ class Environment(Model):
     """One environment: only what differs from the shared definition."""
 
     port: int = Field(..., ge=1, le=65535, description="public port of the environment's router")
-    engine: Literal["docker", "swarm"] = Field("docker", description="what runs its instances: `docker`, the Docker engine of DOCKER_HOST (else the local socket), one host; `swarm`, a Docker Swarm whose manager DOCKER_HOST reaches: instances are tasks spread over its nodes, images travel through `registry` (docs/fleet.md)")
+    engine: Literal["docker", "swarm", "qemu"] = Field("docker", description="what runs its instances: `docker`, the Docker engine of DOCKER_HOST (else the local socket), one host; `swarm`, a Docker Swarm whose manager DOCKER_HOST reaches: instances are tasks spread over its nodes, images travel through `registry` (docs/fleet.md); `qemu`, QEMU virtual machines on this host booted from the VM image (build.vm, docs/vm.md)")
     placement: Placement | None = Field(None, description="where instances may run on a cluster engine (`engine: swarm` only)")
     bind: str = Field("127.0.0.1", description="address the router listens on (loopback unless told otherwise)")
     preview_port: int | None = Field(None, ge=1, le=65535, description="port where a blue-green release is reachable before it gets public traffic")

@@ -27,6 +27,7 @@ from kiln.spec.models import (
     ServiceOverride,
     SmokeCheck,
     Spec,
+    VmBuild,
     _count_or_percent,
 )
 from kiln.spec.pipeline import Check, Pipeline, Promote, Sidecar, Step
@@ -36,6 +37,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", Spec),
     ("build", Build),
     ("build.base", Base),
+    ("build.vm", VmBuild),
     ("services.NAME", Service),
     ("services.NAME.healthcheck", HealthCheck),
     ("services.NAME.resources", Resources),

@@ -9,7 +9,7 @@ import json
 from pydantic import BaseModel, ConfigDict
 
 from kiln.errors import UsageError
-from kiln.spec.models import HealthCheck, Resources, Spec
+from kiln.spec.models import HealthCheck, Resources, Spec, VmBuild
 from kiln.spec.sizes import format_size
 
 
@@ -148,6 +148,8 @@ def resolve(spec: Spec, env: str) -> EnvConfig:
         hc = svc.healthcheck
         if hc is None and svc.port is not None:
             hc = HealthCheck(tcp=True)
+        if hc is not None and overlay.engine == "qemu":  # a new instance boots a whole machine first
+            hc = hc.model_copy(update={"deadline": hc.deadline + (spec.build.vm or VmBuild()).boot_timeout})
         services.append(
             ServiceConfig(
                 name=name,

@@ -45,3 +45,14 @@ def parse_memory(value: object) -> int:
 
 
 Memory = Annotated[int, BeforeValidator(parse_memory)]  # a memory limit
+
+
+def parse_disk(value: object) -> int:
+    """A disk size in bytes, a whole number of MiB up to 1T (disk images are laid out in MiB)."""
+    n = parse_size(value)
+    if n % 1024**2 or not 0 < n <= 1024**4:
+        raise ValueError(f"{value!r} is not a whole number of megabytes up to 1024G; write it like 2G or 1536M")
+    return n
+
+
+DiskSize = Annotated[int, BeforeValidator(parse_disk)]  # a disk image's size

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 from kiln.context import Context
-from kiln.errors import UsageError
+from kiln.errors import NotFound, UsageError
 from kiln.ledger.ci_store import FINISHED, CiRun, CiStep, CiStore
 
 FOLLOW_EVERY = 0.5  # seconds between two reads of a followed log
@@ -21,7 +21,7 @@ def run(ctx: Context, run_id: int) -> CiRun:
     """Run `run_id`; UsageError when there is none."""
     found = store(ctx).run(run_id)
     if found is None:
-        raise UsageError(f"there is no run {run_id}.", "`kiln ci list` shows the runs.")
+        raise NotFound(f"there is no run {run_id}.", "`kiln ci list` shows the runs.")
     return found
 
 

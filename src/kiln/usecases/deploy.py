@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from kiln import secretref
 from kiln.bake.baker import bake
+from kiln.bake.vm import VmStore, bake_vm
 from kiln.context import Context
 from kiln.errors import KilnError, LedgerError, LockLost, PortInUse, RolloutError, UsageError
 from kiln.ledger import kinds
@@ -70,8 +71,39 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = No
     with locked(ctx, cfg.app, env, "deploy"):
         with ports_named(ctx, cfg):
             ctx.router(cfg).check()
-        image = bake(ctx.engine_for(cfg), loaded, ctx.out, ctx.settings.home / "tmp")
-        artifact = Artifact(image.id, image.tag, image.inputs_hash, image.commit, image.dirty)
+        return ship(ctx, cfg, bake_artifact(ctx, loaded, cfg.engine), loaded.digest, policy)
+
+
+def bake_artifact(ctx: Context, loaded: LoadedSpec, engine: str) -> Artifact:
+    """What an environment on `engine` runs, baked from `loaded` (or found by its inputs): the
+    app image, or on `engine: qemu` the VM image of the same inputs."""
+    scratch = ctx.settings.home / "tmp"
+    if engine == "qemu":
+        vm = bake_vm(ctx.engine(engine), loaded, ctx.out, scratch, VmStore(ctx.settings.home))
+        return Artifact(vm.ref, vm.tag, vm.inputs_hash, vm.commit, vm.dirty)
+    image = bake(ctx.engine(engine), loaded, ctx.out, scratch)
+    return Artifact(image.id, image.tag, image.inputs_hash, image.commit, image.dirty)
+
+
+def deploy_image(ctx: Context, loaded: LoadedSpec, env: str, image: str, strategy: str | None = None) -> Outcome:
+    """Deploy an image already baked (no bake): one a release of the app recorded, in any of its
+    environments, named by its image id, its registry reference or its tag."""
+    cfg = resolve(loaded.spec, env)
+    policy = policy_for(loaded.spec, strategy)
+    _check_policy(policy, cfg)
+    check_secrets(ctx, cfg)
+    known = ctx.ledger.releases.with_image(cfg.app, image)
+    if known is None:
+        raise UsageError(f"no release of {cfg.app} recorded the image {image!r}.",
+                         "Deploy an image a release used (`kiln releases` lists them), or bake with `kiln deploy`.")
+    with locked(ctx, cfg.app, env, "deploy"):
+        with ports_named(ctx, cfg):
+            ctx.router(cfg).check()
+        if ctx.engine_for(cfg).image_id(known.image) is None:
+            raise KilnError(f"the image {short_image(known.image)} is no longer on {env}'s engine or in its registry.",
+                            f"Check out commit {(known.commit or '?')[:12]} and run `kiln deploy` to bake it again.")
+        origin = "" if known.env == env else f"image of {known.env} v{known.number}"
+        artifact = Artifact(known.image, known.image_tag, known.inputs_hash, known.commit, known.dirty, origin)
         return ship(ctx, cfg, artifact, loaded.digest, policy)
 
 
@@ -162,6 +194,24 @@ def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
         if unfinished:
             settle(ctx, ctx.router(_config_of(ctx, unfinished[-1])), drop_paused=False)
         return [r for r in (ctx.ledger.rollouts.get(u.id) for u in unfinished) if r]
+
+
+def abort(ctx: Context, app: str, env: str, by: str) -> Rollout:
+    """Abort app/env's unfinished rollout. One waiting for promotion is dropped at once, under the
+    environment's lock; a running one belongs to the process running it (which holds the lock):
+    it is asked, through the ledger, and aborts at its next phase or analysis tick, converging
+    back to the release that served. Returns the rollout as it is now."""
+    unfinished = ctx.ledger.rollouts.unfinished(app, env)
+    if not unfinished:
+        raise UsageError(f"no rollout of {app}/{env} is running or waiting for promotion.")
+    last = unfinished[-1]
+    if last.state == PAUSED:
+        with locked(ctx, app, env, "abort"):
+            settle(ctx, ctx.router(_config_of(ctx, last)))
+    else:
+        ctx.ledger.rollouts.request_abort(last.id, by)
+        ctx.out.step(f"rollout {last.id} to v{last.to_release} was asked to abort; its kiln converges back")
+    return ctx.ledger.rollouts.get(last.id) or last
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from kiln import git
-from kiln.bake.baker import bake
+from kiln.bake.vm import is_vm_ref
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
 from kiln.ledger import kinds
@@ -26,7 +26,15 @@ from kiln.spec.loader import LoadedSpec, load_spec
 from kiln.spec.models import NAME_RULE, valid_name
 from kiln.spec.models import RolloutPolicy as Policy
 from kiln.spec.resolve import EnvConfig, resolve, url_host
-from kiln.usecases.deploy import Artifact, Outcome, check_secrets, locked, policy_for, ship
+from kiln.usecases.deploy import (
+    Artifact,
+    Outcome,
+    bake_artifact,
+    check_secrets,
+    locked,
+    policy_for,
+    ship,
+)
 from kiln.usecases.destroy import destroy
 
 ENV_NAME_MAX = 40  # container names are kiln-APP-ENV-SERVICE-vN-xxxxxx
@@ -149,6 +157,11 @@ def promote_artifact(ctx: Context, loaded: LoadedSpec, source: str, target: str,
         raise UsageError(f"{app}/{source} has no release in service, so there is nothing to promote.",
                          f"Deploy it first: `kiln deploy -e {source}`.")
     cfg = resolve(loaded.spec, target)
+    if is_vm_ref(serving.image) != (cfg.engine == "qemu"):
+        kinds_ = {True: "VM images (engine: qemu)", False: "container images"}
+        raise UsageError(f"{app}/{source} runs {kinds_[is_vm_ref(serving.image)]} and {target} runs "
+                         f"{kinds_[cfg.engine == 'qemu']}: promotion moves one artifact unchanged.",
+                         f"Deploy the same commit to {target} instead: `kiln deploy -e {target}` bakes its kind from the same inputs.")
     if ctx.engine_for(cfg).image_id(serving.image) is None:
         raise KilnError(f"the image of {source} v{serving.number} ({serving.image[:19]}) is not on {target}'s engine.",
                         "Re-create it first (`kiln recreate`), or deploy a fresh bake.")
@@ -205,13 +218,13 @@ def rebake(ctx: Context, loaded: LoadedSpec, release: Release) -> Artifact:
     ctx.out.step(f"The image of {what} is gone; rebaking it from commit {release.commit[:12]}")
     with git.checkout(top, release.commit, ctx.settings.home / "tmp") as tree:
         then = load_spec(tree / loaded.path.resolve().relative_to(top))
-        image = bake(ctx.engine_for(release.env_config()), then, ctx.out, ctx.settings.home / "tmp")
+        image = bake_artifact(ctx, then, release.env_config().engine)
     if image.inputs_hash != release.inputs_hash:
         raise KilnError(f"rebaking {what} from commit {release.commit[:12]} gave inputs hash {image.inputs_hash[:16]}, "
                         f"not the recorded {release.inputs_hash[:16]}: its inputs cannot be reproduced exactly "
                         "(usually the base image was rebuilt since).", "The rebaked image was not used.")
     ctx.out.done(f"Rebaked {image.tag}: inputs hash {image.inputs_hash[:16]} matches the release")
-    return Artifact(image.id, image.tag, image.inputs_hash, release.commit, False)
+    return replace(image, commit=release.commit, dirty=False)
 
 
 def _check_new_env(ctx: Context, loaded: LoadedSpec, env: str) -> None:
@@ -251,7 +264,7 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
             base_env = base or next(iter(then.spec.environments))
             if base_env not in then.spec.environments:
                 raise UsageError(f"kiln.yaml at {ref} has no environment {base_env!r}.")
-            image = bake(ctx.engine(then.spec.environments[base_env].engine), then, ctx.out, ctx.settings.home / "tmp")
+            image = bake_artifact(ctx, then, then.spec.environments[base_env].engine)
         made = ctx.ledger.environments.get(app, env)
         cfg = resolve(then.spec, base_env).model_copy(update={
             "env": env, "port": port or (made.port if made else free_port(then.spec.environments[base_env].bind)),
@@ -259,7 +272,7 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
         check_secrets(ctx, cfg)
         made = ctx.ledger.environments.record(app, env, "preview", cfg.port, f"ref {ref} ({sha[:12]})",
                                              expires_at=now() + timedelta(seconds=ttl))
-        artifact = Artifact(image.id, image.tag, image.inputs_hash, sha, False, origin=f"preview of {ref}")
+        artifact = replace(image, commit=sha, dirty=False, origin=f"preview of {ref}")
         outcome = ship(ctx, cfg, artifact, then.digest, Policy())
         # Its time counts from when it serves (recorded before too, so that a failed start is pruned).
         made = ctx.ledger.environments.record(app, env, "preview", cfg.port, made.origin,

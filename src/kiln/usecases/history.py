@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from kiln.context import Context
-from kiln.errors import UsageError
+from kiln.errors import NotFound
 from kiln.ledger.releases import Release
 from kiln.ledger.rollouts import Rollout
 
@@ -42,7 +42,7 @@ def rollout(ctx: Context, app: str, env: str, rollout_id: int | None = None) -> 
     found = ctx.ledger.rollouts.of(app, env, limit=1000)
     chosen = next((r for r in found if rollout_id is None or r.id == rollout_id), None)
     if chosen is None:
-        raise UsageError(f"no rollout {rollout_id if rollout_id else ''} in {app}/{env}.".replace("  ", " "))
+        raise NotFound(f"no rollout {rollout_id if rollout_id else ''} in {app}/{env}.".replace("  ", " "))
     return chosen, with_durations(ctx.ledger.rollouts.steps(chosen.id))
 
 
@@ -71,6 +71,23 @@ def events(ctx: Context, app: str, env: str | None, limit: int = 50, follow: boo
     last = newest[-1]["id"] if newest else 0
     while follow:
         time.sleep(FOLLOW_EVERY)
-        batch = ctx.ledger.events.of(app, env, after=last, limit=None)
+        batch = events_after(ctx, app, env, last)
         yield batch
         last = batch[-1]["id"] if batch else last
+
+
+def events_after(ctx: Context, app: str, env: str | None, after: int) -> list[dict[str, Any]]:
+    """app's events (of one env, if given) after event id `after`, oldest first: one step of
+    following (`kiln events -F`, the API's event stream)."""
+    return ctx.ledger.events.of(app, env, after=after, limit=None)
+
+
+def release_diff(ctx: Context, app: str, env: str, a: int, b: int) -> dict[str, Any]:
+    """Two releases of app/env side by side: their images, and their resolved configs key by key."""
+    from kiln.spec.envdiff import diff
+
+    ra, rb = ctx.ledger.releases.require(app, env, a), ctx.ledger.releases.require(app, env, b)
+    return {"a": ra.summary(), "b": rb.summary(),
+            "image": {"a": ra.image, "b": rb.image, "same": ra.image == rb.image},
+            "differences": [{k: v for k, v in d.summary().items() if k != "declared"}
+                            for d in diff(ra.config, rb.config, set())]}

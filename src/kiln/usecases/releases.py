@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from kiln.bake.vm import VM_REPO, VmStore
 from kiln.context import Context
 from kiln.errors import UsageError
 from kiln.ledger.releases import Release
@@ -81,8 +82,12 @@ def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> dict[str, Any]:
             if moving_to:
                 needed.setdefault(moving_to.image, f"{env} v{moving_to.number} (rollout {rollout.id} unfinished)")
     engine = ctx.engine()  # where kiln bakes, so where the app's images pile up
-    for ref in [r for r in needed if "@" in r]:  # pushed (a cluster's release): its local image stays too
-        local = engine.image_id(ref)
+    store = VmStore(ctx.settings.home)
+    for ref in [r for r in needed if "@" in r]:
+        # pushed (a cluster's release): its local image stays too; a VM image: the container image
+        # of the same files, which its hooks run
+        vm = store.by_ref(ref)
+        local = vm.app_image if vm else engine.image_id(ref)
         if local:
             needed.setdefault(local, needed[ref])
     containers = engine.containers(selector(app, role=INSTANCE))
@@ -91,12 +96,16 @@ def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> dict[str, Any]:
             needed.setdefault(c.image, f"runs in {c.name}")
     images = [(image, tags) for image, tags in engine.images(selector(app)) if image not in needed]
     stopped = [c for c in containers if not c.running]
+    disks = [vm for vm in store.all() if vm.ref.startswith(f"{VM_REPO}/{app}@") and vm.ref not in needed]
     if not dry_run:
         for c in stopped:
             engine.remove(c.name)
         for image, _ in images:
             engine.remove_image(image)
+        for vm in disks:
+            store.remove(vm)
     return {"dry_run": dry_run, "keep": keep,
-            "images": [{"image": image, "tags": list(tags)} for image, tags in images],
+            "images": [{"image": image, "tags": list(tags)} for image, tags in images]
+            + [{"image": vm.ref, "tags": [str(vm.disk)]} for vm in disks],
             "instances": [{"instance": c.name, "state": c.state} for c in stopped],
             "kept": [{"image": image, "why": why} for image, why in sorted(needed.items(), key=lambda kv: kv[1])]}

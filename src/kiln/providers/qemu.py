@@ -1,0 +1,197 @@
+"""The QEMU engine: each instance is a virtual machine booted from its release's VM image.
+
+As KubeVirt's virt-launcher does, each VM's QEMU runs in a container of its own (the launcher,
+from bake/vm_recipe.LAUNCHER_BASE) on the environment's network, so everything kiln does with
+containers holds for VMs: labels, listing, resource limits (the VM's memory plus QEMU's own),
+`die` events when QEMU ends (killed, or the machine powered off when its service ended), logs (the
+serial console), and the router reaching the instance's address. The launcher forwards the
+service's port to the guest (QEMU's user-mode network, so no bridge, tap or root on the host).
+
+The release's disk image is bind-mounted read-only; each VM writes to a copy-on-write overlay
+in the launcher's tmpfs, gone with it. Its environment reaches it as a cloud-init NoCloud seed
+(a FAT disk labelled CIDATA, made in the launcher's tmpfs at boot), never on the image. The
+router, hooks and CI steps stay containers: hooks run the container image baked from the same
+files as the VM image."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from kiln import process
+from kiln.bake.base import base_tag
+from kiln.bake.inputs import base_inputs_hash
+from kiln.bake.vm import INITRD, KERNEL, VmStore, is_vm_ref
+from kiln.bake.vm_recipe import ENGINE_CMDLINE, LAUNCHER_BASE, env_file, parse_env_file
+from kiln.errors import EngineError
+from kiln.providers.base import INSTANCE, ContainerDetails, ContainerFacts, ContainerSpec, Limits
+from kiln.providers.docker import DockerProvider
+from kiln.secretref import Lookup, resolve
+
+VM_RUN = "/run/vm"  # the launcher's tmpfs: the VM's overlay and seed
+IMAGE_DIR = "/vm"  # where the release's disk, kernel and initrd are mounted (read-only)
+QEMU_OVERHEAD = 256 * 1024**2  # QEMU's own memory beside the guest's (TCG's translation cache is capped at 64 MiB)
+IMAGE_LABEL = "kiln.vm.image"
+KVM = "/dev/kvm"
+
+# The launcher's PID 1 (under docker-init): the seed disk from the environment kiln passed, the
+# overlay, then QEMU in its place. QEMU's arguments follow as "$@"; nothing here is spliced from input.
+LAUNCH = f"""set -eu
+mkdir -p {VM_RUN}/seed/kiln
+printf 'instance-id: %s\\nlocal-hostname: %s\\n' "$HOSTNAME" "$KILN_VM_SERVICE" > {VM_RUN}/seed/meta-data
+printf '#cloud-config\\n{{}}\\n' > {VM_RUN}/seed/user-data
+printf '%s' "$KILN_VM_ENV" > "{VM_RUN}/seed/kiln/$KILN_VM_SERVICE.env"
+unset KILN_VM_ENV
+mkfs.vfat -n CIDATA -C {VM_RUN}/seed.img 2048 >/dev/null
+MTOOLS_SKIP_CHECK=1 mcopy -s -i {VM_RUN}/seed.img {VM_RUN}/seed/meta-data {VM_RUN}/seed/user-data {VM_RUN}/seed/kiln ::
+rm -rf {VM_RUN}/seed
+qemu-img create -q -f qcow2 -F qcow2 -b {IMAGE_DIR}/disk.qcow2 {VM_RUN}/overlay.qcow2
+exec "$@"
+"""
+
+
+def detect_accel(kernel: Path, cache: Path) -> str:
+    """kvm if a VM boots with KVM on this host, else tcg; KILN_QEMU_ACCEL=kvm|tcg decides instead.
+    The probe boots the kernel with no root until it panics (a second with KVM): a /dev/kvm
+    that is there but fails hangs QEMU instead, so no panic within 10 s means TCG. Remembered in `cache`."""
+    chosen = os.environ.get("KILN_QEMU_ACCEL", "")
+    if chosen in ("kvm", "tcg"):
+        return chosen
+    with contextlib.suppress(OSError):
+        known = cache.read_text().strip()
+        if known in ("kvm", "tcg"):
+            return known
+    accel = "tcg"
+    if os.access(KVM, os.R_OK | os.W_OK) and process.which("qemu-system-x86_64"):
+        probe = process.run_bounded(["qemu-system-x86_64", "-accel", "kvm", "-nodefaults", "-display", "none",
+                                     "-serial", "stdio", "-no-reboot", "-m", "256M", "-kernel", str(kernel),
+                                     "-append", "console=ttyS0 panic=-1"], timeout=10)
+        accel = "kvm" if "Kernel panic" in probe.stdout else "tcg"
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(accel + "\n")
+    return accel
+
+
+def launcher_image_tag() -> str:
+    return base_tag(base_inputs_hash(LAUNCHER_BASE))
+
+
+def accel_args(accel: str) -> list[str]:
+    """KVM when it works on this host, else TCG (software emulation), with its translation cache capped."""
+    return ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg,tb-size=64"]
+
+
+def qemu_argv(memory: int, cpus: float, port: int | None, accel: str) -> list[str]:
+    """QEMU's command line for one instance. Pure."""
+    forward = f",hostfwd=tcp::{port}-:{port}" if port else ""
+    return ["qemu-system-x86_64", *accel_args(accel), "-m", f"{max(memory // 1024**2, 128)}M",
+            "-smp", str(max(1, int(cpus))), "-nodefaults", "-no-user-config", "-display", "none",
+            "-serial", "stdio", "-no-reboot",
+            "-kernel", f"{IMAGE_DIR}/{KERNEL}", "-initrd", f"{IMAGE_DIR}/{INITRD}", "-append", ENGINE_CMDLINE,
+            "-drive", f"file={VM_RUN}/overlay.qcow2,if=virtio,format=qcow2,discard=unmap",
+            "-drive", f"file={VM_RUN}/seed.img,if=virtio,format=raw,readonly=on",
+            "-netdev", f"user,id=net0{forward}", "-device", "virtio-net-pci,netdev=net0",
+            "-device", "virtio-rng-pci"]
+
+
+def launcher_limits(limits: Limits) -> Limits:
+    return replace(limits, memory=limits.memory + QEMU_OVERHEAD)
+
+
+def launcher_spec(spec: ContainerSpec, image_dir: Path, launcher: str, env_text: str, accel: str) -> ContainerSpec:
+    """The launcher container of the VM `spec` describes. Pure; `env_text` is the instance's
+    environment file (secrets resolved), which goes into the seed."""
+    port = spec.environment.get("PORT")
+    argv = qemu_argv(spec.limits.memory, spec.limits.cpus, int(port) if port and port.isdigit() else None, accel)
+    return ContainerSpec(
+        name=spec.name, image=launcher, network=spec.network,
+        labels={**spec.labels, IMAGE_LABEL: spec.image},
+        command=("/bin/sh", "-c", LAUNCH, "kiln-launch", *argv),
+        environment={"KILN_VM_SERVICE": spec.labels.get("kiln.service", "app"), "KILN_VM_ENV": env_text},
+        writable=(VM_RUN,), read_only=True, cap_add=(), no_new_privileges=True,
+        stop_grace_period=spec.stop_grace_period, limits=launcher_limits(spec.limits),
+        binds={}, ro_binds={str(image_dir): IMAGE_DIR}, devices=(KVM,) if accel == "kvm" else ())
+
+
+def _as_vm(facts: ContainerFacts) -> ContainerFacts:
+    """A launcher's facts with the VM image it boots as its image."""
+    image = facts.labels.get(IMAGE_LABEL)
+    return replace(facts, image=image) if image else facts
+
+
+class QemuProvider(DockerProvider):
+    """Instances as QEMU VMs (each in its launcher container) on this host's Docker engine."""
+
+    name = "qemu"
+
+    def __init__(self, extra_labels: dict[str, str] | None = None, secrets: Lookup | None = None,
+                 home: Path | None = None) -> None:
+        super().__init__(extra_labels, secrets)
+        self.store = VmStore(home or Path(os.environ.get("KILN_HOME", "~/.kiln")).expanduser())
+        self._accel: str | None = None
+
+    # --- images: a VM image is a file in the store, named by its sha256 ----------------------
+
+    def image_id(self, ref: str) -> str | None:
+        if is_vm_ref(ref):
+            return ref if self.store.by_ref(ref) else None
+        return super().image_id(ref)
+
+    def image_env(self, image: str) -> dict[str, str]:
+        return {} if is_vm_ref(image) else super().image_env(image)
+
+    def publish(self, image: str, repository: str | None) -> str:
+        return image  # the VM image stays on this host
+
+    # --- instances ----------------------------------------------------------------------------
+
+    def start(self, spec: ContainerSpec) -> ContainerFacts:
+        if not is_vm_ref(spec.image):
+            if spec.labels.get("kiln.role") == INSTANCE:
+                raise EngineError(f"engine qemu runs VM images, and {spec.name} names the container image {spec.image[:19]}.",
+                                  "Deploy to this environment with `kiln deploy`, which bakes its VM image.")
+            return super().start(spec)  # the router, a CI step
+        vm = self.store.require(spec.image)
+        if spec.labels.get("kiln.role") != INSTANCE:  # a hook: the container image of the same files
+            return super().start(replace(spec, image=vm.app_image))
+        launcher = super().image_id(launcher_image_tag())
+        if launcher is None:
+            raise EngineError(f"the VM launcher image {launcher_image_tag()} is not on this engine.",
+                              "Run `kiln bake --vm` (it bakes the launcher with the VM image).")
+        try:
+            env_text = env_file(resolve(spec.environment, self.secrets))
+        except ValueError as exc:
+            raise EngineError(f"starting VM {spec.name}: {exc}.") from None
+        if self._accel is None:
+            self._accel = detect_accel(vm.dir / KERNEL, self.store.root / "accel")
+        return _as_vm(super().start(launcher_spec(spec, vm.dir, launcher, env_text, self._accel)))
+
+    def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
+        return [_as_vm(c) for c in super().containers(labels)]
+
+    def container(self, name: str) -> ContainerFacts | None:
+        found = super().container(name)
+        return _as_vm(found) if found else None
+
+    def logs(self, name: str, tail: int = 20) -> str:
+        """The VM's serial console (a boot says more per line than a process: a longer tail)."""
+        return super().logs(name, tail=max(tail, 15))
+
+    # --- what drift compares: the VM's environment (from its seed) and its launcher's hardening --
+
+    def enforceable(self, spec: ContainerSpec) -> ContainerSpec:
+        if not is_vm_ref(spec.image):
+            return spec
+        # The service's own hardening lives in the guest's systemd unit; the engine shows the launcher's.
+        return replace(spec, writable=(VM_RUN,), read_only=True, cap_add=(), no_new_privileges=True, user=None,
+                       limits=launcher_limits(spec.limits), health_command=None)
+
+    def details(self, name: str) -> ContainerDetails | None:
+        found = super().details(name)
+        if found is None or "KILN_VM_ENV" not in found.env:
+            return found
+        return replace(found, env=parse_env_file(found.env["KILN_VM_ENV"]),
+                       mounts=tuple(m for m in found.mounts if not m.endswith(":" + IMAGE_DIR)))

@@ -1,0 +1,294 @@
+"""The dashboard at / : server-rendered pages (Jinja2, templates/), a few lines of vanilla
+JavaScript (static/kiln.js: refresh a fragment every second, confirm before an action) and
+server-side SVG charts. Sign-in with a token sets an HttpOnly, SameSite=Strict cookie; every form
+that changes something carries the page's CSRF token (server/auth.py). The actions are the API's
+(server/plane.py), so they take the environment's lock and are recorded with the token's name."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from kiln.access import ACT, READ
+from kiln.errors import Forbidden, KilnError, UsageError
+from kiln.ledger import kinds
+from kiln.ledger.db import now
+from kiln.ledger.samples import Sample
+from kiln.providers.base import short_image
+from kiln.server.auth import COOKIE, Auth, Caller
+from kiln.server.plane import Plane
+from kiln.server.svg import line_chart
+from kiln.usecases import ci_runs, history, locks
+from kiln.usecases.observe import status as status_of
+
+HERE = Path(__file__).parent
+PLOT_MINUTES = 60
+_jinja = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+_jinja.filters["short"] = lambda image: short_image(image) if image else "-"
+
+
+def render(name: str, request: Request, status: int = 200, **values: Any) -> HTMLResponse:
+    html = _jinja.get_template(name).render(request=request, **values)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store",
+                                                           "X-Frame-Options": "DENY",
+                                                           "Referrer-Policy": "same-origin"})
+
+
+async def error_page(request: Request, exc: KilnError) -> Response:
+    from kiln.server.api import status_code
+
+    code = status_code(exc)
+    if code == 401 and request.method == "GET":
+        return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    return render("error.html", request, status=code, code=code, message=exc.message, hint=exc.hint, who=None)
+
+
+def charts(samples: list[Sample], end_at: Any) -> dict[str, str]:
+    """Requests/s, 5xx % and response time per release over the last PLOT_MINUTES, as SVG (the
+    time axis starts at the first sample of the hour, so that a young history is not a sliver)."""
+    end = end_at.timestamp()
+    start = end - PLOT_MINUTES * 60
+    if samples:
+        start = max(start, min(s.at.timestamp() for s in samples) - 30)
+    rps: dict[str, list[tuple[float, float]]] = {}
+    err: dict[str, list[tuple[float, float]]] = {}
+    ms: dict[str, list[tuple[float, float]]] = {}
+    for s in samples:
+        label, t = f"v{s.release}", s.at.timestamp()
+        rps.setdefault(label, []).append((t, s.rate))
+        err.setdefault(label, []).append((t, 100 * s.error_rate))
+        if s.requests:
+            ms.setdefault(label, []).append((t, s.response_ms))
+    return {"rps": line_chart("requests", "per s", rps, start, end),
+            "errors": line_chart("5xx", "%", err, start, end),
+            "latency": line_chart("response time", "ms", ms, start, end)}
+
+
+def live_rows(samples: list[Sample]) -> list[dict[str, Any]]:
+    """The newest live sample of each release: requests/s, 5xx %, response time."""
+    newest: dict[int, Sample] = {}
+    for s in samples:
+        newest[s.release] = s
+    return [{"release": n, "rps": round(s.rate, 1), "errors": round(100 * s.error_rate, 2),
+             "ms": round(s.response_ms, 1)} for n, s in sorted(newest.items())]
+
+
+def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def viewer(request: Request) -> Caller:
+        who = auth.caller(request)
+        auth.require(who, READ)
+        return who
+
+    def page(name: str, request: Request, who: Caller, **values: Any) -> HTMLResponse:
+        return render(name, request, who=who.token, csrf=auth.csrf(who.token), apps=plane.apps(),
+                      said=request.query_params.get("said"), **values)
+
+    # --- signing in --------------------------------------------------------------------------------
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_form(request: Request, next: str = "/") -> HTMLResponse:
+        return render("login.html", request, next=next if next.startswith("/") and not next.startswith("//") else "/",
+                      who=None, problem=None)
+
+    @app.post("/login", include_in_schema=False)
+    def login(request: Request, token: str = Form(...), next: str = Form("/")) -> Response:
+        found = plane.ctx().ledger.tokens.find(token.strip())
+        if found is None:
+            return render("login.html", request, status=401, next=next, who=None,
+                          problem="That token is not valid (unknown or revoked).")
+        plane.ctx().ledger.tokens.used(found.name)
+        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https", max_age=12 * 3600)
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request, csrf: str = Form("")) -> Response:
+        who = auth.caller(request)
+        auth.check_csrf(who, csrf)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    # --- pages -----------------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def overview(request: Request) -> HTMLResponse:
+        who = viewer(request)
+        ctx = plane.ctx()
+        rows = []
+        for app_name in plane.apps():
+            for env in plane.envs(app_name):
+                rows.append(_env_summary(plane, ctx, app_name, env))
+        return page("overview.html", request, who, rows=rows)
+
+    @app.get("/apps/{app_name}/envs/{env}", response_class=HTMLResponse, include_in_schema=False)
+    def env_page(app_name: str, env: str, request: Request, a: int | None = None, b: int | None = None) -> HTMLResponse:
+        who = viewer(request)
+        ctx = plane.ctx()
+        plane.require_env(app_name, env)
+        rels = history.releases(ctx, app_name, env, 30)
+        diff = history.release_diff(ctx, app_name, env, a, b) if a and b else None
+        loaded = plane.spec(app_name)
+        others = [e for e in (loaded.spec.environments if loaded else ()) if e != env]
+        return page("env.html", request, who, app=app_name, env=env, releases=rels, diff=diff, a=a, b=b,
+                    others=others, live=_live(plane, ctx, app_name, env),
+                    can_act=_can(who, env), has_spec=loaded is not None,
+                    images=_images(rels))
+
+    @app.get("/apps/{app_name}/envs/{env}/live", response_class=HTMLResponse, include_in_schema=False)
+    def live_fragment(app_name: str, env: str, request: Request) -> HTMLResponse:
+        who = viewer(request)
+        plane.require_env(app_name, env)
+        return page("live.html", request, who, app=app_name, env=env, can_act=_can(who, env),
+                    live=_live(plane, plane.ctx(), app_name, env))
+
+    @app.get("/apps/{app_name}/events", response_class=HTMLResponse, include_in_schema=False)
+    def events_page(app_name: str, request: Request, env: str | None = None, fragment: bool = False) -> HTMLResponse:
+        who = viewer(request)
+        plane.require_app(app_name)
+        return page("events_table.html" if fragment else "events.html", request, who, app=app_name, env=env,
+                    events=list(reversed(next(history.events(plane.ctx(), app_name, env, 200)))))
+
+    @app.get("/ci", response_class=HTMLResponse, include_in_schema=False)
+    def ci_page(request: Request) -> HTMLResponse:
+        who = viewer(request)
+        return page("ci.html", request, who, runs=ci_runs.runs(plane.ctx(), 50), run=None,
+                    can_act=_can(who, None))
+
+    @app.get("/ci/{run_id}", response_class=HTMLResponse, include_in_schema=False)
+    def ci_run_page(run_id: int, request: Request) -> HTMLResponse:
+        who = viewer(request)
+        ctx = plane.ctx()
+        found, steps = ci_runs.show(ctx, run_id)
+        lines = [(step, line) for batch in ci_runs.logs(ctx, run_id) for step, line in batch]
+        return page("ci.html", request, who, runs=None, run=found, steps=steps, lines=lines,
+                    can_act=_can(who, None))
+
+    # --- actions (forms) ------------------------------------------------------------------------------
+
+    async def form_action(request: Request, env: str | None, back: str, do: Any) -> Response:
+        who = await run_in_threadpool(auth.caller, request)
+        form = await request.form()
+        auth.check_csrf(who, str(form.get("csrf", "")))
+        token = auth.require(who, ACT, env)
+        try:
+            _, said = await run_in_threadpool(do, token, {k: str(v) for k, v in form.items()})
+            message = said[-1] if said else "done"
+        except KilnError as exc:
+            if isinstance(exc, Forbidden):
+                raise
+            message = f"failed: {exc.message}"
+        return RedirectResponse(f"{back}?said={quote(message)}", status_code=303)
+
+    def _int(form: dict[str, str], key: str) -> int | None:
+        value = form.get(key, "").strip().lstrip("v")
+        if not value:
+            return None
+        if not value.isdigit():
+            raise UsageError(f"{key} must be a release number, not {value!r}.")
+        return int(value)
+
+    def _strategy(form: dict[str, str]) -> str | None:
+        from kiln.server.api import strategy_of
+
+        return strategy_of(form.get("strategy") or None)
+
+    @app.post("/apps/{app_name}/envs/{env}/rollback", include_in_schema=False)
+    async def rollback_form(app_name: str, env: str, request: Request) -> Response:
+        return await form_action(request, env, f"/apps/{app_name}/envs/{env}",
+                                 lambda t, f: plane.rollback(t, app_name, env, _int(f, "to"), _strategy(f)))
+
+    @app.post("/apps/{app_name}/envs/{env}/deploy", include_in_schema=False)
+    async def deploy_form(app_name: str, env: str, request: Request) -> Response:
+        return await form_action(request, env, f"/apps/{app_name}/envs/{env}",
+                                 lambda t, f: plane.deploy(t, app_name, env, f.get("image", ""), _strategy(f)))
+
+    @app.post("/apps/{app_name}/envs/{env}/promote", include_in_schema=False)
+    async def promote_form(app_name: str, env: str, request: Request) -> Response:
+        return await form_action(request, env, f"/apps/{app_name}/envs/{env}",
+                                 lambda t, f: plane.promote(t, app_name, env))
+
+    @app.post("/apps/{app_name}/envs/{env}/promote-to", include_in_schema=False)
+    async def promote_to_form(app_name: str, env: str, request: Request) -> Response:
+        form = await request.form()
+        target = str(form.get("to", ""))
+        return await form_action(request, target, f"/apps/{app_name}/envs/{target}",
+                                 lambda t, f: plane.promote_artifact(t, app_name, env, target, _strategy(f)))
+
+    @app.post("/apps/{app_name}/envs/{env}/abort", include_in_schema=False)
+    async def abort_form(app_name: str, env: str, request: Request) -> Response:
+        return await form_action(request, env, f"/apps/{app_name}/envs/{env}",
+                                 lambda t, f: plane.abort(t, app_name, env))
+
+    @app.post("/ci/{run_id}/{what}", include_in_schema=False)
+    async def ci_form(run_id: int, what: str, request: Request) -> Response:
+        if what not in ("approve", "cancel"):
+            raise UsageError(f"a CI run can be approved or cancelled, not {what!r}.")
+        return await form_action(request, None, f"/ci/{run_id}", lambda t, f: plane.ci(t, run_id, what))
+
+
+def _can(who: Caller, env: str | None) -> bool:
+    from kiln.access import allows
+
+    return allows(who.token, ACT, env)
+
+
+def _images(rels: list[Any]) -> list[tuple[str, str]]:
+    """(image, label) of the releases shown, each image once, newest first: what can be deployed."""
+    seen: dict[str, str] = {}
+    for rs in rels:
+        seen.setdefault(rs.release.image, f"{short_image(rs.release.image)} (v{rs.release.number})")
+    return list(seen.items())
+
+
+def _env_summary(plane: Plane, ctx: Any, app: str, env: str) -> dict[str, Any]:
+    try:
+        st = status_of(ctx, plane.config(app, env))
+    except KilnError as exc:
+        return {"app": app, "env": env, "error": exc.message}
+    nodes: dict[str, int] = {}
+    health: dict[str, int] = {}
+    for i in st["instances"]:
+        nodes[i["node"] or "this host"] = nodes.get(i["node"] or "this host", 0) + 1
+        health[i["health"]] = health.get(i["health"], 0) + 1
+    taints = ctx.ledger.events.of(app, env, kinds=(kinds.INSTANCE_TAINTED,), limit=None,
+                                  since=now() - timedelta(days=1))
+    return {"app": app, "env": env, "error": None, "url": st["url"], "release": st["release"],
+            "health": health, "nodes": nodes, "agent": st["agent"], "waiting": st["waiting"],
+            "drift": len(taints), "router": st["router"]["state"]}
+
+
+def _live(plane: Plane, ctx: Any, app: str, env: str) -> dict[str, Any]:
+    """The live rollout view: status, the latest rollout and its steps, traffic per release."""
+    cfg = plane.config(app, env)
+    st = status_of(ctx, cfg)
+    servers = plane.router_servers(cfg)
+    traffic = live_rows(plane.traffic(cfg, servers))
+    latest = next(iter(history.rollouts(ctx, app, env, 1)), None)
+    steps = list(reversed(history.rollout(ctx, app, env, latest.id)[1][-12:])) if latest else []
+    weights: dict[int, int] = {}
+    for name, s in servers.items():
+        from kiln.agent.sampling import release_of
+
+        number = release_of(name)
+        if number is not None and s.serving:
+            weights[number] = weights.get(number, 0) + s.weight
+    total = sum(weights.values()) or 1
+    share = {n: round(100 * w / total) for n, w in sorted(weights.items())}
+    samples = ctx.ledger.samples.of(app, env, now() - timedelta(minutes=PLOT_MINUTES))
+    return {"status": st, "rollout": latest, "steps": steps, "traffic": traffic, "share": share,
+            "charts": charts(samples, now()),
+            "lock": locks.status(ctx, app, env).lock, "at": time.strftime("%H:%M:%S", time.gmtime())}
