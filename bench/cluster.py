@@ -533,6 +533,10 @@ def _count(items: Iterator[str] | list[str]) -> dict[str, int]:
 
 
 def haproxy_config(k: KilnCluster) -> str:
+    return dnsrr_haproxy_config(k.app.spec, SWARM)
+
+
+def dnsrr_haproxy_config(spec: Path, service: str) -> str:
     """kiln's router configuration for this app (router/config.render_config, rendered as
     HaproxyRouter renders it), with the backend's servers found by DNS as Swarm users do, and the
     same server options kiln gives the servers it adds at run time (check interval, fall/rise,
@@ -543,27 +547,31 @@ def haproxy_config(k: KilnCluster) -> str:
     from kiln.spec.loader import load_spec
     from kiln.spec.resolve import resolve
 
-    cfg = resolve(load_spec(k.app.spec).spec, "production")
-    text = render_config(cfg.model_copy(update={"port": ROUTER_PORT}))
+    cfg = resolve(load_spec(spec).spec, "production")
+    # No preview frontend (the peer has no release awaiting traffic): svc-web is then the last
+    # backend, the one the server-template line below is appended to.
+    text = render_config(cfg.model_copy(update={"port": ROUTER_PORT, "preview_port": None}))
     interval = int(cfg.public_service.healthcheck.interval * 1000)
-    server = (f"    server-template web {TEMPLATE_SLOTS} tasks.{SWARM}:{PORT} check inter {interval} fall 2 rise 1 "
+    server = (f"    server-template web {TEMPLATE_SLOTS} tasks.{service}:{PORT} check inter {interval} fall 2 rise 1 "
               f"resolvers docker init-addr none resolve-prefer ipv4 "
               f"pool-max-conn {POOL_MAX_CONN} pool-purge-delay {POOL_PURGE_MS}")
-    if "backend svc-web\n" not in text:
+    if "backend svc-web\n" not in text or "backend svc-web-preview" in text:
         raise RuntimeError(f"kiln's router config has no backend svc-web:\n{text}")
     return text.rstrip("\n") + "\n" + server + "\n\n" + RESOLVERS
 
 
 class SwarmPeer:
-    def __init__(self, root: Path, registry: str, router_image: str, limits: dict, config: str) -> None:
+    def __init__(self, root: Path, registry: str, router_image: str, limits: dict, config: str,
+                 service: str = SWARM, replicas: int = REPLICAS) -> None:
+        self.service, self.replicas = service, replicas
         self.registry = registry
         self.router_image = router_image
         self.limits = limits
         self.config = config
-        self.dir = root / "swarm-router"
+        self.dir = root / f"{service}-router"
         self.port = free_port()
-        self.network = f"{SWARM}-net"
-        self.router = f"{SWARM}-router"
+        self.network = f"{service}-net"
+        self.router = f"{service}-router"
 
     @property
     def url(self) -> str:
@@ -585,10 +593,10 @@ class SwarmPeer:
         sh("docker", "network", "create", "--driver", "overlay", "--attachable", "--label", LABEL_ARG, self.network)
         mem = int(self.limits.get("memory") or 0)
         cpus = float(self.limits.get("cpus") or 0)
-        sh("docker", "service", "create", "--detach", "--no-resolve-image", "--name", SWARM,
-           "--label", LABEL_ARG, "--container-label", LABEL_ARG, "--replicas", str(REPLICAS),
+        sh("docker", "service", "create", "--detach", "--no-resolve-image", "--name", self.service,
+           "--label", LABEL_ARG, "--container-label", LABEL_ARG, "--replicas", str(self.replicas),
            "--network", self.network, "--endpoint-mode", "dnsrr",
-           "--update-order", "start-first", "--update-parallelism", str(REPLICAS), "--update-delay", "0s",
+           "--update-order", "start-first", "--update-parallelism", str(self.replicas), "--update-delay", "0s",
            "--update-failure-action", "pause", "--restart-condition", "any",
            "--health-cmd", HEALTH_CMD, "--health-interval", "500ms", "--health-timeout", "2s",
            "--health-retries", "3", "--health-start-period", "0s",
@@ -611,7 +619,7 @@ class SwarmPeer:
 
     def task_ips(self, image: str | None = None) -> dict[str, str]:
         """ip -> image of the tasks running now (or only those of `image`)."""
-        svc = engine().services.get(SWARM)
+        svc = engine().services.get(self.service)
         out = {}
         for t in svc.tasks():
             if t["Status"]["State"] != "running":
@@ -629,17 +637,17 @@ class SwarmPeer:
         """Until all 6 tasks run (healthy: a task with a health check is `running` only once healthy)
         on `image` and no task of another image runs or starts: Swarm's update is done."""
         began = time.monotonic()
-        svc = engine().services.get(SWARM)
+        svc = engine().services.get(self.service)
         while True:
             tasks = svc.tasks()
             new = [t for t in tasks if t["Spec"]["ContainerSpec"]["Image"] == image
                    and t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
             old = [t for t in tasks if t["Spec"]["ContainerSpec"]["Image"] != image
                    and t["Status"]["State"] in ("running", "starting", "preparing", "assigned", "accepted", "ready", "pending")]
-            if len(new) == REPLICAS and not old:
+            if len(new) == self.replicas and not old:
                 return time.monotonic() - began
             if time.monotonic() - began > timeout:
-                raise RuntimeError(f"swarm service {SWARM} did not converge on {image} within {timeout:.0f}s")
+                raise RuntimeError(f"swarm service {self.service} did not converge on {image} within {timeout:.0f}s")
             time.sleep(0.05)
 
     def routed(self) -> set[str]:
@@ -657,7 +665,11 @@ class SwarmPeer:
         want = set(ips)
         while self.routed() != want:
             if time.monotonic() - began > timeout:
-                raise RuntimeError(f"HAProxy routes {sorted(self.routed())}, not the tasks {sorted(want)}, after {timeout:.0f}s")
+                logs = subprocess.run(["docker", "logs", "--tail", "30", self.router], capture_output=True, text=True)
+                state = sh("docker", "ps", "-a", "--filter", f"name={self.service}", "--format", "{{.Names}} {{.Status}}",
+                           check=False)
+                raise RuntimeError(f"HAProxy routes {sorted(self.routed())}, not the tasks {sorted(want)}, after "
+                                   f"{timeout:.0f}s; containers: {state.strip()}; its log: {(logs.stdout + logs.stderr)[-1500:]}")
             time.sleep(0.05)
         return time.monotonic() - began
 
@@ -667,21 +679,21 @@ class SwarmPeer:
         any more, and Swarm calls the update `completed` (after its --update-monitor, 5 s by
         default). `done`: new set routed and old set gone, the end state `kiln deploy` returns in."""
         began = time.monotonic()
-        sh("docker", "service", "update", "--detach", "--no-resolve-image", "--image", image, SWARM)
+        sh("docker", "service", "update", "--detach", "--no-resolve-image", "--image", image, self.service)
         marks = {"command": time.monotonic() - began}
-        svc = engine().services.get(SWARM)
+        svc = engine().services.get(self.service)
         while True:
             now = time.monotonic() - began
             svc.reload()
             status = svc.attrs.get("UpdateStatus") or {}
             if status.get("State") in ("paused", "rollback_started", "rollback_paused", "rollback_completed"):
-                raise RuntimeError(f"Swarm's update of {SWARM} is {status['State']}: {status.get('Message')}")
+                raise RuntimeError(f"Swarm's update of {self.service} is {status['State']}: {status.get('Message')}")
             tasks = svc.tasks()
             new = [t for t in tasks if t["Spec"]["ContainerSpec"]["Image"] == image
                    and t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
             old = [t for t in tasks if t["Spec"]["ContainerSpec"]["Image"] != image
                    and t["Status"]["State"] in ("running", "starting", "preparing", "assigned", "accepted", "ready", "pending")]
-            if "ready" not in marks and len(new) == REPLICAS:
+            if "ready" not in marks and len(new) == self.replicas:
                 marks["ready"] = now
             if "ready" in marks and "routed" not in marks and self.routed() == set(self.task_ips(image)):
                 marks["routed"] = now
@@ -692,7 +704,7 @@ class SwarmPeer:
             if all(m in marks for m in ("ready", "routed", "old_gone", "completed")):
                 break
             if now > timeout:
-                raise RuntimeError(f"Swarm's update of {SWARM} to {image} not done within {timeout:.0f}s "
+                raise RuntimeError(f"Swarm's update of {self.service} to {image} not done within {timeout:.0f}s "
                                    f"(reached: {sorted(marks)}; update state {status.get('State')})")
             time.sleep(0.05)
         marks["done"] = max(marks["routed"], marks["old_gone"])
@@ -700,7 +712,7 @@ class SwarmPeer:
 
     def remove(self) -> None:
         sh("docker", "rm", "-f", self.router, check=False)
-        sh("docker", "service", "rm", SWARM, check=False)
+        sh("docker", "service", "rm", self.service, check=False)
         for _ in range(100):  # the network goes once no task is attached any more
             if sh("docker", "network", "rm", self.network, check=False, timeout=30) or not _network_exists(self.network):
                 return

@@ -24,6 +24,15 @@ def _first(pattern: str, text: str) -> str:
     return match.group(1).strip() if match else text.splitlines()[0] if text else "?"
 
 
+def provenance() -> dict:
+    """The commit measured and whether the tree differed from it (bench/results aside, which the
+    run itself writes): a report from a dirty tree says so."""
+    commit = _out("git", "-C", str(REPO), "rev-parse", "HEAD")
+    status = _out("git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": commit, "dirty": bool(changed), "changed": changed[:20]}
+
+
 def machine(router_image: str | None = None) -> dict[str, str]:
     cpu = _first(r"^Model name:\s*(.*)$", _out("lscpu"))
     mem_kb = int(_first(r"^MemTotal:\s*(\d+)", open("/proc/meminfo").read()))
@@ -34,8 +43,8 @@ def machine(router_image: str | None = None) -> dict[str, str]:
         "kernel": platform.release(),
         "os": _first(r'^PRETTY_NAME="(.*)"', open("/etc/os-release").read()),
         "python": platform.python_version(),
-        "kiln commit": _out("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
-        + (" (dirty)" if _out("git", "-C", str(REPO), "status", "--porcelain", "--", "src") else ""),
+        "kiln commit": (lambda p: p["commit"][:12] + (" (dirty tree)" if p["dirty"] else " (clean tree)"))(provenance()),
+        "load average at start (1, 5, 15 min)": " ".join(open("/proc/loadavg").read().split()[:3]),
         "docker engine (and its swarmkit)": f"{ver['Version']} (API {ver['ApiVersion']})",
         "docker client": _first(r"Version:\s*(\S+)", _out("docker", "version", "--format", "Version: {{.Client.Version}}")),
         "docker-compose": _first(r"version ([^,\s]+)", _out("docker-compose", "version")),

@@ -177,12 +177,13 @@ class BenchApp:
     port: int
     preview_port: int
     home: Path
+    entry: str = ""  # a module run instead of the kiln command (bench.kiln_noretries: the router without retries)
 
     @classmethod
-    def make(cls, root: Path, name: str, replicas: int = 2) -> BenchApp:
+    def make(cls, root: Path, name: str, replicas: int = 2, entry: str = "") -> BenchApp:
         target = root / name
         shutil.copytree(EXAMPLE, target)
-        app = cls(target, name, free_port(), free_port(), root / f"{name}-home")
+        app = cls(target, name, free_port(), free_port(), root / f"{name}-home", entry)
         pid = os.getpid()
 
         def change(data: dict) -> None:
@@ -204,10 +205,14 @@ class BenchApp:
         return f"http://127.0.0.1:{self.port}/"
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("KILN_LEDGER_URL", "KILN_FAULT")}
+        # PYTHONDONTWRITEBYTECODE (set in some sandboxes) would make every kiln command compile
+        # kiln's sources again: an installed kiln has its .pyc files, so the bench must too.
+        env = {k: v for k, v in os.environ.items() if k not in ("KILN_LEDGER_URL", "KILN_FAULT", "PYTHONDONTWRITEBYTECODE")}
         return {**env, "KILN_HOME": str(self.home), "KILN_EXTRA_LABELS": LABEL_ARG, **(extra or {})}
 
     def argv(self, *args: str) -> list[str]:
+        if self.entry:
+            return [str(REPO / ".venv" / "bin" / "python"), "-m", self.entry, *args, "-f", str(self.spec)]
         return [str(REPO / ".venv" / "bin" / "kiln"), *args, "-f", str(self.spec)]
 
     def python(self) -> str:

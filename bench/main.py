@@ -18,7 +18,7 @@ from bench.harness import RESULTS, BenchApp, heavy, log, remove_images, remove_l
 from bench.peers import Swarm
 
 V1, V2 = availability.V1, availability.V2
-LOCAL_GROUPS = ("kiln", "compose", "swarm", "deploy", "noop", "router", "scale")  # one engine: report.{md,json}
+LOCAL_GROUPS = ("kiln", "compose", "swarm", "openloop", "noretries", "deploy", "noop", "router", "scale")  # one engine: report.{md,json}
 OPT_IN = ("cluster",)  # run only when named: builds a 3-node Swarm (scripts/cluster.sh); cluster.{md,json}
 
 PROFILES = {
@@ -32,10 +32,12 @@ PROFILES = {
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="one repeat of each, short loads (a few minutes)")
-    ap.add_argument("--only", default="", help="comma-separated groups: kiln,compose,swarm,deploy,noop,router,scale "
+    ap.add_argument("--only", default="", help="comma-separated groups: kiln,compose,swarm,openloop,noretries,deploy,noop,router,scale "
                                                  "(all by default), and cluster (only when named: a 3-node Swarm)")
     ap.add_argument("--out", default=str(RESULTS), help="directory for report.{md,json} and plots (cluster.{md,json} "
                                                           "for the cluster group)")
+    ap.add_argument("--note", action="append", default=[], help="a sentence for the report, e.g. that the machine "
+                                                                   "was shared with other work (repeatable)")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     p = PROFILES[mode]
@@ -48,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
 
     r: dict = {"mode": mode, "command": "bench/run" + (" --quick" if args.quick else "") + (f" --only {args.only}" if only else ""),
-               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "errors": {}, "notes": []}
-    c: dict = {"mode": mode, "command": r["command"], "started": r["started"], "errors": {}, "notes": []}
+               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "errors": {}, "notes": list(args.note),
+               "provenance": facts.provenance()}
+    c: dict = {"mode": mode, "command": r["command"], "started": r["started"], "errors": {}, "notes": list(args.note),
+               "provenance": r["provenance"]}
     root = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     swarm = Swarm()
 
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             report.write(r, out)
 
     apps = {k: BenchApp.make(root, f"kb{k}") for k in ("avail", "deploy", "router", "scale")}
+    apps["noretry"] = BenchApp.make(root, "kbnoretry", entry="bench.kiln_noretries")
     try:
         if local:
             setup(apps, r)
@@ -86,10 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         group("compose", compose_group)
 
         def swarm_group() -> None:
-            with heavy("Docker Swarm: service update under load, deploy times"):
+            # The machine's one dockerd becomes a swarm manager for a while: no test cluster meanwhile.
+            with heavy("Docker Swarm: service update under load, deploy times"), cluster.session_lock():
                 try:
                     swarm.init()
                     r.setdefault("availability", []).extend(availability.swarm_scenario(swarm, p["peer_rounds"]))
+                    router = next(x for x in apps["avail"].containers() if x.labels.get("kiln.role") == "router")
+                    for kind in ("wrk", "open"):
+                        rows = availability.swarm_dnsrr_scenario(root, p["peer_rounds"], router.image.id,
+                                                                 apps["avail"].spec, load=kind)
+                        r.setdefault("availability" if kind == "wrk" else "open_loop", []).extend(rows)
                     for n in p["replicas"]:
                         r.setdefault("deploy_time", {}).setdefault(str(n), {})["swarm"] = \
                             timing.swarm_deploy_times(swarm, n, p["repeats"])
@@ -97,6 +108,32 @@ def main(argv: list[str] | None = None) -> int:
                     remove_labelled()
                     swarm.leave()
         group("swarm", swarm_group)
+
+        def openloop_group() -> None:
+            r["open_loop"] = [row for row in r.get("open_loop", []) if row["tool"] not in ("kiln", "docker-compose")]
+            for i in range(p["rounds"]):
+                with heavy(f"kiln changes under open-loop load, round {i + 1}/{p['rounds']}"):
+                    r["open_loop"] += availability.kiln_scenarios(apps["avail"], i + 1, load="open")
+                report.write(r, out)
+            with heavy("docker-compose up -d under open-loop load"):
+                r["open_loop"] += availability.compose_scenario(root, p["peer_rounds"], load="open")
+        group("openloop", openloop_group)
+
+        def noretries_group() -> None:
+            app, tool = apps["noretry"], availability.NO_RETRIES
+            r["availability"] = [row for row in r.get("availability", []) if row["tool"] != tool]
+            r["open_loop"] = [row for row in r.get("open_loop", []) if row["tool"] != tool]
+            with heavy("kiln with its router retries off: first deploy"):
+                app.kiln("deploy")
+            for i in range(p["rounds"]):
+                with heavy(f"kiln, router retries off, under wrk, round {i + 1}/{p['rounds']}"):
+                    r["availability"] += availability.kiln_scenarios(app, i + 1, load="wrk", tool=tool)
+                with heavy(f"kiln, router retries off, under open-loop load, round {i + 1}/{p['rounds']}"):
+                    r["open_loop"] += availability.kiln_scenarios(app, i + 1, load="open", tool=tool)
+                report.write(r, out)
+            with heavy("kiln with its router retries off: destroy"):
+                app.kiln("destroy", "--env", "production")
+        group("noretries", noretries_group)
 
         def deploy_group() -> None:
             for n in p["replicas"]:
@@ -142,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         if "cluster" in only:
             report.write_cluster(c, out)
             log(f"cluster report: {out / 'cluster.md'}")
+        if out.resolve() == RESULTS.resolve():
+            from bench import readme_table
+            readme_table.main([])
+            log("README.md's benchmark figures rewritten from bench/results (bench/readme_table.py)")
     return 1 if r["errors"] or c["errors"] else 0
 
 

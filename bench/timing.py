@@ -65,22 +65,25 @@ def floor_times(replicas: int, repeats: int) -> list[float]:
 
 def noop_costs(app: BenchApp, repeats: int) -> dict:
     """`kiln deploy` with nothing to do and `kiln bake` of a cached image, on a converged app;
-    and, to show what bounds them, the time to start Python and import kiln's CLI."""
+    and, to show what bounds them, the time to start Python, to import kiln's CLI, and to import
+    everything a no-op deploy imports (the CLI, the deploy use case with the ledger's SQLAlchemy,
+    the Docker provider with the Docker SDK) before it does any work."""
     app.kiln("deploy")
     deploy = [app.kiln("deploy").seconds for _ in range(repeats)]
     bake = [app.kiln("bake").seconds for _ in range(repeats)]
     python = app.python()
-    imports = []
-    for _ in range(repeats):
-        began = time.monotonic()
-        sh(python, "-c", "import kiln.cli")
-        imports.append(time.monotonic() - began)
-    interpreter = []
-    for _ in range(repeats):
-        began = time.monotonic()
-        sh(python, "-c", "pass")
-        interpreter.append(time.monotonic() - began)
-    out = {"noop_deploy": deploy, "cached_bake": bake, "import_kiln_cli": imports, "python_start": interpreter}
+    env = app.env()
+
+    def seconds(code: str) -> list[float]:
+        out = []
+        for _ in range(repeats):
+            began = time.monotonic()
+            sh(python, "-c", code, env=env)
+            out.append(time.monotonic() - began)
+        return out
+    out = {"noop_deploy": deploy, "cached_bake": bake, "import_kiln_cli": seconds("import kiln.cli"),
+           "import_deploy_path": seconds("import kiln.cli, kiln.usecases.deploy, kiln.providers.docker"),
+           "python_start": seconds("pass")}
     log("no-op: " + ", ".join(f"{k} {median(v):.3f}s" for k, v in out.items()))
     return out
 

@@ -42,6 +42,32 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/kiln-dockerd.log" >&2; exit 1; }
 fi
 
+# KILN_LIVE_RESTORE=1: dockerd's live-restore, so containers (kiln's router and instances) keep
+# serving while dockerd restarts or is upgraded. Off by default: Docker refuses it on a Swarm node
+# ("--live-restore daemon configuration is incompatible with swarm mode": `docker swarm init`
+# fails, and a restarted manager does not start its cluster component), and on this project's
+# test machine the same dockerd becomes the test cluster's manager (scripts/cluster.sh), as it
+# does for `engine: swarm` users. Never turned on for an engine that is a Swarm node now.
+if [ "${KILN_LIVE_RESTORE:-0}" = 1 ]; then
+  swarm=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)
+  if [ "$swarm" != inactive ]; then
+    say "not enabling live-restore: this dockerd is a Swarm node ($swarm), which Docker does not allow"
+  elif [ "$(docker info --format '{{.LiveRestoreEnabled}}')" != true ]; then
+    say "enabling dockerd live-restore in /etc/docker/daemon.json"
+    python3 - <<'EOF'
+import json, pathlib
+p = pathlib.Path("/etc/docker/daemon.json")
+config = json.loads(p.read_text() or "{}") if p.exists() else {}
+config["live-restore"] = True
+p.write_text(json.dumps(config) + "\n")
+EOF
+    # live-restore is reloadable: SIGHUP, no restart (which would stop every container once more)
+    if [ -d /run/systemd/system ] && systemctl is-active -q docker 2>/dev/null; then systemctl reload docker;
+    else kill -HUP "$(cat /var/run/docker.pid)"; fi
+    for _ in $(seq 20); do [ "$(docker info --format '{{.LiveRestoreEnabled}}')" = true ] && break; sleep 0.5; done
+  fi
+fi
+
 if [ ! -x .venv/bin/kiln ] || [ pyproject.toml -nt .venv/.installed ]; then
   say "installing kiln into .venv"
   python3 -m venv .venv

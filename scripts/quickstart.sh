@@ -34,3 +34,6 @@ kiln releases -f "$SPEC"
 curl -fsS "$URL/"
 echo
 echo "hello is serving at $URL   (kiln status -f $SPEC; kiln rollback -f $SPEC; kiln destroy -f $SPEC --env production)"
+echo
+echo "After a host or dockerd restart its instances stay exited unless \`kiln agent\` runs. Run it as a service:"
+echo "  kiln agent install -f $PWD/$SPEC     (systemd; elsewhere it prints what to run instead; --print shows the unit)"
