@@ -66,7 +66,6 @@ def inside_problem(path: str) -> str | None:
     return None
 
 
-VM_FORMATS = ("qcow2", "raw", "gce", "vmdk")
 MIN_VM_SIZE = 1024**3
 
 

@@ -31,7 +31,9 @@ from kiln.spec.models import (
     _count_or_percent,
 )
 from kiln.spec.pipeline import Check, Pipeline, Promote, Sidecar, Step
-from kiln.spec.sizes import format_size, parse_memory
+from kiln.spec.sizes import format_size, parse_disk, parse_memory
+
+_SIZES = (parse_memory, parse_disk)
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", Spec),
@@ -71,7 +73,7 @@ def _type_name(ann: typing.Any) -> str:
     if origin is dict:
         return f"mapping of {_type_name(args[1])}"
     if typing.get_origin(ann) is typing.Annotated:
-        if any(getattr(m, "func", None) is parse_memory for m in args[1:]):
+        if any(getattr(m, "func", None) in _SIZES for m in args[1:]):
             return "size"
         return _type_name(args[0])
     if isinstance(ann, type) and issubclass(ann, BaseModel):
@@ -94,7 +96,7 @@ def _default(field: typing.Any) -> str:
         value = [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
     if isinstance(value, bool):
         value = str(value).lower()
-    if any(getattr(m, "func", None) is parse_memory for m in field.metadata):
+    if any(getattr(m, "func", None) in _SIZES for m in field.metadata):
         value = format_size(value)
     return f"`{value}`"
 
@@ -111,7 +113,7 @@ def render() -> str:
             ann: object = field.annotation
             if any(getattr(m, "func", None) is parse_duration for m in field.metadata):
                 ann = "duration"
-            elif any(getattr(m, "func", None) is parse_memory for m in field.metadata):
+            elif any(getattr(m, "func", None) in _SIZES for m in field.metadata):
                 ann = "size"
             elif any(getattr(m, "func", None) is _count_or_percent for m in field.metadata):
                 ann = "count or percentage"
