@@ -249,3 +249,22 @@ def test_a_write_to_a_vms_root_disk_taints_it() -> None:
 
     assert changed_files(["C /dev/vda: 64 KiB written to the VM's read-only root disk"], ("/run/vm",)) == [
         "C /dev/vda: 64 KiB written to the VM's read-only root disk"]
+
+
+def _staged(store: VmStore, name: str, inputs: str, sha: str) -> Path:
+    d = store.root / name
+    d.mkdir(parents=True)
+    (d / "disk.qcow2").write_bytes(sha.encode())
+    (d / "provenance.json").write_text(json.dumps({"app": "hello", "inputs": inputs, "sha256": sha,
+                                                   "app_image": "sha256:" + "f" * 64, "commit": None, "dirty": True}))
+    return d
+
+
+def test_vm_store_add_indexes_a_new_image_and_keeps_one_that_landed_first(tmp_path: Path) -> None:
+    store = VmStore(tmp_path)
+    first = store.add(_staged(store, "vm-a", "1" * 64, "a" * 64), "1" * 64, "a" * 64)
+    assert first.sha256 == "a" * 64 and store.by_ref(vm_ref("hello", "a" * 64)) == first
+    staged = _staged(store, "vm-b", "1" * 64, "b" * 64)  # the same inputs, baked again at the same time
+    again = store.add(staged, "1" * 64, "b" * 64)
+    assert again == first and not staged.exists()  # VMs may run from the first: it stays
+    assert store.by_ref(vm_ref("hello", "b" * 64)) is None

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -130,9 +130,16 @@ class VmStore:
         (self.root / "by-digest" / image.sha256).unlink(missing_ok=True)
         shutil.rmtree(image.dir, ignore_errors=True)
 
-    def add(self, staged: Path, inputs: str, sha256: str) -> Path:
-        """Move a finished image directory into the store, indexed by its digest."""
+    def add(self, staged: Path, inputs: str, sha256: str) -> VmImage:
+        """Move a finished image directory into the store, indexed by its digest. When a bake of
+        the same inputs landed first (two deploys at once), that image stays, as VMs may run from
+        it, and `staged` is dropped: the disk's bytes differ from bake to bake (filesystem UUIDs,
+        times), so the caller records the digest of the image returned."""
         final = self.root / inputs[:16]
+        landed = self._read(final)
+        if landed is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+            return landed
         shutil.rmtree(final, ignore_errors=True)
         staged.rename(final)
         index = self.root / "by-digest"
@@ -140,7 +147,10 @@ class VmStore:
         link = index / sha256
         link.unlink(missing_ok=True)
         link.symlink_to(Path("..") / final.name)
-        return final
+        stored = self._read(final)
+        if stored is None:
+            raise BuildError(f"the VM image moved to {final} cannot be read back.")
+        return stored
 
 
 def bake_vm(images: Images, loaded: LoadedSpec, out: Output, scratch: Path, store: VmStore) -> VmImage:
@@ -175,11 +185,11 @@ def bake_vm(images: Images, loaded: LoadedSpec, out: Output, scratch: Path, stor
             sha = _sha256(work / DISK)
             (work / "provenance.json").write_text(json.dumps({**provenance, "sha256": sha}, indent=2) + "\n")
             shutil.rmtree(root)
-            final = store.add(work, inputs, sha)
-        image = VmImage(vm_ref(spec.app, sha), final, sha, inputs, app.id, app.commit, app.dirty, built=True)
+            stored = store.add(work, inputs, sha)
+        image = replace(stored, commit=app.commit, dirty=app.dirty, built=True)
         for fmt in vm.formats:
             if fmt != "qcow2":
-                export(image, fmt, final / f"{spec.app}.{_suffix(fmt)}", out)
+                export(image, fmt, image.dir / f"{spec.app}.{_suffix(fmt)}", out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out.done(f"Baked VM image {image.ref[:len(VM_REPO) + len(spec.app) + 21]} ({image.disk.stat().st_size // 1024**2} MiB)")
