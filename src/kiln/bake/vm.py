@@ -164,7 +164,7 @@ def bake_vm(images: Images, loaded: LoadedSpec, out: Output, scratch: Path, stor
     inputs = vm_inputs_hash(app.inputs_hash, spec, vm)
     found = store.by_inputs(inputs)
     if found is not None:
-        return VmImage(found.ref, found.dir, found.sha256, found.inputs_hash, found.app_image, app.commit, app.dirty)
+        return replace(found, commit=app.commit, dirty=app.dirty)  # this bake's provenance, the stored bytes
     missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if not process.which(tool)]
     if not MBR.is_file():
         missing.append(f"{MBR} (syslinux-common)")

@@ -21,6 +21,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from docker.errors import NotFound
+
 from kiln import process
 from kiln.bake.base import base_tag
 from kiln.bake.inputs import base_inputs_hash
@@ -28,7 +30,7 @@ from kiln.bake.vm import INITRD, KERNEL, VmStore, is_vm_ref
 from kiln.bake.vm_recipe import ENGINE_CMDLINE, LAUNCHER_BASE, env_file, parse_env_file
 from kiln.errors import EngineError
 from kiln.providers.base import INSTANCE, ContainerDetails, ContainerFacts, ContainerSpec, Limits
-from kiln.providers.docker import DockerProvider
+from kiln.providers.docker import DockerProvider, engine_call
 from kiln.secretref import Lookup, resolve
 
 VM_RUN = "/run/vm"  # the launcher's tmpfs: the VM's overlay and seed
@@ -137,10 +139,9 @@ class QemuProvider(DockerProvider):
 
     name = "qemu"
 
-    def __init__(self, extra_labels: dict[str, str] | None = None, secrets: Lookup | None = None,
-                 home: Path | None = None) -> None:
+    def __init__(self, extra_labels: dict[str, str] | None, secrets: Lookup | None, home: Path) -> None:
         super().__init__(extra_labels, secrets)
-        self.store = VmStore(home or Path(os.environ.get("KILN_HOME", "~/.kiln")).expanduser())
+        self.store = VmStore(home)  # KILN_HOME, as Settings resolves it
         self._accel: str | None = None
 
     # --- images: a VM image is a file in the store, named by its sha256 ----------------------
@@ -202,8 +203,11 @@ class QemuProvider(DockerProvider):
     def changes(self, name: str) -> list[str]:
         """Writes to the VM's root disk, which its guest mounts read-only: none, unless someone
         remounted it (read from the overlay in the launcher's tmpfs, through /proc: no exec)."""
-        facts = super().container(name)
-        pid = self.api.inspect_container(name)["State"]["Pid"] if facts and facts.running else 0
+        try:
+            with engine_call(f"inspecting container {name}"):
+                pid = self.api.inspect_container(name)["State"].get("Pid", 0)  # 0 unless running
+        except NotFound:
+            return []
         if not pid:
             return []
         overlay = {"driver": "qcow2", "backing": None,  # the overlay alone: its backing path is the launcher's
