@@ -287,14 +287,8 @@ def dockerd_restart(app: BenchApp, with_live_restore: bool = False) -> dict:
             (session_lock() if with_live_restore else nullcontext()), \
             (live_restore() if with_live_restore else nullcontext({})) as lr:
         # `kiln agent` runs throughout, as it would under systemd: it must restore service by itself.
-        with open(app.home / "agent.log", "w") as agent_log:
-            agent = subprocess.Popen(app.argv("agent"), env=app.env(), stdout=agent_log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
+        with app.agent() as agent:
             row = _dockerd_restart(app, row, agent)
-        finally:
-            agent.terminate()
-            agent.wait(timeout=60)
     if lr.get("revert_error"):
         row["problems"].append(f"live-restore not turned off again: {lr['revert_error']}")
         row["ok"] = False
@@ -302,9 +296,6 @@ def dockerd_restart(app: BenchApp, with_live_restore: bool = False) -> dict:
 
 
 def _dockerd_restart(app: BenchApp, row: dict, agent: subprocess.Popen) -> dict:
-    deadline = time.monotonic() + 30
-    while not app.kiln_json("status").get("agent", {}).get("leader") and time.monotonic() < deadline:
-        time.sleep(0.5)
     load = Wrk(app.url)
     time.sleep(2)
     back, exited = restart_dockerd()

@@ -271,6 +271,24 @@ class BenchApp:
             (self.dir / "app.py").write_text(self._good)
             self._good = None
 
+    @contextmanager
+    def agent(self, lead: bool = True) -> Iterator[subprocess.Popen]:
+        """`kiln agent` in the background (log: KILN_HOME/agent.log) until the block ends; with
+        `lead`, the block starts once it leads the environment."""
+        with open(self.home / "agent.log", "a") as log_file:
+            proc = subprocess.Popen(self.argv("agent"), env=self.env(), stdout=log_file, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while lead and not self.kiln_json("status").get("agent", {}).get("leader"):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"kiln agent did not lead {self.name} within 30 s (see {self.home / 'agent.log'})")
+                time.sleep(0.5)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
     def containers(self) -> list:
         return engine().containers.list(all=True, filters={"label": [LABEL_ARG, f"kiln.app={self.name}"]})
 

@@ -93,8 +93,9 @@ NODELAY = ("class Handler(BaseHTTPRequestHandler):\n",
 
 
 def router_overhead(app: BenchApp, seconds: float, rounds: int) -> dict:
-    """wrk straight to one instance (its port published on 127.0.0.1) and through kiln's router
-    (HAProxy, also published on 127.0.0.1) to one instance of the same image; alternated. Twice:
+    """wrk straight to one instance at its address, through kiln's router (HAProxy on the host's
+    network) to one instance of the same image, and to the first instance through a port Docker
+    publishes on 127.0.0.1 (its userland proxy, which the router used to sit behind); alternated. Twice:
     examples/hello as it is, whose replies go out in two writes (headers, then body) that Nagle's
     algorithm and delayed ACKs hold ~40 ms on a direct connection, and the same app with
     TCP_NODELAY, which shows HAProxy's own cost."""
@@ -119,7 +120,9 @@ def _overhead(app: BenchApp, image: str, seconds: float, rounds: int) -> dict:
                                      name=f"kilnbench-direct-{port}", network=bench_network())
     try:
         time.sleep(1.5)
-        urls = {"direct": f"http://127.0.0.1:{port}/", "router": app.url}
+        direct.reload()
+        ip = next(n["IPAddress"] for n in direct.attrs["NetworkSettings"]["Networks"].values())
+        urls = {"direct": f"http://{ip}:8000/", "router": app.url, "published": f"http://127.0.0.1:{port}/"}
         out: dict[str, dict[str, list]] = {}
         for conns, threads in ((1, 1), (16, 2)):
             for _ in range(rounds):

@@ -252,8 +252,9 @@ def test_create_args_of_a_relaxed_instance_with_a_command_healthcheck():
 class _Recorder:
     """A runtime with no router running: records the spec HaproxyRouter.ensure starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, host_network: bool = False) -> None:
         self.started: list = []
+        self.host_network = host_network
 
     def container(self, name: str) -> None:
         return None
@@ -262,19 +263,24 @@ class _Recorder:
         self.started.append(spec)
 
 
-def test_create_args_of_the_router(tmp_path, monkeypatch):
+def _router_args(tmp_path, monkeypatch, host_network: bool) -> dict:
     monkeypatch.setattr(haproxy, "_check_port_free", lambda bind, port: None)
     monkeypatch.setattr(haproxy, "ensure_base", lambda *args: SimpleNamespace(id="sha256:" + "4a" * 32))
     monkeypatch.setattr(haproxy.HaproxyRouter, "_wait_ready", lambda self, timeout=15.0: None)
-    runtime = _Recorder()
+    runtime = _Recorder(host_network)
     cfg = resolve(parse_spec(SPEC), "staging")
     router = haproxy.HaproxyRouter(runtime, cfg, tmp_path / "routers", Output(quiet=True), tmp_path / "scratch")
     assert router.ensure() is True
     [spec] = runtime.started
-    assert create_args(spec, {"kiln.test": "x"}, dict(spec.environment)) == {
+    return create_args(spec, {"kiln.test": "x"}, dict(spec.environment))
+
+
+def test_create_args_of_the_router(tmp_path, monkeypatch):
+    """On an engine whose router cannot join the host's network (Swarm's overlay)."""
+    assert _router_args(tmp_path, monkeypatch, host_network=False) == {
         "name": "kiln-shop-staging-router",
         "labels": {"kiln.app": "shop", "kiln.env": "staging", "kiln.role": "router",
-                   "kiln.router.config": "30805c839a6b27f5", "kiln.test": "x"},
+                   "kiln.router.config": "79a66addb22e6e75", "kiln.test": "x"},
         "network": "kiln-shop-staging",
         "environment": {},
         "read_only": True,
@@ -293,6 +299,16 @@ def test_create_args_of_the_router(tmp_path, monkeypatch):
         "nano_cpus": 1_000_000_000,
         "pids_limit": 256,
     }
+
+
+def test_create_args_of_a_router_on_the_host_network(tmp_path, monkeypatch):
+    """One Docker host: the router listens on the host itself (its config binds 0.0.0.0:8081 and
+    0.0.0.0:8091), nothing is published, and it joins no kiln network."""
+    args = _router_args(tmp_path, monkeypatch, host_network=True)
+    assert args["network"] == "host" and "ports" not in args and args["cap_add"] is None
+    assert args["labels"]["kiln.router.config"] != "79a66addb22e6e75"  # another config: another router
+    text = (tmp_path / "routers" / "haproxy.cfg").read_text()
+    assert "    bind 0.0.0.0:8081" in text and "    bind 0.0.0.0:8091" in text
 
 
 # --- HAProxy runtime API captures ---------------------------------------------------------------

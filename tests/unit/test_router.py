@@ -125,7 +125,7 @@ def test_backend_name():
 def test_add_server_commands():
     assert add_server("svc-web", "kiln-shop-production-web-v2-abc123", "172.18.0.5", 8000, 250) == [
         "add server svc-web/kiln-shop-production-web-v2-abc123 172.18.0.5:8000 weight 100 check inter 250 fall 2 rise 1 "
-        "pool-max-conn 128 pool-purge-delay 1000",
+        "observe layer4 error-limit 2 on-error mark-down pool-max-conn 128 pool-purge-delay 1000",
         "enable health svc-web/kiln-shop-production-web-v2-abc123",
         "enable server svc-web/kiln-shop-production-web-v2-abc123",
     ]

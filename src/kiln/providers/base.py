@@ -239,3 +239,6 @@ class Engine(Images, Networks, Runtime, Prober, Observer, Protocol):
     """Everything a rollout, the agent and a pipeline need from one engine."""
 
     name: str
+    # A container on the host's network reaches instances at their addresses (one host's bridges):
+    # the router then listens on the host itself, without Docker's userland proxy in the way.
+    host_network: bool

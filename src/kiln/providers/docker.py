@@ -59,6 +59,7 @@ class DockerProvider:
     """One Docker engine (DOCKER_HOST, else the local socket): images, networks, containers."""
 
     name = "docker"
+    host_network = True
 
     def __init__(self, extra_labels: dict[str, str] | None = None, secrets: Lookup | None = None) -> None:
         self.extra_labels = dict(extra_labels or {})

@@ -44,6 +44,7 @@ def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:
 
 class FakeEngine:
     name = "fake"
+    host_network = False
 
     def __init__(self, extra_labels: dict[str, str] | None = None) -> None:
         self.extra_labels = dict(extra_labels or {})

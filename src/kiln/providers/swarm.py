@@ -74,6 +74,7 @@ class SwarmProvider(DockerProvider):
     """A Swarm manager: instances are services of one task; the rest is DockerProvider's."""
 
     name = "swarm"
+    host_network = False  # tasks sit on an overlay that only its members reach: the router joins it
 
     def __init__(self, extra_labels: dict[str, str] | None = None, secrets: Lookup | None = None) -> None:
         super().__init__(extra_labels, secrets)

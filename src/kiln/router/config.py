@@ -18,10 +18,11 @@ SOCKET_NAME = "admin.sock"
 
 
 PREVIEW_PORT = 8081  # inside the router container; published on the environment's preview_port
-# Instances sit on the router's own bridge, where a connect takes well under a millisecond. A
-# connect that has not succeeded within this is to an instance that died (its address vanished,
-# nothing answers): it is retried on another server, so a short limit makes a death cheap.
-CONNECT_TIMEOUT = 1.0
+# Instances sit on the router's own bridge, where a connect takes well under a millisecond (the
+# kernel completes it: the app need not be scheduled). A connect that has not succeeded within this
+# is to an instance that died (its address vanished, nothing answers): it is retried on another
+# server, so a short limit makes a death cheap. 1 s here kept requests stuck for 1 s after a kill.
+CONNECT_TIMEOUT = 0.1
 
 
 # HAProxy (2.0+): "disables any attempt to retry the request if it fails for any other reason
@@ -44,8 +45,12 @@ def backend_name(service: str, preview: bool = False) -> str:
     return f"svc-{service}-preview" if preview else f"svc-{service}"
 
 
-def render_config(cfg: EnvConfig) -> str:
+def render_config(cfg: EnvConfig, on_host: bool = False) -> str:
+    """`on_host`: the router runs on the host's network and listens on the environment's own
+    bind:port (and preview port); else on fixed ports inside its container, which the engine publishes."""
     svc = cfg.public_service
+    public = f"{cfg.bind}:{cfg.port}" if on_host else f":{cfg.port}"
+    preview = f"{cfg.bind}:{cfg.preview_port}" if on_host else f":{PREVIEW_PORT}"
     lines = [
         "# written by kiln; servers are managed at run time through the admin socket",
         "global",
@@ -71,7 +76,7 @@ def render_config(cfg: EnvConfig) -> str:
         "    retry-on conn-failure empty-response response-timeout",
         "",
         "frontend public",
-        f"    bind :{cfg.port}",
+        f"    bind {public}",
         "    http-request return status 200 content-type text/plain string ok if { path /_kiln/router }",
     ]
     if svc is None:
@@ -80,7 +85,7 @@ def render_config(cfg: EnvConfig) -> str:
     lines.append(f"    default_backend {backend_name(svc.name)}")
     if cfg.preview_port:
         # Blue-green: the new set answers here, and only here, until it is switched in.
-        lines += ["", "frontend preview", f"    bind :{PREVIEW_PORT}", f"    default_backend {backend_name(svc.name, True)}"]
+        lines += ["", "frontend preview", f"    bind {preview}", f"    default_backend {backend_name(svc.name, True)}"]
     for preview in (False, True) if cfg.preview_port else (False,):
         lines += ["", f"backend {backend_name(svc.name, preview)}", "    balance roundrobin", NO_UNSAFE_L7_RETRY]
         hc = svc.healthcheck

@@ -1,4 +1,4 @@
-"""The router of one environment: an HAProxy container that alone publishes a port.
+"""The router of one environment: an HAProxy container, the only thing listening on a port.
 
 kiln starts it once per environment; from then on servers come and go through its runtime
 API. It restarts with the engine and keeps serving when no kiln process runs."""
@@ -69,7 +69,13 @@ class HaproxyRouter:
         self.backend = backend_name(svc.name) if svc else None
         self.preview = backend_name(svc.name, preview=True) if svc and cfg.preview_port else None
 
+    @property
+    def on_host(self) -> bool:
+        return self.runtime.host_network
+
     def _config_text(self) -> str:
+        if self.on_host:
+            return render_config(self.cfg, on_host=True)
         return render_config(self.cfg.model_copy(update={"port": ROUTER_PORT}))
 
     def labels(self) -> dict[str, str]:
@@ -85,7 +91,15 @@ class HaproxyRouter:
     def _digest(self, text: str) -> str:
         return hashlib.sha256(f"{text}{self.cfg.bind}:{self.cfg.port}:{self.cfg.preview_port}".encode()).hexdigest()[:16]
 
+    def _ports(self) -> list[int]:
+        return [self.cfg.port, *([self.cfg.preview_port] if self.cfg.preview_port else [])]
+
     def _publish(self) -> dict[int, tuple[str, int]]:
+        """What the engine publishes: nothing for a router on the host's network (measured: Docker's
+        userland proxy cost a quarter of the requests a second through the router, and it stops
+        with dockerd while live-restore keeps the containers running)."""
+        if self.on_host:
+            return {}
         publish = {ROUTER_PORT: (self.cfg.bind, self.cfg.port)}
         if self.cfg.preview_port:
             publish[PREVIEW_PORT] = (self.cfg.bind, self.cfg.preview_port)
@@ -96,7 +110,7 @@ class HaproxyRouter:
         mine = self.facts()
         if mine is not None and mine.running:
             return  # its ports are its own (a new config replaces it on the same ports)
-        for _, port in self._publish().values():
+        for port in self._ports():
             _check_port_free(self.cfg.bind, port)
 
     def ensure(self) -> bool:
@@ -110,8 +124,7 @@ class HaproxyRouter:
         if current:
             # A changed port or config needs a new router; this briefly interrupts the environment.
             self.runtime.remove(self.name)
-        publish = self._publish()
-        for _, port in publish.values():
+        for port in self._ports():
             _check_port_free(self.cfg.bind, port)
         private_dir(self.dir.parent)  # KILN_HOME and routers/ owner only; the mounted directory as before
         self.dir.mkdir(exist_ok=True)
@@ -119,11 +132,13 @@ class HaproxyRouter:
         self.runtime.start(ContainerSpec(
             name=self.name,
             image=image,
-            network=network_name(self.cfg.app, self.cfg.env),
+            network="host" if self.on_host else network_name(self.cfg.app, self.cfg.env),
             labels={**self.labels(), "kiln.router.config": digest},
             command=("haproxy", "-W", "-db", "-f", f"{SOCKET_DIR}/haproxy.cfg"),
             writable=("/tmp", "/run/haproxy"),
-            publish=publish,
+            publish=self._publish(),
+            # On the host's network a port below 1024 is the host's own: binding it takes this capability.
+            cap_add=("NET_BIND_SERVICE",) if self.on_host and min(self._ports()) < 1024 else (),
             binds={str(self.dir): SOCKET_DIR},
             stop_grace_period=5,
             restart=True,

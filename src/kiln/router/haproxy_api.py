@@ -40,6 +40,12 @@ POOL_MAX_CONN = 128  # idle connections HAProxy keeps to one instance for reuse
 POOL_PURGE_MS = 1_000  # how often unused idle connections are closed (also what a server's removal may wait for)
 
 
+# Requests see an instance die before its health checks do: consecutive connection failures or
+# timeouts of live traffic take the server out at once (its checks bring it back if it was
+# transient), instead of every request in the next check interval waiting out its connect.
+OBSERVE = "observe layer4 error-limit 2 on-error mark-down"
+
+
 def add_server(backend: str, server: str, address: str, port: int, inter_ms: int, weight: int = FULL_WEIGHT) -> list[str]:
     """A dynamic server starts in maintenance: add it, start its checks, then let traffic in.
 
@@ -48,7 +54,7 @@ def add_server(backend: str, server: str, address: str, port: int, inter_ms: int
     bench); `pool-max-conn` and `pool-purge-delay` give it the pool a configured server has."""
     return [
         f"add server {backend}/{server} {address}:{port} weight {weight} check inter {inter_ms} fall 2 rise 1 "
-        f"pool-max-conn {POOL_MAX_CONN} pool-purge-delay {POOL_PURGE_MS}",
+        f"{OBSERVE} pool-max-conn {POOL_MAX_CONN} pool-purge-delay {POOL_PURGE_MS}",
         f"enable health {backend}/{server}",
         f"enable server {backend}/{server}",
     ]
