@@ -50,7 +50,7 @@ def render_config(cfg: EnvConfig, on_host: bool = False) -> str:
     bind:port (and preview port); else on fixed ports inside its container, which the engine publishes."""
     svc = cfg.public_service
     public = f"{cfg.bind}:{cfg.port}" if on_host else f":{cfg.port}"
-    preview = f"{cfg.bind}:{cfg.preview_port}" if on_host else f":{PREVIEW_PORT}"
+    preview_bind = f"{cfg.bind}:{cfg.preview_port}" if on_host else f":{PREVIEW_PORT}"
     lines = [
         "# written by kiln; servers are managed at run time through the admin socket",
         "global",
@@ -85,7 +85,7 @@ def render_config(cfg: EnvConfig, on_host: bool = False) -> str:
     lines.append(f"    default_backend {backend_name(svc.name)}")
     if cfg.preview_port:
         # Blue-green: the new set answers here, and only here, until it is switched in.
-        lines += ["", "frontend preview", f"    bind {preview}", f"    default_backend {backend_name(svc.name, True)}"]
+        lines += ["", "frontend preview", f"    bind {preview_bind}", f"    default_backend {backend_name(svc.name, True)}"]
     for preview in (False, True) if cfg.preview_port else (False,):
         lines += ["", f"backend {backend_name(svc.name, preview)}", "    balance roundrobin", NO_UNSAFE_L7_RETRY]
         hc = svc.healthcheck
