@@ -54,7 +54,8 @@ def targets(r: dict) -> list[dict]:
         k, f, s = _med(d.get("kiln", {}).get("command", [])), _med(d.get("floor", [])), _med(d.get("swarm", []))
         if k and f:
             out.append({"target": f"kiln deploy time <= 1.5 x floor ({n} replicas)",
-                         "measured": f"kiln {k:.2f} s, floor {f:.2f} s: {k / f:.2f} x", "met": k <= 1.5 * f})
+                         "measured": f"kiln {k:.2f} s, floor {f:.2f} s: {k / f:.2f} x{_deploy_cause(r, d, k, f)}",
+                         "met": k <= 1.5 * f})
         if k and s:
             out.append({"target": f"kiln deploy time below Docker Swarm's ({n} replicas)",
                          "measured": f"kiln {k:.2f} s, Swarm {s:.2f} s: {k / s:.2f} x", "met": k < s})
@@ -75,8 +76,12 @@ def targets(r: dict) -> list[dict]:
     noop = r.get("noop")
     if noop:
         d, b = _med(noop["noop_deploy"]), _med(noop["cached_bake"])
-        out.append({"target": "no-op kiln deploy <= 0.5 s", "measured": f"{d:.2f} s", "met": d <= 0.5})
-        out.append({"target": "cached kiln bake <= 0.3 s", "measured": f"{b:.2f} s", "met": b <= 0.3})
+        imports, cli = _med(noop.get("import_deploy_path", [])), _med(noop.get("import_kiln_cli", []))
+        out.append({"target": "no-op kiln deploy <= 0.5 s", "measured": f"{d:.2f} s" + (
+            f"; importing what it imports takes {imports:.2f} s of it (SQLAlchemy, pydantic, the Docker SDK)" if d > 0.5 and imports else ""),
+            "met": d <= 0.5})
+        out.append({"target": "cached kiln bake <= 0.3 s", "measured": f"{b:.2f} s" + (
+            f"; importing kiln.cli alone takes {cli:.2f} s" if b > 0.3 and cli else ""), "met": b <= 0.3})
     for variant, v in r.get("router", {}).get("variants", {}).items():
         for conc, s in v["summary"].items():
             out.append({"target": f"router p99 overhead <= 2 ms over direct ({variant}, {conc[1:]} "
@@ -84,6 +89,20 @@ def targets(r: dict) -> list[dict]:
                          "measured": f"p99 {s['router']['p99_ms']:.2f} ms via HAProxy vs {s['direct']['p99_ms']:.2f} ms "
                                      f"direct: {s['overhead_p99_ms']:+.2f} ms", "met": s["overhead_p99_ms"] <= 2})
     return out
+
+
+def _deploy_cause(r: dict, d: dict, command: float, floor: float) -> str:
+    """Where a deploy's time beyond the floor went, from this run's own figures: the time outside
+    the rollout (of which importing what a deploy imports), and the old set's removal after unrouting."""
+    rollout = _med(d.get("kiln", {}).get("rollout", []))
+    steps = d.get("kiln", {}).get("milestones") or {}
+    imports = _med((r.get("noop") or {}).get("import_deploy_path", []))
+    if command <= 1.5 * floor or not rollout:
+        return ""
+    parts = [f"{command - rollout:.2f} s outside the rollout" + (f" (importing: {imports:.2f} s)" if imports else "")]
+    if "Remove" in steps and "Unroute" in steps:
+        parts.append(f"removing the old set after unrouting it: {steps['Remove'] - steps['Unroute']:.2f} s")
+    return "; " + "; ".join(parts)
 
 
 def write(r: dict, results: Path, name: str = "report") -> None:
