@@ -107,7 +107,7 @@ def test_hardened_defaults_on_a_running_instance(app: App, engine: docker.Docker
         assert host["Privileged"] is False
         assert config["User"] == "65534"  # the spec's non-root user
         assert c.attrs["Mounts"] == []  # no Docker socket, no volume: nothing from the host
-        assert not host["PortBindings"]  # only the router publishes a port
+        assert not host["PortBindings"]  # only the router listens on a port
         assert host["Init"] is True
 
 

@@ -3,6 +3,7 @@ a bad release, destroy. Each test on its own private copy of examples/hello."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import urllib.request
 
@@ -121,9 +122,14 @@ def test_instances_are_hardened(deployed: App, engine: docker.DockerClient) -> N
         assert c.attrs["Config"]["User"] == "65534"
         exit_code, _ = c.exec_run(["sh", "-c", "touch /app/x"])
         assert exit_code != 0  # the root filesystem is read-only
+    # The router runs on the host's network (no docker-proxy), hardened, listening on loopback only.
     router = engine.containers.get(f"kiln-{app.name}-production-router")
-    bindings = router.attrs["HostConfig"]["PortBindings"]
-    assert bindings == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(app.ports["production"])}]}
+    host = router.attrs["HostConfig"]
+    assert host["NetworkMode"] == "host" and not host["PortBindings"]
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    port = app.ports["production"]
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"]
 
 
 def test_taken_port_is_reported_and_changes_nothing(deployed: App, engine: docker.DockerClient) -> None:
