@@ -247,7 +247,11 @@ def haproxy_routers(home: Path, out: Output) -> Callable[[Engine, EnvConfig], Ha
 
 
 def _check_port_free(bind: str, port: int) -> None:
+    """Nothing listens on bind:port. Connections a killed router leaves in TIME_WAIT (60 s on
+    Linux) do not count: HAProxy binds with SO_REUSEADDR too, and without it here a router the
+    agent restarts waited a minute for its own port (bench/results/behaviour.md)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((bind, port))
         except OSError as exc:
