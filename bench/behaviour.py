@@ -384,12 +384,25 @@ def sigstop_group(app: BenchApp, runs: int) -> list[dict]:
 # --- 3. a killed router ------------------------------------------------------------------------------
 
 
-def router_events(app: BenchApp, since: float, until: float) -> list[list]:
-    evs = engine().api.events(since=int(since), until=int(until) + 1, decode=True,
-                              filters={"type": "container", "label": [f"kiln.app={app.name}", "kiln.role=router"]})
-    return [[round(e.get("timeNano", 0) / 1e9 - since, 3), e.get("Action", e.get("status")), e.get("id", "")[:12]]
-            for e in evs if e.get("timeNano", 0) / 1e9 >= since and e.get("Action") in ("kill", "die", "stop", "start",
-                                                                                          "create", "destroy", "restart")]
+class RouterEvents:
+    """The router container's engine events from now on (a live stream: what happened to it, and who made the new one)."""
+
+    ACTIONS = ("kill", "die", "stop", "start", "create", "destroy", "restart")
+
+    def __init__(self, app: BenchApp) -> None:
+        self.since = time.time()
+        self.seen: list[list] = []
+        filters = {"type": "container", "label": [f"kiln.app={app.name}", "kiln.role=router"]}
+        self.stream = docker.from_env(timeout=None).api.events(since=int(self.since), filters=filters, decode=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for e in self.stream:
+            if e.get("Action") in self.ACTIONS:
+                self.seen.append([e.get("timeNano", 0) / 1e9, e["Action"], e.get("id", "")[:12]])
+
+    def since_kill(self, killed: float) -> list[list]:
+        return [[round(t - killed, 3), action, cid] for t, action, cid in list(self.seen) if t >= killed - 0.5]
 
 
 def port_evidence(port: int) -> dict:
@@ -422,7 +435,7 @@ def router_kill_once(app: BenchApp, run_no: int) -> dict:
     wait_serving(app)
     router = next(c for c in app.containers() if c.labels.get("kiln.role") == "router")
     load = OpenLoop(app.url, GET_RATE, CLIENT_TIMEOUT)
-    poller = Poller(app)
+    poller, events = Poller(app), RouterEvents(app)
     time.sleep(2)
     complaints = agent_port_complaints(app)
     killed = time.time()
@@ -454,7 +467,7 @@ def router_kill_once(app: BenchApp, run_no: int) -> dict:
            "port_1s_after_kill": evidence, "agent_port_in_use_messages": agent_port_complaints(app) - complaints,
            "router_before": router.id[:12], "router_after": now.id[:12] if now else None,
            "restart_count_after": (now.attrs.get("RestartCount") if now else None),
-           "router_events": router_events(app, killed, time.time()),
+           "router_events": events.since_kill(killed),
            "router_states": [[round(t - killed, 3), s] for t, s in poller.states if t >= killed - 0.1]}
     log(f"router kill run {run_no}: port {evidence}, agent said port in use {row['agent_port_in_use_messages']}x; "
         f"last failure {row['last_failure_after_s']} s, all servers back {row['all_servers_back_s']} s, "
@@ -606,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", action="append", default=[], help="a sentence for the report (repeatable)")
     args = ap.parse_args(argv)
     only = set(filter(None, args.only.split(","))) or {"post", "sigstop", "router"}
-    runs = {"post": 1, "sigstop": 1, "router": 1} if args.quick else {"post": 1, "sigstop": 3, "router": 3}
+    runs = {"post": 1, "sigstop": 1, "router": 1} if args.quick else {"post": 2, "sigstop": 3, "router": 3}
     out = Path(args.out)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     r: dict = {"command": "python -m bench.behaviour " + " ".join(argv if argv is not None else sys.argv[1:]),
