@@ -47,7 +47,10 @@ POLL_EVERY = 0.02  # the router's state, in the sigstop and router groups
 ROUTER_BACK_S = 5.0  # a killed router's target: a new HAProxy answers and has its servers within this
 
 # The bench variant: POST /order records its execution on stdout (one write, flushed, under a lock
-# so two threads' lines never interleave) and answers 200 with the request's id.
+# so two threads' lines never interleave), then does the order's work (ORDER_WORK_S: a database
+# write, say; ~10 requests are in flight at 200/s, so a kill catches some mid-request), and answers
+# 200 with the request's id.
+ORDER_WORK_S = 0.05
 ORDER = ("    def _send(self, status, text, ctype=\"text/plain\"):\n",
          "    def do_POST(self):  # bench variant: each execution of POST /order is one stdout line\n"
          "        self.rfile.read(int(self.headers.get(\"Content-Length\") or 0))\n"
@@ -55,17 +58,19 @@ ORDER = ("    def _send(self, status, text, ctype=\"text/plain\"):\n",
          "        with EXEC_LOCK:\n"
          "            sys.stdout.write(f\"EXEC {rid} {INSTANCE}\\n\")\n"
          "            sys.stdout.flush()\n"
+         f"        time.sleep({ORDER_WORK_S})\n"
          "        self._send(200, rid + \"\\n\")\n\n"
          "    def _send(self, status, text, ctype=\"text/plain\"):\n")
 LOCK_LINE = ("GREETING = os.environ.get(\"GREETING\", \"hello\")\n",
              "GREETING = os.environ.get(\"GREETING\", \"hello\")\nEXEC_LOCK = threading.Lock()\n")
+TIME_IMPORT = ("import threading\n", "import threading\nimport time\n")
 
 
 def order_variant(app: BenchApp) -> None:
     """Make the app's copy the POST /order variant (kept by every later set_message)."""
     path = app.dir / "app.py"
     text = path.read_text()
-    for old, new in (ORDER, LOCK_LINE):
+    for old, new in (ORDER, LOCK_LINE, TIME_IMPORT):
         if old not in text:
             raise ValueError(f"{old!r} not in examples/hello/app.py")
         text = text.replace(old, new, 1)
@@ -602,7 +607,8 @@ def write(r: dict, out: Path) -> None:
         lines += ["", "## POST requests during deploys and kills", "",
                   f"Open-loop POST /order at {POST_RATE}/s ({CLIENT_TIMEOUT:.0f} s client timeout, nothing retried by the client), "
                   "each with a unique X-Request-Id; the bench variant of examples/hello writes `EXEC <id> <instance>` per "
-                  "execution, and the logs of every instance container of the app were followed from its start. 2 s of load "
+                  f"execution, then works {ORDER_WORK_S * 1000:.0f} ms before it answers (about {POST_RATE * ORDER_WORK_S:.0f} "
+                  "requests in flight at any time, so a kill catches some mid-request), and the logs of every instance container of the app were followed from its start. 2 s of load "
                   "before the change, 1 s after. The kill scenario: `docker kill` of one of 2 serving instances with "
                   "`kiln agent` running, until its replacement is UP in the router.", "",
                   "| scenario | run | change | sent | 2xx | failed | executed 0× | 1× | >1× (duplicates) | 2xx but 0× (lost) | failed but executed |",
