@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -557,6 +558,20 @@ def headline(result: dict) -> list[str]:
     return out
 
 
+def post_notes(rows: list[dict]) -> list[str]:
+    """What the failed POSTs were, from their own counts."""
+    out = []
+    for name in dict.fromkeys(r["scenario"] for r in rows):
+        mine = [r for r in rows if r["scenario"] == name]
+        failed, ran, dup = _agg(mine, "failed"), _agg(mine, "failed_but_executed"), _agg(mine, "duplicates")
+        if failed:
+            out.append(f"{name}: of the {failed} failed POSTs, {ran} ran once and got no answer, {failed - ran} never ran; "
+                       f"{dup} ran twice. "
+                       + ("A POST in flight on an instance killed with SIGKILL can only fail or run twice: the router did "
+                          "not replay these elsewhere." if "kill" in name else ""))
+    return out
+
+
 def router_cause(kills: list[dict]) -> str:
     """What the runs show held a killed router's replacement back, from their own evidence."""
     blocked = [k for k in kills if k["port_1s_after_kill"].get("bind_plain") == "EADDRINUSE"
@@ -617,6 +632,7 @@ def write(r: dict, out: Path) -> None:
             lines.append(f"| {x['scenario']} | {x['run']} | {x['change_seconds']} s | {x['sent']:,} | {x['ok']:,} | {x['failed']}"
                          + (f" {x['failures']}" if x["failed"] else "") + f" | {x['executed_0']} | {x['executed_1']:,} | "
                          f"{x['duplicates']} | {x['lost']} | {x['failed_but_executed']} |")
+        lines += ["", *post_notes(r["post"])]
     if r.get("sigstop"):
         h = r.get("health", {})
         lines += ["", "## A frozen instance (SIGSTOP)", "",
@@ -673,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"post": 1, "sigstop": 1, "router": 1} if args.quick else {"post": 2, "sigstop": 3, "router": 3}
     out = Path(args.out)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    r: dict = {"command": "python -m bench.behaviour " + " ".join(argv if argv is not None else sys.argv[1:]),
+    r: dict = {"command": "python -m bench.behaviour " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "provenance": provenance(), "notes": list(args.note),
                "loadavg": " ".join(open("/proc/loadavg").read().split()[:3]), "errors": {},
                "health": {}}
