@@ -13,6 +13,8 @@ retried.
 
 writes {"start": epoch, "rate", "timeout", "samples": [[due_ms, latency_ms or -1, outcome], …]}
 where outcome is the HTTP status (an int) or one of timeout, refused, reset, closed, error.
+With `--post ID_PREFIX` each request is a POST carrying a unique id `ID_PREFIX-<i>` in its
+X-Request-Id header, and each sample ends with that id (bench.behaviour counts executions by it).
 `OpenLoop` (below) runs it as a subprocess, and `summary` splits the samples into windows."""
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ import urllib.parse
 from pathlib import Path
 
 MAX_CONNECTIONS = 1024  # beyond this, a due request fails at once as "error" (never reached on loopback)
+
+
+def request_bytes(netloc: str, path: str, post_id: str | None = None) -> bytes:
+    """One GET, or a POST with an empty body and its unique id in X-Request-Id."""
+    if post_id is None:
+        return f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\nUser-Agent: kiln-bench-openloop\r\n\r\n".encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\nUser-Agent: kiln-bench-openloop\r\nX-Request-Id: {post_id}\r\n"
+            "Content-Length: 0\r\n\r\n").encode()
 
 
 async def _request(conns: list, opened: list[int], host: str, port: int, raw: bytes, due: float, deadline: float) -> tuple[float, object]:
@@ -85,10 +95,10 @@ async def _request(conns: list, opened: list[int], host: str, port: int, raw: by
             writer.close()
 
 
-async def run(url: str, rate: float, timeout: float, stop: asyncio.Event) -> dict:
+async def run(url: str, rate: float, timeout: float, stop: asyncio.Event, post: str | None = None) -> dict:
     u = urllib.parse.urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
-    raw = f"GET {u.path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\nUser-Agent: kiln-bench-openloop\r\n\r\n".encode()
+    raw = request_bytes(u.netloc, u.path or "/")
     conns: list = []
     opened = [0]
     samples: list[list] = []
@@ -96,8 +106,14 @@ async def run(url: str, rate: float, timeout: float, stop: asyncio.Event) -> dic
     pending: set[asyncio.Task] = set()
 
     async def one(i: int, due: float) -> None:
-        latency, outcome = await _request(conns, opened, host, port, raw, due, due + timeout)
-        samples.append([round((due - start) * 1000, 3), round(latency, 3), outcome])
+        if post is None:
+            latency, outcome = await _request(conns, opened, host, port, raw, due, due + timeout)
+            samples.append([round((due - start) * 1000, 3), round(latency, 3), outcome])
+            return
+        rid = f"{post}-{i}"
+        latency, outcome = await _request(conns, opened, host, port, request_bytes(u.netloc, u.path or "/", rid), due,
+                                          due + timeout)
+        samples.append([round((due - start) * 1000, 3), round(latency, 3), outcome, rid])
 
     i = 0
     while not stop.is_set():
@@ -126,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds from a request's due time (default 2)")
     ap.add_argument("--seconds", type=float, default=600.0, help="stop after this long at most (default 600)")
     ap.add_argument("--out", required=True, help="JSON file for the samples")
+    ap.add_argument("--post", default=None, metavar="ID_PREFIX", help="send POSTs, each with X-Request-Id ID_PREFIX-<i>")
     args = ap.parse_args(argv)
 
     async def go() -> dict:
@@ -134,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.call_later(args.seconds, stop.set)
-        return await run(args.url, args.rate, args.timeout, stop)
+        return await run(args.url, args.rate, args.timeout, stop, args.post)
 
     result = asyncio.run(go())
     tmp = Path(args.out + ".tmp")
@@ -171,13 +188,15 @@ def window(samples: list[list], lo_ms: float, hi_ms: float) -> dict:
 class OpenLoop:
     """bench.openloop in a subprocess, from now until stop()."""
 
-    def __init__(self, url: str, rate: float = 400.0, timeout: float = 2.0, out: Path | None = None) -> None:
+    def __init__(self, url: str, rate: float = 400.0, timeout: float = 2.0, out: Path | None = None,
+                 post: str | None = None) -> None:
         import tempfile
         self.out = out or Path(tempfile.mkstemp(prefix="kiln-openloop-", suffix=".json")[1])
         self.rate, self.timeout = rate, timeout
         self.started = time.time()
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.openloop", url, "--rate", str(rate),
-                                      "--timeout", str(timeout), "--out", str(self.out)],
+                                      "--timeout", str(timeout), "--out", str(self.out),
+                                      *(["--post", post] if post else [])],
                                      cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
 

@@ -92,3 +92,20 @@ def test_the_router_without_retries_differs_only_in_its_retries():
     assert all(line not in off.splitlines() for line in RETRY_LINES) and "    retries 0" in off.splitlines()
     assert sorted(set(text.splitlines()) - set(off.splitlines())) == sorted(RETRY_LINES)
     assert set(off.splitlines()) - set(text.splitlines()) == {"    retries 0"}
+
+
+def test_post_counts_tell_duplicates_lost_and_failed_but_executed_apart():
+    from collections import Counter
+
+    from bench.behaviour import post_counts
+    samples = [[0, 1, 200, "a-0"], [1, 1, 200, "a-1"], [2, 1, 200, "a-2"], [3, -1, "closed", "a-3"], [4, -1, "timeout", "a-4"]]
+    c = post_counts(samples, Counter({"a-0": 1, "a-1": 2, "a-3": 1, "b-9": 1}))
+    assert (c["sent"], c["ok"], c["failed"]) == (5, 3, 2)
+    assert (c["executed_0"], c["executed_1"], c["duplicates"]) == (2, 2, 1)
+    assert (c["lost"], c["failed_but_executed"]) == (1, 1)  # a-2 answered 2xx but never ran; a-3 ran, the client saw it fail
+
+
+def test_open_loop_posts_carry_their_id():
+    raw = openloop.request_bytes("127.0.0.1:8080", "/order", "run1-7")
+    assert raw.startswith(b"POST /order HTTP/1.1\r\n") and b"\r\nX-Request-Id: run1-7\r\n" in raw and raw.endswith(b"\r\n\r\n")
+    assert openloop.request_bytes("h", "/").startswith(b"GET / HTTP/1.1\r\n")
