@@ -29,7 +29,7 @@ def provenance() -> dict:
     run itself writes): a report from a dirty tree says so."""
     commit = _out("git", "-C", str(REPO), "rev-parse", "HEAD")
     status = _out("git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
-    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    changed = [line.split(maxsplit=1)[1] for line in status.splitlines() if len(line.split(maxsplit=1)) == 2]
     return {"commit": commit, "dirty": bool(changed), "changed": changed[:20]}
 
 
