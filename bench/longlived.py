@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -214,11 +216,17 @@ class Upload(threading.Thread):
             sock.sendall(f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Length: {self.size}\r\n"
                          "Content-Type: application/octet-stream\r\n\r\n".encode())
             while self.sent < self.size:
+                if select.select([sock], [], [], 0)[0]:
+                    # Something came back before the body was all sent: an early answer, or the
+                    # connection's end (FIN: recv gives b"", reset: an exception).
+                    self._answer(sock, early=True)
+                    break
                 n = min(piece, self.size - self.sent)
                 sock.sendall(b"x" * n)
                 self.sent += n
                 time.sleep(n / self.rate)
-            self._answer(sock)
+            else:
+                self._answer(sock)
         except (ConnectionResetError, BrokenPipeError) as exc:
             self.outcome = f"reset ({type(exc).__name__}) after {self.sent:,} bytes sent"
         except TimeoutError:
@@ -227,7 +235,7 @@ class Upload(threading.Thread):
             self.outcome = f"error ({exc}) after {self.sent:,} bytes sent"
         self.ended = time.time()
 
-    def _answer(self, sock: socket.socket) -> None:
+    def _answer(self, sock: socket.socket, early: bool = False) -> None:
         data = b""
         while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
             more = sock.recv(65536)
@@ -239,7 +247,7 @@ class Upload(threading.Thread):
             return
         self.status = int(data.split(b" ", 2)[1])
         self.answer = data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
-        self.outcome = "answered"
+        self.outcome = f"answered {self.status} before the body was sent ({self.sent:,} bytes)" if early else "answered"
 
     def row(self) -> dict:
         counted = int(self.answer.split()[0]) if self.answer[:1].isdigit() else None
@@ -281,10 +289,11 @@ def _new_release(app: BenchApp, label: str) -> None:
 
 def stream_run(app: BenchApp, run: int, notes: list[str]) -> dict:
     """10 SSE streams open through the router, then a rolling deploy replaces their instances."""
-    _new_release(app, f"streams {run}")
     streams = [Stream(app.port) for _ in range(STREAMS)]
     with heavy(f"longlived: streams run {run}"):
         ensure_serving(app, 2, notes)
+        _new_release(app, f"streams {run}")
+        engine_before = dockerd()
         for s in streams:
             s.start()
         time.sleep(1.0)
@@ -306,7 +315,7 @@ def stream_run(app: BenchApp, run: int, notes: list[str]) -> dict:
         row["clean"] = row["end"] == "fin" and not row["torn"] and row["missing_or_repeated"] == 0
         rows.append(row)
     out = {"run": run, "deploy_seconds": round(deploy.seconds, 2), "deploy_began": began,
-           "drains": by_instance, "streams": rows}
+           "drains": by_instance, "streams": rows, "disturbed": disturbed(engine_before)}
     log(f"streams run {run}: ends {[r['end'] for r in rows]}, open after drain began "
         f"{[r.get('open_after_drain_began_s') for r in rows]}")
     return out
@@ -318,12 +327,13 @@ def upload_run(app: BenchApp, run: int, quick: bool, notes: list[str]) -> dict:
     its first new instance: the old instances are the only ones routed then, and their drain
     begins once the new ones pass their checks (about 1-2 s later), so the short uploads are in
     flight on a draining instance."""
-    _new_release(app, f"uploads {run}")
     rate = 100 * 1024
     short = [Upload(app.port, 200 * 1024, rate) for _ in range(5)]
     long = [Upload(app.port, (4 if quick else 10) * rate, rate) for _ in range(2)]
     with heavy(f"longlived: uploads run {run}"):
         ensure_serving(app, 2, notes)
+        _new_release(app, f"uploads {run}")
+        engine_before = dockerd()
         for u in long:
             u.start()
         time.sleep(0.3)
@@ -364,7 +374,7 @@ def upload_run(app: BenchApp, run: int, quick: bool, notes: list[str]) -> dict:
     rows = [row(u, "short") for u in short] + [row(u, "long") for u in long]
     log(f"uploads run {run}: {[(r['kind'], r['outcome'], r['bytes_counted']) for r in rows]}")
     return {"run": run, "deploy_seconds": round(seconds, 2), "deploy_began": began,
-            "drains": by_instance, "uploads": rows}
+            "drains": by_instance, "uploads": rows, "disturbed": disturbed(engine_before)}
 
 
 def streams_group(root: Path, runs: int, quick: bool, r: dict) -> None:
@@ -442,6 +452,21 @@ def step_stats(show: dict) -> dict:
             for k, v in by.items()}
 
 
+def dockerd() -> tuple[str, str]:
+    """dockerd's pid and start time (clock ticks since boot): another job may restart it, which
+    stops every container (no live-restore here)."""
+    pid = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
+    if not pid:
+        return ("", "")
+    stat = Path(f"/proc/{pid[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    return (pid[0], stat[19])
+
+
+def disturbed(before: tuple[str, str]) -> str:
+    """Why a measurement does not count, if it does not: dockerd restarted (by other work) meanwhile."""
+    return "" if dockerd() == before else "dockerd was restarted (by other work on the machine) during the measurement"
+
+
 def ensure_serving(app: BenchApp, replicas: int, notes: list[str]) -> None:
     """Before a measured change: the app answers through its router with all its instances. If
     not (something outside removed or stopped them), say what was found and deploy to restore it."""
@@ -498,11 +523,12 @@ def failure_timeline(data: dict, show: dict) -> list[dict]:
 
 def replicas_deploy(app: BenchApp, surge: str, load: str, notes: list[str]) -> dict:
     """A rolling deploy of a new release over 50 instances under wrk or open-loop load."""
-    app.set_rollout(strategy="rolling", max_surge=surge, max_unavailable=0)
-    _new_release(app, f"fifty {surge} {load}")
     peaks = Peaks(app)
     with heavy(f"longlived: 50 replicas, max_surge {surge}, {load}"):
         ensure_serving(app, REPLICAS, notes)
+        app.set_rollout(strategy="rolling", max_surge=surge, max_unavailable=0)
+        _new_release(app, f"fifty {surge} {load}")
+        engine_before = dockerd()
         before, loadavg = host_used_mib(), open("/proc/loadavg").read().split()[:3]
         peaks.start()
         try:
@@ -513,6 +539,7 @@ def replicas_deploy(app: BenchApp, surge: str, load: str, notes: list[str]) -> d
                 figures, run, samples = open_loop_deploy(app)
         finally:
             peak = peaks.stop()
+        upset = disturbed(engine_before)
     show = app.kiln_json("rollout", "show")
     if load != "wrk":
         figures["timeline"] = failure_timeline(samples, show)
@@ -521,10 +548,29 @@ def replicas_deploy(app: BenchApp, surge: str, load: str, notes: list[str]) -> d
     out = {"max_surge": surge, "load": load, "deploy_seconds": round(run.seconds, 2), "failed": figures["failed"],
            "loadavg_before": loadavg, "loadavg_after": open("/proc/loadavg").read().split()[:3],
            "load_figures": figures, "rollout_state": show.get("state"), "steps": step_stats(show),
-           "host_memory_used_before_mib": round(before), **peak, "serving_after": serving}
+           "host_memory_used_before_mib": round(before), **peak, "serving_after": serving, "disturbed": upset}
     log(f"50 replicas, max_surge {surge}, {load}: {out['deploy_seconds']} s, {out['failed']} failed, "
         f"peak {peak['peak_containers']} containers, {peak['peak_host_memory_used_mib']} MiB used")
     return out
+
+
+def stale_keepalive(url: str, idle: float = 11.0) -> dict:
+    """What bench.openloop meets when it reuses a keep-alive connection that sat idle longer than the
+    router's `timeout http-keep-alive` (10 s): one GET, `idle` seconds of silence, a second GET on the
+    same connection."""
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        first = sock.recv(65536).split(b"\r\n", 1)[0].decode()
+        time.sleep(idle)
+        try:
+            sock.sendall(request)
+            again = sock.recv(65536)
+            second = again.split(b"\r\n", 1)[0].decode() if again else "closed (FIN: the router had closed it)"
+        except OSError as exc:
+            second = f"{type(exc).__name__}"
+    return {"idle_s": idle, "first": first, "second": second}
 
 
 def replicas_group(root: Path, quick: bool, r: dict) -> None:
@@ -554,6 +600,7 @@ def replicas_group(root: Path, quick: bool, r: dict) -> None:
             [("100%", "wrk"), ("100%", "openloop"), ("10%", "wrk"), ("10%", "openloop")]
         for surge, load in plan:
             out["deploys"].append(replicas_deploy(app, surge, load, r["notes"]))
+        out["stale_keepalive"] = stale_keepalive(app.url)
     finally:
         destroy(app)
 
@@ -562,11 +609,14 @@ def replicas_group(root: Path, quick: bool, r: dict) -> None:
 
 
 def _streams(r: dict) -> list[dict]:
-    return [s for run in r.get("streams", {}).get("runs", []) for s in run["streams"]["streams"]]
+    """Every stream of the runs that count (dockerd not restarted by other work meanwhile)."""
+    return [s for run in r.get("streams", {}).get("runs", []) if not run["streams"].get("disturbed")
+            for s in run["streams"]["streams"]]
 
 
 def _uploads(r: dict, kind: str) -> list[dict]:
-    return [u for run in r.get("streams", {}).get("runs", []) for u in run["uploads"]["uploads"] if u["kind"] == kind]
+    return [u for run in r.get("streams", {}).get("runs", []) if not run["uploads"].get("disturbed")
+            for u in run["uploads"]["uploads"] if u["kind"] == kind]
 
 
 def _span(values: list[float]) -> str:
@@ -600,10 +650,13 @@ def targets(result: dict) -> list[dict]:
         rows.append({"target": "no upload is answered 200 with a wrong byte count (a cut upload fails visibly)",
                      "measured": f"{len(wrong)} of {len(uploads)} answered 200 with a wrong count", "met": not wrong})
     for d in result.get("replicas50", {}).get("deploys", []):
+        started = d["steps"].get("Start", {}).get("count", 0)
+        said = f"{d['failed']} failed ({_requests(d)} requests); deploy {d['deploy_seconds']:.1f} s, {started} instances " \
+               f"started; rollout {d['rollout_state']}, {d['serving_after']} serving after"
         rows.append({"target": f"0 failed requests: rolling deploy of 50 replicas, max_surge {d['max_surge']}, under {d['load']}",
-                     "measured": f"{d['failed']} failed ({_requests(d)} requests); deploy {d['deploy_seconds']:.1f} s; "
-                                 f"rollout {d['rollout_state']}, {d['serving_after']} serving after",
-                     "met": d["failed"] == 0 and d["rollout_state"] == "succeeded" and d["serving_after"] == REPLICAS})
+                     "measured": f"not counted ({d['disturbed']}): {said}" if d.get("disturbed") else said,
+                     "met": not d.get("disturbed") and d["failed"] == 0 and d["rollout_state"] == "succeeded"
+                     and d["serving_after"] == REPLICAS and started == REPLICAS})
     return rows
 
 
@@ -663,7 +716,8 @@ def streams_md(s: dict) -> list[str]:
     for run in s["runs"]:
         st, up = run["streams"], run["uploads"]
         zero = st["deploy_began"]
-        lines += ["", f"### Run {st['run']}: {len(st['streams'])} SSE streams, `kiln deploy` {st['deploy_seconds']:.2f} s", "",
+        lines += ["", f"### Run {st['run']}: {len(st['streams'])} SSE streams, `kiln deploy` {st['deploy_seconds']:.2f} s"
+                  + (f" (**not counted**: {st['disturbed']})" if st.get("disturbed") else ""), "",
                   "| stream | instance | drain began | unrouted | stream ended | open after drain began | end | chunked end | torn | events | lost/repeated | clean |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for i, x in enumerate(st["streams"], 1):
@@ -672,7 +726,8 @@ def streams_md(s: dict) -> list[str]:
                          f"{'yes' if x['chunked_terminator'] else 'no'} | {x['torn']!r} | {x['events']} | "
                          f"{x['missing_or_repeated']} | {'yes' if x['clean'] else '**no**'} |")
         zero = up["deploy_began"]
-        lines += ["", f"Slow uploads, `kiln deploy` {up['deploy_seconds']:.2f} s; drains: "
+        lines += ["", f"Slow uploads, `kiln deploy` {up['deploy_seconds']:.2f} s"
+                  + (f" (**not counted**: {up['disturbed']})" if up.get("disturbed") else "") + "; drains: "
                   + "; ".join(f"{n[-6:]} began {_t(d.get('drain_began'), zero)}, unrouted {_t(d.get('unrouted'), zero)} "
                               f"({d.get('detail', '')})" for n, d in up["drains"].items()), "",
                   "| upload | bytes | started | ended | instance | in flight at its drain | outcome | status | counted | ok |",
@@ -696,9 +751,19 @@ def replicas_md(f: dict) -> list[str]:
              "| max_surge | load | `kiln deploy` | failed | requests | rollout | peak containers | host memory used before → peak |",
              "|---|---|---|---|---|---|---|---|"]
     for d in f.get("deploys", []):
-        lines.append(f"| {d['max_surge']} | {d['load']} | {d['deploy_seconds']:.2f} s | {d['failed']} | {_requests(d)} | "
+        lines.append(f"| {d['max_surge']}{' (**not counted**: ' + d['disturbed'] + ')' if d.get('disturbed') else ''} | "
+                     f"{d['load']} | {d['deploy_seconds']:.2f} s | {d['failed']} | {_requests(d)} | "
                      f"{d['rollout_state']} | {d['peak_containers']} | {d['host_memory_used_before_mib']} → "
                      f"{d['peak_host_memory_used_mib']} MiB |")
+    stale = f.get("stale_keepalive")
+    if stale:
+        lines += ["", f"A keep-alive connection through the router, idle {stale['idle_s']:g} s after one GET (the router's "
+                  f"`timeout http-keep-alive` is 10 s), then a second GET on it: first `{stale['first']}`, second "
+                  f"`{stale['second']}`. "
+                  + ("bench/openloop.py reuses its idle connections last-in first-out without checking them first, so a "
+                     "burst that reaches connections idle for over 10 s meets closed ones (a likely source of `closed` failures)."
+                     if not stale["second"].startswith("HTTP/") else
+                     "The router kept it open: stale keep-alive connections do not explain `closed` failures.")]
     lines += ["", "Step timings (`kiln rollout show --json`): per kind of step, count, median / slowest duration, and "
               "when the last one was done (s from the rollout's start).", "",
               "| deploy | " + " | ".join(KINDS) + " |", "|---|" + "---|" * len(KINDS)]
