@@ -748,13 +748,13 @@ def replicas_md(f: dict) -> list[str]:
              f"{f.get('host_memory_used_before_mib')} MiB before, {f.get('host_memory_used_serving_mib')} MiB serving 50 "
              "(the machine is shared: other jobs' memory moves this too). `kiln status` with 50 instances: "
              + ", ".join(f"{t:.2f} s" for t in f.get("kiln_status_seconds", [])) + ".", "",
-             "| max_surge | load | `kiln deploy` | failed | requests | rollout | peak containers | host memory used before → peak |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| max_surge | load | `kiln deploy` | failed | requests | rollout | peak containers | host memory used before → peak "
+             "| load average (1 min) before → after |", "|---|---|---|---|---|---|---|---|---|"]
     for d in f.get("deploys", []):
         lines.append(f"| {d['max_surge']}{' (**not counted**: ' + d['disturbed'] + ')' if d.get('disturbed') else ''} | "
                      f"{d['load']} | {d['deploy_seconds']:.2f} s | {d['failed']} | {_requests(d)} | "
                      f"{d['rollout_state']} | {d['peak_containers']} | {d['host_memory_used_before_mib']} → "
-                     f"{d['peak_host_memory_used_mib']} MiB |")
+                     f"{d['peak_host_memory_used_mib']} MiB | {' → '.join(x[0] for x in (d.get('loadavg_before'), d.get('loadavg_after')) if x)} |")
     stale = f.get("stale_keepalive")
     if stale:
         lines += ["", f"A keep-alive connection through the router, idle {stale['idle_s']:g} s after one GET (the router's "
