@@ -202,6 +202,7 @@ class HaproxyRouter:
             return 0.0
         self.client.run((stop_server if dead else drain_server)(backend, server))
         faults.point("draining")
+        busy = 0
         while time.monotonic() - start < drain_timeout:
             busy = self.client.in_flight(backend).get(server, 0)
             if dead:
@@ -211,6 +212,8 @@ class HaproxyRouter:
                 break
             time.sleep(0.05)
         waited = time.monotonic() - start
+        if busy and not dead:  # long-lived streams and slow uploads: the user should know they were cut
+            self.out.warn(f"{server}: {busy} connection(s) still busy after drain_timeout ({drain_timeout:g}s) are closed")
         self._remove(backend, server)
         self.remove_preview(server)
         return waited
