@@ -1,6 +1,6 @@
 """README.md's benchmark figures, generated from the reports under bench/results/ (never typed):
-the block between BEGIN and END in README.md is rewritten from report.json, faults.json and
-cluster.json, the targets judged by the same code that writes the reports. bench/run and
+the block between BEGIN and END in README.md is rewritten from report.json, cluster.json,
+faults.json and the reports of EXTRA_REPORTS, the targets judged by the same code that writes the reports. bench/run and
 bench/faults call it when they write bench/results/; a unit test checks that the committed
 README equals what this script makes of the committed reports.
 
