@@ -95,9 +95,9 @@ class HaproxyRouter:
         return [self.cfg.port, *([self.cfg.preview_port] if self.cfg.preview_port else [])]
 
     def _publish(self) -> dict[int, tuple[str, int]]:
-        """What the engine publishes: nothing for a router on the host's network (measured: Docker's
-        userland proxy cost a quarter of the requests a second through the router, and it stops
-        with dockerd while live-restore keeps the containers running)."""
+        """What the engine publishes: nothing for a router on the host's network. A published port
+        goes through Docker's userland proxy, which copies every byte (bench/results/report.md
+        measures that path beside the router's) and stops with dockerd even under live-restore."""
         if self.on_host:
             return {}
         publish = {ROUTER_PORT: (self.cfg.bind, self.cfg.port)}
