@@ -23,14 +23,12 @@ import re
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -131,25 +129,6 @@ class Executions:
 # --- kiln agent, the router's state ---------------------------------------------------------------
 
 
-@contextmanager
-def agent_running(app: BenchApp) -> Iterator[subprocess.Popen]:
-    """`kiln agent` in the background, as under systemd, until the block ends; its log in KILN_HOME."""
-    with open(app.home / "agent.log", "a") as out:
-        proc = subprocess.Popen(app.argv("agent"), env=app.env(), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not app.kiln_json("status").get("agent", {}).get("leader") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def router_client(app: BenchApp) -> RuntimeClient:
     return RuntimeClient(app.home / "routers" / f"{app.name}-production" / "admin.sock", timeout=1.0)
 
@@ -241,7 +220,7 @@ def post_group(app: BenchApp, runs: int) -> list[dict]:
     for run_no in range(1, runs + 1):
         for name, policy in POST_SCENARIOS:
             if policy is None:
-                with heavy(f"POST under {name}, run {run_no}"), agent_running(app):
+                with heavy(f"POST under {name}, run {run_no}"), app.agent():
                     wait_serving(app)
                     rows.append(post_scenario(app, execs, name, run_no, lambda: kill_instance(app)))
                 continue
@@ -379,7 +358,7 @@ def sigstop_once(app: BenchApp, run_no: int, mode: str, watch: float = 20) -> di
 
 def sigstop_group(app: BenchApp, runs: int) -> list[dict]:
     rows = []
-    with agent_running(app):
+    with app.agent():
         with heavy("docker kill -s STOP of one instance (PID 1 only)"):
             rows.append(sigstop_once(app, 0, "pid1", watch=8))
         for i in range(1, runs + 1):
@@ -484,7 +463,7 @@ def router_kill_once(app: BenchApp, run_no: int) -> dict:
 
 def router_group(app: BenchApp, runs: int) -> list[dict]:
     rows = []
-    with agent_running(app):
+    with app.agent():
         for i in range(1, runs + 1):
             with heavy(f"docker kill of the router, run {i}"):
                 rows.append(router_kill_once(app, i))

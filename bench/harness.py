@@ -287,7 +287,10 @@ class BenchApp:
             yield proc
         finally:
             proc.terminate()
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     def containers(self) -> list:
         return engine().containers.list(all=True, filters={"label": [LABEL_ARG, f"kiln.app={self.name}"]})
