@@ -32,11 +32,24 @@ from pathlib import Path
 MAX_CONNECTIONS = 1024  # beyond this, a due request fails at once as "error" (never reached on loopback)
 
 
-async def _request(conns: list, opened: list[int], host: str, port: int, raw: bytes, due: float, deadline: float) -> tuple[float, object]:
+def _drop_stale(conns: list, opened: list[int], max_idle: float | None) -> None:
+    """Close the pooled connections idle longer than `max_idle` seconds, as a client that knows the
+    server's keep-alive timeout does (a connection the server closed while idle is a failure on reuse).
+    The pool is a stack: when its top is stale, so is everything under it."""
+    if max_idle is not None and conns and time.time() - conns[-1][2] > max_idle:
+        for _, writer, _ in conns:
+            writer.close()
+            opened[0] -= 1
+        conns.clear()
+
+
+async def _request(conns: list, opened: list[int], host: str, port: int, raw: bytes, due: float, deadline: float,
+                   max_idle: float | None = None) -> tuple[float, object]:
     reader = writer = None
     try:
+        _drop_stale(conns, opened, max_idle)
         if conns:
-            reader, writer = conns.pop()
+            reader, writer, _ = conns.pop()
         elif opened[0] >= MAX_CONNECTIONS:
             return -1.0, "error"
         else:
@@ -66,7 +79,7 @@ async def _request(conns: list, opened: list[int], host: str, port: int, raw: by
         status = await asyncio.wait_for(exchange(), max(0.001, deadline - time.time()))
         latency = (time.time() - due) * 1000
         if status > 0:
-            conns.append((reader, writer))
+            conns.append((reader, writer, time.time()))
             reader = writer = None
         return latency, abs(status)
     except asyncio.TimeoutError:
@@ -85,7 +98,7 @@ async def _request(conns: list, opened: list[int], host: str, port: int, raw: by
             writer.close()
 
 
-async def run(url: str, rate: float, timeout: float, stop: asyncio.Event) -> dict:
+async def run(url: str, rate: float, timeout: float, stop: asyncio.Event, max_idle: float | None = None) -> dict:
     u = urllib.parse.urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     raw = f"GET {u.path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\nUser-Agent: kiln-bench-openloop\r\n\r\n".encode()
@@ -96,7 +109,7 @@ async def run(url: str, rate: float, timeout: float, stop: asyncio.Event) -> dic
     pending: set[asyncio.Task] = set()
 
     async def one(i: int, due: float) -> None:
-        latency, outcome = await _request(conns, opened, host, port, raw, due, due + timeout)
+        latency, outcome = await _request(conns, opened, host, port, raw, due, due + timeout, max_idle)
         samples.append([round((due - start) * 1000, 3), round(latency, 3), outcome])
 
     i = 0
@@ -126,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds from a request's due time (default 2)")
     ap.add_argument("--seconds", type=float, default=600.0, help="stop after this long at most (default 600)")
     ap.add_argument("--out", required=True, help="JSON file for the samples")
+    ap.add_argument("--max-idle", type=float, help="close, not reuse, a connection idle this many seconds (default: reuse any)")
     args = ap.parse_args(argv)
 
     async def go() -> dict:
@@ -134,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.call_later(args.seconds, stop.set)
-        return await run(args.url, args.rate, args.timeout, stop)
+        return await run(args.url, args.rate, args.timeout, stop, args.max_idle)
 
     result = asyncio.run(go())
     tmp = Path(args.out + ".tmp")
@@ -171,13 +185,15 @@ def window(samples: list[list], lo_ms: float, hi_ms: float) -> dict:
 class OpenLoop:
     """bench.openloop in a subprocess, from now until stop()."""
 
-    def __init__(self, url: str, rate: float = 400.0, timeout: float = 2.0, out: Path | None = None) -> None:
+    def __init__(self, url: str, rate: float = 400.0, timeout: float = 2.0, out: Path | None = None,
+                 max_idle: float | None = None) -> None:
         import tempfile
         self.out = out or Path(tempfile.mkstemp(prefix="kiln-openloop-", suffix=".json")[1])
         self.rate, self.timeout = rate, timeout
         self.started = time.time()
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.openloop", url, "--rate", str(rate),
-                                      "--timeout", str(timeout), "--out", str(self.out)],
+                                      "--timeout", str(timeout), "--out", str(self.out),
+                                      *(["--max-idle", str(max_idle)] if max_idle is not None else [])],
                                      cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
 
