@@ -31,6 +31,10 @@ import time
 import urllib.parse
 from pathlib import Path
 
+# The parent's default: pooled connections idle longer are closed, not reused, as by a client that
+# knows the server's keep-alive timeout (the router's `timeout http-keep-alive` is 10 s): reusing one
+# the router closed meanwhile would count the client's own mistake as a failure.
+MAX_IDLE = 5.0
 MAX_CONNECTIONS = 1024  # beyond this, a due request fails at once as "error" (never reached on loopback)
 
 
@@ -42,11 +46,24 @@ def request_bytes(netloc: str, path: str, post_id: str | None = None) -> bytes:
             "Content-Length: 0\r\n\r\n").encode()
 
 
-async def _request(conns: list, opened: list[int], host: str, port: int, raw: bytes, due: float, deadline: float) -> tuple[float, object]:
+def _drop_stale(conns: list, opened: list[int], max_idle: float | None) -> None:
+    """Close the pooled connections idle longer than `max_idle` seconds, as a client that knows the
+    server's keep-alive timeout does (a connection the server closed while idle is a failure on reuse).
+    The pool is a stack: when its top is stale, so is everything under it."""
+    if max_idle is not None and conns and time.time() - conns[-1][2] > max_idle:
+        for _, writer, _ in conns:
+            writer.close()
+            opened[0] -= 1
+        conns.clear()
+
+
+async def _request(conns: list, opened: list[int], host: str, port: int, raw: bytes, due: float, deadline: float,
+                   max_idle: float | None = None) -> tuple[float, object]:
     reader = writer = None
     try:
+        _drop_stale(conns, opened, max_idle)
         if conns:
-            reader, writer = conns.pop()
+            reader, writer, _ = conns.pop()
         elif opened[0] >= MAX_CONNECTIONS:
             return -1.0, "error"
         else:
@@ -76,7 +93,7 @@ async def _request(conns: list, opened: list[int], host: str, port: int, raw: by
         status = await asyncio.wait_for(exchange(), max(0.001, deadline - time.time()))
         latency = (time.time() - due) * 1000
         if status > 0:
-            conns.append((reader, writer))
+            conns.append((reader, writer, time.time()))
             reader = writer = None
         return latency, abs(status)
     except asyncio.TimeoutError:
@@ -95,7 +112,8 @@ async def _request(conns: list, opened: list[int], host: str, port: int, raw: by
             writer.close()
 
 
-async def run(url: str, rate: float, timeout: float, stop: asyncio.Event, post: str | None = None) -> dict:
+async def run(url: str, rate: float, timeout: float, stop: asyncio.Event, post: str | None = None,
+              max_idle: float | None = None) -> dict:
     u = urllib.parse.urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     raw = request_bytes(u.netloc, u.path or "/")
@@ -106,14 +124,10 @@ async def run(url: str, rate: float, timeout: float, stop: asyncio.Event, post: 
     pending: set[asyncio.Task] = set()
 
     async def one(i: int, due: float) -> None:
-        if post is None:
-            latency, outcome = await _request(conns, opened, host, port, raw, due, due + timeout)
-            samples.append([round((due - start) * 1000, 3), round(latency, 3), outcome])
-            return
-        rid = f"{post}-{i}"
-        latency, outcome = await _request(conns, opened, host, port, request_bytes(u.netloc, u.path or "/", rid), due,
-                                          due + timeout)
-        samples.append([round((due - start) * 1000, 3), round(latency, 3), outcome, rid])
+        rid = f"{post}-{i}" if post is not None else None
+        raw_i = raw if rid is None else request_bytes(u.netloc, u.path or "/", rid)
+        latency, outcome = await _request(conns, opened, host, port, raw_i, due, due + timeout, max_idle)
+        samples.append([round((due - start) * 1000, 3), round(latency, 3), outcome, *([rid] if rid else [])])
 
     i = 0
     while not stop.is_set():
@@ -143,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=600.0, help="stop after this long at most (default 600)")
     ap.add_argument("--out", required=True, help="JSON file for the samples")
     ap.add_argument("--post", default=None, metavar="ID_PREFIX", help="send POSTs, each with X-Request-Id ID_PREFIX-<i>")
+    ap.add_argument("--max-idle", type=float, help="close, not reuse, a connection idle this many seconds (default: reuse any)")
     args = ap.parse_args(argv)
 
     async def go() -> dict:
@@ -151,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.call_later(args.seconds, stop.set)
-        return await run(args.url, args.rate, args.timeout, stop, args.post)
+        return await run(args.url, args.rate, args.timeout, stop, args.post, args.max_idle)
 
     result = asyncio.run(go())
     tmp = Path(args.out + ".tmp")
@@ -189,14 +204,15 @@ class OpenLoop:
     """bench.openloop in a subprocess, from now until stop()."""
 
     def __init__(self, url: str, rate: float = 400.0, timeout: float = 2.0, out: Path | None = None,
-                 post: str | None = None) -> None:
+                 post: str | None = None, max_idle: float | None = MAX_IDLE) -> None:
         import tempfile
         self.out = out or Path(tempfile.mkstemp(prefix="kiln-openloop-", suffix=".json")[1])
         self.rate, self.timeout = rate, timeout
         self.started = time.time()
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.openloop", url, "--rate", str(rate),
                                       "--timeout", str(timeout), "--out", str(self.out),
-                                      *(["--post", post] if post else [])],
+                                      *(["--post", post] if post else []),
+                                      *(["--max-idle", str(max_idle)] if max_idle is not None else [])],
                                      cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
 
