@@ -243,7 +243,10 @@ class DockerProvider:
 
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
         with engine_call("listing containers"):
-            found = self.client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+            # A container removed between the listing and its inspection (a rollout retiring it) is left out,
+            # not an error: `kiln status` and the API answered 500 meanwhile (bench/results/soak.md).
+            found = self.client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]},
+                                                ignore_removed=True)
         return [_facts(c.attrs) for c in found]
 
     def container(self, name: str) -> ContainerFacts | None:
