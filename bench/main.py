@@ -19,7 +19,10 @@ from bench.peers import Swarm
 
 V1, V2 = availability.V1, availability.V2
 LOCAL_GROUPS = ("kiln", "compose", "swarm", "openloop", "noretries", "deploy", "noop", "router", "scale")  # one engine: report.{md,json}
-OPT_IN = ("cluster",)  # run only when named: builds a 3-node Swarm (scripts/cluster.sh); cluster.{md,json}
+OPT_IN = ("cluster", "soak")  # run only when named: a 3-node Swarm (scripts/cluster.sh); a 30-min soak + 1,000 deploys
+# Groups with a report of their own (bench/NAME.py writes NAME.{md,json}): behaviour and longlived by
+# default, soak only when named.
+OWN_REPORTS = ("behaviour", "longlived", "soak")
 
 PROFILES = {
     "quick": {"rounds": 1, "peer_rounds": 1, "repeats": 1, "noop_repeats": 3, "router_seconds": 5,
@@ -32,8 +35,9 @@ PROFILES = {
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="one repeat of each, short loads (a few minutes)")
-    ap.add_argument("--only", default="", help="comma-separated groups: kiln,compose,swarm,openloop,noretries,deploy,noop,router,scale "
-                                                 "(all by default), and cluster (only when named: a 3-node Swarm)")
+    ap.add_argument("--only", default="", help="comma-separated groups: kiln,compose,swarm,openloop,noretries,deploy,noop,router,scale, "
+                                                 "behaviour,longlived (all by default), and cluster (a 3-node Swarm) and soak "
+                                                 "(30 min, then 1,000 deploys) only when named")
     ap.add_argument("--out", default=str(RESULTS), help="directory for report.{md,json} and plots (cluster.{md,json} "
                                                           "for the cluster group)")
     ap.add_argument("--note", action="append", default=[], help="a sentence for the report, e.g. that the machine "
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     p = PROFILES[mode]
     only = set(filter(None, args.only.split(",")))
-    unknown = only - set(LOCAL_GROUPS) - set(OPT_IN)
+    unknown = only - set(LOCAL_GROUPS) - set(OPT_IN) - set(OWN_REPORTS)
     if unknown:
         ap.error(f"unknown group(s): {', '.join(sorted(unknown))}")
     local = not only or bool(only & set(LOCAL_GROUPS))  # the one-engine report is written only if one of its groups runs
@@ -170,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                 c["cluster_lock_waited_seconds"] = round(waited, 1)
                 cluster.run(mode, root, c, lambda: report.write_cluster(c, out), facts.machine)
         group("cluster", cluster_group)
+        for name in OWN_REPORTS:
+            if (name in only) if only else (name not in OPT_IN):
+                _own_report(name, args.quick, out, args.note, r)
     finally:
         with heavy("cleanup"):
             swarm.leave()
@@ -187,6 +194,23 @@ def main(argv: list[str] | None = None) -> int:
             readme_table.main([])
             log("README.md's benchmark figures rewritten from bench/results (bench/readme_table.py)")
     return 1 if r["errors"] or c["errors"] else 0
+
+
+def _own_report(name: str, quick: bool, out: Path, notes: list[str], r: dict) -> None:
+    """bench/NAME.py, which writes NAME.{md,json} itself (soak always into bench/results)."""
+    import importlib
+
+    argv = [*(["--quick"] if quick else []), *(a for n in notes for a in ("--note", n))]
+    if name != "soak":
+        argv += ["--out", str(out)]
+    log(f"{name}: python -m bench.{name} {' '.join(argv)}")
+    try:
+        code = importlib.import_module(f"bench.{name}").main(argv)
+    except Exception as exc:  # its report says what it measured; this one, that it failed
+        traceback.print_exc()
+        code = f"{type(exc).__name__}: {str(exc)[:600]}"
+    if code:
+        r["errors"][name] = f"bench.{name} exited {code}"
 
 
 def setup(apps: dict[str, BenchApp], r: dict) -> None:
