@@ -26,8 +26,8 @@ def main() -> None:
 
     render = config.render_config
 
-    def render_without_retries(cfg):  # type: ignore[no-untyped-def]
-        return without_retries(render(cfg))
+    def render_without_retries(cfg, on_host=False):  # type: ignore[no-untyped-def]
+        return without_retries(render(cfg, on_host))
 
     haproxy.render_config = render_without_retries  # HaproxyRouter renders through this name
     from kiln.cli import main as kiln_main

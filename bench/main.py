@@ -5,6 +5,7 @@ Everything created carries kiln.test=bench and is removed at the end, also on fa
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import tempfile
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           "for the cluster group)")
     ap.add_argument("--note", action="append", default=[], help="a sentence for the report, e.g. that the machine "
                                                                    "was shared with other work (repeatable)")
+    ap.add_argument("--merge", action="store_true", help="with --only: measure those groups again into the existing "
+                                                          "report.json, keeping the other groups' figures (the report says so)")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     p = PROFILES[mode]
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                "provenance": facts.provenance()}
     c: dict = {"mode": mode, "command": r["command"], "started": r["started"], "errors": {}, "notes": list(args.note),
                "provenance": r["provenance"]}
+    if args.merge and only & set(LOCAL_GROUPS) and (out / "report.json").exists():
+        r = _merged(json.loads((out / "report.json").read_text()), r, sorted(only & set(LOCAL_GROUPS)))
     root = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     swarm = Swarm()
 
@@ -194,6 +199,18 @@ def main(argv: list[str] | None = None) -> int:
             readme_table.main([])
             log("README.md's benchmark figures rewritten from bench/results (bench/readme_table.py)")
     return 1 if r["errors"] or c["errors"] else 0
+
+
+def _merged(first: dict, again: dict, groups: list[str]) -> dict:
+    """The first run's report, to have `groups` measured again: its command, time and provenance
+    stay, and a note names what was measured again, when and at which commit."""
+    p = again["provenance"]
+    note = (f"Group(s) {', '.join(groups)} measured again by `{again['command']} --merge` from {again['started']}, "
+            f"commit `{p['commit'][:12]}`" + (" (dirty tree)" if p["dirty"] else " (clean tree)") +
+            "; their rows replace this run's.")
+    first.pop("targets", None)
+    return {**first, "errors": {k: v for k, v in first.get("errors", {}).items() if k not in groups},
+            "notes": [*first.get("notes", []), *again["notes"], note]}
 
 
 def _own_report(name: str, quick: bool, out: Path, notes: list[str], r: dict) -> None:
