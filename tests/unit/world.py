@@ -8,7 +8,9 @@ container is) and a SQLite ledger in tmp_path; an app directory with kiln.yaml a
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
@@ -99,7 +101,9 @@ _PARSED: dict[str, Spec] = {}  # kiln.yaml text -> its spec (parse_spec is pure;
 def new_ledger(path: Path) -> Ledger:
     """A ledger at `path`, copied from a migrated template: migrating costs ~70 ms per database."""
     if not _TEMPLATE:
-        template = Path(tempfile.mkdtemp(prefix="kiln-unit-ledger-")) / "template.db"
+        where = tempfile.mkdtemp(prefix="kiln-unit-ledger-")
+        atexit.register(shutil.rmtree, where, ignore_errors=True)  # the session's tests leave nothing behind
+        template = Path(where) / "template.db"
         Ledger(f"sqlite:///{template}").db.engine.dispose()
         _TEMPLATE.append(template)
     with sqlite3.connect(_TEMPLATE[0]) as source, sqlite3.connect(path) as copy:
