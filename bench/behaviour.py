@@ -34,7 +34,7 @@ from pathlib import Path
 import docker
 
 from bench.facts import machine, provenance
-from bench.harness import LABEL_ARG, RESULTS, BenchApp, engine, heavy, log, remove_images
+from bench.harness import LABEL_ARG, RESULTS, BenchApp, engine, guarded, heavy, log, remove_images
 from bench.openloop import OpenLoop, window
 from kiln.router.haproxy_api import RuntimeClient, ServerStat, add_server
 
@@ -682,12 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (("post", post_group), ("sigstop", sigstop_group), ("router", router_group)):
             if name not in only:
                 continue
-            try:
-                r[name] = fn(app, runs[name])
-            except Exception as exc:
-                import traceback
-                traceback.print_exc()
-                r["errors"][name] = f"{type(exc).__name__}: {str(exc)[:600]}"
+            r[name] = guarded(r["errors"], name, lambda fn=fn, name=name: fn(app, runs[name]))
             write(r, out)
     finally:
         with heavy("behaviour: cleanup"):

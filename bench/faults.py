@@ -33,6 +33,7 @@ from bench.harness import (
     BenchApp,
     Wrk,
     engine,
+    guarded,
     heavy,
     log,
     remove_images,
@@ -545,12 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                          ("bad", lambda: bad_releases(app))):
             if only and name not in only:
                 continue
-            try:
-                r[name] = fn()
-            except Exception as exc:
-                import traceback
-                traceback.print_exc()
-                r["errors"][name] = f"{type(exc).__name__}: {str(exc)[:600]}"
+            r[name] = guarded(r["errors"], name, fn)
             write(r, out)
     finally:
         with heavy("faults: cleanup"):

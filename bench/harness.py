@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -275,9 +276,7 @@ class BenchApp:
     def agent(self, lead: bool = True) -> Iterator[subprocess.Popen]:
         """`kiln agent` in the background (log: KILN_HOME/agent.log) until the block ends; with
         `lead`, the block starts once it leads the environment."""
-        with open(self.home / "agent.log", "a") as log_file:
-            proc = subprocess.Popen(self.argv("agent"), env=self.env(), stdout=log_file, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = start_background(self, self.argv("agent"), self.home / "agent.log", mode="a")
         try:
             deadline = time.monotonic() + 30
             while lead and not self.kiln_json("status").get("agent", {}).get("leader"):
@@ -286,11 +285,7 @@ class BenchApp:
                 time.sleep(0.5)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_background(proc)
 
     def containers(self) -> list:
         return engine().containers.list(all=True, filters={"label": [LABEL_ARG, f"kiln.app={self.name}"]})
@@ -298,6 +293,39 @@ class BenchApp:
     def image_tag(self) -> str:
         """Bake (cached when unchanged) and return the image's tag."""
         return json.loads(self.kiln("bake", "--json").stdout)["tag"]
+
+
+# --- background processes and groups ----------------------------------------------------------
+
+
+def start_background(app: BenchApp, argv: list[str], logfile: Path, mode: str = "w") -> subprocess.Popen:
+    """A kiln process of `app` (agent, serve) running until stop_background; its output in `logfile`."""
+    with open(logfile, mode) as fh:
+        return subprocess.Popen(argv, env=app.env(), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def stop_background(proc: subprocess.Popen) -> int | None:
+    """SIGTERM, then SIGKILL after a minute; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def guarded(errors: dict[str, str], name: str, fn: Callable[[], object]) -> object:
+    """fn()'s result; if it raises, its traceback is printed and `errors[name]` says what, so one
+    group failing still leaves the others' figures."""
+    try:
+        return fn()
+    except Exception as exc:
+        traceback.print_exc()
+        errors[name] = f"{type(exc).__name__}: {str(exc)[:1500]}"
+        return None
 
 
 # --- removal ----------------------------------------------------------------------------------

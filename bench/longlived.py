@@ -33,7 +33,17 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.harness import RESULTS, BenchApp, engine, heavy, log, median, remove_images, under_load
+from bench.harness import (
+    RESULTS,
+    BenchApp,
+    engine,
+    guarded,
+    heavy,
+    log,
+    median,
+    remove_images,
+    under_load,
+)
 from bench.openloop import OpenLoop, window
 from bench.timing import milestones
 
@@ -838,12 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in groups.items():
         if only and name not in only:
             continue
-        try:
-            fn()
-        except Exception as exc:
-            import traceback
-            traceback.print_exc()
-            r["errors"][name] = f"{type(exc).__name__}: {str(exc)[:1500]}"
+        guarded(r["errors"], name, fn)
         write(r, out)
     r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     write(r, out)

@@ -10,12 +10,11 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from bench import availability, cluster, controlplane, facts, report, timing
-from bench.harness import RESULTS, BenchApp, heavy, log, remove_images, remove_labelled, sh
+from bench.harness import RESULTS, BenchApp, guarded, heavy, log, remove_images, remove_labelled, sh
 from bench.peers import Swarm
 
 V1, V2 = availability.V1, availability.V2
@@ -70,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if (name not in only) if only else (name in OPT_IN):
             return
         into = c if name in OPT_IN else r
-        try:
-            fn()
-        except Exception as exc:  # one group failing still leaves the others' figures
-            traceback.print_exc()
-            into["errors"][name] = f"{type(exc).__name__}: {str(exc)[:600]}"
+        guarded(into["errors"], name, fn)
         if into is c:
             report.write_cluster(c, out)
         else:
@@ -221,11 +216,8 @@ def _own_report(name: str, quick: bool, out: Path, notes: list[str], r: dict) ->
     if name != "soak":
         argv += ["--out", str(out)]
     log(f"{name}: python -m bench.{name} {' '.join(argv)}")
-    try:
-        code = importlib.import_module(f"bench.{name}").main(argv)
-    except Exception as exc:  # its report says what it measured; this one, that it failed
-        traceback.print_exc()
-        code = f"{type(exc).__name__}: {str(exc)[:600]}"
+    # Its report says what it measured; this one, that it failed.
+    code = guarded(r["errors"], name, lambda: importlib.import_module(f"bench.{name}").main(argv))
     if code:
         r["errors"][name] = f"bench.{name} exited {code}"
 

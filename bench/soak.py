@@ -34,7 +34,16 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import RESULTS, BenchApp, engine, free_port, log, remove_images
+from bench.harness import (
+    RESULTS,
+    BenchApp,
+    engine,
+    free_port,
+    log,
+    remove_images,
+    start_background,
+    stop_background,
+)
 from bench.openloop import MAX_IDLE, OpenLoop, window
 
 MIB = 1024 * 1024
@@ -222,23 +231,6 @@ def sampler(pids: dict[str, int], t0: float, every: float, stop: threading.Event
         out.append({"t": round(time.monotonic() - t0, 1), **{who: memory(pid) for who, pid in pids.items()}})
         if stop.wait(every):
             return
-
-
-def start_background(app: BenchApp, argv: list[str], logfile: Path) -> subprocess.Popen:
-    with open(logfile, "w") as fh:
-        return subprocess.Popen(argv, env=app.env(), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-
-
-def stop_background(proc: subprocess.Popen) -> int | None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    return proc.returncode
 
 
 def log_summary(path: Path) -> dict:
