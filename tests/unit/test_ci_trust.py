@@ -46,7 +46,10 @@ def refused(pushed: str, ref: str = "refs/heads/feature/x", envs: str = ENVS) ->
 def test_the_protected_pipeline_gives_each_ref_what_it_does_for_that_ref():
     assert rights_for("refs/heads/feature/x") == Rights(
         deploy=frozenset({"staging"}), promote=frozenset({"qa"}), auto=frozenset({"qa"}),
-        secrets=frozenset({"test-db", "staging-db"}), app="shop")
+        secrets=frozenset({"test-db", "staging-db"}), app="shop",
+        # the settings of the environments it deploys and promotes to, each for its environment
+        settings=frozenset({("engine: docker", "staging"), ("port: 8081", "staging"),
+                            ("engine: docker", "qa"), ("port: 8082", "qa")}))
     release = rights_for("refs/heads/release/2")
     assert release.promote == {"production", "qa"} and release.auto == {"qa"}
     assert release.secrets == {"test-db", "staging-db", "prod-db"}  # production's environment, as main's spec has it
@@ -74,6 +77,10 @@ pipeline:
         Ask("promote", "qa", "pipeline.steps[2].promote.to"),
         Ask("auto", "qa", "pipeline.steps[2].promote.approval"),
         Ask("secret", "prod-db", "services.web.environment.DB in production"),
+        Ask("setting", "engine: docker", "environments.production.engine", "production"),
+        Ask("setting", "port: 8080", "environments.production.port", "production"),
+        Ask("setting", "engine: docker", "environments.qa.engine", "qa"),
+        Ask("setting", "port: 8082", "environments.qa.port", "qa"),
     ]  # the staging deploy is for main only: not asked by dev
 
 
@@ -199,4 +206,31 @@ def test_policy_file_rules_first_match_wins_and_are_checked():
 def test_policy_file_mistakes_are_refused(data, problem):
     with pytest.raises(ValueError, match=problem):
         PolicyFile.model_validate(data)
-    assert RuleModel.model_validate({"tags": ["v*"]}).rule(None).rights == Rights()
+    # a rule that says nothing grants nothing but the default engine
+    assert RuleModel.model_validate({"tags": ["v*"]}).rule(None).rights == Rights(
+        settings=frozenset({("engine: docker", None)}))
+
+
+# --- issue 25, item 6: secret names compare as the variable they fall back to -------------------
+
+@pytest.mark.parametrize("spelling", ["gitlab_token", "gitlab.token", "gitlab-token"])
+def test_kilns_own_secret_is_refused_under_every_spelling_of_its_variable(spelling):
+    """`secret:gitlab_token` falls back to KILN_SECRET_GITLAB_TOKEN, gitlab-token's variable."""
+    spec = parse_spec(ENVS + f"pipeline: {{steps: [{{run: x, environment: {{G: 'secret:{spelling}'}}}}]}}")
+    asked = asks(spec, spec.pipeline, "refs/heads/main")
+    for rights in (None, Rights(secrets=frozenset({spelling}))):  # trusted as is, or even granted by name
+        assert refusals(asked, rights, KILN_OWN, "branch main", "x") == [
+            f"branch main may not read secret {spelling} (pipeline.steps[0].environment.G): it is one of kiln's own "
+            "(a webhook secret), never given to a pipeline"]
+
+
+def test_a_granted_secret_is_the_same_under_every_spelling_and_may_read_gives_the_name_asked():
+    from kiln.ci.policy import Trust
+
+    spec = parse_spec(ENVS + "pipeline: {steps: [{run: x, environment: {A: 'secret:api_token', B: 'secret:gitlab.token'}}]}")
+    asked = asks(spec, spec.pipeline, "refs/heads/f")
+    trust = Trust("refs/heads/f", "branch f", "x", Rights(secrets=frozenset({"api-token"})), KILN_OWN)
+    assert trust.refusals(asked) == ["branch f may not read secret gitlab.token (pipeline.steps[0].environment.B): "
+                                     "it is one of kiln's own (a webhook secret), never given to a pipeline"]
+    assert trust.may_read(asked) == {"api_token"}
+    assert Trust("m", "branch main", "x", None, KILN_OWN).may_read(asked) == {"api_token"}

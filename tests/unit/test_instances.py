@@ -22,7 +22,7 @@ services:
     user: "65534"
     read_only: false
     no_new_privileges: false
-    cap_add: [NET_ADMIN]
+    cap_add: [NET_RAW]
     writable: [/tmp, /var/cache/app]
     stop_grace_period: 30s
     healthcheck: {command: [/bin/check, --quick], interval: 2s, timeout: 3s}
@@ -113,7 +113,7 @@ def test_relaxations_flow_through(cfg):
     spec = instance_spec(cfg, cfg.service("worker"), 1, "sha256:img", "n")
     assert spec.read_only is False
     assert spec.no_new_privileges is False
-    assert spec.cap_add == ("NET_ADMIN",)
+    assert spec.cap_add == ("NET_RAW",)
     assert spec.writable == ("/tmp", "/var/cache/app")
     assert spec.user == "65534"
     assert spec.stop_grace_period == 30.0

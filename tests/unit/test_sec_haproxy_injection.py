@@ -17,6 +17,7 @@ from kiln.spec.loader import parse_spec
 from kiln.spec.models import HealthCheck
 from kiln.spec.resolve import resolve
 from kiln.spec.smoke import HttpCheck
+from unit.cli_inproc import run_kiln
 
 SPEC = """\
 app: shop
@@ -86,3 +87,39 @@ def test_every_url_character_is_written_as_one_word_haproxy_accepts(tmp_path):
     assert not any(line.lstrip().startswith("program") for line in text.splitlines())
     checked = _haproxy_check(text, tmp_path)
     assert checked.returncode == 0, checked.stderr
+
+
+# --- issue 25, item 5: `bind` is an IP literal, written as one escaped word --------------------
+
+BIND_INJECTION = "127.0.0.1:8080\\n\\nprogram pwn\\n    command touch /tmp/pwned\\n\\nfrontend x\\n    bind 127.0.0.1"
+
+
+@pytest.mark.parametrize("bind", [BIND_INJECTION, "localhost", "127.0.0.1 ssl crt /etc/shadow", "127.0.0.1:9",
+                                  "10.0.0.256", "", "::1%lo"])
+def test_kiln_validate_refuses_a_bind_that_is_not_an_ip_literal(tmp_path, bind):
+    (tmp_path / "kiln.yaml").write_text(SPEC.replace("HEALTH", "/health").replace(
+        "production: {port: 8080}", f'production: {{port: 8080, bind: "{bind}"}}'))
+    done = run_kiln(["validate"], cwd=tmp_path, env={"KILN_HOME": str(tmp_path / "home"), "NO_COLOR": "1"})
+    assert done.returncode == 2, done.stdout
+    assert "kiln.yaml:9: environments.production.bind:" in done.stderr and "is not an IP address" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("bind, written", [("0.0.0.0", "0.0.0.0:8080"), ("127.0.0.2", "127.0.0.2:8080"),
+                                           ("::1", "[::1]:8080"), ("0:0::1", "[::1]:8080")])
+def test_an_ip_literal_bind_is_written_as_haproxy_reads_it(tmp_path, bind, written):
+    cfg = resolve(parse_spec(SPEC.replace("HEALTH", "/health").replace(
+        "production: {port: 8080}", f'production: {{port: 8080, bind: "{bind}"}}')), "production")
+    text = render_config(cfg, on_host=True)
+    assert [line for line in text.splitlines() if line.strip().startswith("bind")] == [f"    bind {written}"]
+    if shutil.which("haproxy"):
+        checked = _haproxy_check(text, tmp_path)
+        assert checked.returncode == 0, checked.stderr
+
+
+def test_a_recorded_bind_bypassing_the_spec_still_cannot_inject_a_line():
+    """A release an older kiln recorded may hold any bind: the renderer refuses a control character."""
+    cfg = resolve(parse_spec(SPEC.replace("HEALTH", "/health")), "production")
+    forged = cfg.model_copy(update={"bind": "127.0.0.1:8080\nprogram pwn\n    command touch /tmp/pwned\n#"})
+    with pytest.raises(RouterError, match="refusing to write the bind address"):
+        render_config(forged, on_host=True)

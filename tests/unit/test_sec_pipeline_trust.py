@@ -359,7 +359,8 @@ def test_kiln_ci_policy_show(repo: Repo, w: World):
     data = json.loads(shown.stdout)
     assert data["ref"] == "refs/heads/feature/x" and data["commit"] == feature and not data["trusted_as_is"]
     assert data["rights"] == {"app": "shop", "deploy": ["staging"], "promote": ["staging"],
-                              "auto_approval": ["staging"], "secrets": []}
+                              "auto_approval": ["staging"], "secrets": [],
+                              "settings": {"staging": ["engine: docker", "port: 18081"]}}
     assert data["kiln_secrets"] == ["gitlab-token", "webhook"]
     text = run_kiln(["ci", "policy", "show", "--repo", str(repo.bare), "--ref", "main"], cwd=w.root, env=env)
     assert text.returncode == 0, text.stderr
@@ -416,3 +417,172 @@ def test_a_steps_secret_lookup_holds_only_what_its_run_may_read(w: World, monkey
     assert find("api-token") == TOKEN
     with pytest.raises(PolicyRefused, match="secret 'webhook' is not granted to this run"):
         find("webhook")
+
+
+# --- issue 25, item 1: a pushed kiln.yaml may not relax hardening or pick where it listens -------
+
+WEB = "    replicas: 2\n    healthcheck: {http: /health, interval: 50ms, deadline: 2s}\n"
+STAGING = "  staging:\n    port: 18081\n"
+RELAXATIONS = [  # (edit of kiln.yaml, the refusal's words: the setting, in staging, and its key)
+    ((WEB, WEB + "    cap_add: [NET_RAW]\n"), "`cap_add: NET_RAW` in staging (services.web.cap_add)"),
+    ((WEB, WEB + "    no_new_privileges: false\n"),
+     "`no_new_privileges: false` in staging (services.web.no_new_privileges)"),
+    ((WEB, WEB + "    read_only: false\n"), "`read_only: false` in staging (services.web.read_only)"),
+    ((WEB, WEB + "    user: '0'\n"), "`user: root` in staging (services.web.user)"),
+    ((WEB, WEB + "    writable: [/tmp, /usr/local/bin]\n"), "`writable: /usr/local/bin` in staging (services.web.writable)"),
+    ((STAGING, STAGING + "    bind: 0.0.0.0\n"), "`bind: 0.0.0.0` in staging (environments.staging.bind)"),
+    ((STAGING, "  staging:\n    port: 22\n"), "`port: 22` in staging (environments.staging.port)"),
+    ((STAGING, STAGING + "    preview_port: 18099\n"), "`preview_port: 18099` in staging (environments.staging.preview_port)"),
+    ((STAGING, STAGING + "    engine: qemu\n"), "`engine: qemu` in staging (environments.staging.engine)"),
+]
+
+
+def _push_edited(repo: Repo, w: World, branch: str, edit: tuple[str, str]) -> str:
+    """Push `branch` with main's kiln.yaml changed by `edit` (the work tree's file restored after)."""
+    path = w.root / "kiln.yaml"
+    original = path.read_text()
+    try:
+        return repo.push(branch, spec=edit)
+    finally:
+        path.write_text(original)
+
+
+@pytest.mark.parametrize("edit, refused", RELAXATIONS, ids=[r[1].split("`")[1] for r in RELAXATIONS])
+def test_a_branch_relaxing_a_setting_of_an_environment_it_may_deploy_is_refused_before_the_bake(
+        repo: Repo, w: World, edit: tuple[str, str], refused: str):
+    """main lets every branch deploy staging; a branch keeping main's pipeline but relaxing one
+    setting of staging fails before its bake, the refusal naming the setting, its key and the right."""
+    before = dict(w.engine.image_store)
+    ran = leaky(w)
+    run = repo.run("refs/heads/feature/relax", _push_edited(repo, w, "feature/relax", edit))
+    source = f"the policy from main (kiln.yaml at {repo.main[:12]})"  # type: ignore[attr-defined]
+    field = refused.split("`")[1].partition(":")[0]
+    granted = {"port": "allows port: 18081 only there", "engine": "allows engine: docker only there"}
+    assert run.state == "failed", run.reason
+    assert run.reason == (f"refused: branch feature/relax may not set {refused}: {source} "
+                          + granted.get(field, f"allows no {field} setting there"))
+    assert repo.steps(run)[0] == ("checkout and bake", "failed") and not run.image
+    assert ran == [] and dict(w.engine.image_store) == before and _serving(w) == {"staging": None, "production": None}
+
+
+def test_what_the_protected_branch_gives_an_environment_a_branch_may_give_it_too(repo: Repo, w: World):
+    """Settings are granted per environment by main's own kiln.yaml: the same relaxations on a
+    branch run; one more, or the same one for an environment main does not relax, does not."""
+    relaxed = (WEB, WEB + "    cap_add: [NET_BIND_SERVICE]\n    user: '0'\n")
+    path = w.root / "kiln.yaml"
+    original = path.read_text()
+    repo.main = repo.push("main", spec=relaxed)  # type: ignore[attr-defined]
+    ok = repo.run("refs/heads/feature/same", repo.push("feature/same"))
+    assert ok.state == "succeeded", ok.reason
+    staging_web = [s for s in w.engine.specs.values() if s.labels.get("kiln.env") == "staging"
+                   and s.labels.get("kiln.service") == "web" and s.labels.get("kiln.role") == "instance"]
+    assert staging_web and all(s.cap_add == ("NET_BIND_SERVICE",) and s.user == "0" for s in staging_web)
+    path.write_text(path.read_text().replace("cap_add: [NET_BIND_SERVICE]", "cap_add: [NET_BIND_SERVICE, CHOWN]"))
+    more = repo.run("refs/heads/feature/more", repo.push("feature/more"))
+    path.write_text(original)
+    assert more.state == "failed" and more.reason.count("may not") == 1
+    assert "may not set `cap_add: CHOWN` in staging (services.web.cap_add)" in more.reason
+    assert "allows cap_add: NET_BIND_SERVICE only there" in more.reason
+
+
+def test_a_capability_beyond_the_allow_list_is_refused_when_the_spec_is_read(repo: Repo, w: World):
+    for cap in ("ALL", "SYS_ADMIN", "cap_net_admin"):
+        run = repo.run("refs/heads/feature/all", _push_edited(repo, w, "feature/all", (WEB, WEB + f"    cap_add: [{cap}]\n")))
+        assert run.state == "failed" and "is not a capability kiln lets a service keep" in run.reason, run.reason
+        assert "services.web.cap_add[0]" in run.reason and not run.image
+
+
+def test_a_policy_file_grants_settings_by_name(repo: Repo, w: World):
+    (w.ctx.settings.home / "ci-policy.yaml").write_text(
+        "app: shop\nrefs:\n"
+        "  - {branches: ['*'], deploy: [staging], ports: ['18080-18089'], cap_add: [net_raw], relax: [read_only]}\n")
+    ok = repo.run("refs/heads/feature/a", _push_edited(repo, w, "feature/a", (WEB, WEB + "    cap_add: [NET_RAW]\n"
+                                                                                     "    read_only: false\n")))
+    assert ok.state == "succeeded", ok.reason
+    bad = repo.run("refs/heads/feature/b", _push_edited(repo, w, "feature/b", (STAGING, "  staging:\n    port: 18090\n"
+                                                                                        "    engine: qemu\n")))
+    assert bad.state == "failed"
+    source = f"the policy file {w.ctx.settings.home / 'ci-policy.yaml'} (rule 1: branches *)"
+    assert bad.reason == ("refused: branch feature/b may not set `engine: qemu` in staging (environments.staging.engine): "
+                          f"{source} allows engine: docker only there; "
+                          "branch feature/b may not set `port: 18090` in staging (environments.staging.port): "
+                          f"{source} allows " + ", ".join(f"port: {p}" for p in range(18080, 18090)) + " only there")
+
+
+# --- issue 25, item 3: a smoke step reaches only what a release recorded, and never echoes ------
+
+
+class _Page:
+    """A local HTTP server answering every GET with `body`, counting what it was asked."""
+
+    def __init__(self, body: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        page = self
+        self.hits = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                page.hits += 1
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        import threading
+
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+SMOKE = "pipeline: {steps: [{smoke: staging, checks: [{path: /, body: never-there, within: 1s}]}]}\n"
+
+
+def test_a_smoke_step_targets_the_serving_releases_url_and_never_echoes_the_answer(repo: Repo, w: World):
+    """A branch may smoke-check staging (main's pipeline reaches it), but its kiln.yaml moving
+    staging's port onto an internal service does not move the check, and no answer is quoted."""
+    public, internal = _Page("the public page"), _Page("TOP-SECRET internal admin page")
+    try:
+        path = w.root / "kiln.yaml"
+        original = path.read_text()
+        # staging serves at `public` (an operator's deploy; the fake router stands in for it)
+        w.edit_spec(STAGING, f"  staging:\n    port: {public.port}\n")
+        deploy(w.ctx, w.load(), "staging")
+        path.write_text(original)
+        attack = original.split("\npipeline:")[0].rstrip("\n").replace(STAGING, f"  staging:\n    port: {internal.port}\n")
+        path.write_text(attack + "\n" + SMOKE)
+        run = repo.run("refs/heads/feature/s1", repo.push("feature/s1"))
+        path.write_text(original)
+        assert run.state == "failed"
+        assert run.reason == (f"step 1 (smoke staging) failed: GET http://127.0.0.1:{public.port}/: "
+                              "the body does not contain 'never-there'")
+        assert internal.hits == 0 and public.hits >= 1
+        said = " ".join([run.reason, *repo.log(run), *(m for _, m in w.out.said)])
+        assert "public page" not in said and "TOP-SECRET" not in said
+    finally:
+        public.close()
+        internal.close()
+
+
+def test_a_smoke_step_of_an_environment_nothing_serves_fails_without_a_request(repo: Repo, w: World):
+    internal = _Page("TOP-SECRET internal admin page")
+    try:
+        path = w.root / "kiln.yaml"
+        original = path.read_text()
+        attack = original.split("\npipeline:")[0].rstrip("\n").replace(STAGING, f"  staging:\n    port: {internal.port}\n")
+        path.write_text(attack + "\n" + SMOKE)
+        run = repo.run("refs/heads/feature/s2", repo.push("feature/s2"))
+        path.write_text(original)
+        assert run.state == "failed" and "nothing serves shop/staging yet" in run.reason, run.reason
+        assert internal.hits == 0
+    finally:
+        internal.close()

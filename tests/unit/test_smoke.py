@@ -47,8 +47,9 @@ def test_the_verdicts(model):
     assert check_problem(check, 200, "all ok") is None
     assert check_problem(model(), 200, "") is None  # no body asked for
     assert check_problem(check, 503, "ok") == "status 503, expected 200"
-    assert check_problem(check, 200, "fine") == "the body does not contain 'ok' (it starts 'fine')"
-    assert check_problem(check, 200, "x" * 200) == f"the body does not contain 'ok' (it starts {'x' * 80!r})"
+    # the answer is never quoted: a verdict lands where every viewer reads it
+    assert check_problem(check, 200, "fine") == "the body does not contain 'ok'"
+    assert check_problem(check, 200, "x" * 200) == "the body does not contain 'ok'"
     assert check_problem(check, None, "", "ConnectionRefusedError") == "no answer (ConnectionRefusedError)"
     assert check_problem(check, None, "") == "no answer"
 
@@ -87,6 +88,6 @@ def test_the_driver_sends_one_request_and_judges_it_with_the_one_verdict(server:
     assert _smoke_problem(SmokeCheck(path="/health", body="ready"), at(server)) is None
     assert _smoke_problem(SmokeCheck(path="/down"), at(server)) == "status 503, expected 200"
     assert _smoke_problem(SmokeCheck(path="/health", body="nope"), at(server)) == (
-        "the body does not contain 'nope' (it starts 'ok: ready')")
+        "the body does not contain 'nope'")
     refused = _smoke_problem(SmokeCheck(timeout=1.0), at(1))
     assert refused is not None and refused.startswith("no answer (ConnectionRefusedError: ")

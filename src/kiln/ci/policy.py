@@ -18,20 +18,22 @@ policy file's `kiln_secrets`) are refused to every pipeline, whatever grants the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from kiln import git
 from kiln.ci.plan import HEADS
-from kiln.ci.trust import Ask, Rights, Rule, asks, first_rule, refusals, rights_of, who
+from kiln.ci.trust import Ask, Rights, Rule, asks, first_rule, refusals, rights_of, same_secret, who
 from kiln.errors import KilnError, PipelineError
 from kiln.private import write_private
-from kiln.secretref import NAME
+from kiln.secretref import NAME, env_var
 from kiln.settings import Settings
 from kiln.spec.loader import MAX_BYTES, parse_spec
-from kiln.spec.models import Model
+from kiln.spec.models import Capability, Environment, IpLiteral, Model
 
 POLICY_FILE = "ci-policy.yaml"  # in KILN_HOME
 WEBHOOK_SECRETS = "webhook-secrets"  # in KILN_HOME: names of the secrets `kiln serve` verifies webhooks with
@@ -48,6 +50,15 @@ class RuleModel(Model):
     promote: tuple[str, ...] = Field((), description="environments they may promote to")
     auto_approval: tuple[str, ...] = Field((), description="promotions that may skip `kiln ci approve`")
     secrets: tuple[str, ...] = Field((), description="secrets their steps, sidecars and environments may read")
+    # The settings of the environments these refs deploy or promote to (ci/trust.settings_asked).
+    ports: tuple[Port, ...] = Field((), description="ports (and preview ports) their environments may listen on: "
+                                    "numbers or ranges such as '8000-8099'")
+    engines: tuple[EngineName, ...] = Field(("docker",), description="engines their environments may use")
+    binds: tuple[IpLiteral, ...] = Field((), description="addresses beyond loopback their routers may listen on")
+    cap_add: tuple[Capability, ...] = Field((), description="capabilities their services may keep")
+    writable: tuple[str, ...] = Field((), description="tmpfs paths beyond /tmp their services may have")
+    relax: tuple[Literal["read_only", "no_new_privileges", "user_root"], ...] = Field(
+        (), description="defaults their services may turn off: a read-only root, no-new-privileges, not root")
 
     @model_validator(mode="after")
     def _check(self) -> RuleModel:
@@ -61,7 +72,46 @@ class RuleModel(Model):
 
     def rule(self, app: str | None) -> Rule:
         return Rule(self.branches, self.tags, Rights(frozenset(self.deploy), frozenset(self.promote),
-                                                     frozenset(self.auto_approval), frozenset(self.secrets), app))
+                                                     frozenset(self.auto_approval), frozenset(self.secrets), app,
+                                                     frozenset((said, None) for said in self._settings())))
+
+    def _settings(self) -> Iterator[str]:
+        """The settings granted, as ci/trust.settings_asked names them."""
+        for low, high in self.ports:
+            for port in range(low, high + 1):
+                yield f"port: {port}"
+                yield f"preview_port: {port}"
+        yield from (f"engine: {engine}" for engine in self.engines)
+        yield from (f"bind: {address}" for address in self.binds)
+        yield from (f"cap_add: {cap}" for cap in self.cap_add)
+        yield from (f"writable: {path}" for path in self.writable)
+        yield from (RELAX[name] for name in self.relax)
+
+
+RELAX = {"read_only": "read_only: false", "no_new_privileges": "no_new_privileges: false", "user_root": "user: root"}
+
+
+def _port_range(value: object) -> tuple[int, int]:
+    """A port (8080) or an inclusive range ('8000-8099') as (low, high)."""
+    low, _, high = str(value).partition("-") if not isinstance(value, bool) else ("", "", "")
+    try:
+        bounds = int(low), int(high or low)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a port or a range of ports such as 8000-8099") from None
+    if not 1 <= bounds[0] <= bounds[1] <= 65535:
+        raise ValueError(f"{value!r} is not a port or a range of ports within 1-65535")
+    return bounds
+
+
+def _engine_name(value: object) -> str:
+    known = get_args(Environment.model_fields["engine"].annotation)
+    if value not in known:
+        raise ValueError(f"{value!r} is not an engine; engines: {', '.join(known)}")
+    return str(value)
+
+
+Port = Annotated[tuple[int, int], BeforeValidator(_port_range)]
+EngineName = Annotated[str, BeforeValidator(_engine_name)]
 
 
 class PolicyFile(Model):
@@ -167,8 +217,9 @@ class Trust:
 
     def may_read(self, asked: list[Ask]) -> set[str]:
         """The secrets a run asking for `asked` gets (after `refusals` found nothing)."""
-        wanted = {a.name for a in asked if a.kind == "secret"} - self.kiln_secrets
-        return wanted if self.rights is None else wanted & self.rights.secrets
+        own, granted = same_secret(self.kiln_secrets), same_secret(self.rights.secrets if self.rights else ())
+        return {a.name for a in asked if a.kind == "secret" and env_var(a.name) not in own
+                and (self.rights is None or env_var(a.name) in granted)}
 
     def headline(self) -> str:
         if self.rights is None:

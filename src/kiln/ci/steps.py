@@ -190,9 +190,16 @@ def _check_cancel(sc: StepContext) -> None:
 
 
 def smoke(sc: StepContext, env: str, checks: tuple[Check, ...]) -> str:
-    from kiln.spec.resolve import resolve
-
-    url = resolve(sc.loaded.spec, env).url
+    """GET each check's path on `env`'s URL as its serving release recorded it, never as this
+    commit's kiln.yaml says: a pushed spec cannot point a smoke step at another address (a
+    release's bind and port passed the trust check when it was deployed, or came from an
+    operator). The verdict never quotes the answer's body (spec/smoke.check_problem)."""
+    app = sc.loaded.spec.app
+    release = sc.ctx.ledger.releases.current(app, env)
+    if release is None:
+        raise PipelineError(f"nothing serves {app}/{env} yet, so there is nothing to smoke-check.",
+                            f"Deploy {env} in an earlier step (a smoke step checks the URL its release recorded).")
+    url = release.env_config().url
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     for check in checks:

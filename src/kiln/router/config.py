@@ -1,17 +1,19 @@
 """HAProxy's static configuration for one environment. Pure: rendered once when the router
 starts; from then on servers come and go through the runtime API, never by reload.
 
-What comes from the spec: the port (an int), the public service's name (the name rule: [a-z0-9-])
-and the healthcheck's HTTP path (URL characters only, spec/smoke.path_problem). The path is
-written as one escaped HAProxy word all the same (`_word`), and a control character in anything
-written is refused (RouterError): no spec value can add a line or a word to haproxy.cfg."""
+What comes from the spec: the port (an int), the bind address (an IP literal, spec/models.py),
+the public service's name (the name rule: [a-z0-9-]) and the healthcheck's HTTP path (URL
+characters only, spec/smoke.path_problem). The address and the path are written as escaped
+HAProxy words all the same (`_word`), and a control character in anything written is refused
+(RouterError): no spec value can add a line or a word to haproxy.cfg, even one recorded by an
+older kiln that did not check it."""
 
 from __future__ import annotations
 
 import re
 
 from kiln.errors import RouterError
-from kiln.spec.resolve import EnvConfig
+from kiln.spec.resolve import EnvConfig, host_port
 
 SOCKET_DIR = "/run/kiln"
 SOCKET_NAME = "admin.sock"
@@ -49,8 +51,8 @@ def render_config(cfg: EnvConfig, on_host: bool = False) -> str:
     """`on_host`: the router runs on the host's network and listens on the environment's own
     bind:port (and preview port); else on fixed ports inside its container, which the engine publishes."""
     svc = cfg.public_service
-    public = f"{cfg.bind}:{cfg.port}" if on_host else f":{cfg.port}"
-    preview_bind = f"{cfg.bind}:{cfg.preview_port}" if on_host else f":{PREVIEW_PORT}"
+    public = _word(host_port(cfg.bind, cfg.port), "the bind address") if on_host else f":{cfg.port}"
+    preview_bind = _word(host_port(cfg.bind, cfg.preview_port or 0), "the bind address") if on_host else f":{PREVIEW_PORT}"
     lines = [
         "# written by kiln; servers are managed at run time through the admin socket",
         "global",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -234,6 +235,42 @@ class ResourcesOverride(Model):
     pids: int | None = Field(None, ge=16, le=4_194_304, description="process and thread limit in this environment")
 
 
+# Linux capabilities a service may keep: Docker's default set (what a container gets when nobody
+# drops anything), which Docker judges safe for ordinary containers. The rest (SYS_ADMIN,
+# NET_ADMIN, SYS_PTRACE, SYS_MODULE, DAC_READ_SEARCH, ALL, …) reach past the container and are
+# refused: an app needing one is not run by kiln hardened, and must not look as if it were.
+CAPABILITIES = frozenset({"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                          "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"})
+
+
+def _capability(value: object) -> str:
+    """A capability as Docker names it (NET_BIND_SERVICE), from any case, with or without CAP_."""
+    name = value.upper().removeprefix("CAP_") if isinstance(value, str) else ""
+    if name not in CAPABILITIES:
+        raise ValueError(f"{str(value)[:40]!r} is not a capability kiln lets a service keep; allowed: "
+                         f"{', '.join(sorted(CAPABILITIES))} (docs/security.md: Hardening a pushed kiln.yaml may not relax)")
+    return name
+
+
+Capability = Annotated[str, BeforeValidator(_capability)]
+
+
+def _ip_literal(value: object) -> str:
+    """An address to listen on: an IPv4 or IPv6 literal, never a name (it is written into
+    haproxy.cfg and given to the engine as is)."""
+    try:
+        if not isinstance(value, str) or "%" in value:  # no IPv6 scope (%eth0): not one word HAProxy reads
+            raise ValueError
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{str(value)[:80]!r} is not an IP address; give one such as 127.0.0.1 (this host only, "
+                         "the default), 0.0.0.0 (every address) or ::1") from None
+
+
+IpLiteral = Annotated[str, BeforeValidator(_ip_literal)]
+DEFAULT_WRITABLE = ("/tmp",)  # services.NAME.writable's default: a tmpfs there relaxes nothing
+
+
 class Service(Model):
     """One process type of the app; every instance runs the same image."""
 
@@ -243,10 +280,10 @@ class Service(Model):
     replicas: int = Field(1, ge=0, le=256, description="number of instances")
     healthcheck: HealthCheck | None = Field(None, description="readiness check; default: tcp when a port is set")
     environment: Environ = Field(default_factory=dict, description="environment variables; a value `secret:NAME` is looked up when an instance starts (KILN_SECRET_NAME) and never recorded")
-    writable: tuple[str, ...] = Field(("/tmp",), description="paths mounted as tmpfs; the rest of the filesystem is read-only")
+    writable: tuple[str, ...] = Field(DEFAULT_WRITABLE, description="paths mounted as tmpfs; the rest of the filesystem is read-only")
     user: str | None = Field(None, description="user to run as, e.g. 65534 (nobody)")
     read_only: bool = Field(True, description="read-only root filesystem (relaxation: false)")
-    cap_add: tuple[str, ...] = Field((), description="Linux capabilities to keep (all are dropped by default)")
+    cap_add: tuple[Capability, ...] = Field((), description="Linux capabilities to keep (all are dropped by default); only those of Docker's default set, e.g. NET_BIND_SERVICE")
     no_new_privileges: bool = Field(True, description="forbid privilege escalation (relaxation: false)")
     stop_grace_period: Duration = Field(10.0, description="time between SIGTERM and SIGKILL")
     drain_timeout: Duration = Field(5.0, description="longest wait for in-flight requests when an instance leaves the router")
@@ -302,7 +339,7 @@ class Environment(Model):
     port: int = Field(..., ge=1, le=65535, description="public port of the environment's router")
     engine: Literal["docker", "swarm", "qemu"] = Field("docker", description="what runs its instances: `docker`, the Docker engine of DOCKER_HOST (else the local socket), one host; `swarm`, a Docker Swarm whose manager DOCKER_HOST reaches: instances are tasks spread over its nodes, images travel through `registry` (docs/fleet.md); `qemu`, QEMU virtual machines on this host booted from the VM image (build.vm, docs/vm.md)")
     placement: Placement | None = Field(None, description="where instances may run on a cluster engine (`engine: swarm` only)")
-    bind: str = Field("127.0.0.1", description="address the router listens on (loopback unless told otherwise)")
+    bind: IpLiteral = Field("127.0.0.1", description="IP address the router listens on (loopback unless told otherwise; 0.0.0.0 for every address)")
     preview_port: int | None = Field(None, ge=1, le=65535, description="port where a blue-green release is reachable before it gets public traffic")
     services: dict[str, ServiceOverride] = Field(default_factory=dict, description="per-service overrides")
     agent: AgentPolicy = Field(default_factory=AgentPolicy, description="self-healing and drift policy of `kiln agent` (see environments.NAME.agent)")

@@ -9,14 +9,24 @@ import json
 from pydantic import BaseModel, ConfigDict
 
 from kiln.errors import UsageError
-from kiln.spec.models import HealthCheck, Resources, Spec, VmBuild
+from kiln.spec.models import DEFAULT_WRITABLE, HealthCheck, Resources, Spec, VmBuild
 from kiln.spec.sizes import format_size
 
 
 def url_host(bind: str) -> str:
     """The host to reach a listener bound to `bind` at: itself, except that "any address"
-    (0.0.0.0, or empty) is reached on the loopback address."""
-    return "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+    (0.0.0.0 or ::, or an empty bind an older kiln recorded) is reached on the loopback address."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(bind, bind)
+
+
+def host_port(host: str, port: int) -> str:
+    """host:port as URLs and HAProxy's `bind` write it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def runs_as_root(user: str | None) -> bool:
+    """Whether `user` (services.NAME.user: NAME, UID, NAME:GROUP or UID:GID) names root outright."""
+    return (user or "").partition(":")[0].strip() in ("0", "root")
 
 
 class Resolved(BaseModel):
@@ -48,16 +58,20 @@ class ServiceConfig(Resolved):
         r = self.resources
         return f"memory {format_size(r.memory)}, cpus {r.cpus:g}, pids {r.pids}"
 
+    def relaxed(self) -> list[tuple[str, str]]:
+        """Hardening defaults this service gives up, as the spec asked: (its key, what it says),
+        e.g. ("cap_add", "cap_add: NET_RAW"). A pushed kiln.yaml needs a right for each (ci/trust.py)."""
+        out = [("read_only", "read_only: false")] * (not self.read_only)
+        out += [("no_new_privileges", "no_new_privileges: false")] * (not self.no_new_privileges)
+        out += [("user", "user: root")] * runs_as_root(self.user)
+        out += [("cap_add", f"cap_add: {cap}") for cap in self.cap_add]
+        out += [("writable", f"writable: {path}") for path in self.writable if path not in DEFAULT_WRITABLE]
+        return out
+
     @property
     def relaxations(self) -> list[str]:
-        """Hardening defaults this service gives up, as the spec asked."""
-        out = []
-        if not self.read_only:
-            out.append("read_only: false")
-        if not self.no_new_privileges:
-            out.append("no_new_privileges: false")
-        out += [f"cap_add: {cap}" for cap in self.cap_add]
-        return out
+        """What `relaxed` says, as `kiln status` and `kiln env diff` show it."""
+        return [said for _, said in self.relaxed()]
 
 
 class EnvConfig(Resolved):
@@ -104,7 +118,7 @@ class EnvConfig(Resolved):
         return self._url(self.preview_port) if self.preview_port else None
 
     def _url(self, port: int) -> str:
-        return f"http://{url_host(self.bind)}:{port}"
+        return f"http://{host_port(url_host(self.bind), port)}"
 
     def digest(self) -> str:
         data = self.model_dump(mode="json")
