@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,8 @@ pipeline:
     - promote: {from: staging, to: production, approval: APPROVAL}
 """
 TEST_ONLY = PIPELINE.split("    - deploy:")[0]  # the test step alone
+# Appended to the test step's command: what its container may do (docs/security.md, item 12).
+HARDENING_PROBE = " && grep CapEff /proc/self/status && if touch /x; then echo root-writable; else echo root-read-only; fi"
 
 
 class Repo:
@@ -157,11 +160,13 @@ def test_a_pushed_commit_is_tested_deployed_smoked_and_promoted(repo: Repo) -> N
 
 
 def test_secrets_are_masked_in_the_log_and_absent_from_the_ledger(repo: Repo) -> None:
-    repo.set_pipeline(TEST_ONLY)
+    repo.set_pipeline(TEST_ONLY.replace('$API_TOKEN"', '$API_TOKEN"' + HARDENING_PROBE))
     run = repo.wait(repo.run_of(repo.push("test only")).id)
     assert run.state == "succeeded", run.reason
     assert [s.kind for s in repo.store.steps(run.id)] == ["bake", "run"]
     logs = repo.kiln("ci", "logs", str(run.id)).stdout
+    # The step's container, on dockerd: no capability at all, and a root it cannot write.
+    assert re.search(r"CapEff:\s+0{16}\b", logs) and "root-read-only" in logs and "root-writable" not in logs, logs
     assert "the token is ********" in logs
     assert SECRET not in logs
     assert all(SECRET not in line for _, _, line in repo.store.logs(run.id))

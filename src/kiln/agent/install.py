@@ -10,6 +10,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from kiln.errors import KilnError, UsageError
 
@@ -45,12 +49,32 @@ def unit_name(app: str) -> str:
 def settings_of(environ: Mapping[str, str]) -> dict[str, str]:
     """The variables of `environ` the agent needs too (PASSED_ON), refusing a ledger URL with a password."""
     out = {k: environ[k] for k in PASSED_ON if environ.get(k)}
-    url = out.get("KILN_LEDGER_URL", "")
-    if re.match(r"^[\w+.-]+://[^/@]*:[^/@]*@", url):
-        raise UsageError("KILN_LEDGER_URL holds a password, and a unit file is readable by every user.",
+    where = password_in(out.get("KILN_LEDGER_URL", ""))
+    if where:
+        raise UsageError(f"KILN_LEDGER_URL holds a password ({where}), and a unit file is readable by every user.",
                          "Put the URL in a file only root reads (mode 0600) and set KILN_LEDGER_URL_FILE to its path "
                          "instead, then run `kiln agent install` again.")
     return out
+
+
+# A parameter naming a password, in a URL's query or libpq's keyword form ("host=db password=x"):
+# libpq's password and sslpassword, ODBC's pwd, any other *password*.
+_PASSWORD_KEY = re.compile(r"(?:^|[\s?&;])([\w.-]*password[\w.-]*|pwd)\s*=", re.IGNORECASE)
+
+
+def password_in(url: str) -> str | None:
+    """Where a ledger URL holds a password (its user part, or the parameter's name); None: nowhere."""
+    for text in (url, unquote(url)):  # a parameter's name may be percent-encoded
+        if found := _PASSWORD_KEY.search(text):
+            return f"the parameter {found.group(1)}"
+    try:
+        parsed = make_url(url)  # the ledger's own parser: it finds a password wherever SQLAlchemy would
+    except ArgumentError:  # not a URL (libpq's keyword form): checked above
+        return None
+    # A ':' in the decoded user name is a password the URL percent-encoded, or one about to be misread.
+    if parsed.password is not None or ":" in (parsed.username or ""):
+        return "user:password@"
+    return None
 
 
 def _quote(value: str, what: str) -> str:

@@ -2,7 +2,8 @@
 
 The app's steps run on a base with the VM packages added (bake/vm_recipe.VM_PACKAGES), through
 the same baker (so the same files, the same hashing, the same secret screening); that image's
-filesystem is exported, kiln's units are written into it, and the disk is assembled as a user
+filesystem is exported, kiln's units are written into it (only through its real directories, never
+through a symlink the build left: bake/inroot.py), and the disk is assembled as a user
 could without root-only tools: `mkfs.ext4 -d` fills the root filesystem from a directory,
 `mkfs.vfat` + mtools + `syslinux --install` make the boot partition, sfdisk partitions a plain
 file, and qemu-img turns it into qcow2. No loop device, no mount.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kiln import process
+from kiln.bake import inroot
 from kiln.bake.baker import bake
 from kiln.bake.base import ensure_base
 from kiln.bake.vm_recipe import (
@@ -212,36 +213,31 @@ def _unpack(images: Images, image: str, work: Path, root: Path, update: Callable
 
 
 def _customize(root: Path, spec: Spec, provenance: dict[str, object]) -> None:
+    """kiln's files and links written into the unpacked root, through its real directories only
+    (bake/inroot.py): the build's steps may have left a symlink to a host folder in the way."""
     for name in (".dockerenv",):
-        (root / name).unlink(missing_ok=True)
+        (root / name).unlink(missing_ok=True)  # a name in kiln's own folder: unlinking follows no link
     for f in guest_files(spec, provenance):
-        path = root / f.path.lstrip("/")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink():
-            path.unlink()
-        path.write_text(f.text)
-        os.chmod(path, f.mode)
+        inroot.write_file(root, f.path, f.text.encode(), f.mode)
     for link, target in enabled_links(spec).items():
-        path = root / link.lstrip("/")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink() or path.exists():
-            path.unlink()
-        path.symlink_to(target)
+        inroot.symlink(root, link, target)
 
 
-def _boot_files(root: Path) -> tuple[Path, Path]:
-    kernels = sorted((root / "boot").glob("vmlinuz-*"))
-    initrds = sorted((root / "boot").glob("initrd.img-*"))
+def _boot_files(root: Path) -> tuple[str, str]:
+    """The newest kernel and initrd in the image's /boot, as paths inside the image."""
+    names = inroot.listdir(root, "/boot")
+    kernels = sorted(n for n in names if n.startswith("vmlinuz-"))
+    initrds = sorted(n for n in names if n.startswith("initrd.img-"))
     if not kernels or not initrds:
         raise BuildError("the VM image has no kernel or initrd in /boot.",
                          "The VM base should install linux-image-cloud-amd64; run `kiln base build` again.")
-    return kernels[-1], initrds[-1]
+    return f"/boot/{kernels[-1]}", f"/boot/{initrds[-1]}"
 
 
 def _assemble(root: Path, work: Path, size: int, update: Callable[[str], None]) -> None:
     kernel, initrd = _boot_files(root)
-    shutil.copyfile(kernel, work / KERNEL)
-    shutil.copyfile(initrd, work / INITRD)
+    inroot.copy_out(root, kernel, work / KERNEL)
+    inroot.copy_out(root, initrd, work / INITRD)
     update("making the root filesystem (mkfs.ext4 -d)")
     rootfs, bootfs, raw = work / "root.ext4", work / "boot.vfat", work / "disk.raw"
     with open(rootfs, "wb") as fh:
