@@ -115,9 +115,8 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout(request: Request, csrf: str = Form("")) -> Response:
-        who = auth.caller(request)
-        auth.check_csrf(who, csrf)
+    async def logout(request: Request) -> Response:
+        await submitted(request)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
@@ -179,19 +178,30 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
 
     # --- actions (forms) ------------------------------------------------------------------------------
 
-    async def form_action(request: Request, env: str | None, back: str, do: Any) -> Response:
+    async def submitted(request: Request) -> tuple[Caller, dict[str, str]]:
+        """Who posted a form and, read only once they are known, its fields; Forbidden(401) without
+        a sign-in, Forbidden(403) without the page's CSRF token."""
         who = await run_in_threadpool(auth.caller, request)
-        form = await request.form()
-        auth.check_csrf(who, str(form.get("csrf", "")))
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        auth.check_csrf(who, form.get("csrf"))
+        return who, form
+
+    async def act(who: Caller, form: dict[str, str], env: str | None, back: str, do: Any) -> Response:
+        """Run `do` (an action of server/plane.py) for a token allowed to act on `env`; back to
+        `back`, saying how it went."""
         token = auth.require(who, ACT, env)
         try:
-            _, said = await run_in_threadpool(do, token, {k: str(v) for k, v in form.items()})
+            _, said = await run_in_threadpool(do, token, form)
             message = said[-1] if said else "done"
         except KilnError as exc:
             if isinstance(exc, Forbidden):
                 raise
             message = f"failed: {exc.message}"
         return RedirectResponse(f"{back}?said={quote(message)}", status_code=303)
+
+    async def form_action(request: Request, env: str | None, back: str, do: Any) -> Response:
+        who, form = await submitted(request)
+        return await act(who, form, env, back, do)
 
     def _int(form: dict[str, str], key: str) -> int | None:
         value = form.get(key, "").strip().lstrip("v")
@@ -223,10 +233,10 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
 
     @app.post("/apps/{app_name}/envs/{env}/promote-to", include_in_schema=False)
     async def promote_to_form(app_name: str, env: str, request: Request) -> Response:
-        form = await request.form()
-        target = str(form.get("to", ""))
-        return await form_action(request, target, f"/apps/{app_name}/envs/{target}",
-                                 lambda t, f: plane.promote_artifact(t, app_name, env, target, _strategy(f)))
+        who, form = await submitted(request)
+        target = form.get("to", "")
+        return await act(who, form, target, f"/apps/{app_name}/envs/{target}",
+                         lambda t, f: plane.promote_artifact(t, app_name, env, target, _strategy(f)))
 
     @app.post("/apps/{app_name}/envs/{env}/abort", include_in_schema=False)
     async def abort_form(app_name: str, env: str, request: Request) -> Response:
