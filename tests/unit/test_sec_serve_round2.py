@@ -1,6 +1,9 @@
-"""Issue 25, finding 4 of `kiln serve`'s security review, as an attack: every route caps the
-body before reading it (413), and an /api/ request without a valid token is 401 before its body is
-read or parsed; a 64 MiB body sent to the real server does not grow its memory."""
+"""Issue 25, findings 4 and 7 of `kiln serve`'s security review, each as an attack:
+
+- 4: every route caps the body before reading it (413), and an /api/ request without a valid
+  token is 401 before its body is read or parsed; a 64 MiB body sent to the real server does not
+  grow its memory.
+- 7: /api/openapi.json needs a viewer's token."""
 
 from __future__ import annotations
 
@@ -202,3 +205,17 @@ def test_64_mib_without_a_token_grows_the_real_servers_memory_by_less_than_20_mb
     grown = after[0] - before[0], after[1] - before[1]  # KiB: resident, and the peak
     assert max(grown) < 20 * 1024, (statuses, before, after)
     assert statuses == [401, 413, 413, 413]  # /api: 401 before anything, or 413 from Content-Length
+
+
+# --- finding 7: the OpenAPI description needs a token -------------------------------------------------
+
+
+def test_the_openapi_description_needs_a_viewers_token(w, app):
+    viewer = _token(w, "vic", "viewer")
+    client = TestClient(app)
+    anon = client.get("/api/openapi.json")
+    assert anon.status_code == 401 and "no API token" in anon.json()["error"]
+    assert client.get("/api/openapi.json", headers={"Authorization": "Bearer kiln_nope"}).status_code == 401
+    seen = client.get("/api/openapi.json", headers={"Authorization": f"Bearer {viewer}"})
+    assert seen.status_code == 200 and "/api/v1/apps/{app}/envs/{env}/deploy" in seen.json()["paths"]
+    assert "/api/openapi.json" not in seen.json()["paths"]

@@ -1,4 +1,4 @@
-"""`kiln serve`'s HTTP API under /api/v1 (OpenAPI at /api/openapi.json). Every read and action
+"""`kiln serve`'s HTTP API under /api/v1 (OpenAPI at /api/openapi.json, to a viewer's token). Every read and action
 calls the use case the CLI calls; every action names its token in an event (server/plane.py).
 Errors a user can cause answer as JSON {"error", "hint"}: 400 a wrong request, 401 no or an unknown
 token, 403 a role that may not, 404 no such thing, 409 the environment is busy or the rollout was
@@ -312,3 +312,10 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         return {"revoked": name}
 
     app.include_router(api)
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi(who: Who) -> JSONResponse:
+        """The API's OpenAPI description, to a token that may read: like every route but /health
+        and the webhooks, it does not answer without one."""
+        auth.require(who, READ)
+        return JSONResponse(app.openapi())

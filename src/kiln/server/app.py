@@ -157,7 +157,7 @@ class Config:
 def make_app(ctx: Context, config: Config | None, start_runner: bool = True, plane: Plane | None = None) -> FastAPI:
     """The app: webhooks when `config` is given, the control plane when `plane` is."""
     app = FastAPI(title="kiln", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json" if plane else None)
+                  openapi_url=None)  # server/api.py serves the description, to a token
     auth = Auth(ctx.ledger)
     refuse = _refusal(with_dashboard=plane is not None)
     app.add_middleware(Guard, refuse=refuse, auth=auth if plane is not None else None, warn=ctx.out.warn)
