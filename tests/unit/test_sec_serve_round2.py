@@ -1,9 +1,12 @@
-"""Issue 25, findings 4 and 7 of `kiln serve`'s security review, each as an attack:
+"""Issue 25, findings 4, 7 and 9 of `kiln serve`'s security review, each as an attack:
 
 - 4: every route caps the body before reading it (413), and an /api/ request without a valid
   token is 401 before its body is read or parsed; a 64 MiB body sent to the real server does not
   grow its memory.
-- 7: /api/openapi.json needs a viewer's token."""
+- 7: /api/openapi.json needs a viewer's token.
+- 9: the dashboard's sign-in checks Origin (or Referer), its cookie holds a server-side session id
+  (not the token), signing out ends the session, revoking the token ends its sessions, the CSRF
+  token is the session's, and the sessions kept are bounded."""
 
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from kiln.access import new_token
+from kiln.access import digest, new_token
 from kiln.server.app import MAX_BODY, Config, make_app
-from kiln.server.auth import COOKIE
+from kiln.server.auth import COOKIE, SESSION_SECONDS, Auth
 from kiln.server.plane import Plane
 from unit.world import World
 
@@ -219,3 +222,98 @@ def test_the_openapi_description_needs_a_viewers_token(w, app):
     seen = client.get("/api/openapi.json", headers={"Authorization": f"Bearer {viewer}"})
     assert seen.status_code == 200 and "/api/v1/apps/{app}/envs/{env}/deploy" in seen.json()["paths"]
     assert "/api/openapi.json" not in seen.json()["paths"]
+
+
+# --- finding 9: sign-in's Origin check, server-side sessions, sign-out and revocation ---------------
+
+
+def _sign_in(client: TestClient, token: str, **headers: str) -> httpx.Response:
+    return client.post("/login", data={"token": token, "next": "/ci"}, headers=headers, follow_redirects=False)
+
+
+def _csrf(client: TestClient) -> str:
+    page = client.get("/ci", follow_redirects=False)
+    assert page.status_code == 200, page.text
+    return page.text.split('name="csrf" value="')[1].split('"')[0]
+
+
+def test_a_cross_origin_sign_in_is_403_and_sets_no_cookie(w, app):
+    token = _token(w, "dee", "deployer")
+    client = TestClient(app)
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "http://testserver.evil.example"},
+                    {"Origin": "null"}, {"Origin": "http://testserver:8080"},
+                    {"Referer": "https://evil.example/kiln"}, {},
+                    {"Origin": "https://evil.example", "Referer": "http://testserver/login"}):
+        r = _sign_in(client, token, **headers)
+        assert (headers, r.status_code) == (headers, 403)
+        assert "set-cookie" not in r.headers and "did not come from the sign-in page" in r.text
+    assert not client.cookies and w.ctx.ledger.tokens.all()[0].last_used_at is None
+
+
+def test_a_same_origin_sign_in_works_and_its_cookie_holds_neither_the_token_nor_its_digest(w, app):
+    token = _token(w, "dee", "deployer")
+    for headers in ({"Origin": "http://testserver"}, {"Origin": "HTTP://TestServer:80"},
+                    {"Referer": "http://testserver/login?next=/ci"}):
+        client = TestClient(app)
+        r = _sign_in(client, token, **headers)
+        assert (headers, r.status_code, r.headers["location"]) == (headers, 303, "/ci")
+        cookie = client.cookies[COOKIE]
+        assert len(cookie) >= 43 and token not in cookie and digest(token) not in cookie
+        assert token.removeprefix("kiln_") not in cookie
+        assert "HttpOnly" in r.headers["set-cookie"] and "SameSite=strict" in r.headers["set-cookie"]
+        assert _csrf(client)
+
+
+def test_a_signed_out_sessions_cookie_replayed_is_refused(w, app):
+    token = _token(w, "dee", "deployer")
+    client = TestClient(app)
+    _sign_in(client, token, Origin="http://testserver")
+    cookie, csrf = client.cookies[COOKIE], _csrf(client)
+    r = client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    replay = TestClient(app, cookies={COOKIE: cookie})
+    r = replay.get("/ci", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    r = replay.post("/api/v1/apps/shop/envs/production/rollback", json={}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 401 and "signed out" in r.json()["error"]
+
+
+def test_revoking_a_token_ends_its_sessions(w, app):
+    token = _token(w, "dee", "deployer")
+    client = TestClient(app)
+    _sign_in(client, token, Origin="http://testserver")
+    assert client.get("/api/v1/apps").status_code == 200
+    assert w.ctx.ledger.tokens.revoke("dee")
+    assert client.get("/api/v1/apps").status_code == 401
+    assert client.get("/ci", follow_redirects=False).headers["location"].startswith("/login")
+
+
+def test_the_csrf_token_is_the_sessions_and_dies_with_it(w, app):
+    token = _token(w, "dee", "deployer")
+    first, second = TestClient(app), TestClient(app)
+    _sign_in(first, token, Origin="http://testserver")
+    _sign_in(second, token, Origin="http://testserver")
+    assert first.cookies[COOKIE] != second.cookies[COOKIE]
+    csrf = _csrf(first)
+    assert csrf != _csrf(second)  # one token, two sessions: each its own CSRF token
+    r = second.post("/ci/1/cancel", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 403 and "CSRF check failed" in r.text  # another session's CSRF token is refused
+    cookie = first.cookies[COOKIE]
+    assert first.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    replayed = TestClient(app, cookies={COOKIE: cookie}).post("/ci/1/cancel", data={"csrf": csrf})
+    assert replayed.status_code == 401  # the session and its CSRF token are gone together
+    assert second.get("/ci").status_code == 200  # signing out ends that session only
+
+
+def test_sessions_expire_and_are_bounded(w):
+    token = _token(w, "dee", "deployer")
+    found = w.ctx.ledger.tokens.find(token)
+    clock = [1000.0]
+    auth = Auth(w.ctx.ledger, clock=lambda: clock[0], max_sessions=3)
+    sessions = [auth.open_session(found) for _ in range(5)]
+    assert [auth.session_token(s) for s in sessions] == [None, None, found, found, found]  # the oldest dropped
+    clock[0] += SESSION_SECONDS - 1
+    assert auth.session_token(sessions[-1]) == found
+    clock[0] += 1
+    assert auth.session_token(sessions[-1]) is None  # 12 h after sign-in
+    assert auth.open_session(found) and len(auth._sessions) == 1  # the expired ones are gone
