@@ -330,6 +330,7 @@ def test_the_dashboard_signs_in_with_a_cookie_and_every_action_needs_its_csrf_to
     w.change_code("print('v2')\n")
     deploy(w.ctx, w.load(), "production")
     with served.client() as browser:
+        browser.headers["Origin"] = served.url  # as a browser sends it with every form POST (sign-in checks it)
         assert browser.post("/login", data={"token": "kiln_wrong"}).status_code == 401
         r = browser.post("/login", data={"token": served.tokens["dee"], "next": "/"})
         assert r.status_code == 303

@@ -44,11 +44,15 @@ class Tokens:
 
     def find(self, token: str) -> Token | None:
         """The stored token `token` is, or None (the digest compared again in constant time)."""
-        wanted = digest(token)
+        found = self.with_digest(digest(token))
+        return found if found and matches(token, found.digest) else None
+
+    def with_digest(self, wanted: str) -> Token | None:
+        """The stored token whose SHA-256 is `wanted`: how a dashboard session, which keeps the
+        digest and never the token, finds its token again."""
         with self.db.session() as s:
             row = s.scalar(select(TokenRow).where(TokenRow.digest == wanted))
-            found = _token(row) if row else None
-        return found if found and matches(token, found.digest) else None
+            return _token(row) if row else None
 
     def used(self, name: str) -> None:
         with self.db.session() as s, s.begin():

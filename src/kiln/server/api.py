@@ -1,8 +1,9 @@
-"""`kiln serve`'s HTTP API under /api/v1 (OpenAPI at /api/openapi.json). Every read and action
+"""`kiln serve`'s HTTP API under /api/v1 (OpenAPI at /api/openapi.json, to a viewer's token). Every read and action
 calls the use case the CLI calls; every action names its token in an event (server/plane.py).
 Errors a user can cause answer as JSON {"error", "hint"}: 400 a wrong request, 401 no or an unknown
 token, 403 a role that may not, 404 no such thing, 409 the environment is busy or the rollout was
-aborted, 503 the engine, router or ledger failed."""
+aborted, 413 a body over the cap, 503 the engine, router or ledger failed. The body cap and the
+token are checked by server/app.py's Guard before a request's body is read."""
 
 from __future__ import annotations
 
@@ -40,11 +41,17 @@ from kiln.usecases.observe import status as status_of
 STRATEGIES = ("rolling", "blue-green", "canary")
 
 
+class BodyTooLarge(KilnError):
+    """A request body over the cap of server/app.py's Guard (413)."""
+
+
 def status_code(exc: KilnError) -> int:
     if isinstance(exc, Forbidden):
         return exc.status
     if isinstance(exc, NotFound):
         return 404
+    if isinstance(exc, BodyTooLarge):
+        return 413
     if isinstance(exc, LockHeld | LockLost | RolloutError):
         return 409
     if isinstance(exc, UsageError):
@@ -94,10 +101,11 @@ def rollout_doc(r: Any) -> dict[str, Any]:
             "finished_at": r.finished_at.isoformat() + "Z" if r.finished_at else None}
 
 
-def caller(request: Request) -> Caller:
-    """The request's token (a FastAPI dependency; the app's Auth is on app.state)."""
-    auth: Auth = request.app.state.auth
-    return auth.caller(request)
+async def caller(request: Request) -> Caller:
+    """The request's token (a FastAPI dependency): server/app.py's Guard found it, before the body
+    was read, for every request under /api/."""
+    found: Caller = request.state.caller
+    return found
 
 
 Who = Annotated[Caller, Depends(caller)]
@@ -105,7 +113,6 @@ Who = Annotated[Caller, Depends(caller)]
 
 def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
     api = APIRouter(prefix="/api/v1")
-    app.state.auth = auth
 
     def reader(who: Caller) -> Any:
         auth.require(who, READ)
@@ -193,9 +200,8 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
 
     @api.get("/apps/{app}/events/stream", summary="Events as Server-Sent Events (the newest `limit`, then as they come)",
              response_class=StreamingResponse)
-    async def events_stream(app: str, request: Request, env: str | None = None,
+    async def events_stream(app: str, request: Request, who: Who, env: str | None = None,
                             limit: Annotated[int, Query(ge=0, le=10000)] = 20) -> StreamingResponse:
-        who = await run_in_threadpool(auth.caller, request)
         ctx = await run_in_threadpool(reader, who)
         await run_in_threadpool(plane.require_app, app)
         first = await run_in_threadpool(lambda: next(history.events(ctx, app, env, limit)) if limit else [])
@@ -306,3 +312,10 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         return {"revoked": name}
 
     app.include_router(api)
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi(who: Who) -> JSONResponse:
+        """The API's OpenAPI description, to a token that may read: like every route but /health
+        and the webhooks, it does not answer without one."""
+        auth.require(who, READ)
+        return JSONResponse(app.openapi())

@@ -1,24 +1,35 @@
 """`kiln serve` (FastAPI): the control plane (server/api.py's API, server/dashboard.py's pages,
-server/metrics.py's /metrics; tokens checked by server/auth.py) and the webhooks.
+server/metrics.py's /metrics; tokens and sessions checked by server/auth.py) and the webhooks.
 
-Webhooks: each push event that passes its
-signature or token check, and whose delivery id was not seen before, queues a run of the pushed
-ref and starts a detached runner. Answers: 202 queued (or ignored, for other events), 401 bad
-signature or token, 409 a replay (a delivery id seen before; or a commit the ref already ran, or
-one older than the ref's last run: GitHub's signature covers the body, not the delivery id, so a
-captured push replayed under a new id is caught by its content), 400 a malformed request, 413 a body over
-MAX_BODY: the size is checked before anything is authenticated, from Content-Length (nothing is
-read) and by counting the streamed bytes (reading stops at the cap), so an unauthenticated sender
-cannot make kiln hold more than MAX_BODY in memory."""
+Every request first meets the Guard, a plain ASGI middleware (it buffers nothing of the body):
+
+- One body cap, MAX_BODY, for every route (the API, the dashboard's forms, the webhooks). A
+  Content-Length over it (or not a number) is 413 before a byte is read; a body without one
+  (chunked), or longer than it said, is counted as the route reads it, and the first chunk past
+  the cap ends the reading with 413. So no request makes kiln hold more than MAX_BODY (and one
+  chunk) of body, whoever sends it.
+- An /api/ request is authenticated before it is routed: without a valid token it is 401 and its
+  body is never read, let alone parsed (FastAPI parses a route's JSON body before the route's
+  dependencies run). The Caller found is kept in the request's state, where the API's `caller`
+  dependency takes it: one token lookup per request.
+
+Webhooks: each push event that passes its signature or token check, and whose delivery id was
+not seen before, queues a run of the pushed ref and starts a detached runner. Answers: 202 queued
+(or ignored, for other events), 401 bad signature or token, 409 a replay (a delivery id seen
+before; or a commit the ref already ran, or one older than the ref's last run: GitHub's signature
+covers the body, not the delivery id, so a captured push replayed under a new id is caught by its
+content), 400 a malformed request, 413 a body over MAX_BODY (the Guard's)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln import __version__
 from kiln.access import READ
@@ -28,29 +39,99 @@ from kiln.context import Context
 from kiln.errors import KilnError, UsageError, WebhookRejected
 from kiln.git import is_ancestor
 from kiln.ledger.ci_store import CiStore
+from kiln.server import api, dashboard
+from kiln.server.api import BodyTooLarge
+from kiln.server.auth import Auth
+from kiln.server.metrics import exposition
 from kiln.server.plane import Plane
 from kiln.server.webhooks import ZERO, parse, verify_github, verify_gitlab
 
-MAX_BODY = 5 * 1024 * 1024  # bytes; GitHub's push payloads are far smaller
+MAX_BODY = 5 * 1024 * 1024  # bytes; a push event, a deploy's JSON or a form needs far less
+
+Refuse = Callable[[Request, KilnError], Awaitable[Response]]  # a refusal as its route's kind of answer
 
 
-class _TooLarge(Exception):
-    pass
+class _ReadPastCap(Exception):
+    """Raised into the route that reads past the cap, once the Guard has answered 413 itself: the
+    route stops, and whatever it answers to the failed read is dropped."""
 
 
-async def _capped_body(request: Request, limit: int) -> bytes:
-    """The raw body, or _TooLarge as soon as it is known to exceed `limit` bytes: from a
-    Content-Length (before reading anything), else while streaming (never holding more)."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.strip().isdigit() or int(length) > limit):
-        raise _TooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+class Guard:
+    """The body cap and /api/'s authentication, before any route runs (see the module's doc)."""
+
+    def __init__(self, app: ASGIApp, refuse: Refuse, auth: Auth | None, warn: Callable[[str], None],
+                 limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.refuse = refuse
+        self.auth = auth  # None: no control plane (webhooks only), nothing under /api/
+        self.warn = warn
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)  # headers only: without `receive` it cannot read the body
+        declared = self._declared_too_large(request)
+        if declared is not None:
+            await self._answer(request, declared, send)
+            return
+        if self.auth is not None and request.url.path.startswith("/api/"):
+            try:
+                request.state.caller = await run_in_threadpool(self.auth.caller, request)  # the ledger is sync
+            except KilnError as exc:  # 401; or 503 when the ledger failed
+                await self._answer(request, exc, send)
+                return
+        await self._capped(request, receive, send)
+
+    def _declared_too_large(self, request: Request) -> BodyTooLarge | None:
+        """The refusal of a Content-Length over the cap or not a number; None when there is none."""
+        for value in request.headers.getlist("content-length"):
+            if not value.strip().isdigit():
+                return self._too_large(request, f"Content-Length {value[:20]!r} is not a number of bytes "
+                                                f"(kiln serve accepts a body of at most {self.limit} bytes)")
+            if int(value) > self.limit:
+                return self._too_large(request)
+        return None
+
+    def _too_large(self, request: Request, message: str | None = None) -> BodyTooLarge:
+        client = request.client.host if request.client else "?"
+        self.warn(f"{request.method} {request.url.path} from {client} refused: body over {self.limit} bytes")
+        return BodyTooLarge(message or f"the request body is larger than the {self.limit} bytes kiln serve accepts")
+
+    async def _answer(self, request: Request, exc: KilnError, send: Send) -> None:
+        response = await self.refuse(request, exc)
+        await response(request.scope, request.receive, send)
+
+    async def _capped(self, request: Request, receive: Receive, send: Send) -> None:
+        """Run the route, counting the body's bytes as it reads them. Past the cap the Guard
+        answers 413 (unless the route has begun its answer) and the read raises _ReadPastCap;
+        FastAPI turns an error while it parses a body into its own 400, which is dropped then."""
+        size = 0
+        started = answered = False
+
+        async def counted() -> Message:
+            nonlocal size, answered
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                if not started and not answered:
+                    answered = True
+                    await self._answer(request, self._too_large(request), send)
+                raise _ReadPastCap
+            return message
+
+        async def sent(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(request.scope, counted, sent)
+        except _ReadPastCap:
+            pass  # answered above (or, had the route begun its answer, the connection ends unfinished)
 
 
 @dataclass(frozen=True)
@@ -76,22 +157,14 @@ class Config:
 def make_app(ctx: Context, config: Config | None, start_runner: bool = True, plane: Plane | None = None) -> FastAPI:
     """The app: webhooks when `config` is given, the control plane when `plane` is."""
     app = FastAPI(title="kiln", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json" if plane else None)
+                  openapi_url=None)  # server/api.py serves the description, to a token
+    auth = Auth(ctx.ledger)
+    refuse = _refusal(with_dashboard=plane is not None)
+    app.add_middleware(Guard, refuse=refuse, auth=auth if plane is not None else None, warn=ctx.out.warn)
     if config is not None:
         _webhooks(app, ctx, config, start_runner)
     if plane is not None:
-        from kiln.server import api, dashboard
-        from kiln.server.auth import Auth
-        from kiln.server.metrics import exposition
-
-        auth = Auth(ctx.ledger)
-
-        @app.exception_handler(KilnError)
-        async def kiln_error(request: Request, exc: KilnError) -> Response:
-            if not request.url.path.startswith(("/api/", "/metrics")):
-                return await dashboard.error_page(request, exc)
-            return api.error_response(exc)
-
+        app.exception_handler(KilnError)(refuse)
         api.install(app, plane, auth)
 
         @app.get("/metrics", include_in_schema=False)
@@ -106,6 +179,17 @@ def make_app(ctx: Context, config: Config | None, start_runner: bool = True, pla
         return {"status": "ok"}
 
     return app
+
+
+def _refusal(with_dashboard: bool) -> Refuse:
+    async def refuse(request: Request, exc: KilnError) -> Response:
+        """A KilnError as its route's kind of answer: JSON {"error", "hint"} for the API, /metrics
+        and the webhooks; the dashboard's error page (or its sign-in, for a 401) for its pages."""
+        if with_dashboard and not request.url.path.startswith(("/api/", "/metrics", "/hooks/")):
+            return await dashboard.error_page(request, exc)
+        return api.error_response(exc)
+
+    return refuse
 
 
 def _webhooks(app: FastAPI, ctx: Context, config: Config, start_runner: bool) -> None:
@@ -146,12 +230,7 @@ def _webhooks(app: FastAPI, ctx: Context, config: Config, start_runner: bool) ->
         return JSONResponse({"status": "queued", "run": run.id}, status_code=202)
 
     async def receive(source: str, request: Request) -> JSONResponse:
-        try:
-            body = await _capped_body(request, MAX_BODY)  # the raw bytes: the signature covers exactly these
-        except _TooLarge:
-            ctx.out.warn(f"{source} webhook from {request.client.host if request.client else '?'} refused: "
-                         f"body over {MAX_BODY} bytes")
-            return JSONResponse({"error": f"the body exceeds {MAX_BODY} bytes"}, status_code=413)
+        body = await request.body()  # the raw bytes, which the signature covers; at most MAX_BODY (the Guard's)
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             if source == "github" and config.github:

@@ -1,8 +1,13 @@
 """The dashboard at / : server-rendered pages (Jinja2, templates/), a few lines of vanilla
 JavaScript (static/kiln.js: refresh a fragment every second, confirm before an action) and
-server-side SVG charts. Sign-in with a token sets an HttpOnly, SameSite=Strict cookie; every form
-that changes something carries the page's CSRF token (server/auth.py). The actions are the API's
-(server/plane.py), so they take the environment's lock and are recorded with the token's name."""
+server-side SVG charts.
+
+Signing in with a token (POST /login) is refused (403, before the form is read) unless its Origin,
+or without one its Referer, is this server's own; it opens a session (server/auth.py) whose random
+id the HttpOnly, SameSite=Strict cookie holds, never the token. Signing out ends the session on
+the server. Every form that changes something carries the session's CSRF token and is read only
+once its sender is known. The actions are the API's (server/plane.py), so they take the
+environment's lock and are recorded with the token's name."""
 
 from __future__ import annotations
 
@@ -10,9 +15,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -24,7 +29,7 @@ from kiln.ledger import kinds
 from kiln.ledger.db import now
 from kiln.ledger.samples import Sample
 from kiln.providers.base import short_image
-from kiln.server.auth import COOKIE, Auth, Caller
+from kiln.server.auth import COOKIE, SESSION_SECONDS, Auth, Caller
 from kiln.server.plane import Plane
 from kiln.server.svg import line_chart
 from kiln.usecases import ci_runs, history, locks
@@ -32,6 +37,7 @@ from kiln.usecases.observe import status as status_of
 
 HERE = Path(__file__).parent
 PLOT_MINUTES = 60
+DEFAULT_PORTS = {"http": 80, "https": 443}
 _jinja = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
 _jinja.filters["short"] = lambda image: short_image(image) if image else "-"
 
@@ -50,6 +56,35 @@ async def error_page(request: Request, exc: KilnError) -> Response:
     if code == 401 and request.method == "GET":
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
     return render("error.html", request, status=code, code=code, message=exc.message, hint=exc.hint, who=None)
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a request comes from a page of this server: its Origin header, or without one its
+    Referer's origin, is the server's own scheme://host[:port] (the host as the browser named it
+    in Host). A browser sends Origin with every form POST, and another site's page cannot make it
+    name this server; an Origin of "null" (a sandboxed or privacy-hiding page) is refused too."""
+    sent = request.headers.get("origin")
+    if sent is None:
+        sent = request.headers.get("referer")
+    own = _origin(f"{request.url.scheme}://{request.url.netloc}")
+    return sent is not None and own is not None and _origin(sent) == own
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL, its port spelled out; None for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is not a number
+        return None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
+
+
+def _local(path: str) -> str:
+    """`path` when it stays on this server (a sign-in's `next`), else "/"."""
+    return path if path.startswith("/") and not path.startswith("//") else "/"
 
 
 def charts(samples: list[Sample], end_at: Any) -> dict[str, str]:
@@ -91,33 +126,37 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         return who
 
     def page(name: str, request: Request, who: Caller, **values: Any) -> HTMLResponse:
-        return render(name, request, who=who.token, csrf=auth.csrf(who.token), apps=plane.apps(),
+        return render(name, request, who=who.token, csrf=auth.csrf(who), apps=plane.apps(),
                       said=request.query_params.get("said"), **values)
 
     # --- signing in --------------------------------------------------------------------------------
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> HTMLResponse:
-        return render("login.html", request, next=next if next.startswith("/") and not next.startswith("//") else "/",
-                      who=None, problem=None)
+        return render("login.html", request, next=_local(next), who=None, problem=None)
 
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, token: str = Form(...), next: str = Form("/")) -> Response:
-        found = plane.ctx().ledger.tokens.find(token.strip())
-        if found is None:
-            return render("login.html", request, status=401, next=next, who=None,
+    async def login(request: Request) -> Response:
+        if not same_origin(request):  # checked before the form is read: another site's sign-in ends here
+            return render("login.html", request, status=403, next="/", who=None,
+                          problem="Refused: this sign-in did not come from the sign-in page of this server "
+                                  "(its Origin, or Referer, names another site or is missing).")
+        form = await request.form()
+        target = _local(str(form.get("next", "/")))
+        session = await run_in_threadpool(auth.sign_in, str(form.get("token", "")).strip())
+        if session is None:
+            return render("login.html", request, status=401, next=target, who=None,
                           problem="That token is not valid (unknown or revoked).")
-        plane.ctx().ledger.tokens.used(found.name)
-        target = next if next.startswith("/") and not next.startswith("//") else "/"
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/",
-                            secure=request.url.scheme == "https", max_age=12 * 3600)
+        response.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https", max_age=SESSION_SECONDS)
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout(request: Request, csrf: str = Form("")) -> Response:
-        who = auth.caller(request)
-        auth.check_csrf(who, csrf)
+    async def logout(request: Request) -> Response:
+        who, _ = await submitted(request)
+        if who.session is not None:
+            auth.end_session(who.session)  # on the server: a copy of the cookie no longer works either
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
@@ -179,19 +218,30 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
 
     # --- actions (forms) ------------------------------------------------------------------------------
 
-    async def form_action(request: Request, env: str | None, back: str, do: Any) -> Response:
+    async def submitted(request: Request) -> tuple[Caller, dict[str, str]]:
+        """Who posted a form and, read only once they are known, its fields; Forbidden(401) without
+        a sign-in, Forbidden(403) without the page's CSRF token."""
         who = await run_in_threadpool(auth.caller, request)
-        form = await request.form()
-        auth.check_csrf(who, str(form.get("csrf", "")))
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        auth.check_csrf(who, form.get("csrf"))
+        return who, form
+
+    async def act(who: Caller, form: dict[str, str], env: str | None, back: str, do: Any) -> Response:
+        """Run `do` (an action of server/plane.py) for a token allowed to act on `env`; back to
+        `back`, saying how it went."""
         token = auth.require(who, ACT, env)
         try:
-            _, said = await run_in_threadpool(do, token, {k: str(v) for k, v in form.items()})
+            _, said = await run_in_threadpool(do, token, form)
             message = said[-1] if said else "done"
         except KilnError as exc:
             if isinstance(exc, Forbidden):
                 raise
             message = f"failed: {exc.message}"
         return RedirectResponse(f"{back}?said={quote(message)}", status_code=303)
+
+    async def form_action(request: Request, env: str | None, back: str, do: Any) -> Response:
+        who, form = await submitted(request)
+        return await act(who, form, env, back, do)
 
     def _int(form: dict[str, str], key: str) -> int | None:
         value = form.get(key, "").strip().lstrip("v")
@@ -223,10 +273,10 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
 
     @app.post("/apps/{app_name}/envs/{env}/promote-to", include_in_schema=False)
     async def promote_to_form(app_name: str, env: str, request: Request) -> Response:
-        form = await request.form()
-        target = str(form.get("to", ""))
-        return await form_action(request, target, f"/apps/{app_name}/envs/{target}",
-                                 lambda t, f: plane.promote_artifact(t, app_name, env, target, _strategy(f)))
+        who, form = await submitted(request)
+        target = form.get("to", "")
+        return await act(who, form, target, f"/apps/{app_name}/envs/{target}",
+                         lambda t, f: plane.promote_artifact(t, app_name, env, target, _strategy(f)))
 
     @app.post("/apps/{app_name}/envs/{env}/abort", include_in_schema=False)
     async def abort_form(app_name: str, env: str, request: Request) -> Response:
