@@ -184,7 +184,7 @@ def sse(url: str, token: str, kiln: Kiln, spec: Path, app: str) -> dict:
 
 def page_weight(url: str, token: str, app: str) -> dict:
     with httpx.Client(base_url=url, timeout=30) as c:
-        c.post("/login", data={"token": token})  # the dashboard's cookie
+        c.post("/login", data={"token": token}, headers={"Origin": url})  # the dashboard's session (same origin)
         out = {}
         for name, path in (("overview", "/"), ("environment", f"/apps/{app}/envs/production"),
                            ("live view (every 1 s)", f"/apps/{app}/envs/production/live"),

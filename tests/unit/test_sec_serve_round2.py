@@ -317,3 +317,13 @@ def test_sessions_expire_and_are_bounded(w):
     clock[0] += 1
     assert auth.session_token(sessions[-1]) is None  # 12 h after sign-in
     assert auth.open_session(found) and len(auth._sessions) == 1  # the expired ones are gone
+
+
+@pytest.mark.parametrize("target, kept", [("/ci", "/ci"), ("/apps/a/envs/b?x=1", "/apps/a/envs/b?x=1"),
+                                          ("//evil.example", "/"), ("/\\evil.example", "/"), ("/a\\b", "/"),
+                                          ("https://evil.example", "/"), ("evil", "/")])
+def test_a_sign_ins_next_stays_on_this_server(target, kept):
+    """Browsers read `/\\evil.example` as `//evil.example`: a backslash never passes."""
+    from kiln.server.dashboard import _local
+
+    assert _local(target) == kept

@@ -83,8 +83,9 @@ def _origin(url: str) -> tuple[str, str, int] | None:
 
 
 def _local(path: str) -> str:
-    """`path` when it stays on this server (a sign-in's `next`), else "/"."""
-    return path if path.startswith("/") and not path.startswith("//") else "/"
+    """`path` when it stays on this server (a sign-in's `next`), else "/". A backslash is refused
+    anywhere: browsers read `/\\evil.example` as `//evil.example`, another site."""
+    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
 
 
 def charts(samples: list[Sample], end_at: Any) -> dict[str, str]:
