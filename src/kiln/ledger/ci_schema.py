@@ -1,6 +1,6 @@
 """The ledger's pipeline tables: runs, their steps, their logs, and webhook deliveries seen.
 
-They join `kiln.ledger.schema.Table`'s metadata (schema.py imports this module at its end);
+They derive from `kiln.ledger.tables.Table`, as schema.py's do;
 migration 0004 creates them. Nothing here holds a secret value: log lines are masked before
 they are written."""
 
@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kiln.ledger.schema import Table
+from kiln.ledger.tables import Table
 
 
 class CiRunRow(Table):

@@ -6,11 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-
-class Table(DeclarativeBase):
-    pass
+from kiln.ledger.tables import Table
 
 
 class ReleaseRow(Table):
@@ -155,6 +153,3 @@ class SampleRow(Table):
     requests: Mapped[int] = mapped_column(Integer)  # HTTP responses in the interval
     errors: Mapped[int] = mapped_column(Integer)  # 5xx among them
     response_ms: Mapped[float] = mapped_column(Float)  # HAProxy's rtime, weighted by responses
-
-
-from kiln.ledger import ci_schema as _ci_schema  # noqa: E402,F401  (the pipeline's tables join this metadata)
