@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -18,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from kiln import views
 from kiln.access import ACT, MANAGE, READ, check_new, new_token
 from kiln.errors import (
     EngineError,
@@ -31,14 +31,13 @@ from kiln.errors import (
     RouterError,
     UsageError,
 )
-from kiln.ledger.db import now
 from kiln.server.auth import Auth, Caller
 from kiln.server.plane import Plane, outcome_doc
+from kiln.spec.models import strategy_of
 from kiln.usecases import ci_runs, history, locks
 from kiln.usecases.history import FOLLOW_EVERY
 from kiln.usecases.observe import status as status_of
-
-STRATEGIES = ("rolling", "blue-green", "canary")
+from kiln.views import Rollout
 
 
 class BodyTooLarge(KilnError):
@@ -89,16 +88,8 @@ class TokenBody(BaseModel):
     envs: list[str] = []
 
 
-def strategy_of(value: str | None) -> str | None:
-    if value is not None and value not in STRATEGIES:
-        raise UsageError(f"unknown strategy {value!r}.", f"Use one of: {', '.join(STRATEGIES)}.")
-    return value
-
-
 def rollout_doc(r: Any) -> dict[str, Any]:
-    return {"id": r.id, "from": r.from_release, "to": r.to_release, "strategy": r.strategy, "state": r.state,
-            "phase": r.phase, "reason": r.reason, "started_at": r.started_at.isoformat() + "Z",
-            "finished_at": r.finished_at.isoformat() + "Z" if r.finished_at else None}
+    return Rollout.of(r).to_json()
 
 
 async def caller(request: Request) -> Caller:
@@ -142,52 +133,46 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
     def status(app: str, env: str, who: Who) -> dict[str, Any]:
         ctx = reader(who)
         plane.require_env(app, env)
-        return status_of(ctx, plane.config(app, env))
+        return status_of(ctx, plane.config(app, env)).to_json()
 
     @api.get("/apps/{app}/envs/{env}/releases", summary="Releases, newest first, with what became of each")
     def releases(app: str, env: str, who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
         ctx = reader(who)
         plane.require_env(app, env)
-        return [{**rs.release.summary(), "state": rs.state} for rs in history.releases(ctx, app, env, limit)]
+        return [r.to_json() for r in history.releases(ctx, app, env, limit)]
 
     @api.get("/apps/{app}/envs/{env}/releases/{a}/diff/{b}", summary="Two releases: image and config key by key")
     def release_diff(app: str, env: str, a: int, b: int, who: Who) -> dict[str, Any]:
-        return history.release_diff(reader(who), app, env, a, b)
+        return history.release_diff(reader(who), app, env, a, b).to_json()
 
     @api.get("/apps/{app}/envs/{env}/releases/{number}", summary="One release with its resolved config")
     def release(app: str, env: str, number: int, who: Who) -> dict[str, Any]:
-        r = reader(who).ledger.releases.require(app, env, number)
-        return {**r.summary(), "config": r.config, "config_digest": r.config_digest}
+        return history.release(reader(who), app, env, number).to_json()
 
     @api.get("/apps/{app}/envs/{env}/rollouts", summary="Rollouts, newest first")
     def rollouts(app: str, env: str, who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> list[dict[str, Any]]:
         ctx = reader(who)
         plane.require_env(app, env)
-        return [rollout_doc(r) for r in history.rollouts(ctx, app, env, limit)]
+        return [r.to_json() for r in history.rollouts(ctx, app, env, limit)]
 
     @api.get("/apps/{app}/envs/{env}/rollouts/{rollout_id}", summary="One rollout with its timed steps")
     def rollout(app: str, env: str, rollout_id: int, who: Who) -> dict[str, Any]:
-        chosen, steps = history.rollout(reader(who), app, env, rollout_id)
-        return {**rollout_doc(chosen), "steps": steps}
+        return history.rollout(reader(who), app, env, rollout_id).to_json()
 
     @api.get("/apps/{app}/envs/{env}/lock", summary="Who holds the environment's lock")
     def lock(app: str, env: str, who: Who) -> dict[str, Any]:
         ctx = reader(who)
         plane.require_env(app, env)
-        state = locks.status(ctx, app, env)
-        held = state.lock
-        return {"locked": held is not None, "holder": held.holder if held else None,
-                "reason": held.reason if held else None, "expired": state.expired,
-                "seconds_left": round(state.seconds_left, 1) if held else None}
+        return locks.status(ctx, app, env).to_json()
 
     @api.get("/apps/{app}/envs/{env}/traffic", summary="Requests/s, 5xx and response time per release")
     def traffic(app: str, env: str, who: Who, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> dict[str, Any]:
         ctx = reader(who)
         plane.require_env(app, env)
         cfg = plane.config(app, env)
-        sampled = ctx.ledger.samples.of(app, env, now() - timedelta(minutes=minutes))
         live = plane.traffic(cfg, plane.router_servers(cfg))
-        return {"sampled": [s.summary() for s in sampled], "live": [s.summary() for s in live]}
+        return {"sampled": [s.to_json() for s in history.samples(ctx, app, env, minutes)],
+                "live": [views.Sample.of(s).to_json() for s in live]}
 
     # --- events ----------------------------------------------------------------------------------
 
@@ -196,7 +181,7 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
                limit: Annotated[int, Query(ge=1, le=10000)] = 50) -> list[dict[str, Any]]:
         ctx = reader(who)
         plane.require_app(app)
-        return next(history.events(ctx, app, env, limit))
+        return [e.to_json() for e in history.recent_events(ctx, app, env, limit)]
 
     @api.get("/apps/{app}/events/stream", summary="Events as Server-Sent Events (the newest `limit`, then as they come)",
              response_class=StreamingResponse)
@@ -204,19 +189,16 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
                             limit: Annotated[int, Query(ge=0, le=10000)] = 20) -> StreamingResponse:
         ctx = await run_in_threadpool(reader, who)
         await run_in_threadpool(plane.require_app, app)
-        first = await run_in_threadpool(lambda: next(history.events(ctx, app, env, limit)) if limit else [])
+        first = await run_in_threadpool(history.recent_events, ctx, app, env, limit)
 
         async def stream() -> AsyncIterator[str]:
-            last = first[-1]["id"] if first else 0
-            if not first:
-                newest = await run_in_threadpool(lambda: ctx.ledger.events.of(app, env, limit=1))
-                last = newest[-1]["id"] if newest else 0
+            last = await run_in_threadpool(history.last_event_id, ctx, app, env, first)
             batch = first
             ticks = 0
             while True:
                 for e in batch:
-                    yield f"id: {e['id']}\nevent: {e['kind']}\ndata: {json.dumps({'app': app, **e})}\n\n"
-                    last = e["id"]
+                    yield f"id: {e.id}\nevent: {e.kind}\ndata: {json.dumps(e.to_json())}\n\n"
+                    last = e.id
                 if await request.is_disconnected():
                     return
                 ticks += 1
@@ -232,17 +214,16 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
 
     @api.get("/ci/runs", summary="Pipeline runs, newest first")
     def runs(who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> list[dict[str, Any]]:
-        return [r.summary() for r in ci_runs.runs(reader(who), limit)]
+        return [r.to_json() for r in ci_runs.runs(reader(who), limit)]
 
     @api.get("/ci/runs/{run_id}", summary="One run with its steps")
     def run(run_id: int, who: Who) -> dict[str, Any]:
-        found, steps = ci_runs.show(reader(who), run_id)
-        return {**found.summary(), "steps": [s.summary() for s in steps]}
+        return ci_runs.show(reader(who), run_id).to_json()
 
     @api.get("/ci/runs/{run_id}/logs", summary="A run's log, secrets masked: [step, line]")
     def run_logs(run_id: int, who: Who) -> list[dict[str, str]]:
         ctx = reader(who)
-        return [{"step": step, "line": line} for batch in ci_runs.logs(ctx, run_id) for step, line in batch]
+        return [line.to_json() for line in ci_runs.log(ctx, run_id)]
 
     # --- actions ------------------------------------------------------------------------------------
 
@@ -280,19 +261,19 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
     @api.post("/ci/runs/{run_id}/approve", summary="Let a run's waiting promotion go ahead")
     def approve(run_id: int, who: Who, request: Request) -> dict[str, Any]:
         _, said = plane.ci(actor(who, request, None), run_id, "approve")
-        return {"run": ci_runs.run(plane.ctx(), run_id).summary(), "said": said}
+        return {"run": ci_runs.run(plane.ctx(), run_id).to_json(), "said": said}
 
     @api.post("/ci/runs/{run_id}/cancel", summary="Cancel a queued or running run")
     def cancel(run_id: int, who: Who, request: Request) -> dict[str, Any]:
         _, said = plane.ci(actor(who, request, None), run_id, "cancel")
-        return {"run": ci_runs.run(plane.ctx(), run_id).summary(), "said": said}
+        return {"run": ci_runs.run(plane.ctx(), run_id).to_json(), "said": said}
 
     # --- tokens (admins) ------------------------------------------------------------------------------
 
     @api.get("/tokens", summary="API tokens (never their values)")
     def tokens(who: Who) -> list[dict[str, Any]]:
         auth.require(who, MANAGE)
-        return [t.summary() for t in plane.ctx().ledger.tokens.all()]
+        return [views.Token.of(t).to_json() for t in plane.ctx().ledger.tokens.all()]
 
     @api.post("/tokens", summary="Make a token; its value is shown once")
     def token_create(body: TokenBody, who: Who, request: Request) -> dict[str, Any]:
@@ -301,7 +282,7 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         check_new(body.name, body.role, tuple(body.envs))
         value = new_token()
         made = plane.ctx().ledger.tokens.create(body.name, body.role, tuple(body.envs), value)
-        return {**made.summary(), "token": value}
+        return {**views.Token.of(made).to_json(), "token": value}
 
     @api.delete("/tokens/{name}", summary="Revoke a token")
     def token_revoke(name: str, who: Who, request: Request) -> dict[str, Any]:

@@ -11,8 +11,7 @@ environment's lock and are recorded with the token's name."""
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -23,23 +22,22 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
+from kiln import views
 from kiln.access import ACT, READ
 from kiln.errors import Forbidden, KilnError, UsageError
-from kiln.ledger import kinds
-from kiln.ledger.db import now
-from kiln.ledger.samples import Sample
 from kiln.providers.base import short_image
 from kiln.server.auth import COOKIE, SESSION_SECONDS, Auth, Caller
 from kiln.server.plane import Plane
 from kiln.server.svg import line_chart
-from kiln.usecases import ci_runs, history, locks
-from kiln.usecases.observe import status as status_of
+from kiln.usecases import ci_runs, history, observe
 
 HERE = Path(__file__).parent
-PLOT_MINUTES = 60
+PLOT_MINUTES = observe.PLOT_MINUTES
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _jinja = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
 _jinja.filters["short"] = lambda image: short_image(image) if image else "-"
+_jinja.filters["stamp"] = lambda at: f"{at:%Y-%m-%d %H:%M:%S}"  # the ledger's UTC
+_jinja.filters["clock"] = lambda at: f"{at:%H:%M:%S}"
 
 
 def render(name: str, request: Request, status: int = 200, **values: Any) -> HTMLResponse:
@@ -88,7 +86,7 @@ def _local(path: str) -> str:
     return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
 
 
-def charts(samples: list[Sample], end_at: Any) -> dict[str, str]:
+def charts(samples: list[views.Sample], end_at: datetime) -> dict[str, str]:
     """Requests/s, 5xx % and response time per release over the last PLOT_MINUTES, as SVG (the
     time axis starts at the first sample of the hour, so that a young history is not a sliver)."""
     end = end_at.timestamp()
@@ -100,22 +98,13 @@ def charts(samples: list[Sample], end_at: Any) -> dict[str, str]:
     ms: dict[str, list[tuple[float, float]]] = {}
     for s in samples:
         label, t = f"v{s.release}", s.at.timestamp()
-        rps.setdefault(label, []).append((t, s.rate))
+        rps.setdefault(label, []).append((t, s.rps))
         err.setdefault(label, []).append((t, 100 * s.error_rate))
         if s.requests:
             ms.setdefault(label, []).append((t, s.response_ms))
     return {"rps": line_chart("requests", "per s", rps, start, end),
             "errors": line_chart("5xx", "%", err, start, end),
             "latency": line_chart("response time", "ms", ms, start, end)}
-
-
-def live_rows(samples: list[Sample]) -> list[dict[str, Any]]:
-    """The newest live sample of each release: requests/s, 5xx %, response time."""
-    newest: dict[int, Sample] = {}
-    for s in samples:
-        newest[s.release] = s
-    return [{"release": n, "rps": round(s.rate, 1), "errors": round(100 * s.error_rate, 2),
-             "ms": round(s.response_ms, 1)} for n, s in sorted(newest.items())]
 
 
 def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
@@ -171,7 +160,7 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         rows = []
         for app_name in plane.apps():
             for env in plane.envs(app_name):
-                rows.append(_env_summary(plane, ctx, app_name, env))
+                rows.append(observe.overview(ctx, plane.config(app_name, env)))
         return page("overview.html", request, who, rows=rows)
 
     @app.get("/apps/{app_name}/envs/{env}", response_class=HTMLResponse, include_in_schema=False)
@@ -184,7 +173,7 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         loaded = plane.spec(app_name)
         others = [e for e in (loaded.spec.environments if loaded else ()) if e != env]
         return page("env.html", request, who, app=app_name, env=env, releases=rels, diff=diff, a=a, b=b,
-                    others=others, live=_live(plane, ctx, app_name, env),
+                    others=others, **_live(plane, ctx, app_name, env),
                     can_act=_can(who, env), has_spec=loaded is not None,
                     images=_images(rels))
 
@@ -193,14 +182,14 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         who = viewer(request)
         plane.require_env(app_name, env)
         return page("live.html", request, who, app=app_name, env=env, can_act=_can(who, env),
-                    live=_live(plane, plane.ctx(), app_name, env))
+                    **_live(plane, plane.ctx(), app_name, env))
 
     @app.get("/apps/{app_name}/events", response_class=HTMLResponse, include_in_schema=False)
     def events_page(app_name: str, request: Request, env: str | None = None, fragment: bool = False) -> HTMLResponse:
         who = viewer(request)
         plane.require_app(app_name)
         return page("events_table.html" if fragment else "events.html", request, who, app=app_name, env=env,
-                    events=list(reversed(next(history.events(plane.ctx(), app_name, env, 200)))))
+                    events=list(reversed(history.recent_events(plane.ctx(), app_name, env, 200))))
 
     @app.get("/ci", response_class=HTMLResponse, include_in_schema=False)
     def ci_page(request: Request) -> HTMLResponse:
@@ -212,9 +201,8 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
     def ci_run_page(run_id: int, request: Request) -> HTMLResponse:
         who = viewer(request)
         ctx = plane.ctx()
-        found, steps = ci_runs.show(ctx, run_id)
-        lines = [(step, line) for batch in ci_runs.logs(ctx, run_id) for step, line in batch]
-        return page("ci.html", request, who, runs=None, run=found, steps=steps, lines=lines,
+        found = ci_runs.show(ctx, run_id)
+        return page("ci.html", request, who, runs=None, run=found, steps=found.steps, lines=ci_runs.log(ctx, run_id),
                     can_act=_can(who, None))
 
     # --- actions (forms) ------------------------------------------------------------------------------
@@ -253,7 +241,7 @@ def install(app: FastAPI, plane: Plane, auth: Auth) -> None:
         return int(value)
 
     def _strategy(form: dict[str, str]) -> str | None:
-        from kiln.server.api import strategy_of
+        from kiln.spec.models import strategy_of
 
         return strategy_of(form.get("strategy") or None)
 
@@ -297,49 +285,17 @@ def _can(who: Caller, env: str | None) -> bool:
     return allows(who.token, ACT, env)
 
 
-def _images(rels: list[Any]) -> list[tuple[str, str]]:
+def _images(rels: list[views.ReleaseEntry]) -> list[tuple[str, str]]:
     """(image, label) of the releases shown, each image once, newest first: what can be deployed."""
     seen: dict[str, str] = {}
-    for rs in rels:
-        seen.setdefault(rs.release.image, f"{short_image(rs.release.image)} (v{rs.release.number})")
+    for r in rels:
+        seen.setdefault(r.image, f"{short_image(r.image)} (v{r.number})")
     return list(seen.items())
 
 
-def _env_summary(plane: Plane, ctx: Any, app: str, env: str) -> dict[str, Any]:
-    try:
-        st = status_of(ctx, plane.config(app, env))
-    except KilnError as exc:
-        return {"app": app, "env": env, "error": exc.message}
-    nodes: dict[str, int] = {}
-    health: dict[str, int] = {}
-    for i in st["instances"]:
-        nodes[i["node"] or "this host"] = nodes.get(i["node"] or "this host", 0) + 1
-        health[i["health"]] = health.get(i["health"], 0) + 1
-    taints = ctx.ledger.events.of(app, env, kinds=(kinds.INSTANCE_TAINTED,), limit=None,
-                                  since=now() - timedelta(days=1))
-    return {"app": app, "env": env, "error": None, "url": st["url"], "release": st["release"],
-            "health": health, "nodes": nodes, "agent": st["agent"], "waiting": st["waiting"],
-            "drift": len(taints), "router": st["router"]["state"]}
-
-
 def _live(plane: Plane, ctx: Any, app: str, env: str) -> dict[str, Any]:
-    """The live rollout view: status, the latest rollout and its steps, traffic per release."""
+    """The live rollout view, and its charts."""
     cfg = plane.config(app, env)
-    st = status_of(ctx, cfg)
-    servers = plane.router_servers(cfg)
-    traffic = live_rows(plane.traffic(cfg, servers))
-    latest = next(iter(history.rollouts(ctx, app, env, 1)), None)
-    steps = list(reversed(history.rollout(ctx, app, env, latest.id)[1][-12:])) if latest else []
-    weights: dict[int, int] = {}
-    for name, s in servers.items():
-        from kiln.agent.sampling import release_of
-
-        number = release_of(name)
-        if number is not None and s.serving:
-            weights[number] = weights.get(number, 0) + s.weight
-    total = sum(weights.values()) or 1
-    share = {n: round(100 * w / total) for n, w in sorted(weights.items())}
-    samples = ctx.ledger.samples.of(app, env, now() - timedelta(minutes=PLOT_MINUTES))
-    return {"status": st, "rollout": latest, "steps": steps, "traffic": traffic, "share": share,
-            "charts": charts(samples, now()),
-            "lock": locks.status(ctx, app, env).lock, "at": time.strftime("%H:%M:%S", time.gmtime())}
+    routed = plane.router_servers(cfg)
+    live = observe.live(ctx, cfg, routed, [views.Sample.of(s) for s in plane.traffic(cfg, routed)])
+    return {"live": live, "charts": charts(live.samples, live.at)}

@@ -75,7 +75,7 @@ class _Kiln(Collector):
                     servers = self.plane.router_servers(cfg)
                 except KilnError:
                     continue  # an engine that does not answer: no instances to count
-                states.update(i["health"] for i in st["instances"])
+                states.update(i.health for i in st.instances)
                 per: dict[int, list[int]] = {}
                 for name, s in servers.items():
                     number = release_of(name)

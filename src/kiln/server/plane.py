@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kiln import views
 from kiln.access import Token
 from kiln.agent.sampling import per_release
 from kiln.context import Context
@@ -229,7 +230,7 @@ and what it said, ending with that summary."""
 def outcome_doc(outcome: Any) -> dict[str, Any]:
     """A deploy/rollback/promote Outcome as JSON."""
     cfg = outcome.release.env_config()
-    return {"release": outcome.release.summary(), "changed": outcome.changed, "state": outcome.state,
+    return {"release": views.Release.of(outcome.release).to_json(), "changed": outcome.changed, "state": outcome.state,
             "url": cfg.url, "preview_url": cfg.preview_url}
 
 
