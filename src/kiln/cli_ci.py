@@ -43,12 +43,6 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
-def _store(ctx):
-    from kiln.usecases import ci_runs
-
-    return ci_runs.store(ctx)
-
-
 def _with_policy(ctx, policy: Path | None):
     """`ctx` with --policy FILE as its pipeline policy (runners it starts get it too)."""
     if policy is not None:
@@ -279,17 +273,23 @@ def hook_receive(
     repo: Annotated[Path, typer.Option("--repo")],
     spec: Annotated[str, typer.Option("--spec")] = "kiln.yaml",
 ) -> None:
-    """Called by the post-receive hook with git's "old new ref" lines on stdin."""
-    from kiln.ci.trigger import enqueue, pushed_refs, spawn
+    """Called by the post-receive hook with git's "old new ref" lines on stdin: each pushed ref
+    goes through the same admission as a webhook's push (usecases/pushes.py): a commit its ref
+    already ran, or one older than the ref's last run, starts nothing."""
+    from kiln.ci.trigger import pushed_refs
+    from kiln.errors import PushRefused
+    from kiln.usecases import pushes
 
     for key in [k for k in os.environ if k.startswith("GIT_")]:
         del os.environ[key]  # the hook's GIT_DIR would point the runner's git at the bare repository
     ctx = _ctx()
-    store = _store(ctx)
     for ref, commit in pushed_refs(sys.stdin.read()):
-        run = enqueue(ctx, store, repo=str(repo), spec=spec, ref=ref, commit=commit, trigger="hook")
-        spawn(ctx, run.id)
-        print(f"kiln: run {run.id} queued for {ref} ({commit[:12]}); kiln ci logs {run.id} --follow")
+        try:
+            got = pushes.admit(ctx, repo=str(repo), spec=spec, source="hook", push=pushes.Pushed(ref, commit))
+        except (PushRefused, UsageError) as exc:
+            print(f"kiln: no run for {ref} ({commit[:12]}): {exc.message}")
+            continue
+        print(f"kiln: run {got.run} queued for {ref} ({commit[:12]}); kiln ci logs {got.run} --follow")
 
 
 def _secrets():

@@ -535,6 +535,9 @@ class Admission(View):
     status: Literal["queued", "ignored"]
     run: int | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)  # {"status": "ignored"}: no run
+
 
 # --- tokens ------------------------------------------------------------------------------------
 
