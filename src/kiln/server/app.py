@@ -1,5 +1,9 @@
-"""`kiln serve` (FastAPI): the control plane (server/api.py's API, server/dashboard.py's pages,
-server/metrics.py's /metrics; tokens and sessions checked by server/auth.py) and the webhooks.
+"""`kiln serve` (FastAPI): `make_app` puts what its routers share in app.state (the Auth, the
+Plane, the webhooks' settings) and includes the routers, each a module-level APIRouter: the
+webhooks (server/hooks.py); for the control plane, the API's (server/reads.py, actions.py,
+tokens.py, with server/api.py's dependencies and OpenAPI route), /metrics (server/metrics.py)
+and the dashboard (server/dashboard.py); and /health. Tokens and sessions are checked by
+server/auth.py; every route reaches kiln through a use case.
 
 Every request first meets the Guard, a plain ASGI middleware (it buffers nothing of the body):
 
@@ -13,32 +17,25 @@ Every request first meets the Guard, a plain ASGI middleware (it buffers nothing
   dependencies run). The Caller found is kept in the request's state, where the API's `caller`
   dependency takes it: one token lookup per request.
 
-Webhooks: each push event that passes its signature or token check, and whose delivery id was
-not seen before, queues a run of the pushed ref and starts a detached runner. Answers: 202 queued
-(or ignored, for other events), 401 bad signature or token, 409 a replay (a delivery id seen
-before; or a commit the ref already ran, or one older than the ref's last run: GitHub's signature
-covers the body, not the delivery id, so a captured push replayed under a new id is caught by its
-content), 400 a malformed request, 413 a body over MAX_BODY (the Guard's)."""
+A KilnError a route raises answers as its route's kind of answer: JSON {"error", "hint"} under
+/api/, /metrics and /hooks/, the dashboard's error page (or its sign-in, for a 401) elsewhere."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln import __version__
-from kiln.access import READ
 from kiln.context import Context
 from kiln.errors import KilnError
-from kiln.server import api, dashboard, hooks
+from kiln.server import api, dashboard, hooks, metrics
 from kiln.server.api import BodyTooLarge
 from kiln.server.auth import Auth
 from kiln.server.hooks import Config
-from kiln.server.metrics import exposition
 from kiln.server.plane import Plane
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a push event, a deploy's JSON or a form needs far less
@@ -130,31 +127,33 @@ class Guard:
 
 
 def make_app(ctx: Context, config: Config | None, start_runner: bool = True, plane: Plane | None = None) -> FastAPI:
-    """The app: webhooks when `config` is given, the control plane when `plane` is."""
+    """The app: the webhooks router when `config` is given; the control plane (the API's routers,
+    /metrics and the dashboard) when `plane` is. What the routers share is in app.state."""
     app = FastAPI(title="kiln", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)  # server/api.py serves the description, to a token
-    auth = Auth(ctx.ledger)
-    refuse = _refusal(with_dashboard=plane is not None)
-    app.add_middleware(Guard, refuse=refuse, auth=auth if plane is not None else None, warn=ctx.out.warn)
+    auth = Auth(ctx)
+    app.state.auth = auth
+    app.add_middleware(Guard, refuse=_refusal(with_dashboard=plane is not None),
+                       auth=auth if plane is not None else None, warn=ctx.out.warn)
     if config is not None:
         app.state.hooks = hooks.Hooks(ctx, config, start_runner)
         app.include_router(hooks.router)
     if plane is not None:
-        app.exception_handler(KilnError)(refuse)
-        api.install(app, plane, auth)
-
-        @app.get("/metrics", include_in_schema=False)
-        def metrics(request: Request) -> Response:
-            auth.require(auth.caller(request), READ)
-            return Response(exposition(plane), media_type=CONTENT_TYPE_LATEST)
-
-        dashboard.install(app, plane, auth)
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
+        app.state.plane = plane
+        app.exception_handler(KilnError)(_refusal(with_dashboard=True))
+        api.install(app)
+        app.include_router(metrics.router)
+        dashboard.install(app)
+    app.include_router(health)
     return app
+
+
+health = APIRouter(include_in_schema=False)
+
+
+@health.get("/health")
+async def alive() -> dict[str, str]:
+    return {"status": "ok"}
 
 
 def _refusal(with_dashboard: bool) -> Refuse:

@@ -15,22 +15,10 @@ from kiln.providers.base import INSTANCE, selector
 from kiln.rollout.lock import lease_name
 from kiln.router.haproxy_api import ServerStat
 from kiln.spec.resolve import EnvConfig
-from kiln.usecases import history, locks
+from kiln.usecases import catalog, history, locks
 
 PLOT_MINUTES = 60  # the live view's charts
 DRIFT_DAYS = 1  # the overview counts the taints found this recently
-
-
-def servers(ctx: Context, cfg: EnvConfig) -> dict[str, ServerStat]:
-    """The environment's router's servers by name; none when the router is absent or does not answer."""
-    router = ctx.router(cfg)
-    facts = router.facts()
-    if facts is None or not facts.running:
-        return {}
-    try:
-        return router.servers()
-    except RouterError:
-        return {}
 
 
 def status(ctx: Context, cfg: EnvConfig) -> views.Status:
@@ -99,6 +87,12 @@ def overview(ctx: Context, cfg: EnvConfig) -> views.Overview:
     taints = ctx.ledger.events.of(cfg.app, cfg.env, kinds=(kinds.INSTANCE_TAINTED,), limit=None,
                                   since=now() - timedelta(days=DRIFT_DAYS))
     return views.Overview(app=cfg.app, env=cfg.env, status=st, health=health, nodes=nodes, drift=len(taints))
+
+
+def overviews(ctx: Context, specs: catalog.Specs) -> list[views.Overview]:
+    """Every environment of every app (usecases/catalog.py) at a glance."""
+    return [overview(ctx, catalog.config(ctx, app, specs.get(app), env))
+            for app in catalog.apps(ctx, specs) for env in catalog.envs(ctx, app, specs.get(app))]
 
 
 def shares(routed: dict[str, ServerStat], live: list[views.Sample]) -> list[views.Share]:
