@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from kiln.ledger.samples import Sample as StoredSample
     from kiln.spec.envdiff import KeyDiff
     from kiln.usecases.deploy import Outcome as DeployOutcome
+    from kiln.usecases.nodes import NodeRow
 
 
 @overload
@@ -581,6 +582,26 @@ class VmImage(View):
     def of(cls, i: StoredVmImage) -> VmImage:
         return cls(image=i.ref, disk=str(i.disk), sha256=i.sha256, inputs_hash=i.inputs_hash, app_image=i.app_image,
                    commit=i.commit, dirty=i.dirty, size=i.disk.stat().st_size if i.disk.exists() else 0)
+
+
+class Node(View):
+    """A host of a cluster engine, with the kiln instances running there."""
+
+    id: str
+    hostname: str
+    role: str  # manager or worker
+    leader: bool
+    availability: str  # active, pause, drain
+    state: str  # ready, down…
+    address: str
+    labels: dict[str, str]
+    instances: int
+
+    @classmethod
+    def of(cls, row: NodeRow) -> Node:
+        n = row.node
+        return cls(id=n.id, hostname=n.hostname, role=n.role, leader=n.leader, availability=n.availability,
+                   state=n.state, address=n.address, labels=dict(n.labels), instances=row.instances)
 
 
 class ImageExport(View):

@@ -160,3 +160,20 @@ def test_a_pipeline_deploy_step_accepts_the_tested_image_as_pushed_and_refuses_a
     with pytest.raises(PipelineError) as err:
         steps.deploy(SimpleNamespace(ctx=w.ctx, loaded=w.load(), image=other), "production")
     assert "not the tested" in err.value.message
+
+
+def test_kiln_node_list_json_is_the_node_view(w, monkeypatch):
+    import json
+
+    from kiln import cli_nodes
+    from unit.cli_inproc import run_kiln
+
+    deploy(w.ctx, w.load(), "production")
+    monkeypatch.setattr(cli_nodes, "_ctx", lambda quiet=False: w.ctx)
+    done = run_kiln(["node", "list", "--json"], cwd=w.root, env={"NO_COLOR": "1"})
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert [(n["hostname"], n["role"], n["availability"]) for n in listed] == [
+        ("vm", "manager", "active"), ("kiln-n1", "worker", "active"), ("kiln-n2", "worker", "active")]
+    assert set(listed[0]) == {"id", "hostname", "role", "leader", "availability", "state", "address", "labels",
+                              "instances"} and sum(n["instances"] for n in listed) == 3

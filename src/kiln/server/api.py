@@ -2,9 +2,10 @@
 (server/reads.py, server/actions.py, server/tokens.py) and the OpenAPI description
 (/api/openapi.json, to a token that may read).
 
-Every route answers a named type of kiln/views.py, the value the CLI prints with --json, got from
-the use case the CLI calls (reads directly, actions through server/plane.py, which records each
-as an event naming the token). The shared dependencies: the Plane and the Auth (app.state), the
+Every route answers a named type of kiln/views.py (its OpenAPI schema has that name), got from a
+use case: the one the CLI calls where the CLI has the command, so both print the same JSON (reads
+directly; actions through server/plane.py and usecases/actions.py, which records each as an
+event naming the token). The shared dependencies: the Plane and the Auth (app.state), the
 caller's token (`Who`: server/app.py's Guard found it, before the body was read, for every request
 under /api/), and the rights a route needs (`reader`, `actor`, `admin`). Errors a user can cause
 answer as JSON {"error", "hint"}: 400 a wrong request, 401 no or an unknown token, 403 a role
