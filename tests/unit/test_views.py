@@ -105,3 +105,15 @@ def test_the_front_ends_import_nothing_of_the_ledger():
     leaks = [f"{p.relative_to(SRC)}:{n}" for p in front for n, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"kiln.ledger|\.ledger\.", line)]
     assert leaks == []
+
+
+def test_a_vm_image_shows_its_disks_size(tmp_path):
+    """Deliberate since issue 26: `kiln image list --json` also gives each image's size in bytes
+    (the table's MiB column), so the CLI reads no file of its own."""
+    from kiln.bake.vm import DISK, VmImage
+
+    (tmp_path / DISK).write_bytes(b"\0" * 4096)
+    shown = views.VmImage.of(VmImage("kiln-vm/shop@sha256:" + "a" * 64, tmp_path, "a" * 64, "b" * 64, "sha256:c",
+                                     None, False)).to_json()
+    assert shown == {"image": "kiln-vm/shop@sha256:" + "a" * 64, "disk": str(tmp_path / DISK), "sha256": "a" * 64,
+                     "inputs_hash": "b" * 64, "app_image": "sha256:c", "commit": None, "dirty": False, "size": 4096}
