@@ -33,6 +33,8 @@ def test_a_manifest_exports_a_release_and_its_rollouts_and_imports_into_another_
                                    "config_digest": v1.config_digest, "spec_digest": v1.spec_digest}
     assert [(r["id"], r["from"], r["to"], r["strategy"], r["state"]) for r in manifest["rollouts"]] == [
         (1, None, 1, "rolling", "succeeded"), (2, 1, 2, "rolling", "succeeded")]
+    # each rollout in its one JSON form (views.Rollout), which since issue 26 includes its last phase
+    assert [r["phase"] for r in manifest["rollouts"]] == ["done", "done"]
 
     (tmp_path / "second").mkdir()
     other = World.make(tmp_path / "second")
