@@ -18,7 +18,6 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from kiln.errors import UsageError
 
@@ -40,11 +39,6 @@ class Token:
     digest: str
     created_at: datetime
     last_used_at: datetime | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "envs": list(self.envs),
-                "created_at": self.created_at.isoformat() + "Z",
-                "last_used_at": self.last_used_at.isoformat() + "Z" if self.last_used_at else None}
 
 
 def new_token() -> str:

@@ -246,6 +246,7 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
     from kiln.providers.base import short_image
     from kiln.spec.sizes import format_size
     from kiln.usecases.observe import status as do_status
+    from kiln.views import utc
 
     _, cfg = _env_config(file, env)
     ctx = _ctx()
@@ -253,29 +254,29 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
     if json:
         ctx.out.json(st)
         return
-    rel = st["release"]
-    ctx.out.print(f"[bold]{st['app']}/{st['env']}[/]  {st['url']}  router: {st['router']['state']}")
-    ctx.out.print(f"release: v{rel['number']}  image {short_image(rel['image'])}  commit {(rel['commit'] or '-')[:12]}"
+    rel = st.release
+    ctx.out.print(f"[bold]{st.app}/{st.env}[/]  {st.url}  router: {st.router.state}")
+    ctx.out.print(f"release: v{rel.number}  image {short_image(rel.image)}  commit {(rel.commit or '-')[:12]}"
                   if rel else "release: none yet (run `kiln deploy`)")
-    on_nodes = any(i["node"] for i in st["instances"])
+    on_nodes = any(i.node for i in st.instances)
     table = Table("instance", "service", "release", "health", *(("node",) if on_nodes else ()))
-    for i in st["instances"]:
-        colour = "green" if i["health"] == "healthy" else "yellow"
-        table.add_row(i["id"], i["service"], f"v{i['release']}", f"[{colour}]{i['health']}[/]",
-                      *((i["node"] or "-",) if on_nodes else ()))
+    for i in st.instances:
+        colour = "green" if i.health == "healthy" else "yellow"
+        table.add_row(i.id, i.service, f"v{i.release}", f"[{colour}]{i.health}[/]",
+                      *((i.node or "-",) if on_nodes else ()))
     ctx.out.print(table)
-    for w in st["waiting"]:
-        hint = "`kiln promote` switches to it" if w["state"] == "paused" else "`kiln rollout resume` settles it"
-        ctx.out.print(f"[yellow]rollout {w['rollout']} to v{w['release']} is {w['state']} ({w['phase']}):[/] {hint}")
-    for svc, lim in st["limits"].items():
-        ctx.out.print(f"limits of {svc}: memory {format_size(lim['memory'])}, cpus {lim['cpus']:g}, pids {lim['pids']}")
-    for svc, relax in st["relaxations"].items():
+    for w in st.waiting:
+        hint = "`kiln promote` switches to it" if w.state == "paused" else "`kiln rollout resume` settles it"
+        ctx.out.print(f"[yellow]rollout {w.rollout} to v{w.release} is {w.state} ({w.phase}):[/] {hint}")
+    for svc, lim in st.limits.items():
+        ctx.out.print(f"limits of {svc}: memory {format_size(lim.memory)}, cpus {lim.cpus:g}, pids {lim.pids}")
+    for svc, relax in st.relaxations.items():
         ctx.out.print(f"[yellow]hardening relaxed for {svc}:[/] {', '.join(relax)}")
-    agent = st["agent"]
-    if agent["halted"]:
-        ctx.out.print(f"[bold red]self-healing halted[/] by the meltdown guard since {agent['halted']['at'][:19]}Z: "
-                      f"{agent['halted']['why']}")
-    ctx.out.print(f"agent: {agent['leader']} watches it" if agent["leader"] else
+    agent = st.agent
+    if agent.halted:
+        ctx.out.print(f"[bold red]self-healing halted[/] by the meltdown guard since {utc(agent.halted.at, 'seconds')}: "
+                      f"{agent.halted.why}")
+    ctx.out.print(f"agent: {agent.leader} watches it" if agent.leader else
                   "agent: none running (failed instances are not replaced; start `kiln agent`)")
 
 
@@ -290,11 +291,11 @@ def releases(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = 
     ctx = _ctx()
     rels = history.releases(ctx, cfg.app, cfg.env, limit)
     if json:
-        ctx.out.json([{**rs.release.summary(), "state": rs.state} for rs in rels])
+        ctx.out.json(rels)
         return
     table = Table("", "release", "state", "image", "commit", "created", "note")
-    for rs in rels:
-        r, state = rs.release, rs.state
+    for r in rels:
+        state = r.state
         mark = "▶" if state == "serving" else ""
         commit = (r.commit or "-")[:12] + ("+dirty" if r.dirty else "")
         table.add_row(mark, f"v{r.number}", state, short_image(r.image), commit,
@@ -338,12 +339,6 @@ def promote(
     _report(ctx, outcome, loaded.spec.app, env_name, time.monotonic() - start, json)
 
 
-def _rollout_doc(r) -> dict:
-    return {"id": r.id, "from": r.from_release, "to": r.to_release, "strategy": r.strategy, "state": r.state,
-            "phase": r.phase, "reason": r.reason, "started_at": r.started_at.isoformat() + "Z",
-            "finished_at": r.finished_at.isoformat() + "Z" if r.finished_at else None}
-
-
 @rollout_app.command("list")
 def rollout_list(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = False,
                  limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 20) -> None:
@@ -354,11 +349,11 @@ def rollout_list(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOp
     ctx = _ctx()
     rollouts = history.rollouts(ctx, cfg.app, cfg.env, limit=limit)
     if json:
-        ctx.out.json([_rollout_doc(r) for r in rollouts])
+        ctx.out.json(rollouts)
         return
     table = Table("id", "release", "strategy", "state", "started", "took", "reason")
     for r in rollouts:
-        took = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else "-"
+        took = f"{r.seconds:.1f}s" if r.seconds is not None else "-"
         table.add_row(str(r.id), f"v{r.from_release or '-'} → v{r.to_release}", r.strategy, r.state,
                       r.started_at.strftime("%Y-%m-%d %H:%M:%S"), took, r.reason[:80])
     ctx.out.print(table)
@@ -369,12 +364,13 @@ def rollout_resume(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: Json
     """Settle a rollout that a killed kiln left unfinished: complete it if traffic had already
     switched to the new release, else undo it. (`kiln deploy` does this first, too.)"""
     from kiln.usecases.deploy import resume
+    from kiln.views import Rollout
 
     _, cfg = _env_config(file, env)
     ctx = _ctx(quiet=json)
-    settled = resume(ctx, cfg.app, cfg.env)
+    settled = [Rollout.of(r) for r in resume(ctx, cfg.app, cfg.env)]
     if json:
-        ctx.out.json([_rollout_doc(r) for r in settled])
+        ctx.out.json(settled)
     elif not settled:
         ctx.out.done(f"no unfinished rollout in {cfg.app}/{cfg.env}")
     else:
@@ -389,12 +385,13 @@ def rollout_abort(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonO
     import getpass
 
     from kiln.usecases.deploy import abort
+    from kiln.views import Rollout
 
     _, cfg = _env_config(file, env)
     ctx = _ctx(quiet=json)
-    r = abort(ctx, cfg.app, cfg.env, getpass.getuser())
+    r = Rollout.of(abort(ctx, cfg.app, cfg.env, getpass.getuser()))
     if json:
-        ctx.out.json(_rollout_doc(r))
+        ctx.out.json(r)
     else:
         ctx.out.done(f"rollout {r.id} to v{r.to_release}: {r.state}" + (f" ({r.reason})" if r.reason else ""))
 
@@ -407,18 +404,18 @@ def rollout_show(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOp
 
     _, cfg = _env_config(file, env)
     ctx = _ctx()
-    chosen, steps = history.rollout(ctx, cfg.app, cfg.env, rollout_id)
-    doc = {**_rollout_doc(chosen), "steps": steps}
+    chosen = history.rollout(ctx, cfg.app, cfg.env, rollout_id)
     if json:
-        ctx.out.json(doc)
+        ctx.out.json(chosen)
         return
     ctx.out.print(f"rollout {chosen.id}: v{chosen.from_release or '-'} → v{chosen.to_release}  "
                   f"{chosen.strategy}  [bold]{chosen.state}[/]")
     if chosen.reason:
         ctx.out.print(f"reason: {chosen.reason}")
-    for s in steps:
-        took = f"{s['seconds']:.2f}s" if s["seconds"] is not None else ""
-        ctx.out.print(f"  {s['at'][11:23]}  {s['action']:<12} {s['state']:<8} {took:>8}  {s['target']}  {s['detail']}")
+    for s in chosen.steps:
+        took = f"{s.seconds:.2f}s" if s.seconds is not None else ""
+        at = f"{s.at:%H:%M:%S.%f}"[:12]
+        ctx.out.print(f"  {at}  {s.action:<12} {s.state:<8} {took:>8}  {s.target}  {s.detail}")
 
 
 @app.command()
@@ -544,8 +541,8 @@ def drift(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fal
         ctx.out.done(f"no instance of {cfg.app}/{cfg.env} has drifted from its release")
     else:
         for item in found:
-            ctx.out.print(f"[bold yellow]{item['instance']}[/] ({item['service']}, v{item['release']}) is tainted:")
-            for reason in item["reasons"]:
+            ctx.out.print(f"[bold yellow]{item.instance}[/] ({item.service}, v{item.release}) is tainted:")
+            for reason in item.reasons:
                 ctx.out.print(f"  - {escape(reason)}")
     if found:
         raise typer.Exit(1)
@@ -568,17 +565,18 @@ def events(
 
     from kiln.spec.resolve import pick_env
     from kiln.usecases import history
+    from kiln.views import Event
 
     loaded = _load(file)
     env_name = pick_env(loaded.spec, env) if env else None
     ctx = _ctx()
 
-    def show(batch: list[dict]) -> None:
+    def show(batch: list[Event]) -> None:
         for e in batch:
             if json:
-                print(jsonlib.dumps({"app": loaded.spec.app, **e}), flush=True)
+                print(jsonlib.dumps(e.to_json()), flush=True)
             else:
-                ctx.out.print(f"{e['at'][:19].replace('T', ' ')}  {e['env']:<12} {e['kind']:<18} {escape(e['message'])}")
+                ctx.out.print(f"{e.at:%Y-%m-%d %H:%M:%S}  {e.env:<12} {e.kind:<18} {escape(e.message)}")
 
     try:
         for batch in history.events(ctx, loaded.spec.app, env_name, limit, follow):
@@ -600,24 +598,23 @@ def lock_status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt
     _, cfg = _env_config(file, env)
     ctx = _ctx()
     state = locks.status(ctx, cfg.app, cfg.env)
-    lock, at = state.lock, state.at
     if json:
-        ctx.out.json({**lock.summary(), "expired": state.expired} if lock else None)
+        ctx.out.json(state if state.locked else None)
         return
-    if lock is None:
+    if not state.locked:
         ctx.out.print(f"{cfg.app}/{cfg.env} is not locked")
         return
 
     def ago(t) -> str:  # the ledger's times are naive UTC
-        return f"{t.strftime('%Y-%m-%d %H:%M:%S')} UTC ({max(0, (at - t).total_seconds()):.0f}s ago)"
+        return f"{t.strftime('%Y-%m-%d %H:%M:%S')} UTC ({max(0, (state.at - t).total_seconds()):.0f}s ago)"
 
-    left = state.seconds_left
-    ctx.out.print(f"[bold]{cfg.app}/{cfg.env}[/] is locked by {escape(lock.holder)}")
-    ctx.out.print(f"  reason:          {escape(lock.reason) or '-'}")
-    ctx.out.print(f"  acquired:        {ago(lock.acquired_at)}")
-    ctx.out.print(f"  last heartbeat:  {ago(lock.heartbeat_at)}")
-    ctx.out.print(f"  lease:           {lock.lease_seconds:g}s, "
-                  + ("[yellow]expired[/] (the next kiln takes it over)" if state.expired else f"expires in {left:.0f}s"))
+    ctx.out.print(f"[bold]{cfg.app}/{cfg.env}[/] is locked by {escape(state.holder or '')}")
+    ctx.out.print(f"  reason:          {escape(state.reason or '') or '-'}")
+    ctx.out.print(f"  acquired:        {ago(state.acquired_at)}")
+    ctx.out.print(f"  last heartbeat:  {ago(state.heartbeat_at)}")
+    ctx.out.print(f"  lease:           {state.lease_seconds:g}s, "
+                  + ("[yellow]expired[/] (the next kiln takes it over)" if state.expired
+                     else f"expires in {state.seconds_left:.0f}s"))
 
 
 @lock_app.command("release")
@@ -636,13 +633,12 @@ def lock_release(
     _, cfg = _env_config(file, env)
     ctx = _ctx()
     released = locks.force_release(ctx, cfg.app, cfg.env, force)
-    gone = released.lock
-    if gone is None:
+    if not released.locked or released.acquired_at is None:
         ctx.out.done(f"{cfg.app}/{cfg.env} is not locked; nothing to release")
         return
-    why = f" ({gone.reason})" if gone.reason else ""
-    ctx.out.done(f"released the lock of {cfg.app}/{cfg.env} held by {gone.holder}{why} "
-                 f"since {gone.acquired_at.strftime('%Y-%m-%d %H:%M:%S')} UTC")
+    why = f" ({released.reason})" if released.reason else ""
+    ctx.out.done(f"released the lock of {cfg.app}/{cfg.env} held by {released.holder}{why} "
+                 f"since {released.acquired_at.strftime('%Y-%m-%d %H:%M:%S')} UTC")
     if not released.expired:
         ctx.out.warn("its lease had not expired: if that process still runs, it may still be changing the "
                      "environment (it finds the lock gone at its next heartbeat)")

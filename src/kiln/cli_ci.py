@@ -43,12 +43,6 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
-def _store(ctx):
-    from kiln.usecases import ci_runs
-
-    return ci_runs.store(ctx)
-
-
 def _with_policy(ctx, policy: Path | None):
     """`ctx` with --policy FILE as its pipeline policy (runners it starts get it too)."""
     if policy is not None:
@@ -75,8 +69,7 @@ def ci_run(
     runs), bake, then the steps; every step's state, timing and log go to the ledger. Exit code 1
     when it fails."""
     from kiln import git
-    from kiln.ci.runner import wait_and_run
-    from kiln.ci.trigger import enqueue, spawn
+    from kiln.usecases import ci_runs
 
     ctx = _with_policy(_ctx(quiet=json), policy)
     spec_path = file.resolve()
@@ -86,20 +79,17 @@ def ci_run(
     except ValueError:
         spec = str(file)
     full, commit = git.resolve_ref(str(root), ref)
-    store = _store(ctx)
-    run = enqueue(ctx, store, repo=str(root), spec=spec, ref=full, commit=commit, trigger="cli")
+    run = ci_runs.queue(ctx, repo=str(root), spec=spec, ref=full, commit=commit, trigger="cli")
     if detach:
-        out = spawn(ctx, run.id)
+        out = ci_runs.start_runner(ctx, run.id)
         if json:
-            ctx.out.json(run.summary())
+            ctx.out.json(run)
         else:
             ctx.out.done(f"run {run.id} queued; `kiln ci logs {run.id} --follow` shows it (runner output: {out})")
         return
-    ended = wait_and_run(ctx, store, run.id)
+    ended = ci_runs.work(ctx, run.id)
     if json:
-        from kiln.usecases import ci_runs
-
-        ctx.out.json({**ended.summary(), "steps": [s.summary() for s in ci_runs.steps(ctx, ended.id)]})
+        ctx.out.json(ended)
     _exit_for(ended)
 
 
@@ -114,10 +104,9 @@ def _exit_for(run) -> None:
 @ci_app.command("work", hidden=True)
 def ci_work(run_id: RunArg, policy: PolicyOpt = None) -> None:
     """Be the runner of a queued run (started detached by hooks, webhooks and --detach)."""
-    from kiln.ci.runner import wait_and_run
+    from kiln.usecases import ci_runs
 
-    ctx = _with_policy(_ctx(), policy)
-    _exit_for(wait_and_run(ctx, _store(ctx), run_id))
+    _exit_for(ci_runs.work(_with_policy(_ctx(), policy), run_id))
 
 
 @ci_app.command("list")
@@ -131,7 +120,7 @@ def ci_list(json: JsonOpt = False,
     ctx = _ctx(quiet=json)
     runs = ci_runs.runs(ctx, limit=limit)
     if json:
-        ctx.out.json([r.summary() for r in runs])
+        ctx.out.json(runs)
         return
     table = Table("run", "app", "ref", "commit", "state", "trigger", "created", "reason", box=None)
     for r in runs:
@@ -148,9 +137,9 @@ def ci_show(run_id: RunArg, json: JsonOpt = False) -> None:
     from kiln.usecases import ci_runs
 
     ctx = _ctx(quiet=json)
-    run, steps = ci_runs.show(ctx, run_id)
+    run = ci_runs.show(ctx, run_id)
     if json:
-        ctx.out.json({**run.summary(), "steps": [s.summary() for s in steps]})
+        ctx.out.json(run)
         return
     ctx.out.print(f"run {run.id}  {run.state}  {run.ref} at {run.commit}  ({run.trigger})")
     if run.image:
@@ -158,7 +147,7 @@ def ci_show(run_id: RunArg, json: JsonOpt = False) -> None:
     if run.reason:
         ctx.out.print(f"reason: {run.reason}")
     table = Table("#", "step", "kind", "state", "time", "result", box=None)
-    for s in steps:
+    for s in run.steps:
         took = f"{s.seconds:.1f}s" if s.seconds is not None else ""
         table.add_row(str(s.position), s.name, s.kind, s.state, took, s.detail)
     ctx.out.print(table)
@@ -172,8 +161,8 @@ def ci_logs(run_id: RunArg,
 
     ctx = _ctx()
     for batch in ci_runs.logs(ctx, run_id, follow):
-        for step, line in batch:
-            print(f"{step[:24]:<24} | {line}")
+        for entry in batch:
+            print(f"{entry.step[:24]:<24} | {entry.line}")
         sys.stdout.flush()
 
 
@@ -205,12 +194,10 @@ def ci_prune(
 ) -> None:
     """Forget old finished runs (their steps and logs) and webhook delivery ids. Each runner also
     does this (30 days, 500 runs) when its run ends. A ref's latest run is always kept."""
-    from kiln.ci.runner import prune
-    from kiln.ledger.ci_store import CiStore
+    from kiln.usecases import ci_runs
 
-    ctx = _ctx()
-    runs, lines, deliveries = prune(ctx, CiStore(ctx.ledger), days, keep)
-    ctx.out.done(f"pruned {runs} run(s), {lines} log line(s), {deliveries} webhook delivery id(s)")
+    runs, lines, deliveries = ci_runs.prune(_ctx(), days, keep)
+    Output().done(f"pruned {runs} run(s), {lines} log line(s), {deliveries} webhook delivery id(s)")
 
 
 @policy_app.command("show")
@@ -286,17 +273,23 @@ def hook_receive(
     repo: Annotated[Path, typer.Option("--repo")],
     spec: Annotated[str, typer.Option("--spec")] = "kiln.yaml",
 ) -> None:
-    """Called by the post-receive hook with git's "old new ref" lines on stdin."""
-    from kiln.ci.trigger import enqueue, pushed_refs, spawn
+    """Called by the post-receive hook with git's "old new ref" lines on stdin: each pushed ref
+    goes through the same admission as a webhook's push (usecases/pushes.py): a commit its ref
+    already ran, or one older than the ref's last run, starts nothing."""
+    from kiln.ci.trigger import pushed_refs
+    from kiln.errors import PushRefused
+    from kiln.usecases import pushes
 
     for key in [k for k in os.environ if k.startswith("GIT_")]:
         del os.environ[key]  # the hook's GIT_DIR would point the runner's git at the bare repository
     ctx = _ctx()
-    store = _store(ctx)
     for ref, commit in pushed_refs(sys.stdin.read()):
-        run = enqueue(ctx, store, repo=str(repo), spec=spec, ref=ref, commit=commit, trigger="hook")
-        spawn(ctx, run.id)
-        print(f"kiln: run {run.id} queued for {ref} ({commit[:12]}); kiln ci logs {run.id} --follow")
+        try:
+            got = pushes.admit(ctx, repo=str(repo), spec=spec, source="hook", push=pushes.Pushed(ref, commit))
+        except (PushRefused, UsageError) as exc:
+            print(f"kiln: no run for {ref} ({commit[:12]}): {exc.message}")
+            continue
+        print(f"kiln: run {got.run} queued for {ref} ({commit[:12]}); kiln ci logs {got.run} --follow")
 
 
 def _secrets():

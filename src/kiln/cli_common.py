@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from kiln.errors import UsageError
 from kiln.output import Output
 from kiln.settings import Settings
 
@@ -17,7 +16,6 @@ EnvOpt = Annotated[Optional[str], typer.Option("--env", "-e", help="Environment 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 StrategyOpt = Annotated[Optional[str], typer.Option(
     "--strategy", "-s", help="rolling, blue-green or canary, instead of the spec's rollout.strategy for this run.")]
-STRATEGIES = ("rolling", "blue-green", "canary")
 DEFAULT_SPEC = Path("kiln.yaml")
 
 
@@ -47,17 +45,19 @@ def env_config(path: Path, env: str | None):
 
 
 def strategy_of(value: str | None) -> str | None:
-    if value is not None and value not in STRATEGIES:
-        raise UsageError(f"unknown strategy {value!r}.", f"Use one of: {', '.join(STRATEGIES)}.")
-    return value
+    """--strategy checked against the spec's strategies (spec/models.py, the one list of them)."""
+    from kiln.spec.models import strategy_of as checked
+
+    return checked(value)
 
 
 def report(ctx, outcome, app_name: str, env: str, took: float, json: bool) -> None:
-    cfg = outcome.release.env_config()
+    from kiln.views import Report
+
+    shown = Report(**Report.fields_of(outcome), app=app_name, env=env, seconds=round(took, 3))
     if json:
-        ctx.out.json({"app": app_name, "env": env, "release": outcome.release.summary(), "changed": outcome.changed,
-                      "state": outcome.state, "url": cfg.url, "preview_url": cfg.preview_url, "seconds": round(took, 3)})
-    elif outcome.state == "paused":
+        ctx.out.json(shown)
+    elif shown.state == "paused":
         pass  # the rollout said where the release waits and how to promote it
-    elif outcome.changed:
-        ctx.out.done(f"v{outcome.release.number} of {app_name}/{env} is serving at {cfg.url} ({took:.1f}s)")
+    elif shown.changed:
+        ctx.out.done(f"v{shown.release.number} of {app_name}/{env} is serving at {shown.url} ({took:.1f}s)")

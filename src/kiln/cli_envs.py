@@ -38,18 +38,19 @@ release_app = typer.Typer(help="Export and import release manifests; pin release
 def env_list(file: SpecFile = DEFAULT_SPEC, json: JsonOpt = False) -> None:
     """Every environment: those kiln.yaml declares, then re-created ones and previews."""
     from kiln.usecases.environments import listing
+    from kiln.views import utc
 
     loaded = load(file)
     ctx = ctx_of()
-    rows = listing(ctx, loaded)
+    rows = listing(ctx, loaded.spec.app, loaded)
     if json:
         ctx.out.json(rows)
         return
     table = Table("env", "kind", "url", "release", "image", "instances", "origin / expires")
     for r in rows:
-        extra = r["origin"] + (f" (expires {r['expires_at'][:19]}Z)" if r["expires_at"] else "")
-        table.add_row(r["env"], r["kind"], r["url"], f"v{r['release']}" if r["release"] else "-",
-                      (r["image"] or "-")[7:19], ", ".join(f"{k}×{v}" for k, v in r["instances"].items()), extra)
+        extra = r.origin + (f" (expires {utc(r.expires_at, 'seconds')})" if r.expires_at else "")
+        table.add_row(r.env, r.kind, r.url, f"v{r.release}" if r.release else "-",
+                      (r.image or "-")[7:19], ", ".join(f"{k}×{v}" for k, v in r.instances.items()), extra)
     ctx.out.print(table)
 
 
@@ -66,10 +67,10 @@ def env_show(env: Annotated[str, typer.Argument(help="Environment name.")], file
     if json:
         ctx.out.json(doc)
         return
-    rel = doc["release"]
-    ctx.out.print(f"[bold]{loaded.spec.app}/{env}[/]  config {doc['config_digest'][:16]}  "
-                  + (f"release v{rel['number']} image {short_image(rel['image'])}" if rel else "no release yet"))
-    ctx.out.print(escape(jsonlib.dumps(doc["config"], indent=2)))
+    rel = doc.release
+    ctx.out.print(f"[bold]{loaded.spec.app}/{env}[/]  config {doc.config_digest[:16]}  "
+                  + (f"release v{rel.number} image {short_image(rel.image)}" if rel else "no release yet"))
+    ctx.out.print(escape(jsonlib.dumps(doc.config, indent=2)))
 
 
 @env_app.command("diff")
@@ -92,15 +93,15 @@ def env_diff(
     ctx = ctx_of()
     d = compare(ctx, loaded, a, b)
     if json:
-        ctx.out.json(d.summary())
+        ctx.out.json(d)
     else:
-        same = d.image_a == d.image_b
-        ctx.out.print(f"image      {short_image(d.image_a or 'none')}  {'=' if same else '≠'}  {short_image(d.image_b or 'none')}")
-        for k in d.keys:
+        same = d.image.same
+        ctx.out.print(f"image      {short_image(d.image.a or 'none')}  {'=' if same else '≠'}  {short_image(d.image.b or 'none')}")
+        for k in d.differences:
             mark = "[dim]declared[/]" if k.declared else "[bold red]differs[/]"
             ctx.out.print(f"{escape(k.key):<48} {escape(str(k.a)):<24} {escape(str(k.b)):<24} {mark}")
-        ctx.out.print(f"instances  {d.instances_a}  {d.instances_b}")
-        for env, relax in ((a, d.relaxations_a), (b, d.relaxations_b)):
+        ctx.out.print(f"instances  {d.instances.a}  {d.instances.b}")
+        for env, relax in ((a, d.relaxations.a), (b, d.relaxations.b)):
             for svc, items in relax.items():
                 ctx.out.print(f"[yellow]{env}: hardening relaxed for {svc}:[/] {', '.join(items)}")
         if d.match:
@@ -156,8 +157,8 @@ def preview(
     and is destroyed once its TTL ends: by `kiln agent` when one runs, or `kiln preview prune`."""
     if typer_ctx.invoked_subcommand is not None:
         return
-    from kiln.spec.resolve import EnvConfig
     from kiln.usecases.environments import preview as do_preview
+    from kiln.views import MadeEnvironment, Preview, Release
 
     try:
         seconds = parse_duration(ttl)
@@ -168,8 +169,8 @@ def preview(
     start = time.monotonic()
     made, outcome = do_preview(ctx, loaded, ref, seconds, base, port)
     if json:
-        ctx.out.json({**made.summary(), "release": outcome.release.summary(), "url": EnvConfig.model_validate(outcome.release.config).url,
-                      "seconds": round(time.monotonic() - start, 3)})
+        ctx.out.json(Preview(**MadeEnvironment.of(made).model_dump(), release=Release.of(outcome.release),
+                             url=outcome.release.env_config().url, seconds=round(time.monotonic() - start, 3)))
     else:
         report(ctx, outcome, loaded.spec.app, made.env, time.monotonic() - start, json)
         ctx.out.done(f"preview {made.env} of {ref} expires at {made.expires_at:%Y-%m-%d %H:%M:%S} UTC")
@@ -217,6 +218,7 @@ def release_import(
     """Record a release from a manifest in this ledger (as the next release of that environment),
     so that `kiln recreate` can run it here."""
     from kiln.usecases.releases import import_manifest
+    from kiln.views import Release
 
     text = sys.stdin.read() if str(manifest) == "-" else _read(manifest)
     try:
@@ -226,7 +228,7 @@ def release_import(
     ctx = ctx_of(quiet=json)
     release = import_manifest(ctx, doc, env)
     if json:
-        ctx.out.json(release.summary())
+        ctx.out.json(Release.of(release))
     else:
         ctx.out.done(f"recorded {release.app}/{release.env} v{release.number} ({release.origin})")
 
@@ -284,9 +286,9 @@ def gc(
         ctx.out.json(result)
         return
     verb = "would remove" if dry_run else "removed"
-    for i in result["images"]:
-        ctx.out.print(f"{verb} image {i['image'][7:19]} {' '.join(i['tags'])}")
-    for c in result["instances"]:
-        ctx.out.print(f"{verb} stopped instance {c['instance']} ({c['state']})")
-    ctx.out.done(f"{verb} {len(result['images'])} images and {len(result['instances'])} stopped instances; "
-                 f"kept {len(result['kept'])} images")
+    for i in result.images:
+        ctx.out.print(f"{verb} image {i.image[7:19]} {' '.join(i.tags)}")
+    for c in result.instances:
+        ctx.out.print(f"{verb} stopped instance {c.instance} ({c.state})")
+    ctx.out.done(f"{verb} {len(result.images)} images and {len(result.instances)} stopped instances; "
+                 f"kept {len(result.kept)} images")

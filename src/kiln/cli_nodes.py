@@ -21,20 +21,18 @@ def node_list(json: JsonOpt = False) -> None:
     from rich.table import Table
 
     from kiln.usecases import nodes
+    from kiln.views import Node
 
     ctx = _ctx()
-    rows = nodes.listing(ctx)
+    rows = [Node.of(r) for r in nodes.listing(ctx)]
     if json:
-        ctx.out.json([{"id": r.node.id, "hostname": r.node.hostname, "role": r.node.role, "leader": r.node.leader,
-                       "availability": r.node.availability, "state": r.node.state, "address": r.node.address,
-                       "labels": r.node.labels, "instances": r.instances} for r in rows])
+        ctx.out.json(rows)
         return
     table = Table("node", "role", "availability", "state", "address", "instances", "labels")
-    for r in rows:
-        n = r.node
+    for n in rows:
         colour = "green" if n.state == "ready" and n.availability == "active" else "yellow"
         table.add_row(n.hostname, n.role + (" (leader)" if n.leader else ""), f"[{colour}]{n.availability}[/]",
-                      f"[{colour}]{n.state}[/]", n.address, str(r.instances),
+                      f"[{colour}]{n.state}[/]", n.address, str(n.instances),
                       ", ".join(f"{k}={v}" for k, v in sorted(n.labels.items())))
     ctx.out.print(table)
 

@@ -26,17 +26,15 @@ def token_create(
 ) -> None:
     """Make an API token and print it, once: kiln keeps only its SHA-256, so it cannot be shown
     again (revoke it and make another if it is lost)."""
-    from kiln.access import check_new, new_token
+    from kiln.usecases import tokens
 
     envs = tuple(env or ())
-    check_new(name, role, envs)
     ctx = _ctx(quiet=json)
-    value = new_token()
-    made = ctx.ledger.tokens.create(name, role, envs, value)
+    made = tokens.create(ctx, name, role, envs)
     if json:
-        ctx.out.json({**made.summary(), "token": value})
+        ctx.out.json(made)
         return
-    print(value)
+    print(made.token)
     where = f" on {', '.join(envs)}" if envs else ""
     ctx.out.done(f"token {name} ({role}{where}) made; it is shown only this once. Sign in to the dashboard "
                  f"with it, or send it as `Authorization: Bearer TOKEN`.")
@@ -47,13 +45,15 @@ def token_list(json: JsonOpt = False) -> None:
     """Tokens by name, with role, environments and last use (never their values)."""
     from rich.table import Table
 
+    from kiln.usecases import tokens
+
     ctx = _ctx(quiet=json)
-    tokens = ctx.ledger.tokens.all()
+    listed = tokens.listing(ctx)
     if json:
-        ctx.out.json([t.summary() for t in tokens])
+        ctx.out.json(listed)
         return
     table = Table("name", "role", "environments", "created", "last used", box=None)
-    for t in tokens:
+    for t in listed:
         table.add_row(t.name, t.role, ", ".join(t.envs) or ("every one" if t.role != "viewer" else "-"),
                       t.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                       t.last_used_at.strftime("%Y-%m-%d %H:%M:%S") if t.last_used_at else "never")
@@ -63,9 +63,10 @@ def token_list(json: JsonOpt = False) -> None:
 @token_app.command("revoke")
 def token_revoke(name: Annotated[str, typer.Argument(help="Token name (`kiln token list`).")]) -> None:
     """Revoke a token: requests with it are refused (401) from now on."""
+    from kiln.usecases import tokens
+
     ctx = _ctx()
-    if not ctx.ledger.tokens.revoke(name):
-        raise UsageError(f"there is no token {name!r}.", "`kiln token list` shows them.")
+    tokens.revoke(ctx, name)
     ctx.out.done(f"token {name} revoked")
 
 
@@ -106,7 +107,9 @@ def serve(
         hooks = " and ".join(f"{where}/hooks/{name}" for name, key in (("github", config.github), ("gitlab", config.gitlab))
                              if key)
         ctx.out.step(f"kiln serve: webhooks for {config.repo} on {hooks}")
-    if not ctx.ledger.tokens.all():
+    from kiln.usecases import tokens
+
+    if not tokens.listing(ctx):
         ctx.out.warn("there is no API token yet: make one with `kiln token create NAME --role admin`")
     uvicorn.run(make_app(ctx, config, plane=plane), host=host, port=port, log_level="warning")
 
@@ -114,7 +117,7 @@ def serve(
 def _webhooks(ctx, repo: Path, spec: str, github_secret: str, gitlab_secret: str):
     from kiln import git, secretref
     from kiln.ci.policy import load_policy, record_webhook_secrets
-    from kiln.server.app import Config
+    from kiln.server.hooks import Config
 
     load_policy(ctx.settings)  # a wrong policy file stops the server now, not each run
     record_webhook_secrets(ctx.settings, [github_secret, gitlab_secret])  # no pipeline may read them

@@ -20,6 +20,7 @@
     │   └── PolicyRefused        a run asks for more than its ref may do (ci/trust.py); nothing ran
     ├── SecretError              the secret store cannot be read or written (key missing or wrong)
     ├── WebhookRejected          a webhook's signature or token is wrong (answered 401)
+    ├── PushRefused              a push the admission rules refuse: seen before, or older than its ref's last run (409)
     └── Forbidden                an API token is missing or wrong (401), or its role may not (403)
 
 The CLI catches KilnError, prints `message` (and `hint`), and exits with `exit_code`;
@@ -161,6 +162,11 @@ class SecretError(KilnError):
 
 class WebhookRejected(KilnError):
     pass
+
+
+class PushRefused(KilnError):
+    """A pushed commit that starts no run (usecases/pushes.py): a delivery id seen before, a commit
+    its ref already ran, or one older than the ref's last run."""
 
 
 class Forbidden(KilnError):

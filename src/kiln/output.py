@@ -53,5 +53,11 @@ class Output:
         self.out.print(renderable)
 
     def json(self, value: Any) -> None:
-        sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+        """`value` as JSON; a view (kiln/views.py) in its one JSON form."""
+        sys.stdout.write(json.dumps(value, indent=2, default=_plain) + "\n")
         sys.stdout.flush()
+
+
+def _plain(value: Any) -> Any:
+    to_json = getattr(value, "to_json", None)
+    return to_json() if callable(to_json) else str(value)

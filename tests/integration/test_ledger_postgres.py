@@ -48,7 +48,7 @@ def test_postgres_ledger_records_releases_and_rollouts(pg_url: str) -> None:
     assert ledger.releases.current("a", "prod").number == 1
     assert [r.number for r in ledger.releases.of("a", "prod")] == [2, 1]
     assert ledger.releases.of("a", "prod")[0].config == {"port": 1}
-    assert ledger.rollouts.steps(bad.id)[0]["target"] == "kiln-a-prod-web-v2-abc"
+    assert ledger.rollouts.steps(bad.id)[0].target == "kiln-a-prod-web-v2-abc"
     assert Ledger(pg_url).db.schema_revision() == SCHEMA_HEAD  # a second open finds it current
 
 

@@ -64,9 +64,9 @@ def test_first_deploy_starts_routes_and_records_every_action(world):
     assert len(web) == 2 and len(names(runtime, 1)) == 3
     assert set(router.added) == web  # the worker has no port and is never routed
     steps = ledger.rollouts.steps(ex.rollout_id)
-    started = [s["target"] for s in steps if s["action"] == "Start" and s["state"] == "started"]
+    started = [s.target for s in steps if s.action == "Start" and s.state == "started"]
     assert set(started) == names(runtime, 1)
-    assert {s["target"] for s in steps if s["action"] == "Route" and s["state"] == "done"} == web
+    assert {s.target for s in steps if s.action == "Route" and s.state == "done"} == web
 
 
 def test_a_server_left_in_maintenance_by_a_killed_kiln_is_added_again(world):

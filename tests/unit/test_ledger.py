@@ -9,6 +9,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from kiln import views
 from kiln.errors import LedgerError
 from kiln.ledger.db import MIGRATIONS, SCHEMA_HEAD, now
 from kiln.ledger.store import Ledger
@@ -62,8 +63,8 @@ def test_release_values_round_trip(ledger):
     assert got == made
     assert (got.config, got.commit, got.dirty, got.note, got.image) == (cfg, None, True, "rollback to v1", "sha256:img")
     assert isinstance(got.created_at, datetime)
-    summary = got.summary()
-    assert summary["number"] == 1 and summary["created_at"].endswith("Z") and summary["dirty"] is True
+    shown = views.Release.of(got).to_json()  # its one JSON form (kiln/views.py)
+    assert shown["number"] == 1 and shown["created_at"].endswith("Z") and shown["dirty"] is True
 
 
 def test_release_lookup_of_a_missing_number(ledger):
@@ -131,13 +132,13 @@ def test_steps_are_recorded_in_order(ledger):
     ledger.rollouts.record_step(r1.id, "Start", "web-1", "done")
     ledger.rollouts.record_step(r1.id, "AwaitHealthy", "web-1", "failed", "exited with code 1")
     steps = ledger.rollouts.steps(r1.id)
-    assert [(s["action"], s["target"], s["state"], s["detail"]) for s in steps] == [
+    assert [(s.action, s.target, s.state, s.detail) for s in steps] == [
         ("Start", "web-1", "started", ""),
         ("Start", "web-1", "done", ""),
         ("AwaitHealthy", "web-1", "failed", "exited with code 1"),
     ]
-    assert all(s["at"].endswith("Z") for s in steps)
-    assert [s["target"] for s in ledger.rollouts.steps(r2.id)] == ["web-9"]
+    assert all(isinstance(s.at, datetime) for s in steps)
+    assert [s.target for s in ledger.rollouts.steps(r2.id)] == ["web-9"]
 
 
 def test_events_oldest_first_with_the_newest_limit(ledger):
@@ -145,18 +146,18 @@ def test_events_oldest_first_with_the_newest_limit(ledger):
     ledger.events.record("shop", "production", "abort", "v2 aborted")
     ledger.events.record("shop", "staging", "deploy", "other env")
     events = ledger.events.of("shop", "production")
-    assert [(e["kind"], e["message"]) for e in events] == [("deploy", "v1 serving"), ("abort", "v2 aborted")]
-    assert [e["kind"] for e in ledger.events.of("shop", "production", limit=1)] == ["abort"]
-    assert [e["env"] for e in ledger.events.of("shop")] == ["production", "production", "staging"]
+    assert [(e.kind, e.message) for e in events] == [("deploy", "v1 serving"), ("abort", "v2 aborted")]
+    assert [e.kind for e in ledger.events.of("shop", "production", limit=1)] == ["abort"]
+    assert [e.env for e in ledger.events.of("shop")] == ["production", "production", "staging"]
 
 
 def test_events_after_an_id_since_a_time_and_of_some_kinds(ledger):
     ledger.events.record("shop", "prod", "instance.failed", "a")
-    first = ledger.events.of("shop", "prod")[-1]["id"]
+    first = ledger.events.of("shop", "prod")[-1].id
     ledger.events.record("shop", "prod", "instance.replaced", "b")
     ledger.events.record("shop", "prod", "instance.failed", "c")
-    assert [e["message"] for e in ledger.events.of("shop", "prod", after=first, limit=None)] == ["b", "c"]
-    assert [e["message"] for e in ledger.events.of("shop", "prod", kinds=("instance.failed",))] == ["a", "c"]
+    assert [e.message for e in ledger.events.of("shop", "prod", after=first, limit=None)] == ["b", "c"]
+    assert [e.message for e in ledger.events.of("shop", "prod", kinds=("instance.failed",))] == ["a", "c"]
     assert ledger.events.of("shop", "prod", since=now() + timedelta(seconds=5)) == []
 
 
@@ -269,7 +270,7 @@ def test_made_environments_pins_and_release_origin(ledger):
                                         expires_at=now() + timedelta(hours=2))
     assert [e.env for e in ledger.environments.of("shop")] == ["old", "preview-3f2a"]
     assert ledger.environments.get("shop", "old") == made and made.expires_at is None
-    assert preview.summary()["expires_at"].endswith("Z")
+    assert views.MadeEnvironment.of(preview).to_json()["expires_at"].endswith("Z")
     ledger.environments.forget("shop", "old")
     assert ledger.environments.get("shop", "old") is None
 

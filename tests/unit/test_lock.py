@@ -19,6 +19,8 @@ from kiln.ledger.db import now
 from kiln.ledger.locks import Lock
 from kiln.ledger.store import Ledger
 from kiln.rollout.lock import hold, holder_alive
+from kiln.usecases.locks import state_of
+from kiln.views import utc
 from unit.cli_inproc import run_kiln
 
 
@@ -51,9 +53,9 @@ def test_acquire_a_free_lock(ledger):
     assert len(lock.token) == 32 and lock.holder == "alice@box pid 123"
     assert ledger.locks.get("shop", "production") == lock
     assert not lock.expired(now())
-    summary = lock.summary()
-    assert summary["holder"] == "alice@box pid 123" and summary["acquired_at"].endswith("Z")
-    json.dumps(summary)
+    shown = state_of(lock.app, lock.env, lock, now()).to_json()  # its one JSON form (kiln/views.py)
+    assert shown["holder"] == "alice@box pid 123" and shown["acquired_at"].endswith("Z")
+    json.dumps(shown)
     assert take(ledger, env="staging").env == "staging"  # locks are per environment
 
 
@@ -250,7 +252,12 @@ def test_cli_lock_status_and_release(tmp_path):
     status = kiln("lock", "status", "--json", "-e", "production", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
-    assert doc == {**lock.summary(), "expired": False}
+    # The lock as the API shows it too (views.LockStatus): the holder's fields as before, and since
+    # issue 26 also "locked", "seconds_left" and "at" (when it was read).
+    assert {k: doc[k] for k in ("app", "env", "holder", "user", "host", "pid", "reason", "lease_seconds", "expired")} == {
+        "app": "shop", "env": "production", "holder": "alice@box pid 123", "user": "alice", "host": "box", "pid": 123,
+        "reason": "deploy v4", "lease_seconds": 30.0, "expired": False}
+    assert doc["acquired_at"] == utc(lock.acquired_at) and doc["locked"] is True and 0 < doc["seconds_left"] <= 30
 
     text = kiln("lock", "status", cwd=tmp_path)
     assert text.returncode == 0, text.stderr

@@ -309,7 +309,7 @@ def test_sessions_expire_and_are_bounded(w):
     token = _token(w, "dee", "deployer")
     found = w.ctx.ledger.tokens.find(token)
     clock = [1000.0]
-    auth = Auth(w.ctx.ledger, clock=lambda: clock[0], max_sessions=3)
+    auth = Auth(w.ctx, clock=lambda: clock[0], max_sessions=3)
     sessions = [auth.open_session(found) for _ in range(5)]
     assert [auth.session_token(s) for s in sessions] == [None, None, found, found, found]  # the oldest dropped
     clock[0] += SESSION_SECONDS - 1

@@ -25,10 +25,11 @@ from kiln.ledger.db import now
 from kiln.ledger.samples import Sample
 from kiln.router.haproxy_api import ServerStat
 from kiln.server.app import make_app
-from kiln.server.metrics import heal_seconds, histogram
+from kiln.server.metrics import histogram
 from kiln.server.plane import Plane
 from kiln.server.svg import line_chart
 from kiln.usecases.deploy import deploy
+from kiln.usecases.figures import heal_seconds
 from unit.world import World
 
 BLUE_GREEN_MANUAL = "      strategy: blue-green\n      promote: manual\n"

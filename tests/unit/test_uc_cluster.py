@@ -78,7 +78,7 @@ def test_node_drain_replaces_the_nodes_instances_elsewhere_before_removing_them(
     moved = nodes.drain(w.ctx, "kiln-n1")
     assert moved == on_n1
     # The journal, oldest first: each replacement takes traffic before any instance of the node leaves.
-    journal = [(e["kind"], e["message"]) for e in w.ctx.ledger.events.of("shop", "production", limit=None)]
+    journal = [(e.kind, e.message) for e in w.ctx.ledger.events.of("shop", "production", limit=None)]
     routed = [i for i, (kind, m) in enumerate(journal) if kind == kinds.AGENT_ROUTE and ": done" in m]
     unrouted = [i for i, (kind, m) in enumerate(journal) if kind == kinds.AGENT_UNROUTE and m.split(":")[0] in on_n1]
     removed = [m.split(":")[0] for kind, m in journal if kind == kinds.AGENT_REMOVE]
@@ -91,7 +91,7 @@ def test_node_drain_replaces_the_nodes_instances_elsewhere_before_removing_them(
     assert [(n.hostname, n.availability) for n in w.engine.nodes()] == \
         [("vm", "active"), ("kiln-n1", "drain"), ("kiln-n2", "active")]
     assert w.engine.log.index(("pause", "id1")) < w.engine.log.index(("drain", "id1"))
-    events = [e["message"] for e in w.ctx.ledger.events.of("shop", "production") if e["kind"] == kinds.NODE_DRAINED]
+    events = [e.message for e in w.ctx.ledger.events.of("shop", "production") if e.kind == kinds.NODE_DRAINED]
     assert events and events[0].startswith("kiln-n1 drained: replaced ")
     rows = {r.node.hostname: r.instances for r in nodes.listing(w.ctx)}
     assert rows["kiln-n1"] == 0 and sum(rows.values()) == 3
@@ -134,12 +134,12 @@ def test_gc_keeps_the_local_image_of_a_release_that_serves_by_digest(w):
     w.change_code("print('v3')\n")
     third = deploy(w.ctx, w.load(), "production")
     out = collect(w.ctx, "shop", keep=1, dry_run=True)
-    assert w.engine.image_id(third.release.image_tag) not in [i["image"] for i in out["images"]]
-    assert local in [i["image"] for i in out["images"]]  # v1: neither serving nor among the last 1
+    assert w.engine.image_id(third.release.image_tag) not in [i.image for i in out.images]
+    assert local in [i.image for i in out.images]  # v1: neither serving nor among the last 1
     back = rollback(w.ctx, w.load().spec, "production", to=1)  # v1's digest serves again
     out = collect(w.ctx, "shop", keep=1, dry_run=True)
     assert back.release.image == first.release.image
-    assert local not in [i["image"] for i in out["images"]]
+    assert local not in [i.image for i in out.images]
 
 
 def test_a_pipeline_deploy_step_accepts_the_tested_image_as_pushed_and_refuses_another(w):
@@ -160,3 +160,20 @@ def test_a_pipeline_deploy_step_accepts_the_tested_image_as_pushed_and_refuses_a
     with pytest.raises(PipelineError) as err:
         steps.deploy(SimpleNamespace(ctx=w.ctx, loaded=w.load(), image=other), "production")
     assert "not the tested" in err.value.message
+
+
+def test_kiln_node_list_json_is_the_node_view(w, monkeypatch):
+    import json
+
+    from kiln import cli_nodes
+    from unit.cli_inproc import run_kiln
+
+    deploy(w.ctx, w.load(), "production")
+    monkeypatch.setattr(cli_nodes, "_ctx", lambda quiet=False: w.ctx)
+    done = run_kiln(["node", "list", "--json"], cwd=w.root, env={"NO_COLOR": "1"})
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert [(n["hostname"], n["role"], n["availability"]) for n in listed] == [
+        ("vm", "manager", "active"), ("kiln-n1", "worker", "active"), ("kiln-n2", "worker", "active")]
+    assert set(listed[0]) == {"id", "hostname", "role", "leader", "availability", "state", "address", "labels",
+                              "instances"} and sum(n["instances"] for n in listed) == 3

@@ -60,10 +60,10 @@ def test_first_deploy_records_v1_starts_every_service_and_routes_the_public_one(
     # Each web instance: started, healthy, routed; journalled before and after each action.
     steps = w.ctx.ledger.rollouts.steps(rollout.id)
     for name in web(w, 1):
-        assert [(s["action"], s["state"]) for s in steps if s["target"] == name] == [
+        assert [(s.action, s.state) for s in steps if s.target == name] == [
             ("Start", "started"), ("Start", "done"), ("AwaitHealthy", "started"), ("AwaitHealthy", "done"),
             ("Route", "started"), ("Route", "done")]
-    assert [(s["action"], s["target"], s["state"]) for s in steps if s["action"] == "Phase"] == [
+    assert [(s.action, s.target, s.state) for s in steps if s.action == "Phase"] == [
         ("Phase", "roll", "started"), ("Phase", "roll", "done")]
 
 
@@ -79,7 +79,7 @@ def test_a_new_image_is_v2_and_the_old_set_leaves_only_after_the_new_one_serves(
     assert w.serving() == dict.fromkeys(web(w, 2), 2) and len(web(w, 2)) == 2
     rollout = w.rollouts()[-1]
     assert (rollout.from_release, rollout.to_release, rollout.state) == (1, 2, "succeeded")
-    steps = [(s["action"], s["target"], s["state"]) for s in w.ctx.ledger.rollouts.steps(rollout.id)]
+    steps = [(s.action, s.target, s.state) for s in w.ctx.ledger.rollouts.steps(rollout.id)]
     last_routed = max(steps.index(("Route", n, "done")) for n in web(w, 2))
     first_unrouted = min(steps.index(("Unroute", o, "started")) for o in old_web)
     assert last_routed < first_unrouted
@@ -420,7 +420,7 @@ def test_a_canary_as_good_as_its_baseline_goes_through_its_steps_and_switches(w,
     rollout = w.rollouts()[-1]
     assert rollout.data["phases"] == ["start", "shift:0", "switch"]
     steps = w.ctx.ledger.rollouts.steps(rollout.id)
-    [shift] = [s["detail"] for s in steps if s["target"] == "shift:0" and s["state"] == "done"]
+    [shift] = [s.detail for s in steps if s.target == "shift:0" and s.state == "done"]
     assert shift.startswith("25%: canary ") and ", 0.0% 5xx, 10 ms; baseline " in shift
 
 

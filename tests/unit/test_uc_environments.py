@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from kiln import views
 from kiln.errors import KilnError, UsageError
 from kiln.ledger import kinds
 from kiln.ledger.db import now
@@ -81,17 +82,17 @@ def test_promotion_refusals(w):
 def test_listing_and_show(w):
     deploy(w.ctx, w.load(), "staging")
     staging = w.ctx.ledger.releases.current("shop", "staging")
-    listed = envs.listing(w.ctx, w.load())
+    listed = envs.listing(w.ctx, "shop", w.load())
     assert listed == [
-        {"env": "production", "kind": "declared", "url": "http://127.0.0.1:18080", "release": None, "image": None,
-         "origin": "", "expires_at": None, "instances": {"web": 2, "worker": 1}},
-        {"env": "staging", "kind": "declared", "url": "http://127.0.0.1:18081", "release": 1,
-         "image": staging.image, "origin": "", "expires_at": None, "instances": {"web": 1, "worker": 1}}]
+        views.Environment(env="production", kind="declared", url="http://127.0.0.1:18080", engine="docker", release=None,
+                          image=None, origin="", expires_at=None, instances={"web": 2, "worker": 1}),
+        views.Environment(env="staging", kind="declared", url="http://127.0.0.1:18081", engine="docker", release=1,
+                          image=staging.image, origin="", expires_at=None, instances={"web": 1, "worker": 1})]
     shown = envs.show(w.ctx, w.load(), "staging")
-    assert shown["config_digest"] == w.cfg("staging").digest() == staging.config_digest
-    assert shown["release"] == staging.summary()
-    assert shown["declared"] == ["bind", "env", "port", "preview_port", "services.web.replicas"]
-    assert envs.show(w.ctx, w.load(), "production")["release"] is None
+    assert shown.config_digest == w.cfg("staging").digest() == staging.config_digest
+    assert shown.release == views.Release.of(staging)
+    assert shown.declared == ["bind", "env", "port", "preview_port", "services.web.replicas"]
+    assert envs.show(w.ctx, w.load(), "production").release is None
     with pytest.raises(UsageError, match="unknown environment 'qa'"):
         envs.show(w.ctx, w.load(), "qa")
 
@@ -102,11 +103,11 @@ def test_compare_matches_when_only_declared_overlay_keys_differ(w):
     deploy(w.ctx, w.load(), "staging")
     envs.promote_artifact(w.ctx, w.load(), "staging", "production")
     d = envs.compare(w.ctx, w.load(), "production", "staging")
-    assert d.match is True and d.image_a == d.image_b
-    assert [(k.key, k.a, k.b, k.declared) for k in d.keys] == [
+    assert d.match is True and d.image.a == d.image.b
+    assert [(k.key, k.a, k.b, k.declared) for k in d.differences] == [
         ("env", "production", "staging", True), ("port", 18080, 18081, True), ("preview_port", 19080, None, True),
         ("services.web.replicas", 2, 1, True), ("services.worker.environment.MODE", "(absent)", "slow", True)]
-    assert (d.instances_a, d.instances_b) == ({"web": 2, "worker": 1}, {"web": 1, "worker": 1})
+    assert (d.instances.a, d.instances.b) == ({"web": 2, "worker": 1}, {"web": 1, "worker": 1})
 
 
 def test_compare_mismatches_on_another_image_or_an_undeclared_difference(w):
@@ -115,16 +116,16 @@ def test_compare_mismatches_on_another_image_or_an_undeclared_difference(w):
     w.edit_spec("    replicas: 1\n", "    replicas: 1\n    environment: {MODE: fast}\n")  # the worker
     deploy(w.ctx, w.load(), "staging")
     d = envs.compare(w.ctx, w.load(), "production", "staging")
-    assert d.match is False and d.image_a == d.image_b
-    assert [(k.key, k.a, k.b, k.declared) for k in d.keys if not k.declared] == [
+    assert d.match is False and d.image.a == d.image.b
+    assert [(k.key, k.a, k.b, k.declared) for k in d.differences if not k.declared] == [
         ("services.worker.environment.MODE", "(absent)", "fast", False)]
     w.change_code("print('v2')\n")
     w.edit_spec("    environment: {MODE: fast}\n", "")
     deploy(w.ctx, w.load(), "staging")
     d = envs.compare(w.ctx, w.load(), "production", "staging")
-    assert [k.key for k in d.keys if not k.declared] == []
-    assert d.match is False and d.image_a != d.image_b and d.summary()["image"] == {
-        "a": d.image_a, "b": d.image_b, "same": False}
+    assert [k.key for k in d.differences if not k.declared] == []
+    assert d.match is False and d.image.a != d.image.b and d.to_json()["image"] == {
+        "a": d.image.a, "b": d.image.b, "same": False}
 
 
 def test_compare_shows_limits_an_overlay_declares_and_flags_those_it_does_not(w):
@@ -133,12 +134,12 @@ def test_compare_shows_limits_an_overlay_declares_and_flags_those_it_does_not(w)
     envs.promote_artifact(w.ctx, w.load(), "staging", "production")
     d = envs.compare(w.ctx, w.load(), "production", "staging")
     assert d.match is True
-    assert [(k.key, k.a, k.b, k.declared) for k in d.keys if "resources" in k.key] == [
+    assert [(k.key, k.a, k.b, k.declared) for k in d.differences if "resources" in k.key] == [
         ("services.web.resources.memory", 536870912, 268435456, True)]
     w.edit_spec("    replicas: 1\n", "    replicas: 1\n    resources: {pids: 64}\n")  # the worker's, no overlay's
     deploy(w.ctx, w.load(), "staging")  # production still runs the release with the default
     d = envs.compare(w.ctx, w.load(), "production", "staging")
-    assert [(k.key, k.a, k.b, k.declared) for k in d.keys if not k.declared] == [
+    assert [(k.key, k.a, k.b, k.declared) for k in d.differences if not k.declared] == [
         ("services.worker.resources.pids", 512, 64, False)]
     assert d.match is False
 
@@ -146,7 +147,7 @@ def test_compare_shows_limits_an_overlay_declares_and_flags_those_it_does_not(w)
 def test_compare_with_an_environment_that_runs_nothing_does_not_match(w):
     deploy(w.ctx, w.load(), "staging")
     d = envs.compare(w.ctx, w.load(), "production", "staging")
-    assert (d.image_a, d.match, d.instances_a) == (None, False, {})
+    assert (d.image.a, d.match, d.instances.a) == (None, False, {})
 
 
 # --- recreate -------------------------------------------------------------------------------------
@@ -169,9 +170,9 @@ def test_recreate_runs_the_same_image_and_config_in_a_new_environment_on_its_own
         "prod-copy", "recreated", 28080, "production v1", None)
     assert len(w.instances("production")) == 3  # the source is untouched
     # It is an environment like a declared one: listed, shown, compared.
-    assert [e["env"] for e in envs.listing(w.ctx, w.load())] == ["production", "staging", "prod-copy"]
-    assert envs.show(w.ctx, w.load(), "prod-copy")["config"]["port"] == 28080
-    assert envs.compare(w.ctx, w.load(), "production", "prod-copy").image_a == release.image
+    assert [e.env for e in envs.listing(w.ctx, "shop", w.load())] == ["production", "staging", "prod-copy"]
+    assert envs.show(w.ctx, w.load(), "prod-copy").config["port"] == 28080
+    assert envs.compare(w.ctx, w.load(), "production", "prod-copy").image.a == release.image
     with pytest.raises(UsageError, match="environment 'prod-copy' already exists"):
         envs.recreate(w.ctx, w.load(), 1, "production", "prod-copy")
 
@@ -239,8 +240,8 @@ def test_a_preview_runs_a_commit_until_its_time_is_up_then_prune_removes_it(w, m
     assert outcome.release.origin == "preview of main"
     assert sorted(w.instances(env).values()) == [1, 1, 1]  # the first environment's overlay: production's
     assert outcome.release.env_config().preview_port is None
-    [listed] = [e for e in envs.listing(w.ctx, w.load()) if e["kind"] == "preview"]
-    assert listed["env"] == env and listed["expires_at"] is not None
+    [listed] = [e for e in envs.listing(w.ctx, "shop", w.load()) if e.kind == "preview"]
+    assert listed.env == env and listed.expires_at is not None
 
     assert envs.prune_previews(w.ctx, "shop") == []  # not yet
     assert len(w.instances(env)) == 3

@@ -6,13 +6,16 @@ import os
 import re
 import socket
 from dataclasses import replace
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 
+from kiln import views
 from kiln.errors import RolloutError, UsageError
 from kiln.ledger import kinds
 from kiln.ledger.ci_store import CiStore
+from kiln.ledger.rollouts import Step
 from kiln.rollout.lock import lease_name
 from kiln.usecases import ci_runs, history, locks, observe
 from kiln.usecases import drift as drift_uc
@@ -36,19 +39,19 @@ def test_status_shows_each_instance_with_its_health_and_weight_the_router_and_th
     w.engine.unhealthy.add(web[1])
     st = observe.status(w.ctx, w.cfg())
 
-    assert (st["app"], st["env"], st["url"], st["preview_url"]) == (
+    assert (st.app, st.env, st.url, st.preview_url) == (
         "shop", "production", "http://127.0.0.1:18080", "http://127.0.0.1:19080")
-    assert st["release"] == {"number": 1, "image": release.image, "commit": None,
-                             "created_at": release.created_at.isoformat() + "Z"}
-    assert st["router"] == {"state": "running", "name": "kiln-shop-production-router"}
-    assert [(i["id"], i["service"], i["release"], i["health"], i["in_router"], i["weight"]) for i in st["instances"]] == \
+    assert st.release == views.ServedRelease(number=1, image=release.image, commit=None, created_at=release.created_at)
+    assert st.to_json()["release"]["created_at"] == release.created_at.isoformat() + "Z"  # its JSON form
+    assert st.router == views.RouterState(state="running", name="kiln-shop-production-router")
+    assert [(i.id, i.service, i.release, i.health, i.in_router, i.weight) for i in st.instances] == \
         sorted([(web[0], "web", 1, "exited (137)", True, 100), (web[1], "web", 1, "down", True, 100),
                 (worker, "worker", 1, "running", False, None)])
-    assert {i["container"] for i in st["instances"]} == {"id-kiln-shop"}  # the fake's ids, cut to 12
-    assert st["waiting"] == [] and st["relaxations"] == {}
+    assert {i.container for i in st.instances} == {"id-kiln-shop"}  # the fake's ids, cut to 12
+    assert st.waiting == [] and st.relaxations == {}
     default = {"memory": 536870912, "cpus": 1.0, "pids": 512}
-    assert st["limits"] == {"web": default, "worker": default}
-    assert st["agent"] == {"leader": None, "healing": "active", "halted": None}
+    assert st.to_json()["limits"] == {"web": default, "worker": default}
+    assert st.agent == views.AgentState(leader=None, healing="active", halted=None)
 
 
 def test_status_shows_the_limits_of_the_release_in_service(w):
@@ -56,7 +59,7 @@ def test_status_shows_the_limits_of_the_release_in_service(w):
     w.edit_spec("      web: {replicas: 1}\n", "      web: {replicas: 1, resources: {cpus: 0.25}}\n")
     deploy(w.ctx, w.load(), "staging")
     st = observe.status(w.ctx, w.cfg("staging"))
-    assert st["limits"] == {"web": {"memory": 536870912, "cpus": 0.25, "pids": 512},
+    assert st.to_json()["limits"] == {"web": {"memory": 536870912, "cpus": 0.25, "pids": 512},
                             "worker": {"memory": 134217728, "cpus": 1.0, "pids": 64}}
 
 
@@ -83,11 +86,11 @@ def test_status_of_a_paused_blue_green_release_shows_the_idle_set_and_the_waitin
     deploy(w.ctx, w.load(), "production")
     st = observe.status(w.ctx, w.cfg())
     [rollout] = w.ctx.ledger.rollouts.unfinished("shop", "production")
-    assert st["waiting"] == [{"rollout": rollout.id, "release": 2, "state": "paused", "phase": "promotion"}]
-    assert st["release"]["number"] == 1
-    assert sorted((i["release"], i["health"], i["weight"]) for i in st["instances"] if i["service"] == "web") == [
+    assert st.waiting == [views.Waiting(rollout=rollout.id, release=2, state="paused", phase="promotion")]
+    assert st.release is not None and st.release.number == 1
+    assert sorted((i.release, i.health, i.weight) for i in st.instances if i.service == "web") == [
         (1, "healthy", 100), (1, "healthy", 100), (2, "idle", 0), (2, "idle", 0)]
-    assert st["relaxations"] == {"worker": ["read_only: false"]}
+    assert st.relaxations == {"worker": ["read_only: false"]}
 
 
 def test_status_with_the_router_gone_and_an_agent_leading_and_halted(w):
@@ -97,13 +100,13 @@ def test_status_with_the_router_gone_and_an_agent_leading_and_halted(w):
                                lease=15, holder_alive=lambda lock: True)
     w.ctx.ledger.events.record("shop", "production", kinds.AGENT_HALTED, "3 instance failures within 60s")
     st = observe.status(w.ctx, w.cfg())
-    assert st["router"] == {"state": "absent", "name": "kiln-shop-production-router"}
-    assert {i["in_router"] for i in st["instances"]} == {False}
-    assert {i["health"] for i in st["instances"]} == {"running"}
-    assert st["agent"]["leader"] == "ann@h pid 1" and st["agent"]["healing"] == "halted"
-    assert st["agent"]["halted"]["why"] == "3 instance failures within 60s"
+    assert st.router.state == "absent" and st.router.name == "kiln-shop-production-router"
+    assert {i.in_router for i in st.instances} == {False}
+    assert {i.health for i in st.instances} == {"running"}
+    assert st.agent.leader == "ann@h pid 1" and st.agent.healing == "halted"
+    assert st.agent.halted is not None and st.agent.halted.why == "3 instance failures within 60s"
     w.ctx.ledger.events.record("shop", "production", kinds.AGENT_RESUMED, "back within the limit")
-    assert observe.agent_state(w.ctx, "shop", "production")["healing"] == "active"
+    assert observe.agent_state(w.ctx, "shop", "production").healing == "active"
 
 
 # --- destroy ------------------------------------------------------------------------------------
@@ -147,9 +150,9 @@ def test_drift_reports_execs_written_files_and_env_and_label_changes(w):
                                      labels={**spec.labels, "kiln.config": "0" * 64})
     found = drift_uc.report(w.ctx, w.cfg())
 
-    assert [(f["instance"], f["service"], f["release"]) for f in found] == sorted(
+    assert [(f.instance, f.service, f.release) for f in found] == sorted(
         [(web[0], "web", 1), (web[1], "web", 1), (worker, "worker", 1)])
-    reasons = {f["instance"]: f["reasons"] for f in found}
+    reasons = {f.instance: f.reasons for f in found}
     [exec_reason] = reasons[web[0]]
     assert re.fullmatch(r"docker exec: sh -c 'cat /etc/passwd' at \d\d:\d\d:\d\d UTC", exec_reason)
     digest = w.cfg().digest()
@@ -164,7 +167,7 @@ def test_drift_adds_the_taints_the_agent_recorded_for_running_instances_only(w):
     w.ctx.ledger.events.record("shop", "production", kinds.INSTANCE_TAINTED, f"{web[0]}: docker exec: sh at 10:00:00 UTC")
     w.ctx.ledger.events.record("shop", "production", kinds.INSTANCE_TAINTED, "kiln-shop-production-web-v1-gone00: x")
     assert drift_uc.report(w.ctx, w.cfg()) == [
-        {"instance": web[0], "service": "web", "release": 1, "reasons": ["docker exec: sh at 10:00:00 UTC"]}]
+        views.Taint(instance=web[0], service="web", release=1, reasons=["docker exec: sh at 10:00:00 UTC"])]
 
 
 # --- history ------------------------------------------------------------------------------------
@@ -176,15 +179,16 @@ def test_history_of_releases_rollouts_and_steps(w):
     w.engine.crash_on_start.add(2)
     with pytest.raises(RolloutError):
         deploy(w.ctx, w.load(), "production")
-    assert [(r.release.number, r.state) for r in history.releases(w.ctx, "shop", "production")] == [
+    assert [(r.number, r.state) for r in history.releases(w.ctx, "shop", "production")] == [
         (2, "aborted"), (1, "serving")]
     assert [(r.id, r.state) for r in history.rollouts(w.ctx, "shop", "production")] == [(2, "aborted"), (1, "succeeded")]
-    chosen, steps = history.rollout(w.ctx, "shop", "production", 1)
+    chosen = history.rollout(w.ctx, "shop", "production", 1)
+    steps = chosen.steps
     assert chosen.id == 1
-    assert [(s["action"], s["state"]) for s in steps[:2]] == [("Phase", "started"), ("Start", "started")]
-    assert steps[0]["seconds"] is None and steps[1]["seconds"] is None
-    assert {type(s["seconds"]) for s in steps if s["state"] == "done"} == {float}
-    assert history.rollout(w.ctx, "shop", "production")[0].id == 2  # the latest
+    assert [(s.action, s.state) for s in steps[:2]] == [("Phase", "started"), ("Start", "started")]
+    assert steps[0].seconds is None and steps[1].seconds is None
+    assert {type(s.seconds) for s in steps if s.state == "done"} == {float}
+    assert history.rollout(w.ctx, "shop", "production").id == 2  # the latest
     with pytest.raises(UsageError) as err:
         history.rollout(w.ctx, "shop", "production", 9)
     assert err.value.message == "no rollout 9 in shop/production."
@@ -193,11 +197,11 @@ def test_history_of_releases_rollouts_and_steps(w):
 
 
 def test_with_durations_pairs_each_finished_step_with_its_start():
-    steps = [{"action": "Start", "target": "a", "state": "started", "at": "2026-01-01T00:00:00Z"},
-             {"action": "Start", "target": "b", "state": "started", "at": "2026-01-01T00:00:01Z"},
-             {"action": "Start", "target": "a", "state": "done", "at": "2026-01-01T00:00:02.5Z"},
-             {"action": "Start", "target": "b", "state": "failed", "at": "2026-01-01T00:00:04Z"}]
-    assert [s["seconds"] for s in history.with_durations(steps)] == [None, None, 2.5, 3.0]
+    t0 = datetime(2026, 1, 1)
+    steps = [Step("Start", "a", "started", "", t0), Step("Start", "b", "started", "", t0 + timedelta(seconds=1)),
+             Step("Start", "a", "done", "", t0 + timedelta(seconds=2.5)),
+             Step("Start", "b", "failed", "", t0 + timedelta(seconds=4))]
+    assert [s.seconds for s in history.with_durations(steps)] == [None, None, 2.5, 3.0]
 
 
 def test_events_follow_yields_what_came_since(w, monkeypatch):
@@ -210,32 +214,33 @@ def test_events_follow_yields_what_came_since(w, monkeypatch):
 
     monkeypatch.setattr(history, "time", SimpleNamespace(sleep=sleep))
     batches = history.events(w.ctx, "shop", "production", limit=1, follow=True)
-    assert [e["kind"] for e in next(batches)] == [kinds.ROLLOUT_SUCCEEDED]
-    assert [e["message"] for e in next(batches)] == ["tick 1"]
-    assert [e["message"] for e in next(batches)] == ["tick 2"]
+    assert [e.kind for e in next(batches)] == [kinds.ROLLOUT_SUCCEEDED]
+    assert [e.message for e in next(batches)] == ["tick 1"]
+    assert [e.message for e in next(batches)] == ["tick 2"]
     assert waits == [history.FOLLOW_EVERY, history.FOLLOW_EVERY]
-    assert list(history.events(w.ctx, "shop", None, limit=50)) == [w.ctx.ledger.events.of("shop", None, limit=50)]
+    assert list(history.events(w.ctx, "shop", None, limit=50)) == [
+        [views.Event.of(e) for e in w.ctx.ledger.events.of("shop", None, limit=50)]]
 
 
 # --- locks --------------------------------------------------------------------------------------
 
 
 def test_lock_status_and_forced_release(w):
-    assert locks.status(w.ctx, "shop", "production").lock is None
-    assert locks.force_release(w.ctx, "shop", "production", force=False).lock is None
+    assert locks.status(w.ctx, "shop", "production").locked is False
+    assert locks.force_release(w.ctx, "shop", "production", force=False).locked is False
     w.ctx.ledger.locks.acquire("shop", "production", user="ann", host=socket.gethostname(), pid=os.getpid(),
                                reason="deploy", lease=30, holder_alive=lambda lock: True)
     state = locks.status(w.ctx, "shop", "production")
-    assert (state.lock.user, state.lock.reason, state.expired) == ("ann", "deploy", False)
+    assert (state.user, state.reason, state.expired) == ("ann", "deploy", False)
     assert 29 < state.seconds_left <= 30
     with pytest.raises(UsageError) as err:
         locks.force_release(w.ctx, "shop", "production", force=False)
     assert err.value.message == (f"shop/production is locked by ann@{socket.gethostname()} pid {os.getpid()}; not "
                                  "releasing it without --force: releasing the lock of a holder that still runs "
                                  "lets two rollouts run at once.")
-    assert locks.status(w.ctx, "shop", "production").lock is not None
+    assert locks.status(w.ctx, "shop", "production").locked
     gone = locks.force_release(w.ctx, "shop", "production", force=True)
-    assert gone.lock.user == "ann" and locks.status(w.ctx, "shop", "production").lock is None
+    assert gone.user == "ann" and not locks.status(w.ctx, "shop", "production").locked
     # Released, the environment can change again.
     assert deploy(w.ctx, w.load(), "production").release.number == 1
 
@@ -250,7 +255,10 @@ def test_ci_runs_show_logs_follow_approve_and_cancel(w, monkeypatch):
     assert [r.id for r in ci_runs.runs(w.ctx)] == [run.id]
     bake, promote = store.add_steps(run.id, [(0, 0, "bake", "bake", "succeeded", ""),
                                              (1, 1, "promote", "promote", "waiting", "")])
-    assert ci_runs.show(w.ctx, run.id) == (store.run(run.id), store.steps(run.id))
+    shown = ci_runs.show(w.ctx, run.id)
+    assert shown.id == run.id and [s.name for s in shown.steps] == ["bake", "promote"]
+    assert shown == views.CiRunDetail(**views.CiRun.of(store.run(run.id)).model_dump(),
+                                      steps=[views.CiStep.of(s) for s in store.steps(run.id)])
     with pytest.raises(UsageError, match=r"there is no run 99\."):
         ci_runs.show(w.ctx, 99)
     store.log(run.id, bake.id, ["baked"])
@@ -265,11 +273,14 @@ def test_ci_runs_show_logs_follow_approve_and_cancel(w, monkeypatch):
         assert len(waits) < 5, "following a finished run's log should end"
 
     monkeypatch.setattr(ci_runs, "time", SimpleNamespace(sleep=sleep))
-    assert list(ci_runs.logs(w.ctx, run.id, follow=True)) == [[("0:bake", "baked")], [("-", "done")], []]
-    assert waits == [ci_runs.FOLLOW_EVERY] * 2
-    assert list(ci_runs.logs(w.ctx, run.id)) == [[("0:bake", "baked"), ("-", "done")]]
+    def plain(batches):
+        return [[(line.step, line.line) for line in batch] for batch in batches]
 
-    assert ci_runs.approve(w.ctx, run.id, by="ann").id == promote.id
+    assert plain(ci_runs.logs(w.ctx, run.id, follow=True)) == [[("0:bake", "baked")], [("-", "done")], []]
+    assert waits == [ci_runs.FOLLOW_EVERY] * 2
+    assert plain(ci_runs.logs(w.ctx, run.id)) == [[("0:bake", "baked"), ("-", "done")]]
+
+    assert ci_runs.approve(w.ctx, run.id, by="ann").position == promote.position
     assert (store.step(promote.id).state, store.step(promote.id).detail) == ("approved", "approved by ann")
     with pytest.raises(UsageError, match=f"run {run.id} has no step waiting for approval"):
         ci_runs.approve(w.ctx, run.id, by="ann")

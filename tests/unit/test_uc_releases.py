@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from kiln import views
 from kiln.errors import KilnError, UsageError
 from kiln.usecases import environments as envs
 from kiln.usecases import releases as rel
@@ -25,13 +26,15 @@ def deploy_n(w: World, n: int, env: str = "production") -> list[str]:
 def test_a_manifest_exports_a_release_and_its_rollouts_and_imports_into_another_kiln(w, tmp_path):
     deploy_n(w, 2)
     v1 = w.ctx.ledger.releases.get("shop", "production", 1)
-    manifest = json.loads(json.dumps(rel.export(w.ctx, "shop", "production", 1)))  # as written to a file
+    manifest = json.loads(json.dumps(rel.export(w.ctx, "shop", "production", 1).to_json()))  # as written to a file
 
     assert (manifest["kiln_manifest"], manifest["app"], manifest["env"]) == (1, "shop", "production")
-    assert manifest["release"] == {**v1.summary(), "image_tag": v1.image_tag, "config": v1.config,
+    assert manifest["release"] == {**views.Release.of(v1).to_json(), "image_tag": v1.image_tag, "config": v1.config,
                                    "config_digest": v1.config_digest, "spec_digest": v1.spec_digest}
     assert [(r["id"], r["from"], r["to"], r["strategy"], r["state"]) for r in manifest["rollouts"]] == [
         (1, None, 1, "rolling", "succeeded"), (2, 1, 2, "rolling", "succeeded")]
+    # each rollout in its one JSON form (views.Rollout), which since issue 26 includes its last phase
+    assert [r["phase"] for r in manifest["rollouts"]] == ["done", "done"]
 
     (tmp_path / "second").mkdir()
     other = World.make(tmp_path / "second")
@@ -55,7 +58,7 @@ def test_a_manifest_exports_a_release_and_its_rollouts_and_imports_into_another_
 
 def test_a_manifest_imports_into_another_environment_with_that_environment_name(w):
     deploy_n(w, 1)
-    manifest = rel.export(w.ctx, "shop", "production", 1)
+    manifest = rel.export(w.ctx, "shop", "production", 1).to_json()
     imported = rel.import_manifest(w.ctx, manifest, env="staging")
     assert (imported.env, imported.number, imported.config["env"]) == ("staging", 1, "staging")
     assert imported.config_digest == imported.env_config().digest() != manifest["release"]["config_digest"]
@@ -63,7 +66,7 @@ def test_a_manifest_imports_into_another_environment_with_that_environment_name(
 
 def test_a_manifest_that_is_not_one_is_refused(w):
     deploy_n(w, 1)
-    manifest = rel.export(w.ctx, "shop", "production", 1)
+    manifest = rel.export(w.ctx, "shop", "production", 1).to_json()
     with pytest.raises(UsageError) as version:
         rel.import_manifest(w.ctx, {**manifest, "kiln_manifest": 2})
     assert version.value.message == "not a kiln release manifest (version 2, expected 1)."
@@ -95,16 +98,16 @@ def test_gc_keeps_what_serves_what_is_pinned_and_the_last_k_and_removes_the_rest
 
     dry = rel.collect(w.ctx, "shop", keep=2, dry_run=True)
     assert w.engine.image_store == before and stopped in w.engine.specs  # a dry run removes nothing
-    assert [i["image"] for i in dry["images"]] == [images[0], images[2]]
-    assert dry["instances"] == [{"instance": stopped, "state": "exited"}]
-    assert dry["kept"] == [{"image": images[1], "why": "production v2 (pinned)"},
-                           {"image": images[3], "why": "production v4 (among the last 2)"},
-                           {"image": images[4], "why": "production v5 (serving)"}]
+    assert [i.image for i in dry.images] == [images[0], images[2]]
+    assert dry.instances == [views.GcInstance(instance=stopped, state="exited")]
+    assert [(k.image, k.why) for k in dry.kept] == [(images[1], "production v2 (pinned)"),
+                                                    (images[3], "production v4 (among the last 2)"),
+                                                    (images[4], "production v5 (serving)")]
     assert staging.image == images[4]
 
     done = rel.collect(w.ctx, "shop", keep=2, dry_run=False)
-    assert {k: done[k] for k in ("images", "instances", "kept")} == {k: dry[k] for k in ("images", "instances", "kept")}
-    assert done["dry_run"] is False
+    assert (done.images, done.instances, done.kept) == (dry.images, dry.instances, dry.kept)
+    assert done.dry_run is False
     assert {i for i, _ in w.engine.images({"kiln.app": "shop"})} == {images[1], images[3], images[4]}
     assert stopped not in w.engine.specs
     assert w.engine.image_id(w.ctx.ledger.releases.get("shop", "production", 1).image_tag) is None
@@ -122,6 +125,6 @@ def test_gc_keeps_the_image_a_paused_rollout_waits_with(w):
     waiting = deploy(w.ctx, w.load(), "production")
     assert waiting.state == "paused"
     out = rel.collect(w.ctx, "shop", keep=0, dry_run=True)
-    assert [k["why"] for k in out["kept"]] == ["production v2 (serving)",
+    assert [k.why for k in out.kept] == ["production v2 (serving)",
                                               f"production v3 (rollout {w.rollouts()[-1].id} unfinished)"]
-    assert [i["image"] for i in out["images"]] == [images[0]]
+    assert [i.image for i in out.images] == [images[0]]

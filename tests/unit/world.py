@@ -205,7 +205,7 @@ class World:
 
     def events(self, env: str = "production", *kinds: str) -> list[tuple[str, str]]:
         """env's events (of these kinds), oldest first: (kind, message)."""
-        return [(e["kind"], e["message"]) for e in self.ctx.ledger.events.of("shop", env, kinds=kinds, limit=None)]
+        return [(e.kind, e.message) for e in self.ctx.ledger.events.of("shop", env, kinds=kinds, limit=None)]
 
     def rollouts(self, env: str = "production") -> list[Rollout]:
         """env's rollouts, oldest first."""

@@ -233,7 +233,7 @@ class Reconciler:
 
     def _halted_on_record(self) -> bool:
         last = self.ctx.ledger.events.of(self.app, self.env, kinds=(kinds.AGENT_HALTED, kinds.AGENT_RESUMED), limit=1)
-        return bool(last) and last[-1]["kind"] == kinds.AGENT_HALTED
+        return bool(last) and last[-1].kind == kinds.AGENT_HALTED
 
     def _paused_instances(self, containers: list[ContainerFacts]) -> frozenset[str]:
         """Instances of a blue-green release waiting for `kiln promote`: that rollout owns them."""

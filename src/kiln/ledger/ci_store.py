@@ -42,14 +42,6 @@ class CiRun:
     started_at: datetime | None
     finished_at: datetime | None
 
-    def summary(self) -> dict[str, Any]:
-        def stamp(at: datetime | None) -> str | None:
-            return at.isoformat() + "Z" if at else None
-        return {"id": self.id, "app": self.app, "ref": self.ref, "commit": self.commit, "trigger": self.trigger,
-                "state": self.state, "reason": self.reason, "image": self.image or None, "repo": self.repo,
-                "spec": self.spec, "created_at": stamp(self.created_at), "started_at": stamp(self.started_at),
-                "finished_at": stamp(self.finished_at)}
-
 
 @dataclass(frozen=True)
 class CiStep:
@@ -69,11 +61,6 @@ class CiStep:
         if self.started_at is None:
             return None
         return ((self.finished_at or now()) - self.started_at).total_seconds()
-
-    def summary(self) -> dict[str, Any]:
-        return {"position": self.position, "stage": self.stage, "name": self.name, "kind": self.kind,
-                "state": self.state, "detail": self.detail,
-                "seconds": round(self.seconds, 2) if self.seconds is not None else None}
 
 
 def _run(row: CiRunRow) -> CiRun:

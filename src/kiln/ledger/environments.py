@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import delete, select
 
@@ -23,11 +22,6 @@ class MadeEnv:
     origin: str
     created_at: datetime
     expires_at: datetime | None
-
-    def summary(self) -> dict[str, Any]:
-        return {"app": self.app, "env": self.env, "kind": self.kind, "port": self.port, "origin": self.origin,
-                "created_at": self.created_at.isoformat() + "Z",
-                "expires_at": self.expires_at.isoformat() + "Z" if self.expires_at else None}
 
 
 def _made(row: EnvironmentRow) -> MadeEnv:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select
 
 from kiln.ledger.db import Database, now
 from kiln.ledger.schema import EventRow
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    app: str
+    env: str
+    kind: str  # one of kiln.ledger.kinds' event kinds
+    message: str
+    at: datetime  # naive UTC
 
 
 class Events:
@@ -21,7 +31,7 @@ class Events:
             s.add(EventRow(app=app, env=env, kind=kind, message=message, at=now()))
 
     def of(self, app: str, env: str | None = None, *, limit: int | None = 50, after: int = 0,
-           since: datetime | None = None, kinds: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+           since: datetime | None = None, kinds: tuple[str, ...] = ()) -> list[Event]:
         """app's events (of one env, if given), oldest first: the newest `limit`, or all those after
         event id `after` (for following), or since a time, optionally of some kinds only."""
         q = select(EventRow).where(EventRow.app == app, EventRow.id > after)
@@ -33,8 +43,7 @@ class Events:
             q = q.where(EventRow.kind.in_(kinds))
         with self.db.session() as s:
             rows = list(s.scalars(q.order_by(EventRow.id.desc()).limit(limit)))
-        return [{"id": r.id, "env": r.env, "kind": r.kind, "message": r.message, "at": r.at.isoformat() + "Z"}
-                for r in reversed(rows)]
+        return [Event(r.id, r.app, r.env, r.kind, r.message, r.at) for r in reversed(rows)]
 
     def count(self, kind: str) -> int:
         """How many events of `kind` there are (of every app)."""

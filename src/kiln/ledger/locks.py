@@ -13,7 +13,6 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
@@ -45,11 +44,6 @@ class Lock:
 
     def expired(self, at: datetime) -> bool:
         return self.heartbeat_at + timedelta(seconds=self.lease_seconds) < at
-
-    def summary(self) -> dict[str, Any]:
-        return {"app": self.app, "env": self.env, "holder": self.holder, "user": self.user, "host": self.host,
-                "pid": self.pid, "reason": self.reason, "acquired_at": self.acquired_at.isoformat() + "Z",
-                "heartbeat_at": self.heartbeat_at.isoformat() + "Z", "lease_seconds": self.lease_seconds}
 
 
 def _lock(row: LockRow) -> Lock:

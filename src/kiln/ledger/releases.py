@@ -35,10 +35,6 @@ class Release:
     created_at: datetime
     origin: str = ""
 
-    def summary(self) -> dict[str, Any]:
-        return {"number": self.number, "image": self.image, "commit": self.commit,
-                "created_at": self.created_at.isoformat() + "Z", "dirty": self.dirty,
-                "inputs_hash": self.inputs_hash, "note": self.note, "origin": self.origin}
 
     def env_config(self) -> EnvConfig:
         """The resolved config this release recorded; LedgerError when this kiln cannot read it."""

@@ -31,6 +31,17 @@ class Rollout:
     data: dict[str, Any]  # that state machine's persisted data
 
 
+@dataclass(frozen=True)
+class Step:
+    """One journalled action of a rollout (kinds.STEP_ACTIONS), as it started, was done or failed."""
+
+    action: str
+    target: str
+    state: str
+    detail: str
+    at: datetime  # naive UTC
+
+
 def _rollout(row: RolloutRow) -> Rollout:
     try:
         data = json.loads(row.data or "{}")
@@ -123,11 +134,10 @@ class Rollouts:
         with self.db.session() as s, s.begin():
             s.add(StepRow(rollout_id=rollout_id, action=action, target=target, state=state, detail=detail, at=now()))
 
-    def steps(self, rollout_id: int) -> list[dict[str, Any]]:
+    def steps(self, rollout_id: int) -> list[Step]:
         with self.db.session() as s:
             q = select(StepRow).where(StepRow.rollout_id == rollout_id).order_by(StepRow.id)
-            return [{"action": r.action, "target": r.target, "state": r.state, "detail": r.detail,
-                     "at": r.at.isoformat() + "Z"} for r in s.scalars(q)]
+            return [Step(r.action, r.target, r.state, r.detail, r.at) for r in s.scalars(q)]
 
 
 def _existing(row: RolloutRow | None, rollout_id: int) -> RolloutRow:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import delete, select
 
@@ -29,11 +28,6 @@ class Sample:
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return {"release": self.release, "at": self.at.isoformat() + "Z", "seconds": self.seconds,
-                "requests": self.requests, "errors": self.errors, "rps": round(self.rate, 3),
-                "error_rate": round(self.error_rate, 5), "response_ms": round(self.response_ms, 1)}
 
 
 class Samples:

@@ -1,5 +1,9 @@
-"""`kiln serve` (FastAPI): the control plane (server/api.py's API, server/dashboard.py's pages,
-server/metrics.py's /metrics; tokens and sessions checked by server/auth.py) and the webhooks.
+"""`kiln serve` (FastAPI): `make_app` puts what its routers share in app.state (the Auth, the
+Plane, the webhooks' settings) and includes the routers, each a module-level APIRouter: the
+webhooks (server/hooks.py); for the control plane, the API's (server/reads.py, actions.py,
+tokens.py, with server/api.py's dependencies and OpenAPI route), /metrics (server/metrics.py)
+and the dashboard (server/dashboard.py); and /health. Tokens and sessions are checked by
+server/auth.py; every route reaches kiln through a use case.
 
 Every request first meets the Guard, a plain ASGI middleware (it buffers nothing of the body):
 
@@ -13,38 +17,26 @@ Every request first meets the Guard, a plain ASGI middleware (it buffers nothing
   dependencies run). The Caller found is kept in the request's state, where the API's `caller`
   dependency takes it: one token lookup per request.
 
-Webhooks: each push event that passes its signature or token check, and whose delivery id was
-not seen before, queues a run of the pushed ref and starts a detached runner. Answers: 202 queued
-(or ignored, for other events), 401 bad signature or token, 409 a replay (a delivery id seen
-before; or a commit the ref already ran, or one older than the ref's last run: GitHub's signature
-covers the body, not the delivery id, so a captured push replayed under a new id is caught by its
-content), 400 a malformed request, 413 a body over MAX_BODY (the Guard's)."""
+A KilnError a route raises answers as its route's kind of answer: JSON {"error", "hint"} under
+/api/, /metrics and /hooks/, the dashboard's error page (or its sign-in, for a 401) elsewhere."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln import __version__
-from kiln.access import READ
-from kiln.ci.plan import queue_key
-from kiln.ci.trigger import enqueue, spawn
 from kiln.context import Context
-from kiln.errors import KilnError, UsageError, WebhookRejected
-from kiln.git import is_ancestor
-from kiln.ledger.ci_store import CiStore
-from kiln.server import api, dashboard
+from kiln.errors import KilnError
+from kiln.server import api, dashboard, hooks, metrics
 from kiln.server.api import BodyTooLarge
 from kiln.server.auth import Auth
-from kiln.server.metrics import exposition
+from kiln.server.hooks import Config
 from kiln.server.plane import Plane
-from kiln.server.webhooks import ZERO, parse, verify_github, verify_gitlab
 
 MAX_BODY = 5 * 1024 * 1024  # bytes; a push event, a deploy's JSON or a form needs far less
 
@@ -134,51 +126,34 @@ class Guard:
             pass  # answered above (or, had the route begun its answer, the connection ends unfinished)
 
 
-@dataclass(frozen=True)
-class Config:
-    """Each provider has its own secret, and only a provider with one is served (the other's
-    endpoint is 404): a leaked GitLab token (sent in clear with every hook) cannot sign GitHub
-    deliveries, and an endpoint nobody configured cannot be tried."""
-
-    repo: str  # the repository runs check out from
-    spec: str  # kiln.yaml's path in it
-    github: str | None = None  # GitHub's HMAC-SHA256 key
-    gitlab: str | None = None  # GitLab's X-Gitlab-Token
-
-    def __post_init__(self) -> None:
-        if not self.github and not self.gitlab:
-            raise UsageError("no webhook provider is configured: give a GitHub secret, a GitLab token, or both.",
-                             "Store one: `kiln secret set github-webhook` / `kiln secret set gitlab-token`.")
-        if self.github and self.github == self.gitlab:
-            raise UsageError("GitHub's secret and GitLab's token are the same value; give each provider its own.",
-                             "A GitLab token travels in clear with every hook: it must not also sign GitHub's.")
-
-
 def make_app(ctx: Context, config: Config | None, start_runner: bool = True, plane: Plane | None = None) -> FastAPI:
-    """The app: webhooks when `config` is given, the control plane when `plane` is."""
+    """The app: the webhooks router when `config` is given; the control plane (the API's routers,
+    /metrics and the dashboard) when `plane` is. What the routers share is in app.state."""
     app = FastAPI(title="kiln", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)  # server/api.py serves the description, to a token
-    auth = Auth(ctx.ledger)
-    refuse = _refusal(with_dashboard=plane is not None)
-    app.add_middleware(Guard, refuse=refuse, auth=auth if plane is not None else None, warn=ctx.out.warn)
+    auth = Auth(ctx)
+    app.state.auth = auth
+    app.add_middleware(Guard, refuse=_refusal(with_dashboard=plane is not None),
+                       auth=auth if plane is not None else None, warn=ctx.out.warn)
     if config is not None:
-        _webhooks(app, ctx, config, start_runner)
+        app.state.hooks = hooks.Hooks(ctx, config, start_runner)
+        app.include_router(hooks.router)
     if plane is not None:
-        app.exception_handler(KilnError)(refuse)
-        api.install(app, plane, auth)
-
-        @app.get("/metrics", include_in_schema=False)
-        def metrics(request: Request) -> Response:
-            auth.require(auth.caller(request), READ)
-            return Response(exposition(plane), media_type=CONTENT_TYPE_LATEST)
-
-        dashboard.install(app, plane, auth)
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
+        app.state.plane = plane
+        app.exception_handler(KilnError)(_refusal(with_dashboard=True))
+        api.install(app)
+        app.include_router(metrics.router)
+        dashboard.install(app)
+    app.include_router(health)
     return app
+
+
+health = APIRouter(include_in_schema=False)
+
+
+@health.get("/health")
+async def alive() -> dict[str, str]:
+    return {"status": "ok"}
 
 
 def _refusal(with_dashboard: bool) -> Refuse:
@@ -190,66 +165,3 @@ def _refusal(with_dashboard: bool) -> Refuse:
         return api.error_response(exc)
 
     return refuse
-
-
-def _webhooks(app: FastAPI, ctx: Context, config: Config, start_runner: bool) -> None:
-    store = CiStore(ctx.ledger)
-
-    def _replayed(ref: str, commit: str) -> str | None:
-        """Why a push of `commit` to `ref` is a replay, or None: the ref already ran that commit,
-        or its last run is of a newer commit (one `commit` is an ancestor of)."""
-        queue = queue_key(config.repo, ref)
-        seen = store.run_of_commit(queue, commit)
-        if seen is not None:
-            return f"{ref} already ran {commit[:12]} (run {seen.id}); a replayed push starts nothing"
-        latest = store.latest_run(queue)
-        if latest is not None and is_ancestor(config.repo, commit, latest.commit):
-            return (f"{commit[:12]} is older than {latest.commit[:12]}, which {ref} already ran (run {latest.id}); "
-                    "kiln never goes back by a webhook (`kiln ci run --ref COMMIT` does, on purpose)")
-        return None
-
-    def accept(source: str, body: bytes, headers: dict[str, str]) -> JSONResponse:
-        try:
-            delivery, push = parse(source, body, headers)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        if not store.first_delivery(source, delivery):
-            ctx.out.warn(f"{source} delivery {delivery} was seen before; refused")
-            return JSONResponse({"error": f"delivery {delivery} was already received"}, status_code=409)
-        if push is None or push.commit == ZERO:
-            return JSONResponse({"status": "ignored"}, status_code=202)
-        stale = _replayed(push.ref, push.commit)
-        if stale:
-            ctx.out.warn(f"{source} delivery {delivery} refused: {stale}")
-            return JSONResponse({"error": stale}, status_code=409)
-        run = enqueue(ctx, store, repo=config.repo, spec=config.spec, ref=push.ref, commit=push.commit,
-                      trigger=source)
-        store.link_delivery(source, delivery, run.id)
-        if start_runner:
-            spawn(ctx, run.id)
-        return JSONResponse({"status": "queued", "run": run.id}, status_code=202)
-
-    async def receive(source: str, request: Request) -> JSONResponse:
-        body = await request.body()  # the raw bytes, which the signature covers; at most MAX_BODY (the Guard's)
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            if source == "github" and config.github:
-                verify_github(config.github, body, headers)
-            elif source == "gitlab" and config.gitlab:
-                verify_gitlab(config.gitlab, headers)
-            else:  # not reached: the route exists only for a configured provider
-                raise WebhookRejected(f"{source} webhooks are not enabled.")
-        except WebhookRejected as exc:
-            ctx.out.warn(f"{source} webhook from {request.client.host if request.client else '?'} refused: {exc}")
-            return JSONResponse({"error": str(exc)}, status_code=401)
-        return await run_in_threadpool(accept, source, body, headers)
-
-    if config.github:
-        @app.post("/hooks/github")
-        async def github(request: Request) -> JSONResponse:
-            return await receive("github", request)
-
-    if config.gitlab:
-        @app.post("/hooks/gitlab")
-        async def gitlab(request: Request) -> JSONResponse:
-            return await receive("gitlab", request)

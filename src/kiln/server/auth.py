@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from kiln.access import Token, allows
+from kiln.context import Context
 from kiln.errors import Forbidden
-from kiln.ledger.store import Ledger
+from kiln.usecases import tokens
 
 COOKIE = "kiln_token"  # the name the cookie had when it held the token; it now holds a session id
 SESSION_SECONDS = 12 * 3600  # from sign-in, not from the last request
@@ -58,9 +59,9 @@ class _Session:
 
 
 class Auth:
-    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, ctx: Context, clock: Callable[[], float] = time.monotonic,
                  max_sessions: int = MAX_SESSIONS) -> None:
-        self.ledger = ledger
+        self.ctx = ctx.derive(ctx.out)  # tokens are looked up through usecases/tokens.py; its ledger opened now
         self._key = secrets.token_bytes(32)
         self._used: dict[str, float] = {}  # token name -> when its last use was recorded
         self._clock = clock
@@ -75,7 +76,7 @@ class Auth:
         bearer = header[7:].strip() if header.lower().startswith("bearer ") else ""
         session = None if bearer else request.cookies.get(COOKIE) or None
         if bearer:
-            token = self.ledger.tokens.find(bearer)
+            token = tokens.find(self.ctx, bearer)
             if token is None:
                 raise Forbidden("this API token is not valid (unknown or revoked).", 401)
         elif session is not None:
@@ -100,7 +101,7 @@ class Auth:
 
     def sign_in(self, raw: str) -> str | None:
         """A new session for the token `raw`, or None when kiln does not know it."""
-        token = self.ledger.tokens.find(raw)
+        token = tokens.find(self.ctx, raw)
         if token is None:
             return None
         self._record_use(token)
@@ -121,7 +122,7 @@ class Auth:
         has ended or its token was revoked."""
         with self._lock:
             kept = self._sessions.get(session)
-        token = self.ledger.tokens.with_digest(kept.digest) if kept and kept.ends > self._clock() else None
+        token = tokens.with_digest(self.ctx, kept.digest) if kept and kept.ends > self._clock() else None
         if token is None:
             self.end_session(session)
         return token
@@ -148,4 +149,4 @@ class Auth:
         """`kiln token list` shows a token's last use: to the minute, not a write per request."""
         if self._clock() - self._used.get(token.name, -USED_EVERY) >= USED_EVERY:
             self._used[token.name] = self._clock()
-            self.ledger.tokens.used(token.name)
+            tokens.used(self.ctx, token.name)

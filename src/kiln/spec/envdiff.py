@@ -24,9 +24,6 @@ class KeyDiff:
     b: Any
     declared: bool  # an environment overlay sets this key
 
-    def summary(self) -> dict[str, Any]:
-        return {"key": self.key, "a": self.a, "b": self.b, "declared": self.declared}
-
 
 def flatten(config: dict[str, Any]) -> dict[str, Any]:
     """A resolved config as dotted keys; the services list becomes services.NAME.…"""

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from kiln.errors import UsageError
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
 from kiln.spec.pipeline import Pipeline
@@ -185,10 +186,21 @@ class Analysis(Model):
     min_requests: int = Field(10, ge=1, description="responses the canary must have served before it can fail the error-rate test")
 
 
+Strategy = Literal["rolling", "blue-green", "canary"]  # also stored: a rollout records its strategy
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+def strategy_of(value: str | None) -> str | None:
+    """`value` (a --strategy or an API field) when it names a strategy; None stays None."""
+    if value is not None and value not in STRATEGIES:
+        raise UsageError(f"unknown strategy {value!r}.", f"Use one of: {', '.join(STRATEGIES)}.")
+    return value
+
+
 class RolloutPolicy(Model):
     """How a new release replaces the one in service."""
 
-    strategy: Literal["rolling", "blue-green", "canary"] = Field("rolling", description="rolling, blue-green or canary (only the public service can use blue-green or canary; others roll)")
+    strategy: Strategy = Field("rolling", description="rolling, blue-green or canary (only the public service can use blue-green or canary; others roll)")
     max_surge: CountOrPercent = Field("100%", description="rolling: instances started above `replicas`, a count or a percentage")
     max_unavailable: CountOrPercent = Field(0, description="rolling: instances that may be out of service below `replicas`")
     steps: tuple[CanaryStep, ...] = Field((CanaryStep(weight=10, pause=30.0), CanaryStep(weight=50, pause=30.0)),

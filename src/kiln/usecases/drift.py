@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
 
-from kiln import secretref
+from kiln import secretref, views
 from kiln.agent.drift import exec_detail, taints
 from kiln.bake.vm import is_vm_ref
 from kiln.context import Context
@@ -89,13 +88,13 @@ def recorded(ctx: Context, app: str, env: str) -> dict[str, list[str]]:
     """Taints the agent recorded in the ledger, by instance."""
     out: dict[str, list[str]] = {}
     for e in ctx.ledger.events.of(app, env, kinds=(kinds.INSTANCE_TAINTED,), limit=1000):
-        name, _, reasons = e["message"].partition(": ")
+        name, _, reasons = e.message.partition(": ")
         out.setdefault(name, [])
         out[name] += [r for r in reasons.split("; ") if r not in out[name]]
     return out
 
 
-def report(ctx: Context, cfg: EnvConfig) -> list[dict[str, Any]]:
+def report(ctx: Context, cfg: EnvConfig) -> list[views.Taint]:
     """`kiln drift`: every tainted instance of the environment with its reasons."""
     app, env, engine = cfg.app, cfg.env, ctx.engine_for(cfg)
     containers = engine.containers(selector(app, env, INSTANCE))
@@ -104,6 +103,6 @@ def report(ctx: Context, cfg: EnvConfig) -> list[dict[str, Any]]:
         if name in found or any(c.name == name and c.running for c in containers):
             found[name] = found.get(name, []) + [r for r in reasons if r not in found.get(name, [])]
     by_name = {c.name: c for c in containers}
-    return [{"instance": name, "service": by_name[name].label("service"),
-             "release": int(by_name[name].label("release") or 0), "reasons": reasons}
+    return [views.Taint(instance=name, service=by_name[name].label("service") or "",
+                        release=int(by_name[name].label("release") or 0), reasons=reasons)
             for name, reasons in sorted(found.items()) if name in by_name]

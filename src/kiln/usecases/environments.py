@@ -8,11 +8,10 @@ resolved config is their release's, so every command that works on an environmen
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
-from typing import Any
 
-from kiln import git
+from kiln import git, views
 from kiln.bake.vm import is_vm_ref
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
@@ -21,11 +20,12 @@ from kiln.ledger.db import now
 from kiln.ledger.environments import MadeEnv
 from kiln.ledger.releases import Release
 from kiln.providers.base import INSTANCE, selector
-from kiln.spec.envdiff import KeyDiff, declared_keys, diff
+from kiln.spec.envdiff import declared_keys, diff
 from kiln.spec.loader import LoadedSpec, load_spec
 from kiln.spec.models import NAME_RULE, valid_name
 from kiln.spec.models import RolloutPolicy as Policy
 from kiln.spec.resolve import EnvConfig, resolve, url_host
+from kiln.usecases import catalog
 from kiln.usecases.deploy import (
     Artifact,
     Outcome,
@@ -66,61 +66,37 @@ def config_of_made(ctx: Context, app: str, env: str) -> EnvConfig:
     return EnvConfig(app=app, env=env, port=made.port if made else 0, bind="127.0.0.1", services=())
 
 
-def listing(ctx: Context, loaded: LoadedSpec) -> list[dict[str, Any]]:
-    """Every environment: declared ones in kiln.yaml's order, then those kiln made."""
-    app = loaded.spec.app
+def listing(ctx: Context, app: str, loaded: LoadedSpec | None) -> list[views.Environment]:
+    """Every environment of app: declared ones in kiln.yaml's order, then those kiln made or
+    released to (usecases/catalog.py)."""
     made = {m.env: m for m in ctx.ledger.environments.of(app)}
     out = []
-    for env in list(loaded.spec.environments) + sorted(made):
+    for env in catalog.envs(ctx, app, loaded):
         release = ctx.ledger.releases.current(app, env)
-        cfg = release.env_config() if release else resolve(loaded.spec, env)
+        cfg = release.env_config() if release else catalog.config(ctx, app, loaded, env)
         m = made.get(env)
-        out.append({"env": env, "kind": m.kind if m else "declared", "url": cfg.url,
-                    "release": release.number if release else None, "image": release.image if release else None,
-                    "origin": (m.origin if m else "") or (release.origin if release else ""),
-                    "expires_at": m.summary()["expires_at"] if m else None,
-                    "instances": {s.name: s.replicas for s in cfg.services}})
+        out.append(views.Environment(
+            env=env, kind=m.kind if m else "declared", url=cfg.url, engine=cfg.engine,
+            release=release.number if release else None, image=release.image if release else None,
+            origin=(m.origin if m else "") or (release.origin if release else ""),
+            expires_at=m.expires_at if m else None, instances={s.name: s.replicas for s in cfg.services}))
     return out
 
 
-def show(ctx: Context, loaded: LoadedSpec, env: str) -> dict[str, Any]:
+def show(ctx: Context, loaded: LoadedSpec, env: str) -> views.EnvironmentDetail:
     cfg = config_of(ctx, loaded, env)
     release = ctx.ledger.releases.current(cfg.app, env)
-    return {"env": env, "config": cfg.model_dump(mode="json"), "config_digest": cfg.digest(),
-            "release": release.summary() if release else None,
-            "declared": sorted(declared_keys(loaded.spec, env))}
+    return views.EnvironmentDetail(env=env, config=cfg.model_dump(mode="json"), config_digest=cfg.digest(),
+                                   release=views.Release.of(release) if release else None,
+                                   declared=sorted(declared_keys(loaded.spec, env)))
 
 
 # --- comparing two ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EnvDiff:
-    a: str
-    b: str
-    image_a: str | None
-    image_b: str | None
-    keys: list[KeyDiff]
-    instances_a: dict[str, int]  # running instances by service
-    instances_b: dict[str, int]
-    relaxations_a: dict[str, list[str]]
-    relaxations_b: dict[str, list[str]]
-
-    @property
-    def match(self) -> bool:
-        """Same image, and no difference an overlay does not declare."""
-        return self.image_a is not None and self.image_a == self.image_b and all(k.declared for k in self.keys)
-
-    def summary(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "match": self.match,
-                "image": {"a": self.image_a, "b": self.image_b, "same": self.image_a == self.image_b},
-                "differences": [k.summary() for k in self.keys],
-                "instances": {"a": self.instances_a, "b": self.instances_b},
-                "relaxations": {"a": self.relaxations_a, "b": self.relaxations_b}}
-
-
-def compare(ctx: Context, loaded: LoadedSpec, a: str, b: str) -> EnvDiff:
-    """What the two environments run (their releases in service), key by key."""
+def compare(ctx: Context, loaded: LoadedSpec, a: str, b: str) -> views.EnvDiff:
+    """What the two environments run (their releases in service), key by key. They match when
+    the image is the same and no difference is one an overlay does not declare."""
     sides = []
     for env in (a, b):
         release = ctx.ledger.releases.current(loaded.spec.app, env)
@@ -133,9 +109,12 @@ def compare(ctx: Context, loaded: LoadedSpec, a: str, b: str) -> EnvDiff:
     (image_a, cfg_a, run_a), (image_b, cfg_b, run_b) = sides
     declared = declared_keys(loaded.spec, a) | declared_keys(loaded.spec, b)
     keys = diff(cfg_a.model_dump(mode="json"), cfg_b.model_dump(mode="json"), declared)
-    return EnvDiff(a, b, image_a, image_b, keys, run_a, run_b,
-                   {s.name: s.relaxations for s in cfg_a.services if s.relaxations},
-                   {s.name: s.relaxations for s in cfg_b.services if s.relaxations})
+    return views.EnvDiff(
+        a=a, b=b, match=image_a is not None and image_a == image_b and all(k.declared for k in keys),
+        image=views.ImagePair.of(image_a, image_b), differences=[views.KeyDifference.of(k) for k in keys],
+        instances=views.Pair(a=run_a, b=run_b),
+        relaxations=views.Pair(a={s.name: list(s.relaxations) for s in cfg_a.services if s.relaxations},
+                               b={s.name: list(s.relaxations) for s in cfg_b.services if s.relaxations}))
 
 
 # --- promotion of the same artifact ---------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from kiln import views
 from kiln.bake.vm import VM_REPO, VmStore
 from kiln.context import Context
 from kiln.errors import UsageError
@@ -20,21 +21,14 @@ from kiln.spec.resolve import EnvConfig
 MANIFEST_VERSION = 1
 
 
-def export(ctx: Context, app: str, env: str, number: int) -> dict[str, Any]:
+def export(ctx: Context, app: str, env: str, number: int) -> views.Manifest:
     release = ctx.ledger.releases.require(app, env, number)
     rollouts = [r for r in ctx.ledger.rollouts.of(app, env, limit=10_000) if number in (r.to_release, r.from_release)]
-    return {
-        "kiln_manifest": MANIFEST_VERSION,
-        "app": app,
-        "env": env,
-        "exported_at": datetime.now(UTC).isoformat(),
-        "release": {**release.summary(), "image_tag": release.image_tag, "config": release.config,
-                    "config_digest": release.config_digest, "spec_digest": release.spec_digest},
-        "rollouts": [{"id": r.id, "from": r.from_release, "to": r.to_release, "strategy": r.strategy,
-                      "state": r.state, "reason": r.reason, "started_at": r.started_at.isoformat() + "Z",
-                      "finished_at": r.finished_at.isoformat() + "Z" if r.finished_at else None}
-                     for r in sorted(rollouts, key=lambda r: r.id)],
-    }
+    return views.Manifest(
+        kiln_manifest=MANIFEST_VERSION, app=app, env=env, exported_at=datetime.now(UTC).isoformat(),
+        release=views.ManifestRelease(**views.ReleaseDetail.full(release).model_dump(), image_tag=release.image_tag,
+                                      spec_digest=release.spec_digest),
+        rollouts=[views.Rollout.of(r) for r in sorted(rollouts, key=lambda r: r.id)])
 
 
 def import_manifest(ctx: Context, manifest: dict[str, Any], env: str | None = None) -> Release:
@@ -63,7 +57,7 @@ def pin(ctx: Context, app: str, env: str, number: int, on: bool = True) -> None:
         ctx.ledger.environments.unpin(app, env, number)
 
 
-def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> dict[str, Any]:
+def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> views.Collected:
     """Remove the app's images that no recent (last `keep` per environment), pinned, serving or
     still-running release needs, and its instances that have stopped. Never what serves."""
     needed: dict[str, str] = {}  # image id -> why it stays
@@ -104,8 +98,9 @@ def collect(ctx: Context, app: str, keep: int, dry_run: bool) -> dict[str, Any]:
             engine.remove_image(image)
         for vm in disks:
             store.remove(vm)
-    return {"dry_run": dry_run, "keep": keep,
-            "images": [{"image": image, "tags": list(tags)} for image, tags in images]
-            + [{"image": vm.ref, "tags": [str(vm.disk)]} for vm in disks],
-            "instances": [{"instance": c.name, "state": c.state} for c in stopped],
-            "kept": [{"image": image, "why": why} for image, why in sorted(needed.items(), key=lambda kv: kv[1])]}
+    return views.Collected(
+        dry_run=dry_run, keep=keep,
+        images=[views.GcImage(image=image, tags=list(tags)) for image, tags in images]
+        + [views.GcImage(image=vm.ref, tags=[str(vm.disk)]) for vm in disks],
+        instances=[views.GcInstance(instance=c.name, state=c.state) for c in stopped],
+        kept=[views.GcKept(image=image, why=why) for image, why in sorted(needed.items(), key=lambda kv: kv[1])])
