@@ -319,35 +319,74 @@ class FakeEngine:
 
 
 class FakeRouter:
-    """An environment's router: servers by name with status, weight and counters; GETs on its
-    preview port answered by the engine's `answers` from a serving preview server."""
+    """An environment's router, held to HaproxyRouter's behaviour by the router contract
+    (tests/contract/router.py): two backends (the public service's and, with a preview port, its
+    preview) whose servers have an address, a status from the engine's health of the instance of
+    the same name, a weight and counters; GETs on the preview port answered by the engine's
+    `answers`, round robin over the serving preview servers, and counted on the server that
+    answered. As HAProxy's runtime API: adding a name that exists is refused, weights are 0..256,
+    a weight request applies every command it can and then fails for the rest, and a router that
+    is stopped or was removed answers no request (RouterError). A new router (started again, or
+    for a changed config) knows none of the servers added at run time."""
+
+    # HAProxy's own answer when no server of a backend can take a request
+    NO_SERVER = ("<html><body><h1>503 Service Unavailable</h1>\n"
+                 "No server is available to handle this request.\n</body></html>\n")
 
     def __init__(self, cfg: EnvConfig, engine: FakeEngine) -> None:
         self.cfg = cfg
         self.runtime = engine
         self.name = f"kiln-{cfg.app}-{cfg.env}-router"
-        self.added: dict[str, str] = {}  # server -> address:port
+        self.added: dict[str, str] = {}  # public backend: server -> address:port
         self.weights: dict[str, int] = {}
-        self.preview: set[str] = set()
         self.maint: set[str] = set()  # servers left in maintenance (added by a kiln killed before enabling them)
         self.draining: set[str] = set()  # servers a drain began on (seen only when kiln is killed while draining)
         self.counters: dict[str, tuple[int, int, int]] = {}  # server -> (responses, 5xx, mean ms): canary analysis
+        self.preview_added: dict[str, str] = {}  # preview backend: server -> address:port
+        self.preview_weights: dict[str, int] = {}
+        self.preview_counters: dict[str, tuple[int, int, int]] = {}
+        self.removed = False  # remove() ran and no ensure() since: no admin socket to talk to
         self.log: list[tuple[str, str]] = []
+        self._turn = 0  # round robin over the preview servers
+
+    @property
+    def preview(self) -> set[str]:
+        """The preview backend's servers."""
+        return set(self.preview_added)
 
     def facts(self) -> ContainerFacts | None:
-        return self.runtime.container(self.name)
+        found = self.runtime.container(self.name)
+        if found is not None:
+            check_owner("router", self.name, found.labels, selector(self.cfg.app, self.cfg.env, "router"))
+        return found
+
+    def _digest(self) -> str:
+        """As HaproxyRouter's: the config it would run and the ports it would listen on."""
+        from kiln.router.config import render_config
+
+        text = f"{render_config(self.cfg)}{self.cfg.bind}:{self.cfg.port}:{self.cfg.preview_port}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _publish(self) -> dict[int, tuple[str, int]]:
+        publish = {8080: (self.cfg.bind, self.cfg.port)}
+        if self.cfg.preview_port:
+            publish[8081] = (self.cfg.bind, self.cfg.preview_port)
+        return publish
 
     def ensure(self) -> bool:
+        digest = self._digest()
         current = self.facts()
-        if current and current.running:
+        if current and current.running and current.labels.get("kiln.router.config") == digest:
             return False
         if current:
             self.runtime.remove(self.name)
         self._forget_servers()  # a new HAProxy process knows none of the servers added at run time
         image = self.runtime.image_id("kiln/router") or self.runtime.add_image("kiln/router")
         self.runtime.start(ContainerSpec(name=self.name, image=image, network=network_name(self.cfg.app, self.cfg.env),
-                                         labels=selector(self.cfg.app, self.cfg.env, "router"),
-                                         publish={8080: (self.cfg.bind, self.cfg.port)}, restart=True))
+                                         labels={**selector(self.cfg.app, self.cfg.env, "router"),
+                                                 "kiln.router.config": digest},
+                                         publish=self._publish(), restart=True))
+        self.removed = False
         self.log.append(("ensure", self.name))
         return True
 
@@ -355,81 +394,140 @@ class FakeRouter:
         mine = self.facts()
         if mine is not None and mine.running:
             return
-        wanted = (self.cfg.bind, self.cfg.port)
-        if any(wanted in s.publish.values() for s in self.runtime.specs.values()):
-            raise PortInUse(f"port {self.cfg.port} on {self.cfg.bind} is already in use by another program.")
+        taken = {hp for s in self.runtime.specs.values() if s.name != self.name for hp in s.publish.values()}
+        for wanted in self._publish().values():
+            if wanted in taken:
+                raise PortInUse(f"port {wanted[1]} on {wanted[0]} is already in use by another program.")
 
     def remove(self) -> bool:
         there = self.facts() is not None
         self.runtime.remove(self.name)
         self._forget_servers()
+        self.removed = True
         return there
 
     def _forget_servers(self) -> None:
-        for table in (self.added, self.weights, self.counters):
+        for table in (self.added, self.weights, self.counters, self.preview_added, self.preview_weights,
+                      self.preview_counters):
             table.clear()
-        for names in (self.preview, self.maint, self.draining):
+        for names in (self.maint, self.draining):
             names.clear()
 
+    def _backend(self, preview: bool = False) -> str | None:
+        from kiln.router.config import backend_name
+
+        svc = self.cfg.public_service
+        if svc is None or (preview and not self.cfg.preview_port):
+            return None
+        return backend_name(svc.name, preview)
+
+    def _status(self, name: str, preview: bool) -> str:
+        """HAProxy's order: maintenance first, then a failing check; drain shows on a server that is up."""
+        if not preview and name in self.maint:
+            return "MAINT"
+        if not self.runtime.healthy(name):
+            return "DOWN"
+        return "DRAIN" if not preview and name in self.draining else "UP"
+
     def servers(self, preview: bool = False) -> dict[str, ServerStat]:
+        backend = self._backend(preview)
+        if backend is None:
+            return {}
         self._check_up()
+        added, weights, counters = ((self.preview_added, self.preview_weights, self.preview_counters) if preview
+                                    else (self.added, self.weights, self.counters))
         out = {}
-        for name, address in self.added.items():
-            if preview and name not in self.preview:
-                continue
-            status = ("MAINT" if name in self.maint else "DRAIN" if name in self.draining
-                      else "UP" if self.runtime.healthy(name) else "DOWN")
-            weight = FULL_WEIGHT if preview else self.weights[name]
-            responses, errors, ms = self.counters.get(name, (0, 0, 0))
-            out[name] = ServerStat("svc", name, status, 0, 0, responses, weight, address, responses, errors, ms)
+        for name, address in added.items():
+            responses, errors, ms = counters.get(name, (0, 0, 0))
+            out[name] = ServerStat(backend, name, self._status(name, preview), 0, 0, responses, weights[name], address,
+                                   responses, errors, ms)
         return out
 
     def add(self, server: str, address: str, port: int, check_interval: float, weight: int = FULL_WEIGHT,
             preview: bool = False) -> None:
+        backend = self._backend(preview)
+        if backend is None:
+            raise RouterError(f"{self.cfg.app}/{self.cfg.env} has no {'preview ' if preview else ''}backend to add {server} to.")
         self._check_up()
-        if preview:
-            self.preview.add(server)
-        else:
-            self.added[server] = f"{address}:{port}"
-            self.weights[server] = weight
-            self.maint.discard(server)
-            self.draining.discard(server)
+        added = self.preview_added if preview else self.added
+        if server in added:
+            raise RouterError(f"HAProxy refused `add server {backend}/{server}`: "
+                              "Already exists a server with the same name in backend.")
+        self._check_weight(backend, server, weight)
+        added[server] = f"{address}:{port}"
+        (self.preview_weights if preview else self.weights)[server] = weight
         self.log.append(("add-preview" if preview else "add", server))
 
     def set_weights(self, weights: dict[str, int]) -> None:
+        """As one request to HAProxy: every command that can be applied is, then the rest fail."""
+        backend = self._backend()
+        if backend is None:
+            raise RouterError(f"{self.cfg.app}/{self.cfg.env} has no public service, so its router has no servers.")
+        if not weights:
+            return
         self._check_up()
-        unknown = set(weights) - set(self.added)
-        if unknown:
-            raise RouterError(f"no such server: {', '.join(sorted(unknown))}")
-        self.weights.update(weights)
-        self.log += [("weight", f"{name}={w}") for name, w in sorted(weights.items())]
+        refused = []
+        for name, weight in sorted(weights.items()):
+            try:
+                if name not in self.added:
+                    raise RouterError(f"HAProxy refused `set server {backend}/{name} weight {weight}`: No such server.")
+                self._check_weight(backend, name, weight)
+            except RouterError as exc:
+                refused.append(exc.message)
+                continue
+            self.weights[name] = weight
+            self.log.append(("weight", f"{name}={weight}"))
+        if refused:
+            raise RouterError("; ".join(refused))
 
     def drain_and_remove(self, server: str, drain_timeout: float, dead: bool = False) -> float:
-        self._check_up()
-        if server in self.added:  # as HAProxy's: no new requests (a dead one: maintenance), then the wait
-            (self.maint if dead else self.draining).add(server)
-            faults.point("draining")
+        if self._backend() is None:
+            raise RouterError(f"{self.cfg.app}/{self.cfg.env} has no public service, so its router has no servers.")
+        if server not in self.servers():
+            self.remove_preview(server)
+            return 0.0
+        # As HAProxy's: no new requests (a dead one: maintenance), then the wait, then the delete.
+        (self.maint if dead else self.draining).add(server)
+        faults.point("draining")
+        for table in (self.added, self.weights, self.counters):
+            table.pop(server, None)
         self.draining.discard(server)
         self.maint.discard(server)
-        self.added.pop(server, None)
-        self.weights.pop(server, None)
         self.remove_preview(server)
         self.log.append(("remove", server))
         return 0.0
 
     def remove_preview(self, server: str) -> None:
-        self.preview.discard(server)
+        if self._backend(preview=True) is not None and server in self.servers(preview=True):
+            for table in (self.preview_added, self.preview_weights, self.preview_counters):
+                table.pop(server, None)
 
     def get(self, path: str, timeout: float) -> tuple[int, str]:
-        serving = [n for n in sorted(self.preview) if n in self.added and self.runtime.healthy(n)]
-        facts = self.runtime.container(serving[0]) if serving else None
-        if facts is None:
-            return 503, "no server is available to handle this request"
-        return self.runtime.answers(facts, path)
+        if not self.cfg.preview_port:
+            raise RouterError(f"{self.cfg.app}/{self.cfg.env} has no preview port.")
+        facts = self.runtime.container(self.name)
+        if facts is None or not facts.running:
+            raise ConnectionRefusedError(f"nothing listens on the preview port {self.cfg.preview_port}")
+        serving = [n for n in sorted(self.preview_added)
+                   if self.preview_weights[n] > 0 and self._status(n, preview=True) == "UP"]
+        if not serving:
+            return 503, self.NO_SERVER
+        name = serving[self._turn % len(serving)]
+        self._turn += 1
+        status, body = self.runtime.answers(self.runtime._facts(name), path)  # UP: its container runs
+        responses, errors, ms = self.preview_counters.get(name, (0, 0, 0))
+        self.preview_counters[name] = (responses + 1, errors + (status >= 500), ms)
+        return status, body
+
+    @staticmethod
+    def _check_weight(backend: str, server: str, weight: int) -> None:
+        if not 0 <= weight <= 256:
+            raise RouterError(f"HAProxy refused the weight {weight} of {backend}/{server}: "
+                              "Absolute weight can only be between 0 and 256 inclusive.")
 
     def _check_up(self) -> None:
         facts = self.facts()
-        if facts is not None and not facts.running:
+        if self.removed or (facts is not None and not facts.running):
             raise RouterError(f"the router {self.name} is not running")
 
 
