@@ -17,7 +17,7 @@ from kiln.ledger import kinds
 from kiln.ledger.ci_store import CiStore
 from kiln.ledger.rollouts import Step
 from kiln.rollout.lock import lease_name
-from kiln.usecases import ci_runs, history, locks, observe
+from kiln.usecases import catalog, ci_runs, history, locks, observe
 from kiln.usecases import drift as drift_uc
 from kiln.usecases import environments as envs
 from kiln.usecases.deploy import deploy
@@ -129,7 +129,7 @@ def test_destroy_removes_instances_router_and_network_and_keeps_the_ledger(w):
 def test_destroy_forgets_an_environment_kiln_made(w):
     deploy(w.ctx, w.load(), "production")
     envs.recreate(w.ctx, w.load(), 1, "production", "copy", port=28080)
-    assert destroy(w.ctx, envs.config_of_made(w.ctx, "shop", "copy")) == 4  # 3 instances and the router
+    assert destroy(w.ctx, catalog.config_of_made(w.ctx, "shop", "copy")) == 4  # 3 instances and the router
     assert w.ctx.ledger.environments.of("shop") == [] and w.containers("copy") == {}
 
 

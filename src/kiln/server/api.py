@@ -1,5 +1,5 @@
-"""`kiln serve`'s HTTP API under /api/v1: what its routers share, and `install`, which adds them
-(server/reads.py, server/actions.py, server/tokens.py) and the OpenAPI description
+"""`kiln serve`'s HTTP API under /api/v1: what its routers (server/reads.py, server/actions.py,
+server/tokens.py; server/app.py includes them) share, and the OpenAPI description
 (/api/openapi.json, to a token that may read).
 
 Every route answers a named type of kiln/views.py (its OpenAPI schema has that name), got from a
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from kiln.access import ACT, MANAGE, READ, Token
@@ -123,12 +123,3 @@ def openapi(who: Reader, request: Request) -> JSONResponse:
     """The API's OpenAPI description: like every route but /health and the webhooks, it does not
     answer without a token."""
     return JSONResponse(request.app.openapi())
-
-
-def install(app: FastAPI) -> None:
-    """The API's routers under /api/v1, and its OpenAPI description."""
-    from kiln.server import actions, reads, tokens
-
-    for router in (reads.router, actions.router, tokens.router):
-        app.include_router(router, prefix=PREFIX)
-    app.include_router(docs)

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kiln import __version__
 from kiln.context import Context
 from kiln.errors import KilnError
-from kiln.server import api, dashboard, hooks, metrics
+from kiln.server import actions, api, dashboard, hooks, metrics, reads, tokens
 from kiln.server.api import BodyTooLarge
 from kiln.server.auth import Auth
 from kiln.server.hooks import Config
@@ -141,7 +141,9 @@ def make_app(ctx: Context, config: Config | None, start_runner: bool = True, pla
     if plane is not None:
         app.state.plane = plane
         app.exception_handler(KilnError)(_refusal(with_dashboard=True))
-        api.install(app)
+        for router in (reads.router, actions.router, tokens.router):  # the API, under /api/v1
+            app.include_router(router, prefix=api.PREFIX)
+        app.include_router(api.docs)  # its OpenAPI description
         app.include_router(metrics.router)
         dashboard.install(app)
     app.include_router(health)

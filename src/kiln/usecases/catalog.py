@@ -48,9 +48,17 @@ def config(ctx: Context, app: str, loaded: LoadedSpec | None, env: str) -> EnvCo
     if release is not None:
         return release.env_config()
     require_env(ctx, app, loaded, env)
-    from kiln.usecases.environments import config_of_made
-
     return config_of_made(ctx, app, env)
+
+
+def config_of_made(ctx: Context, app: str, env: str) -> EnvConfig:
+    """The config of an environment kiln made: its newest release's; with none (its first deploy
+    failed), an empty one on the default engine, enough to remove what it left."""
+    release = ctx.ledger.releases.current(app, env) or next(iter(ctx.ledger.releases.of(app, env, limit=1)), None)
+    if release is not None:
+        return release.env_config()
+    made = ctx.ledger.environments.get(app, env)
+    return EnvConfig(app=app, env=env, port=made.port if made else 0, bind="127.0.0.1", services=())
 
 
 def listing(ctx: Context, specs: Specs) -> list[views.App]:

@@ -56,16 +56,6 @@ def config_of(ctx: Context, loaded: LoadedSpec, env: str) -> EnvConfig:
     return release.env_config()
 
 
-def config_of_made(ctx: Context, app: str, env: str) -> EnvConfig:
-    """The config of an environment kiln made: its newest release's; with none (its first deploy
-    failed), an empty one on the default engine, enough to remove what it left."""
-    release = ctx.ledger.releases.current(app, env) or next(iter(ctx.ledger.releases.of(app, env, limit=1)), None)
-    if release is not None:
-        return release.env_config()
-    made = ctx.ledger.environments.get(app, env)
-    return EnvConfig(app=app, env=env, port=made.port if made else 0, bind="127.0.0.1", services=())
-
-
 def listing(ctx: Context, app: str, loaded: LoadedSpec | None) -> list[views.Environment]:
     """Every environment of app: declared ones in kiln.yaml's order, then those kiln made or
     released to (usecases/catalog.py)."""
@@ -266,7 +256,7 @@ def prune_previews(ctx: Context, app: str, everything: bool = False) -> list[str
         if made.kind != "preview" or not (everything or (made.expires_at and made.expires_at <= now())):
             continue
         with locked(ctx, app, made.env, "preview prune"):
-            destroy(ctx, config_of_made(ctx, app, made.env))
+            destroy(ctx, catalog.config_of_made(ctx, app, made.env))
         ctx.ledger.events.record(app, made.env, kinds.PREVIEW_PRUNED, f"{made.env} ({made.origin}) removed"
                          + ("" if everything else f"; it expired at {made.expires_at:%Y-%m-%d %H:%M:%S} UTC"))
         gone.append(made.env)
