@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -605,7 +606,9 @@ def lock_status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt
         ctx.out.print(f"{cfg.app}/{cfg.env} is not locked")
         return
 
-    def ago(t) -> str:  # the ledger's times are naive UTC
+    def ago(t: datetime | None) -> str:  # the ledger's times are naive UTC
+        if t is None or state.at is None:
+            return "-"
         return f"{t.strftime('%Y-%m-%d %H:%M:%S')} UTC ({max(0, (state.at - t).total_seconds()):.0f}s ago)"
 
     ctx.out.print(f"[bold]{cfg.app}/{cfg.env}[/] is locked by {escape(state.holder or '')}")

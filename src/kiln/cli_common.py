@@ -4,12 +4,18 @@ resolving an environment, and reporting the outcome of a change."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from kiln.output import Output
 from kiln.settings import Settings
+
+if TYPE_CHECKING:  # imported on use: the CLI starts without them
+    from kiln.context import Context
+    from kiln.spec.loader import LoadedSpec
+    from kiln.spec.resolve import EnvConfig
+    from kiln.usecases.deploy import Outcome
 
 SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Path to kiln.yaml.", show_default=True)]
 EnvOpt = Annotated[Optional[str], typer.Option("--env", "-e", help="Environment (default: the first in kiln.yaml).")]
@@ -19,19 +25,19 @@ StrategyOpt = Annotated[Optional[str], typer.Option(
 DEFAULT_SPEC = Path("kiln.yaml")
 
 
-def ctx_of(quiet: bool = False):
+def ctx_of(quiet: bool = False) -> Context:
     from kiln.context import Context
 
     return Context(Settings.from_env(), Output(quiet=quiet))
 
 
-def load(path: Path):
+def load(path: Path) -> LoadedSpec:
     from kiln.spec.loader import find_spec, load_spec
 
     return load_spec(find_spec(path))
 
 
-def env_config(path: Path, env: str | None):
+def env_config(path: Path, env: str | None) -> tuple[LoadedSpec, EnvConfig]:
     """The spec and the resolved config of `env` (declared in kiln.yaml, or made by kiln: a
     re-created release or a preview, whose config is its release's)."""
     from kiln.spec.resolve import pick_env, resolve
@@ -51,7 +57,7 @@ def strategy_of(value: str | None) -> str | None:
     return checked(value)
 
 
-def report(ctx, outcome, app_name: str, env: str, took: float, json: bool) -> None:
+def report(ctx: Context, outcome: Outcome, app_name: str, env: str, took: float, json: bool) -> None:
     from kiln.views import Report
 
     shown = Report(**Report.fields_of(outcome), app=app_name, env=env, seconds=round(took, 3))

@@ -4,13 +4,17 @@ the main app by cli_ci.register."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from kiln.cli_common import JsonOpt
 from kiln.cli_common import ctx_of as _ctx
 from kiln.errors import UsageError
+
+if TYPE_CHECKING:
+    from kiln.context import Context
+    from kiln.server.hooks import Config
 
 token_app = typer.Typer(help="API tokens for `kiln serve`: viewers read, deployers act on their environments, "
                              "admins manage tokens. Only a token's SHA-256 is stored.", no_args_is_help=True)
@@ -114,7 +118,7 @@ def serve(
     uvicorn.run(make_app(ctx, config, plane=plane), host=host, port=port, log_level="warning")
 
 
-def _webhooks(ctx, repo: Path, spec: str, github_secret: str, gitlab_secret: str):
+def _webhooks(ctx: Context, repo: Path, spec: str, github_secret: str, gitlab_secret: str) -> Config:
     from kiln import git, secretref
     from kiln.ci.policy import load_policy, record_webhook_secrets
     from kiln.server.hooks import Config

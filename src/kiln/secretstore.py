@@ -11,11 +11,15 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.errors import KilnError, SecretError
 from kiln.private import write_private
 from kiln.secretref import KEY_ENV, NAME, refuse_reserved  # NAME: the names references accept
 from kiln.settings import Settings
+
+if TYPE_CHECKING:  # imported on use: ~50 ms
+    from cryptography.fernet import Fernet
 
 MASK = "********"
 
@@ -33,7 +37,7 @@ class SecretStore:
         self.key_file = settings.home / "secret.key"
         self._env = os.environ if environ is None else environ
 
-    def _fernet(self, create: bool):  # -> cryptography.fernet.Fernet (imported on use: ~50 ms)
+    def _fernet(self, create: bool) -> Fernet | None:
         from cryptography.fernet import Fernet
 
         key = self._env.get(KEY_ENV)
@@ -54,6 +58,7 @@ class SecretStore:
 
     def set(self, name: str, value: str) -> None:
         fernet = self._fernet(create=True)
+        assert fernet is not None  # create=True makes a key when there is none
         write_private(self.dir / check_name(name), fernet.encrypt(value.encode()))
 
     def get(self, name: str) -> str | None:
@@ -67,7 +72,8 @@ class SecretStore:
         from cryptography.fernet import InvalidToken
 
         try:
-            return fernet.decrypt(path.read_bytes()).decode()
+            value: str = fernet.decrypt(path.read_bytes()).decode()
+            return value
         except InvalidToken:
             raise SecretError(f"secret {name!r} cannot be decrypted with this key.",
                               f"It was stored with another key (check {KEY_ENV} and {self.key_file}); "

@@ -170,7 +170,7 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def _walk(tree: Any, loc: tuple) -> tuple[list[str | int], int]:
+def _walk(tree: Any, loc: tuple[str | int, ...]) -> tuple[list[str | int], int]:
     """The part of `loc` that names real keys (pydantic adds type tags) and the last line seen."""
     node, line, path = tree, 1, []
     for key in loc:
@@ -192,11 +192,11 @@ def _walk(tree: Any, loc: tuple) -> tuple[list[str | int], int]:
     return path, line
 
 
-def _line_of(tree: Any, loc: tuple) -> int:
+def _line_of(tree: Any, loc: tuple[str | int, ...]) -> int:
     return _walk(tree, loc)[1]
 
 
-def _dotted(path: tuple | list) -> str:
+def _dotted(path: tuple[str | int, ...] | list[str | int]) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -220,7 +220,7 @@ def _issue(filename: str, tree: Any, err: Mapping[str, Any]) -> SpecIssue:
     return SpecIssue(filename, line, _dotted(path), problem)
 
 
-def _suggest(path: list, loc: tuple) -> str:
+def _suggest(path: list[str | int], loc: tuple[str | int, ...]) -> str:
     """'did you mean …' for an unknown key, from the model that owns it."""
     node: Any = Spec
     for key in path[:-1]:

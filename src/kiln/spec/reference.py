@@ -25,13 +25,13 @@ from kiln.spec.models import (
     RolloutPolicy,
     Service,
     ServiceOverride,
-    SmokeCheck,
     Spec,
     VmBuild,
     _count_or_percent,
 )
-from kiln.spec.pipeline import Check, Pipeline, Promote, Sidecar, Step
+from kiln.spec.pipeline import Pipeline, Promote, Sidecar, Step
 from kiln.spec.sizes import format_size, parse_disk, parse_memory
+from kiln.spec.smoke import Check, SmokeCheck
 
 _SIZES = (parse_memory, parse_disk)
 

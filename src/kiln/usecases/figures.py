@@ -14,6 +14,7 @@ from kiln.context import Context
 from kiln.errors import KilnError
 from kiln.ledger import kinds
 from kiln.ledger.ci_store import CiStore
+from kiln.router.haproxy_api import ServerStat
 from kiln.usecases import catalog, traffic
 from kiln.usecases.catalog import Specs
 from kiln.usecases.observe import status
@@ -72,7 +73,7 @@ def fleet(ctx: Context, specs: Specs) -> Figures:
                    tainted=ctx.ledger.events.count(kinds.INSTANCE_TAINTED), ci_runs=CiStore(ctx.ledger).counts())
 
 
-def _served(app: str, env: str, routed: dict) -> list[Served]:
+def _served(app: str, env: str, routed: dict[str, ServerStat]) -> list[Served]:
     per: dict[int, list[int]] = {}
     for name, s in routed.items():
         number = release_of(name)
