@@ -58,6 +58,14 @@ def test_every_missed_target_of_the_committed_reports_is_in_the_known_misses():
             assert f"(bench/results/{name}.md)" in misses, name
 
 
+def test_the_readme_is_a_front_door():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) < 250
+    assert max(len(line) for line in lines) <= 300
+    text = "\n".join(lines)
+    assert text.index("scripts/quickstart.sh") < text.index("bench:begin") < text.index("## What it does")
+
+
 def _report(tmp_path, recorded_met: bool) -> None:
     import json
     (tmp_path / "report.json").write_text(json.dumps({
