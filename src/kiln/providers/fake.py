@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kiln import faults
-from kiln.errors import BuildError, EngineError, PortInUse, RouterError
+from kiln.errors import BuildError, EngineError, PortInUse, RouterError, UsageError
 from kiln.providers.base import (
+    AVAILABILITY,
     ContainerDetails,
     ContainerFacts,
     ContainerSpec,
@@ -198,11 +199,15 @@ class FakeEngine:
         return list(self.node_list)
 
     def set_availability(self, node: str, availability: str) -> None:
-        self.node_list = [replace(n, availability=availability) if node in (n.id, n.hostname) else n
+        if availability not in AVAILABILITY:
+            raise UsageError(f"unknown availability {availability!r}.", f"One of: {', '.join(AVAILABILITY)}.")
+        hostname = next((n.hostname for n in self.node_list if node in (n.id, n.hostname)), None)
+        if hostname is None:
+            raise EngineError(f"setting node {node} to {availability}: the cluster has no such node.")
+        self.node_list = [replace(n, availability=availability) if n.hostname == hostname else n
                           for n in self.node_list]
         self.log.append((availability, node))
         if availability == "drain":  # Swarm stops what still runs there
-            hostname = next(n.hostname for n in self.node_list if node in (n.id, n.hostname))
             for name in [c for c, where in self.placed.items() if where == hostname]:
                 self.stop(name, 0)
 

@@ -45,6 +45,7 @@ QEMU = EngineKind(
     bake=bake_vm_image,
     open=_open,
     logs="the VM's serial console",
+    host_network=True,  # its launchers are containers on this host's bridges, as docker's instances
     # Recorded since clusters came, though its VM images never leave this host: kept, so that the
     # config digests of its releases stay the same.
     records_registry=True,
