@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from kiln import faults
 from kiln.errors import BuildError, EngineError, PortInUse, RouterError, UsageError
@@ -33,19 +33,35 @@ from kiln.providers.base import (
     network_name,
     selector,
 )
+from kiln.providers.docker_kind import bake_container
+from kiln.providers.kind import CONTAINER_IMAGE, EngineKind
 from kiln.router.base import Router
 from kiln.router.haproxy_api import FULL_WEIGHT, ServerStat
 from kiln.spec.models import HealthCheck
 from kiln.spec.resolve import EnvConfig
+
+if TYPE_CHECKING:
+    from kiln.secretref import Lookup
+    from kiln.settings import Settings
 
 
 def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
+def _open(settings: Settings, _secrets: Lookup) -> Engine:
+    return FakeEngine(settings.extra_labels)
+
+
+# The fake's own declaration (tests only: kiln/engines.py does not list it). It behaves as one
+# host's engine does; with `cluster` and `node_list` set it also stands in for a cluster's.
+FAKE = EngineKind(name="fake", description="an engine in memory, for tests", artifact=CONTAINER_IMAGE,
+                  bake=bake_container, open=_open, logs="what its command's script printed")
+
+
 class FakeEngine:
-    name = "fake"
-    host_network = False
+    name = FAKE.name
+    host_network = FAKE.host_network
 
     def __init__(self, extra_labels: dict[str, str] | None = None) -> None:
         self.extra_labels = dict(extra_labels or {})
