@@ -36,7 +36,10 @@ ENV = "vmtest"
 
 
 @pytest.fixture(scope="module")
-def vm_app(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+def vm_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    # Its own client, not the session's `engine` fixture: TestQemuEngine's `engine` (the contract's)
+    # would stand for it there.
+    engine = docker.from_env()
     made = make_app(tmp_path_factory.mktemp("vm"))
     made.ports[ENV] = free_port()
     made.spec.write_text(made.spec.read_text().replace("port: 8090", f"port: {made.ports[ENV]}"))
