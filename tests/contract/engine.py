@@ -268,5 +268,10 @@ class EngineContract(EngineFixtures):
     def test_pull_and_push_that_cannot_reach_a_registry_are_engine_errors(self, engine, image):
         with pytest.raises(EngineError):
             engine.pull("127.0.0.1:9/kiln-contract/never:1")
-        with pytest.raises(EngineError):
-            engine.push(engine.image_id(image), "127.0.0.1:9/kiln-contract/unreachable")
+        unreachable = "127.0.0.1:9/kiln-contract/unreachable"
+        try:
+            with pytest.raises(EngineError):
+                engine.push(engine.image_id(image), unreachable)
+        finally:  # the tag the push gave the image before it failed
+            for tag in {t for _, tags in engine.images({}) for t in tags if t.startswith(unreachable + ":")}:
+                engine.remove_image(tag)
