@@ -220,8 +220,13 @@ class DockerApi:
                 have = net.attrs.get("Labels") or {}
                 if labels and any(have.get(k) != v for k, v in labels.items()):
                     continue  # another environment's, by the same name
-                with contextlib.suppress(NotFound):
+                try:
                     net.remove()
+                except NotFound:
+                    pass
+                except APIError as exc:  # a Swarm overlay the manager listed a moment ago, gone meanwhile
+                    if "not found" not in str(exc):
+                        raise
 
     # --- containers -----------------------------------------------------------------------
 

@@ -156,9 +156,8 @@ class SwarmProvider:
 
     def ensure_network(self, name: str, labels: dict[str, str]) -> None:
         found = self.docker.ensure_network(name, labels, overlay=True)
-        driver = "overlay" if found is None else found.get("Driver")
-        if driver != "overlay":
-            raise EngineError(f"network {name} exists as a {driver} network, left by this environment on another "
+        if found is not None and found.get("Driver") != "overlay":
+            raise EngineError(f"network {name} exists as a {found.get('Driver')} network, left by this environment on another "
                               "engine.", f"Remove the environment's old instances and router, then the network "
                               f"(`docker network rm {name}`), and deploy again.")
 
@@ -277,16 +276,19 @@ class SwarmProvider:
 
     def stop(self, name: str, grace: float) -> None:
         """Remove the service: Swarm stops its task with the grace period it was created with.
-        Waits (bounded) until the manager no longer lists the task as running."""
+        Waits (bounded) until the manager no longer lists the task as running. The tasks are asked
+        for by id: once its service is gone, the manager lists none of them by service."""
         service = self._service(name)
         if service is None:
             self.docker.stop(name, grace)
             return
+        with engine_call(f"listing the tasks of {name}"):
+            ids = [t["ID"] for t in self._tasks([service["ID"]]).get(service["ID"], [])]
         self._remove_service(name)
         deadline = time.monotonic() + grace + 5
-        while time.monotonic() < deadline:
+        while ids and time.monotonic() < deadline:
             with engine_call(f"waiting for {name} to stop"):
-                tasks = self._tasks([service["ID"]]).get(service["ID"], [])
+                tasks = self.api.tasks(filters={"id": ids})
             if not any((t.get("Status") or {}).get("State") in STARTING | {"running"} for t in tasks):
                 return
             time.sleep(POLL)
