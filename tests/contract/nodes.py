@@ -24,7 +24,8 @@ def _now(nodes: Nodes, node: NodeFacts) -> NodeFacts:
 def _until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, what
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
         time.sleep(0.2)
 
 
