@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kiln.errors import UsageError
+from kiln.engines import DEFAULT_ENGINE, kind
 from kiln.output import Output
 from kiln.settings import Settings
 
@@ -20,23 +20,12 @@ if TYPE_CHECKING:  # imported on first use: SQLAlchemy and the Docker SDK cost ~
     from kiln.router.base import Router, RouterFactory
     from kiln.spec.resolve import EnvConfig
 
-DEFAULT_ENGINE = "docker"
-ENGINES = ("docker", "swarm", "qemu")  # what environments.NAME.engine may name
-
 
 def open_engine(settings: Settings, name: str) -> Engine:
-    """The real engine called `name` (a spec's environments.NAME.engine)."""
-    from kiln.providers.docker import DockerProvider
-    from kiln.providers.qemu import QemuProvider
-    from kiln.providers.swarm import SwarmProvider
+    """The real engine called `name` (a spec's environments.NAME.engine), as kiln/engines.py opens it."""
     from kiln.secretref import lookup
 
-    if name not in ENGINES:
-        raise UsageError(f"unknown engine {name!r}.", f"Engines kiln knows: {', '.join(ENGINES)}.")
-    secrets = lambda secret: lookup(settings, secret)  # noqa: E731
-    if name == "qemu":
-        return QemuProvider(settings.extra_labels, secrets=secrets, home=settings.home)
-    return {"docker": DockerProvider, "swarm": SwarmProvider}[name](settings.extra_labels, secrets=secrets)
+    return kind(name).open(settings, lambda secret: lookup(settings, secret))
 
 
 @dataclass

@@ -7,7 +7,7 @@ console in the error while the old one serves.
 
 One app for the module: a VM image takes minutes to bake the first time (two debootstraps),
 and each boot ~30-60 s under TCG. The tests run in the order written and each checks the state
-it starts from."""
+it starts from. Last, the engine contract runs against the QEMU provider on the same VM image."""
 
 from __future__ import annotations
 
@@ -22,13 +22,24 @@ from pathlib import Path
 import docker
 import pytest
 from conftest import SESSION, App, Wrk, _remove_images, _remove_labelled, free_port, make_app
+from contract.engine import EngineContract
 from test_agent import AgentProc, instances, wait_for
+from test_engine_contract import shell_script
+
+from kiln.bake.vm import VmStore
+from kiln.providers.kind import EngineKind
+from kiln.providers.qemu import QemuProvider
+from kiln.providers.qemu_kind import QEMU
+from kiln.spec.loader import load_spec
 
 ENV = "vmtest"
 
 
 @pytest.fixture(scope="module")
-def vm_app(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+def vm_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    # Its own client, not the session's `engine` fixture: TestQemuEngine's `engine` (the contract's)
+    # would stand for it there.
+    engine = docker.from_env()
     made = make_app(tmp_path_factory.mktemp("vm"))
     made.ports[ENV] = free_port()
     made.spec.write_text(made.spec.read_text().replace("port: 8090", f"port: {made.ports[ENV]}"))
@@ -189,3 +200,28 @@ def test_a_vm_release_that_never_turns_healthy_is_aborted_with_its_console(vm_ap
     assert "this release cannot start" in failed.stderr or "Power" in failed.stderr, failed.stderr
     assert app.serving(ENV)["number"] == before["number"]
     assert "hello, world" in body(app)
+
+
+class TestQemuEngine(EngineContract):
+    """The engine contract (tests/contract/engine.py) held against the QEMU provider: each instance
+    a VM of examples/hello's VM image, booted in its launcher container (TCG here)."""
+
+    @pytest.fixture
+    def engine(self, engine: docker.DockerClient, vm_app: App) -> QemuProvider:
+        return QemuProvider({"kiln.test": SESSION}, secrets=None, home=vm_app.home)
+
+    @pytest.fixture
+    def kind(self) -> EngineKind:
+        return QEMU
+
+    @pytest.fixture
+    def image(self, vm_app: App) -> str:
+        return VmStore(vm_app.home).all()[0].ref  # what the module's bake made (or a later deploy)
+
+    @pytest.fixture
+    def grace(self, vm_app: App) -> float:
+        return QEMU.boot_grace(load_spec(vm_app.spec).spec)
+
+    @pytest.fixture
+    def script(self):
+        return shell_script

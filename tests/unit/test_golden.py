@@ -26,7 +26,7 @@ from kiln.bake.context import ContextFile, hash_context, list_context, read_dock
 from kiln.bake.inputs import RECIPE_VERSION, app_inputs_hash, base_inputs_hash, render_dockerfile
 from kiln.output import Output
 from kiln.providers.base import ContainerFacts, EngineEvent
-from kiln.providers.docker import _facts, create_args, parse_event
+from kiln.providers.docker_api import _facts, create_args, parse_event
 from kiln.rollout.instances import instance_spec
 from kiln.router import haproxy
 from kiln.router.haproxy_api import ServerStat, parse_conns, parse_stat

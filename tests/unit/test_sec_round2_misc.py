@@ -24,7 +24,7 @@ from kiln.ci.steps import StepContext, run_command
 from kiln.errors import UsageError
 from kiln.ledger.ci_store import CiStore
 from kiln.providers.base import SIDECAR_LIMITS, STEP_LIMITS, ContainerSpec
-from kiln.providers.docker import create_args
+from kiln.providers.docker_api import create_args
 from kiln.spec.pipeline import Step
 from unit.world import World
 

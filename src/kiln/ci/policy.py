@@ -21,19 +21,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from kiln import git
 from kiln.ci.plan import HEADS
 from kiln.ci.trust import Ask, Rights, Rule, asks, first_rule, refusals, rights_of, same_secret, who
+from kiln.engines import DEFAULT_ENGINE, NAMES
 from kiln.errors import KilnError, PipelineError
 from kiln.private import write_private
 from kiln.secretref import NAME, env_var
 from kiln.settings import Settings
 from kiln.spec.loader import MAX_BYTES, parse_spec
-from kiln.spec.models import Capability, Environment, IpLiteral, Model
+from kiln.spec.models import Capability, IpLiteral, Model
 
 POLICY_FILE = "ci-policy.yaml"  # in KILN_HOME
 WEBHOOK_SECRETS = "webhook-secrets"  # in KILN_HOME: names of the secrets `kiln serve` verifies webhooks with
@@ -53,7 +54,7 @@ class RuleModel(Model):
     # The settings of the environments these refs deploy or promote to (ci/trust.settings_asked).
     ports: tuple[Port, ...] = Field((), description="ports (and preview ports) their environments may listen on: "
                                     "numbers or ranges such as '8000-8099'")
-    engines: tuple[EngineName, ...] = Field(("docker",), description="engines their environments may use")
+    engines: tuple[EngineName, ...] = Field((DEFAULT_ENGINE,), description="engines their environments may use")
     binds: tuple[IpLiteral, ...] = Field((), description="addresses beyond loopback their routers may listen on")
     cap_add: tuple[Capability, ...] = Field((), description="capabilities their services may keep")
     writable: tuple[str, ...] = Field((), description="tmpfs paths beyond /tmp their services may have")
@@ -104,9 +105,8 @@ def _port_range(value: object) -> tuple[int, int]:
 
 
 def _engine_name(value: object) -> str:
-    known = get_args(Environment.model_fields["engine"].annotation)
-    if value not in known:
-        raise ValueError(f"{value!r} is not an engine; engines: {', '.join(known)}")
+    if value not in NAMES:
+        raise ValueError(f"{value!r} is not an engine; engines: {', '.join(NAMES)}")
     return str(value)
 
 

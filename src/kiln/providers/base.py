@@ -227,6 +227,9 @@ class NodeFacts:
     leader: bool = False
 
 
+AVAILABILITY = ("active", "pause", "drain")  # what Nodes.set_availability may set
+
+
 @runtime_checkable
 class Nodes(Protocol):
     """The hosts of a cluster engine (Swarm), and whether new instances may land on each."""

@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from kiln import faults
-from kiln.errors import BuildError, EngineError, PortInUse, RouterError
+from kiln.errors import BuildError, EngineError, PortInUse, RouterError, UsageError
 from kiln.providers.base import (
+    AVAILABILITY,
     ContainerDetails,
     ContainerFacts,
     ContainerSpec,
@@ -32,19 +33,35 @@ from kiln.providers.base import (
     network_name,
     selector,
 )
+from kiln.providers.docker_kind import bake_container
+from kiln.providers.kind import CONTAINER_IMAGE, EngineKind
 from kiln.router.base import Router
 from kiln.router.haproxy_api import FULL_WEIGHT, ServerStat
 from kiln.spec.models import HealthCheck
 from kiln.spec.resolve import EnvConfig
+
+if TYPE_CHECKING:
+    from kiln.secretref import Lookup
+    from kiln.settings import Settings
 
 
 def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
+def _open(settings: Settings, _secrets: Lookup) -> Engine:
+    return FakeEngine(settings.extra_labels)
+
+
+# The fake's own declaration (tests only: kiln/engines.py does not list it). It behaves as one
+# host's engine does; with `cluster` and `node_list` set it also stands in for a cluster's.
+FAKE = EngineKind(name="fake", description="an engine in memory, for tests", artifact=CONTAINER_IMAGE,
+                  bake=bake_container, open=_open, logs="what its command's script printed")
+
+
 class FakeEngine:
-    name = "fake"
-    host_network = False
+    name = FAKE.name
+    host_network = FAKE.host_network
 
     def __init__(self, extra_labels: dict[str, str] | None = None) -> None:
         self.extra_labels = dict(extra_labels or {})
@@ -198,11 +215,15 @@ class FakeEngine:
         return list(self.node_list)
 
     def set_availability(self, node: str, availability: str) -> None:
-        self.node_list = [replace(n, availability=availability) if node in (n.id, n.hostname) else n
+        if availability not in AVAILABILITY:
+            raise UsageError(f"unknown availability {availability!r}.", f"One of: {', '.join(AVAILABILITY)}.")
+        hostname = next((n.hostname for n in self.node_list if node in (n.id, n.hostname)), None)
+        if hostname is None:
+            raise EngineError(f"setting node {node} to {availability}: the cluster has no such node.")
+        self.node_list = [replace(n, availability=availability) if n.hostname == hostname else n
                           for n in self.node_list]
         self.log.append((availability, node))
         if availability == "drain":  # Swarm stops what still runs there
-            hostname = next(n.hostname for n in self.node_list if node in (n.id, n.hostname))
             for name in [c for c, where in self.placed.items() if where == hostname]:
                 self.stop(name, 0)
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-
-from docker.errors import NotFound
+from typing import BinaryIO
 
 from kiln import process
 from kiln.bake.base import base_tag
@@ -29,9 +29,20 @@ from kiln.bake.inputs import base_inputs_hash
 from kiln.bake.vm import INITRD, KERNEL, VmStore, is_vm_ref
 from kiln.bake.vm_recipe import ENGINE_CMDLINE, LAUNCHER_BASE, env_file, parse_env_file
 from kiln.errors import EngineError
-from kiln.providers.base import INSTANCE, ContainerDetails, ContainerFacts, ContainerSpec, Limits
-from kiln.providers.docker import DockerProvider, engine_call
+from kiln.providers.base import (
+    INSTANCE,
+    ContainerDetails,
+    ContainerFacts,
+    ContainerSpec,
+    Engine,
+    EngineEvent,
+    Finished,
+    Limits,
+)
+from kiln.providers.docker_api import DockerApi
+from kiln.providers.qemu_kind import QEMU
 from kiln.secretref import Lookup, resolve
+from kiln.spec.models import HealthCheck
 
 VM_RUN = "/run/vm"  # the launcher's tmpfs: the VM's overlay and seed
 IMAGE_DIR = "/vm"  # where the release's disk, kernel and initrd are mounted (read-only)
@@ -134,13 +145,15 @@ def _as_vm(facts: ContainerFacts) -> ContainerFacts:
     return replace(facts, image=image) if image else facts
 
 
-class QemuProvider(DockerProvider):
-    """Instances as QEMU VMs (each in its launcher container) on this host's Docker engine."""
+class QemuProvider:
+    """Instances as QEMU VMs (each in its launcher container) on this host's Docker engine; the
+    launchers, and every other container, through its `DockerApi`."""
 
-    name = "qemu"
+    name = QEMU.name
+    host_network = QEMU.host_network
 
     def __init__(self, extra_labels: dict[str, str] | None, secrets: Lookup | None, home: Path) -> None:
-        super().__init__(extra_labels, secrets)
+        self.docker = DockerApi(extra_labels, secrets)
         self.store = VmStore(home)  # KILN_HOME, as Settings resolves it
         self._accel: str | None = None
 
@@ -149,47 +162,108 @@ class QemuProvider(DockerProvider):
     def image_id(self, ref: str) -> str | None:
         if is_vm_ref(ref):
             return ref if self.store.by_ref(ref) else None
-        return super().image_id(ref)
+        return self.docker.image_id(ref)
 
     def image_env(self, image: str) -> dict[str, str]:
-        return {} if is_vm_ref(image) else super().image_env(image)
+        return {} if is_vm_ref(image) else self.docker.image_env(image)
+
+    def find_image(self, tag: str, labels: dict[str, str]) -> str | None:
+        return self.docker.find_image(tag, labels)
+
+    def images(self, labels: dict[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+        return self.docker.images(labels)
+
+    def remove_image(self, image: str) -> None:
+        self.docker.remove_image(image)
+
+    def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str:
+        return self.docker.import_rootfs(tarball, tag, labels, changes)
+
+    def export_rootfs(self, image: str, dest: Path) -> None:
+        self.docker.export_rootfs(image, dest)
+
+    def build(self, context: BinaryIO, dockerfile: str, tag: str, args: dict[str, str],
+              labels: dict[str, str], on_line: Callable[[str], None]) -> str:
+        return self.docker.build(context, dockerfile, tag, args, labels, on_line)
+
+    def push(self, image: str, repository: str) -> str:
+        return self.docker.push(image, repository)
+
+    def pull(self, ref: str) -> str:
+        """A VM image in the store is there already; a container image is pulled by the engine."""
+        return self.image_id(ref) or self.docker.pull(ref)
 
     def publish(self, image: str, repository: str | None) -> str:
         return image  # the VM image stays on this host
 
+    # --- networks -----------------------------------------------------------------------------
+
+    def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+        self.docker.ensure_network(name, labels)
+
+    def remove_network(self, name: str, labels: dict[str, str] | None = None) -> None:
+        self.docker.remove_network(name, labels)
+
     # --- instances ----------------------------------------------------------------------------
 
     def start(self, spec: ContainerSpec) -> ContainerFacts:
+        return _as_vm(self.docker.start(self._container(spec)))
+
+    def _container(self, spec: ContainerSpec) -> ContainerSpec:
+        """The container the engine runs for `spec`: an instance's launcher, booting its VM image;
+        a hook of a VM release runs the container image of the same files; the router and CI
+        steps run as they are."""
         if not is_vm_ref(spec.image):
             if spec.labels.get("kiln.role") == INSTANCE:
                 raise EngineError(f"engine qemu runs VM images, and {spec.name} names the container image {spec.image[:19]}.",
                                   "Deploy to this environment with `kiln deploy`, which bakes its VM image.")
-            return super().start(spec)  # the router, a CI step
+            return spec  # the router, a CI step
         vm = self.store.require(spec.image)
         if spec.labels.get("kiln.role") != INSTANCE:  # a hook: the container image of the same files
-            return super().start(replace(spec, image=vm.app_image))
-        launcher = super().image_id(launcher_image_tag())
+            return replace(spec, image=vm.app_image)
+        launcher = self.docker.image_id(launcher_image_tag())
         if launcher is None:
             raise EngineError(f"the VM launcher image {launcher_image_tag()} is not on this engine.",
                               "Run `kiln bake --vm` (it bakes the launcher with the VM image).")
         try:
-            env_text = env_file(resolve(spec.environment, self.secrets))
+            env_text = env_file(resolve(spec.environment, self.docker.secrets))
         except ValueError as exc:
             raise EngineError(f"starting VM {spec.name}: {exc}.") from None
         if self._accel is None:
             self._accel = detect_accel(vm.dir / KERNEL, self.store.root / "accel")
-        return _as_vm(super().start(launcher_spec(spec, vm.dir, launcher, env_text, self._accel)))
+        return launcher_spec(spec, vm.dir, launcher, env_text, self._accel)
 
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
-        return [_as_vm(c) for c in super().containers(labels)]
+        return [_as_vm(c) for c in self.docker.containers(labels)]
 
     def container(self, name: str) -> ContainerFacts | None:
-        found = super().container(name)
+        found = self.docker.container(name)
         return _as_vm(found) if found else None
 
     def logs(self, name: str, tail: int = 20) -> str:
         """The VM's serial console (a boot says more per line than a process: a longer tail)."""
-        return super().logs(name, tail=max(tail, 15))
+        return self.docker.logs(name, tail=max(tail, 15))
+
+    def stop(self, name: str, grace: float) -> None:
+        self.docker.stop(name, grace)
+
+    def remove(self, name: str) -> None:
+        self.docker.remove(name)
+
+    def run_once(self, spec: ContainerSpec, timeout: float) -> tuple[int | None, str]:
+        return self.docker.run_once(self._container(spec), timeout)
+
+    def run_streamed(self, spec: ContainerSpec, on_line: Callable[[str], None], timeout: float,
+                     cancelled: Callable[[], bool]) -> Finished:
+        return self.docker.run_streamed(self._container(spec), on_line, timeout, cancelled)
+
+    # --- kiln's own requests to a VM: to its launcher's address, which forwards the service's port --
+
+    def probe(self, c: ContainerFacts, check: HealthCheck | None, port: int | None) -> bool:
+        return self.docker.probe(c, check, port)
+
+    def get(self, c: ContainerFacts, port: int, path: str, timeout: float) -> tuple[int, str]:
+        return self.docker.get(c, port, path, timeout)
 
     # --- what drift compares: the VM's environment (from its seed) and its launcher's hardening --
 
@@ -203,11 +277,7 @@ class QemuProvider(DockerProvider):
     def changes(self, name: str) -> list[str]:
         """Writes to the VM's root disk, which its guest mounts read-only: none, unless someone
         remounted it (read from the overlay in the launcher's tmpfs, through /proc: no exec)."""
-        try:
-            with engine_call(f"inspecting container {name}"):
-                pid = self.api.inspect_container(name)["State"].get("Pid", 0)  # 0 unless running
-        except NotFound:
-            return []
+        pid = self.docker.pid(name)
         if not pid:
             return []
         overlay = {"driver": "qcow2", "backing": None,  # the overlay alone: its backing path is the launcher's
@@ -217,8 +287,17 @@ class QemuProvider(DockerProvider):
         return [f"C /dev/vda: {written // 1024} KiB written to the VM's read-only root disk"] if written else []
 
     def details(self, name: str) -> ContainerDetails | None:
-        found = super().details(name)
+        found = self.docker.details(name)
         if found is None or "KILN_VM_ENV" not in found.env:
             return found
         return replace(found, env=parse_env_file(found.env["KILN_VM_ENV"]),
                        mounts=tuple(m for m in found.mounts if not m.endswith(":" + IMAGE_DIR)))
+
+    def events(self, labels: dict[str, str], since: float | None = None,
+               until: float | None = None) -> Iterator[EngineEvent]:
+        return self.docker.events(labels, since, until)
+
+
+def _implements(provider: QemuProvider) -> Engine:
+    """Never called: mypy checks here that the provider implements every method of Engine."""
+    return provider

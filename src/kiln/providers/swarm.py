@@ -24,7 +24,9 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
 
 from docker.errors import NotFound
 from docker.types import (
@@ -44,18 +46,20 @@ from docker.types import (
 
 from kiln.errors import EngineError, UsageError
 from kiln.providers.base import (
+    AVAILABILITY,
     INSTANCE,
     ContainerDetails,
     ContainerFacts,
     ContainerSpec,
     Engine,
     EngineEvent,
+    Finished,
     NodeFacts,
     Nodes,
-    check_owner,
     router_name,
 )
-from kiln.providers.docker import DockerProvider, engine_call
+from kiln.providers.docker_api import DockerApi, engine_call
+from kiln.providers.swarm_kind import SWARM
 from kiln.secretref import Lookup, resolve
 from kiln.spec.models import HealthCheck
 
@@ -67,19 +71,20 @@ FOLLOW_EVERY = 0.5  # how often the event stream compares task states (Swarm has
 TMPFS_SIZE = 64 * 1024**2
 # Task states before "running"; the others are final (complete, failed, shutdown, rejected, orphaned, remove).
 STARTING = frozenset({"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"})
-AVAILABILITY = ("active", "pause", "drain")
 
 
-class SwarmProvider(DockerProvider):
-    """A Swarm manager: instances are services of one task; the rest is DockerProvider's."""
+class SwarmProvider:
+    """A Swarm manager: instances are services of one task; every other container is a plain one
+    on the manager, through its `DockerApi`."""
 
-    name = "swarm"
-    host_network = False  # tasks sit on an overlay that only its members reach: the router joins it
+    name = SWARM.name
+    host_network = SWARM.host_network  # tasks sit on an overlay that only its members reach: the router joins it
 
     def __init__(self, extra_labels: dict[str, str] | None = None, secrets: Lookup | None = None) -> None:
-        super().__init__(extra_labels, secrets)
+        self.docker = DockerApi(extra_labels, secrets)
+        self.api = self.docker.api
         with engine_call("reading the engine's Swarm state"):
-            swarm = self.client.info().get("Swarm") or {}
+            swarm = self.docker.client.info().get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
             where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
             raise EngineError(f"the Docker engine at {where} is not a Swarm manager (engine: swarm needs one).",
@@ -91,10 +96,10 @@ class SwarmProvider(DockerProvider):
     def image_id(self, ref: str) -> str | None:
         """A local image id, or for `repo@sha256:…` the digest, when the registry has it."""
         if "@sha256:" not in ref:
-            return super().image_id(ref)
+            return self.docker.image_id(ref)
         try:
             with engine_call(f"looking up {ref} in its registry"):
-                return str(self.client.images.get_registry_data(ref).id)
+                return str(self.docker.client.images.get_registry_data(ref).id)
         except NotFound:
             return None
         except EngineError as exc:
@@ -103,9 +108,35 @@ class SwarmProvider(DockerProvider):
             raise
 
     def image_env(self, image: str) -> dict[str, str]:
-        if "@sha256:" in image and super().image_id(image) is None:
-            self.pull(image)  # released from another manager: this one has not got it yet
-        return super().image_env(image)
+        if "@sha256:" in image:
+            self.pull(image)  # released from another manager: this one may not have got it yet
+        return self.docker.image_env(image)
+
+    def find_image(self, tag: str, labels: dict[str, str]) -> str | None:
+        return self.docker.find_image(tag, labels)
+
+    def images(self, labels: dict[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+        return self.docker.images(labels)
+
+    def remove_image(self, image: str) -> None:
+        self.docker.remove_image(image)
+
+    def import_rootfs(self, tarball: Path, tag: str, labels: dict[str, str], changes: list[str]) -> str:
+        return self.docker.import_rootfs(tarball, tag, labels, changes)
+
+    def export_rootfs(self, image: str, dest: Path) -> None:
+        self.docker.export_rootfs(image, dest)
+
+    def build(self, context: BinaryIO, dockerfile: str, tag: str, args: dict[str, str],
+              labels: dict[str, str], on_line: Callable[[str], None]) -> str:
+        return self.docker.build(context, dockerfile, tag, args, labels, on_line)
+
+    def push(self, image: str, repository: str) -> str:
+        return self.docker.push(image, repository)
+
+    def pull(self, ref: str) -> str:
+        """Pull `ref` onto the manager unless it has it (a release's image, for a hook)."""
+        return self.docker.pull(ref)
 
     def publish(self, image: str, repository: str | None) -> str:
         """Push the baked image; instances start from `repository@sha256:…`, so every node runs the
@@ -124,31 +155,34 @@ class SwarmProvider(DockerProvider):
     # --- networks: one overlay per environment ---------------------------------------------
 
     def ensure_network(self, name: str, labels: dict[str, str]) -> None:
-        with engine_call(f"creating network {name}"):
-            found = self._networks(name)
-            if not found:
-                self.client.networks.create(name, driver="overlay", attachable=True, scope="swarm",
-                                            labels={**labels, **self.extra_labels})
-                return
-        check_owner("network", name, found[0].attrs.get("Labels") or {}, labels)
-        driver = found[0].attrs.get("Driver")
-        if driver != "overlay":
-            raise EngineError(f"network {name} exists as a {driver} network, left by this environment on another "
+        found = self.docker.ensure_network(name, labels, overlay=True)
+        if found is not None and found.get("Driver") != "overlay":
+            raise EngineError(f"network {name} exists as a {found.get('Driver')} network, left by this environment on another "
                               "engine.", f"Remove the environment's old instances and router, then the network "
                               f"(`docker network rm {name}`), and deploy again.")
+
+    def remove_network(self, name: str, labels: dict[str, str] | None = None) -> None:
+        self.docker.remove_network(name, labels)
 
     # --- instances: services of one task ----------------------------------------------------
 
     def start(self, spec: ContainerSpec) -> ContainerFacts:
         if spec.labels.get("kiln.role") != INSTANCE:
-            if "@sha256:" in spec.image:
-                self.pull(spec.image)  # a hook of a release: on the manager, which may not hold it any more
-            return super().start(spec)
+            return self.docker.start(self._on_manager(spec))
         # The only place a secret's value is used: handed to the manager as the service is created.
-        args = service_args(spec, self.extra_labels, resolve(spec.environment, self.secrets))
-        with engine_call(f"creating service {spec.name}"):
-            self.api.create_service(**args)
+        args = service_args(spec, self.docker.extra_labels, resolve(spec.environment, self.docker.secrets))
+        try:
+            with engine_call(f"creating service {spec.name}"):
+                self.api.create_service(**args)
+        except NotFound as exc:  # its network
+            raise EngineError(f"creating service {spec.name}: {exc.explanation or exc}") from None
         return self._await_running(spec.name)
+
+    def _on_manager(self, spec: ContainerSpec) -> ContainerSpec:
+        """A plain container's spec (a router, a hook, a CI step), its image pulled onto the manager."""
+        if "@sha256:" in spec.image:
+            self.pull(spec.image)  # a hook of a release: on the manager, which may not hold it any more
+        return spec
 
     def _await_running(self, name: str) -> ContainerFacts:
         """Until the task runs (and, with a command healthcheck, is healthy). A task that is
@@ -172,7 +206,7 @@ class SwarmProvider(DockerProvider):
             time.sleep(POLL)
 
     def containers(self, labels: dict[str, str]) -> list[ContainerFacts]:
-        plain = [c for c in super().containers(labels) if SERVICE_LABEL not in c.labels]
+        plain = [c for c in self.docker.containers(labels) if SERVICE_LABEL not in c.labels]
         if labels.get("kiln.role", INSTANCE) != INSTANCE:
             return plain
         with engine_call("listing services"):
@@ -206,7 +240,7 @@ class SwarmProvider(DockerProvider):
     def _inspect(self, name: str) -> tuple[ContainerFacts | None, dict | None]:
         service = self._service(name)
         if service is None:
-            return super().container(name), None
+            return self.docker.container(name), None
         with engine_call(f"listing the tasks of {name}"):
             found = self._tasks([service["ID"]])
             nodes = self._node_names()
@@ -231,7 +265,7 @@ class SwarmProvider(DockerProvider):
     def logs(self, name: str, tail: int = 20) -> str:
         facts, task = self._inspect(name)
         if facts is None or facts.node is None:
-            return super().logs(name, tail)
+            return self.docker.logs(name, tail)
         error = _task_error(task)
         text = ""
         with contextlib.suppress(EngineError, NotFound):
@@ -242,25 +276,36 @@ class SwarmProvider(DockerProvider):
 
     def stop(self, name: str, grace: float) -> None:
         """Remove the service: Swarm stops its task with the grace period it was created with.
-        Waits (bounded) until the manager no longer lists the task as running."""
+        Waits (bounded) until the manager no longer lists the task as running. The tasks are asked
+        for by id: once its service is gone, the manager lists none of them by service."""
         service = self._service(name)
         if service is None:
-            super().stop(name, grace)
+            self.docker.stop(name, grace)
             return
+        with engine_call(f"listing the tasks of {name}"):
+            ids = [t["ID"] for t in self._tasks([service["ID"]]).get(service["ID"], [])]
         self._remove_service(name)
         deadline = time.monotonic() + grace + 5
-        while time.monotonic() < deadline:
+        while ids and time.monotonic() < deadline:
             with engine_call(f"waiting for {name} to stop"):
-                tasks = self._tasks([service["ID"]]).get(service["ID"], [])
+                tasks = self.api.tasks(filters={"id": ids})
             if not any((t.get("Status") or {}).get("State") in STARTING | {"running"} for t in tasks):
                 return
             time.sleep(POLL)
 
     def remove(self, name: str) -> None:
         if self._service(name) is None:
-            super().remove(name)
+            self.docker.remove(name)
         else:
             self._remove_service(name)
+
+    def run_once(self, spec: ContainerSpec, timeout: float) -> tuple[int | None, str]:
+        """A one-off container (a hook, a CI step) on the manager."""
+        return self.docker.run_once(self._on_manager(spec), timeout)
+
+    def run_streamed(self, spec: ContainerSpec, on_line: Callable[[str], None], timeout: float,
+                     cancelled: Callable[[], bool]) -> Finished:
+        return self.docker.run_streamed(self._on_manager(spec), on_line, timeout, cancelled)
 
     def _remove_service(self, name: str) -> None:
         with contextlib.suppress(NotFound), engine_call(f"removing service {name}"):
@@ -270,7 +315,7 @@ class SwarmProvider(DockerProvider):
 
     def probe(self, c: ContainerFacts, check: HealthCheck | None, port: int | None) -> bool:
         if c.node is None:  # a plain container on the manager
-            return super().probe(c, check, port)
+            return self.docker.probe(c, check, port)
         if not c.running:
             return False
         if check is None:
@@ -289,7 +334,7 @@ class SwarmProvider(DockerProvider):
 
     def get(self, c: ContainerFacts, port: int, path: str, timeout: float) -> tuple[int, str]:
         if c.node is None:
-            return super().get(c, port, path, timeout)
+            return self.docker.get(c, port, path, timeout)
         if not c.ip:
             raise OSError(f"{c.name} has no address")
         code, out = self._from_router(c, http_argv(c.ip, port, path, timeout))
@@ -320,11 +365,11 @@ class SwarmProvider(DockerProvider):
 
     def details(self, name: str) -> ContainerDetails | None:
         container = self._here(name)
-        return super().details(container) if container else None
+        return self.docker.details(container) if container else None
 
     def changes(self, name: str) -> list[str]:
         container = self._here(name)
-        return super().changes(container) if container else []
+        return self.docker.changes(container) if container else []
 
     def _here(self, name: str) -> str | None:
         """The container on this engine's own node behind `name`: an instance's task container
@@ -341,14 +386,14 @@ class SwarmProvider(DockerProvider):
         a `die` for every instance whose task stops running anywhere in the cluster: the manager
         knows task states but sends no events for them, so they are compared every 0.5 s."""
         if until is not None:
-            yield from (as_instance(ev) for ev in super().events(labels, since, until))
+            yield from (as_instance(ev) for ev in self.docker.events(labels, since, until))
             return
         last = time.time() if since is None else since
         running = {c.name for c in self.containers(labels) if c.running}
         while True:
             time.sleep(FOLLOW_EVERY)
             now = time.time()
-            yield from (as_instance(ev) for ev in super().events(labels, last, now))
+            yield from (as_instance(ev) for ev in self.docker.events(labels, last, now))
             last = now
             current = self.containers(labels)
             for c in current:
@@ -366,10 +411,14 @@ class SwarmProvider(DockerProvider):
     def set_availability(self, node: str, availability: str) -> None:
         if availability not in AVAILABILITY:
             raise UsageError(f"unknown availability {availability!r}.", f"One of: {', '.join(AVAILABILITY)}.")
-        with engine_call(f"setting node {node} to {availability}"):
-            found = self.api.inspect_node(node)
-            spec = dict(found["Spec"], Availability=availability)
-            self.api.update_node(found["ID"], found["Version"]["Index"], spec)
+        try:
+            with engine_call(f"setting node {node} to {availability}"):
+                found = self.api.inspect_node(node)
+                spec = dict(found["Spec"], Availability=availability)
+                self.api.update_node(found["ID"], found["Version"]["Index"], spec)
+        except NotFound:
+            raise EngineError(f"setting node {node} to {availability}: the swarm has no such node.",
+                              "`kiln node list` lists its nodes.") from None
 
 
 # --- pure: services, tasks and nodes as kiln sees them ------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from kiln import engines
+from kiln.providers.kind import EngineKind
 from kiln.spec.models import NAME_MAX, NAME_RULE, ServiceOverride, Spec, valid_name
 from kiln.spec.pipeline import pipeline_problems
 
@@ -36,13 +38,14 @@ def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
         yield ("services",), f"several services have a port ({', '.join(with_port)}); mark one 'public: true'"
 
     for name, env in spec.environments.items():
-        if env.engine == "swarm" and spec.registry is None:
+        engine = engines.kind(env.engine)
+        if engine.needs_registry and spec.registry is None:
             yield (("environments", name, "engine"),
-                   "engine swarm needs a top-level 'registry: HOST[:PORT]/PATH', where its nodes pull images from")
-        if env.placement is not None and env.engine != "swarm":
-            yield ("environments", name, "placement"), "placement applies to a cluster engine only; set 'engine: swarm'"
-        if env.engine == "qemu":
-            yield from _vm_problems(spec, name)
+                   f"engine {engine.name} needs a top-level 'registry: HOST[:PORT]/PATH', where its nodes pull images from")
+        if env.placement is not None and not engine.has_nodes:
+            yield (("environments", name, "placement"),
+                   f"placement applies to a cluster engine only; set 'engine: {engines.clustered().name}'")
+        yield from _engine_problems(spec, name, engine)
 
     seen: dict[tuple[str, int], str] = {}
     for name, env in spec.environments.items():
@@ -62,17 +65,25 @@ def spec_problems(spec: Spec) -> Iterator[tuple[Path, str]]:
                    f"{service.rollout.strategy} moves public traffic, but {svc_name} is not the public service; use rolling")
 
 
-def _vm_problems(spec: Spec, env: str) -> Iterator[tuple[Path, str]]:
-    """What a VM cannot run: kiln's checks reach a VM through its port (no `exec` into it)."""
+_HEALTH_HINTS = {"http": "'http: /path'", "tcp": "'tcp: true'", "command": "'command: [...]'"}
+
+
+def _engine_problems(spec: Spec, env: str, engine: EngineKind) -> Iterator[tuple[Path, str]]:
+    """What the environment's engine cannot run, as it declares (on qemu: a VM runs each service's
+    argv from its systemd unit, kiln reaches a VM through its port, no `exec` into it)."""
+    on = f"environment {env} runs on engine {engine.name}"
     for svc_name, service in spec.services.items():
-        if not service.command:
-            yield (("services", svc_name, "command"),
-                   f"environment {env} runs on engine qemu, whose systemd unit needs the argv to run; set 'command: [...]'")
+        if engine.needs_command and not service.command:
+            yield (("services", svc_name, "command"), f"{on}, which needs each service's argv to run it; set 'command: [...]'")
         hc = service.healthcheck
-        if hc is not None and hc.kind == "command":
-            yield (("services", svc_name, "healthcheck", "command"),
-                   f"environment {env} runs on engine qemu, where kiln checks an instance through its port; use 'http: /path' or 'tcp: true'")
+        if hc is not None and hc.kind not in engine.health_kinds:
+            how = ("through its port" if "command" not in engine.health_kinds
+                   else f"by {', '.join(sorted(engine.health_kinds))}")
+            hints = " or ".join(_HEALTH_HINTS[k] for k in sorted(engine.health_kinds))
+            yield (("services", svc_name, "healthcheck", hc.kind), f"{on}, where kiln checks an instance {how}; use {hints}")
+        if not engine.one_line_env:
+            continue
         for key, value in [*service.environment.items(), *spec.environments[env].services.get(svc_name, _NONE).environment.items()]:
             if "\n" in value or "\x00" in value:
                 yield (("services", svc_name, "environment", key),
-                       f"environment {env} runs on engine qemu, whose systemd units take one-line values; put the value on one line")
+                       f"{on}, whose instances take one-line environment values; put the value on one line")

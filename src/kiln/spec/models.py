@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from kiln import engines
 from kiln.errors import UsageError
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
@@ -345,11 +346,17 @@ class Placement(Model):
     constraints: tuple[Constraint, ...] = Field((), description="Swarm placement constraints every instance must satisfy, e.g. `node.labels.pool == web`, `node.role != manager`")
 
 
+if TYPE_CHECKING:
+    EngineName = str
+else:
+    EngineName = Literal[engines.NAMES]  # the names kiln/engines.py lists
+
+
 class Environment(Model):
     """One environment: only what differs from the shared definition."""
 
     port: int = Field(..., ge=1, le=65535, description="public port of the environment's router")
-    engine: Literal["docker", "swarm", "qemu"] = Field("docker", description="what runs its instances: `docker`, the Docker engine of DOCKER_HOST (else the local socket), one host; `swarm`, a Docker Swarm whose manager DOCKER_HOST reaches: instances are tasks spread over its nodes, images travel through `registry` (docs/fleet.md); `qemu`, QEMU virtual machines on this host booted from the VM image (build.vm, docs/vm.md)")
+    engine: EngineName = Field(engines.DEFAULT_ENGINE, description=engines.description())
     placement: Placement | None = Field(None, description="where instances may run on a cluster engine (`engine: swarm` only)")
     bind: IpLiteral = Field("127.0.0.1", description="IP address the router listens on (loopback unless told otherwise; 0.0.0.0 for every address)")
     preview_port: int | None = Field(None, ge=1, le=65535, description="port where a blue-green release is reachable before it gets public traffic")

@@ -8,8 +8,9 @@ import json
 
 from pydantic import BaseModel, ConfigDict
 
+from kiln.engines import DEFAULT_ENGINE, kind
 from kiln.errors import UsageError
-from kiln.spec.models import DEFAULT_WRITABLE, HealthCheck, Resources, Spec, VmBuild
+from kiln.spec.models import DEFAULT_WRITABLE, HealthCheck, Resources, Spec
 from kiln.spec.sizes import format_size
 
 
@@ -81,14 +82,14 @@ class EnvConfig(Resolved):
     bind: str
     services: tuple[ServiceConfig, ...]
     preview_port: int | None = None
-    engine: str = "docker"
-    registry: str | None = None  # a cluster engine's: where the release's image is pushed
+    engine: str = DEFAULT_ENGINE
+    registry: str | None = None  # where the release's image is pushed, on an engine that records it
     constraints: tuple[str, ...] = ()  # a cluster engine's placement constraints
 
     @property
     def repository(self) -> str | None:
         """Where this environment's images are pushed (`registry/app`), if they travel by registry."""
-        return f"{self.registry}/{self.app}" if self.registry and self.engine != "docker" else None
+        return f"{self.registry}/{self.app}" if self.registry else None
 
     def find(self, name: str) -> ServiceConfig | None:
         return next((svc for svc in self.services if svc.name == name), None)
@@ -122,7 +123,7 @@ class EnvConfig(Resolved):
 
     def digest(self) -> str:
         data = self.model_dump(mode="json")
-        if data["engine"] == "docker":
+        if data["engine"] == DEFAULT_ENGINE:
             del data["engine"]  # the default: digests of releases recorded before engines existed stay valid
         for key, empty in (("registry", None), ("constraints", [])):
             if data[key] == empty:
@@ -152,6 +153,8 @@ def pick_env(spec: Spec, env: str | None) -> str:
 
 def resolve(spec: Spec, env: str) -> EnvConfig:
     overlay = spec.environments[env]
+    engine = kind(overlay.engine)
+    grace = engine.boot_grace(spec)
     public = spec.public_service
     services = []
     for name, svc in spec.services.items():
@@ -162,8 +165,8 @@ def resolve(spec: Spec, env: str) -> EnvConfig:
         hc = svc.healthcheck
         if hc is None and svc.port is not None:
             hc = HealthCheck(tcp=True)
-        if hc is not None and overlay.engine == "qemu":  # a new instance boots a whole machine first
-            hc = hc.model_copy(update={"deadline": hc.deadline + (spec.build.vm or VmBuild()).boot_timeout})
+        if hc is not None and grace:  # a new instance boots first (a whole machine, on qemu)
+            hc = hc.model_copy(update={"deadline": hc.deadline + grace})
         services.append(
             ServiceConfig(
                 name=name,
@@ -185,5 +188,5 @@ def resolve(spec: Spec, env: str) -> EnvConfig:
         )
     return EnvConfig(app=spec.app, env=env, port=overlay.port, bind=overlay.bind, services=tuple(services),
                      preview_port=overlay.preview_port, engine=overlay.engine,
-                     registry=spec.registry if overlay.engine != "docker" else None,
+                     registry=spec.registry if engine.records_registry else None,
                      constraints=tuple(overlay.placement.constraints) if overlay.placement else ())

@@ -14,9 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from kiln import secretref
-from kiln.bake.baker import bake
-from kiln.bake.vm import VmStore, bake_vm
+from kiln import engines, secretref
 from kiln.context import Context
 from kiln.errors import KilnError, LedgerError, LockLost, PortInUse, RolloutError, UsageError
 from kiln.ledger import kinds
@@ -75,14 +73,10 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = No
 
 
 def bake_artifact(ctx: Context, loaded: LoadedSpec, engine: str) -> Artifact:
-    """What an environment on `engine` runs, baked from `loaded` (or found by its inputs): the
-    app image, or on `engine: qemu` the VM image of the same inputs."""
-    scratch = ctx.settings.home / "tmp"
-    if engine == "qemu":
-        vm = bake_vm(ctx.engine(engine), loaded, ctx.out, scratch, VmStore(ctx.settings.home))
-        return Artifact(vm.ref, vm.tag, vm.inputs_hash, vm.commit, vm.dirty)
-    image = bake(ctx.engine(engine), loaded, ctx.out, scratch)
-    return Artifact(image.id, image.tag, image.inputs_hash, image.commit, image.dirty)
+    """What an environment on `engine` runs, baked from `loaded` (or found by its inputs) by the
+    engine's own builder: the app image, or on an engine of VMs the VM image of the same inputs."""
+    baked = engines.kind(engine).bake(ctx.engine(engine), loaded, ctx.out, ctx.settings.home / "tmp", ctx.settings.home)
+    return Artifact(baked.image, baked.tag, baked.inputs_hash, baked.commit, baked.dirty)
 
 
 def deploy_image(ctx: Context, loaded: LoadedSpec, env: str, image: str, strategy: str | None = None) -> Outcome:

@@ -11,8 +11,7 @@ import socket
 from dataclasses import replace
 from datetime import timedelta
 
-from kiln import git, views
-from kiln.bake.vm import is_vm_ref
+from kiln import engines, git, views
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
 from kiln.ledger import kinds
@@ -126,10 +125,10 @@ def promote_artifact(ctx: Context, loaded: LoadedSpec, source: str, target: str,
         raise UsageError(f"{app}/{source} has no release in service, so there is nothing to promote.",
                          f"Deploy it first: `kiln deploy -e {source}`.")
     cfg = resolve(loaded.spec, target)
-    if is_vm_ref(serving.image) != (cfg.engine == "qemu"):
-        kinds_ = {True: "VM images (engine: qemu)", False: "container images"}
-        raise UsageError(f"{app}/{source} runs {kinds_[is_vm_ref(serving.image)]} and {target} runs "
-                         f"{kinds_[cfg.engine == 'qemu']}: promotion moves one artifact unchanged.",
+    runs, wants = engines.kind(serving.env_config().engine), engines.kind(cfg.engine)
+    if runs.artifact != wants.artifact:
+        raise UsageError(f"{app}/{source} runs {runs.artifact}s (engine: {runs.name}) and {target} runs "
+                         f"{wants.artifact}s (engine: {wants.name}): promotion moves one artifact unchanged.",
                          f"Deploy the same commit to {target} instead: `kiln deploy -e {target}` bakes its kind from the same inputs.")
     if ctx.engine_for(cfg).image_id(serving.image) is None:
         raise KilnError(f"the image of {source} v{serving.number} ({serving.image[:19]}) is not on {target}'s engine.",

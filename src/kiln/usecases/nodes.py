@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kiln import engines
 from kiln.context import Context
 from kiln.errors import KilnError, UsageError
 from kiln.ledger import kinds
 from kiln.providers.base import INSTANCE, ContainerFacts, Engine, NodeFacts, Nodes
 from kiln.rollout.executor import Executor, Target, events_journal
 from kiln.usecases.deploy import kept, locked, settle
-
-CLUSTER_ENGINE = "swarm"
 
 
 @dataclass(frozen=True)
@@ -27,8 +26,8 @@ class NodeRow:
 
 
 def cluster(ctx: Context) -> tuple[Engine, Nodes]:
-    """The cluster engine, as an engine and as a set of nodes."""
-    engine = ctx.engine(CLUSTER_ENGINE)
+    """The cluster engine (the one that declares nodes), as an engine and as a set of nodes."""
+    engine = ctx.engine(engines.clustered().name)
     if not isinstance(engine, Nodes):
         raise UsageError(f"engine {engine.name} has no nodes.")
     return engine, engine

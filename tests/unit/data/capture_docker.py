@@ -80,7 +80,7 @@ def main() -> None:
     docker = DockerProvider(extra_labels={"kiln.test": "golden"})
     cfg = resolve(parse_spec(SPEC), "capture")
     web = cfg.service("web")
-    api = docker.api
+    api = docker.docker.api
     stream = api.events(filters={"type": "container", "label": ["kiln.test=golden"]}, decode=False)
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(stream), daemon=True)
