@@ -18,6 +18,7 @@ from kiln.errors import BuildError, SecretInContext
 from kiln.git import git_state
 from kiln.output import Output
 from kiln.providers.base import Images
+from kiln.providers.kind import Baked
 from kiln.spec.loader import LoadedSpec
 
 GENERATED_DOCKERFILE = ".kiln.Dockerfile"
@@ -137,3 +138,10 @@ def _context_tar(root: Path, paths: list[str], dockerfile: str) -> io.BytesIO:
         tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
     return buf
+
+
+def bake_container(images: Images, loaded: LoadedSpec, out: Output, scratch: Path, _home: Path) -> Baked:
+    """The app image as an engine of containers records it (the `docker` and `swarm` engines'
+    builder, providers/docker_kind.py)."""
+    image = bake(images, loaded, out, scratch)
+    return Baked(image.id, image.tag, image.inputs_hash, image.commit, image.dirty)

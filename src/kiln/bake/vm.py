@@ -45,6 +45,7 @@ from kiln.bake.vm_recipe import (
 from kiln.errors import BuildError, UsageError
 from kiln.output import Output
 from kiln.providers.base import Images
+from kiln.providers.kind import Baked
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Spec, VmBuild
 
@@ -308,3 +309,10 @@ def export(image: VmImage, fmt: str, dest: Path, out: Output) -> Path:
             _run(["qemu-img", "convert", "-O", target, *options, str(image.disk), str(dest)], "qemu-img convert")
     out.done(f"Wrote {dest} ({dest.stat().st_size // 1024**2} MiB, {fmt})")
     return dest
+
+
+def bake_vm_image(images: Images, loaded: LoadedSpec, out: Output, scratch: Path, home: Path) -> Baked:
+    """The VM image of the same inputs, kept in KILN_HOME/vm (the `qemu` engine's builder,
+    providers/qemu_kind.py)."""
+    vm = bake_vm(images, loaded, out, scratch, VmStore(home))
+    return Baked(vm.ref, vm.tag, vm.inputs_hash, vm.commit, vm.dirty)

@@ -22,6 +22,7 @@ from kiln.providers.base import (
 from kiln.providers.docker_api import DockerApi
 from kiln.providers.docker_kind import DOCKER
 from kiln.secretref import Lookup
+from kiln.settings import Settings
 from kiln.spec.models import HealthCheck
 
 
@@ -134,3 +135,8 @@ class DockerProvider:
 def _implements(provider: DockerProvider) -> Engine:
     """Never called: mypy checks here that the provider implements every method of Engine."""
     return provider
+
+
+def open_provider(settings: Settings, secrets: Lookup) -> DockerProvider:
+    """The `docker` engine's provider (its declaration's entry point, providers/docker_kind.py)."""
+    return DockerProvider(settings.extra_labels, secrets=secrets)

@@ -33,7 +33,7 @@ from kiln.providers.base import (
     network_name,
     selector,
 )
-from kiln.providers.docker_kind import bake_container
+from kiln.providers.docker_kind import BAKE_CONTAINER
 from kiln.providers.kind import CONTAINER_IMAGE, EngineKind
 from kiln.router.base import Router
 from kiln.router.haproxy_api import FULL_WEIGHT, ServerStat
@@ -49,14 +49,15 @@ def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
-def _open(settings: Settings, _secrets: Lookup) -> Engine:
+def open_fake(settings: Settings, _secrets: Lookup) -> Engine:
     return FakeEngine(settings.extra_labels)
 
 
 # The fake's own declaration (tests only: kiln/engines.py does not list it). It behaves as one
 # host's engine does; with `cluster` and `node_list` set it also stands in for a cluster's.
 FAKE = EngineKind(name="fake", description="an engine in memory, for tests", artifact=CONTAINER_IMAGE,
-                  bake=bake_container, open=_open, logs="what its command's script printed")
+                  builder=BAKE_CONTAINER, provider="kiln.providers.fake:open_fake",
+                  logs="what its command's script printed")
 
 
 class FakeEngine:

@@ -8,10 +8,11 @@ Docker SDK nor its provider (`open` and `bake` import what they need when called
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kiln.output import Output
@@ -38,10 +39,11 @@ class Baked:
     dirty: bool
 
 
-# (the engine that bakes, the spec, progress, a scratch directory, KILN_HOME) -> the artifact
-Builder = Callable[["Images", "LoadedSpec", "Output", Path, Path], Baked]
-# (settings, how `secret:NAME` references resolve) -> the provider, connected
-Opener = Callable[["Settings", "Lookup"], "Engine"]
+def _entry(ref: str) -> Any:
+    """What an entry point `module:attr` names, imported now: a declaration names its engine's
+    code as a Python entry point does, so whoever reads declarations (the spec) imports none of it."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def no_grace(_spec: Spec) -> float:
@@ -55,8 +57,9 @@ class EngineKind:
     name: str  # what environments.NAME.engine says
     description: str  # the spec reference's words for it (docs/spec.md)
     artifact: str  # what its instances run: CONTAINER_IMAGE or VM_IMAGE
-    bake: Builder  # bakes that artifact from a spec (kiln deploy, recreate, previews)
-    open: Opener  # the real provider (imports it on first use)
+    # Entry points (`module:function`), imported when first called:
+    builder: str  # (images, loaded spec, output, scratch dir, KILN_HOME) -> Baked: bakes that artifact
+    provider: str  # (settings, how `secret:NAME` resolves) -> the real provider, connected
     logs: str  # where an instance's logs come from (Runtime.logs)
     # Its images travel to its nodes through kiln.yaml's `registry`: `kiln validate` requires one,
     # and a deploy pushes the baked image there (Images.publish).
@@ -72,3 +75,13 @@ class EngineKind:
     needs_command: bool = False  # each service must give its argv (`command`): nothing else starts it
     one_line_env: bool = False  # environment values reach an instance one per line
     volumes: bool = False  # accessories' named volumes (none yet)
+
+    def bake(self, images: Images, loaded: LoadedSpec, out: Output, scratch: Path, home: Path) -> Baked:
+        """Bake this engine's artifact from `loaded` (kiln deploy, recreate, previews)."""
+        baked: Baked = _entry(self.builder)(images, loaded, out, scratch, home)
+        return baked
+
+    def open(self, settings: Settings, secrets: Lookup) -> Engine:
+        """The real provider, connected."""
+        engine: Engine = _entry(self.provider)(settings, secrets)
+        return engine

@@ -61,6 +61,7 @@ from kiln.providers.base import (
 from kiln.providers.docker_api import DockerApi, engine_call
 from kiln.providers.swarm_kind import SWARM
 from kiln.secretref import Lookup, resolve
+from kiln.settings import Settings
 from kiln.spec.models import HealthCheck
 
 _NS = 1_000_000_000
@@ -554,3 +555,8 @@ def _hint(why: str) -> str:
 def _implements(provider: SwarmProvider) -> tuple[Engine, Nodes]:
     """Never called: mypy checks here that the provider implements Engine and Nodes."""
     return provider, provider
+
+
+def open_provider(settings: Settings, secrets: Lookup) -> SwarmProvider:
+    """The `swarm` engine's provider (its declaration's entry point, providers/swarm_kind.py)."""
+    return SwarmProvider(settings.extra_labels, secrets=secrets)

@@ -3,30 +3,16 @@ instances spread over the nodes. Its provider is providers/swarm.py."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from kiln.providers.docker_kind import bake_container
+from kiln.providers.docker_kind import BAKE_CONTAINER
 from kiln.providers.kind import CONTAINER_IMAGE, EngineKind
-
-if TYPE_CHECKING:
-    from kiln.providers.base import Engine
-    from kiln.secretref import Lookup
-    from kiln.settings import Settings
-
-
-def _open(settings: Settings, secrets: Lookup) -> Engine:
-    from kiln.providers.swarm import SwarmProvider
-
-    return SwarmProvider(settings.extra_labels, secrets=secrets)
-
 
 SWARM = EngineKind(
     name="swarm",
     description="a Docker Swarm whose manager DOCKER_HOST reaches: instances are tasks spread over its "
                 "nodes, images travel through `registry` (docs/fleet.md)",
     artifact=CONTAINER_IMAGE,
-    bake=bake_container,
-    open=_open,
+    builder=BAKE_CONTAINER,
+    provider="kiln.providers.swarm:open_provider",
     logs="the task's output, through the manager (service logs)",
     needs_registry=True,
     records_registry=True,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from kiln import engines
 from kiln.errors import UsageError
+from kiln.providers.qemu_kind import VM_BOOT_TIMEOUT
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
 from kiln.spec.pipeline import Pipeline
@@ -77,7 +78,7 @@ class VmBuild(Model):
 
     size: DiskSize = Field(2 * 1024**3, description="size of the disk image (the root filesystem fills it), at least 1G")
     formats: tuple[Literal["qcow2", "raw", "gce", "vmdk"], ...] = Field(("qcow2",), description="formats `kiln bake --vm` also writes beside the image: qcow2 (OpenStack), raw, gce (disk.raw in a .tar.gz), vmdk (AWS import)")
-    boot_timeout: Duration = Field(180.0, description="time a VM has to boot, added to each service's healthcheck deadline on `engine: qemu`")
+    boot_timeout: Duration = Field(VM_BOOT_TIMEOUT, description="time a VM has to boot, added to each service's healthcheck deadline on `engine: qemu`")
 
     @model_validator(mode="after")
     def _big_enough(self) -> VmBuild:
