@@ -119,15 +119,15 @@ def serve(
 
 
 def _webhooks(ctx: Context, repo: Path, spec: str, github_secret: str, gitlab_secret: str) -> Config:
-    from kiln import git, secretref
+    from kiln import git, secretstore
     from kiln.ci.policy import load_policy, record_webhook_secrets
     from kiln.server.hooks import Config
 
     load_policy(ctx.settings)  # a wrong policy file stops the server now, not each run
     record_webhook_secrets(ctx.settings, [github_secret, gitlab_secret])  # no pipeline may read them
     root = git.repo_root(repo.resolve())
-    github = secretref.lookup(ctx.settings, github_secret) or None
-    gitlab = secretref.lookup(ctx.settings, gitlab_secret) or None
+    github = secretstore.lookup(ctx.settings, github_secret) or None
+    gitlab = secretstore.lookup(ctx.settings, gitlab_secret) or None
     if not github and not gitlab:
         raise UsageError(f"neither secret {github_secret!r} (GitHub) nor {gitlab_secret!r} (GitLab) is set, so no "
                          "webhook could be verified.",

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # imported on first use: SQLAlchemy and the Docker SDK cost ~
 
 def open_engine(settings: Settings, name: str) -> Engine:
     """The real engine called `name` (a spec's environments.NAME.engine), as kiln/engines.py opens it."""
-    from kiln.secretref import lookup
+    from kiln.secretstore import lookup
 
     return kind(name).open(settings, lambda secret: lookup(settings, secret))
 
@@ -40,7 +40,7 @@ class Context:
 
     def secret(self, name: str) -> str | None:
         """The value `secret:NAME` resolves to, as the engine resolves it (for masking output)."""
-        from kiln.secretref import lookup
+        from kiln.secretstore import lookup
 
         return lookup(self.settings, name)
 

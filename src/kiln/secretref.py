@@ -6,12 +6,12 @@ A value comes from kiln's encrypted store (`kiln secret set NAME`), else from th
 variable KILN_SECRET_<NAME> of the kiln process (NAME upper-cased, `-` and `.` as `_`).
 
 Names whose variable is kiln's own (KILN_SECRET_KEY, the store's master key) are reserved: a
-spec naming one is refused when it is read (file:line), and `lookup` refuses one, so no reference
-ever resolves to kiln's key."""
+spec naming one is refused when it is read (file:line), and secretstore.lookup refuses one, so no
+reference ever resolves to kiln's key. The lookup itself is secretstore.py's; this module only
+parses and resolves through a lookup it is given."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated
@@ -19,7 +19,6 @@ from typing import Annotated
 from pydantic import BeforeValidator
 
 from kiln.errors import SecretError, SecretMissing
-from kiln.settings import Settings
 
 PREFIX = "secret:"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -66,17 +65,6 @@ def refuse_reserved(name: str) -> str:
         raise SecretError(f"secret name {name!r} is reserved: {env_var(name)} is kiln's own key, never a secret's value.",
                           "Store the value under another name (`kiln secret set OTHER`) and refer to secret:OTHER.")
     return name
-
-
-def lookup(settings: Settings, name: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """The value of secret `name`, or None when it is not set anywhere. A reserved name raises
-    SecretError (whatever the store or the environment hold)."""
-    from kiln.secretstore import SecretStore  # cryptography is imported only when a secret is used
-
-    refuse_reserved(name)
-    env = os.environ if environ is None else environ
-    stored = SecretStore(settings, dict(env)).get(name)
-    return stored if stored is not None else env.get(env_var(name))
 
 
 def resolve(environment: Mapping[str, str], find: Lookup, where: str = "") -> dict[str, str]:

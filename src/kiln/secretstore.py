@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.errors import KilnError, SecretError
 from kiln.private import write_private
-from kiln.secretref import KEY_ENV, NAME, refuse_reserved  # NAME: the names references accept
+from kiln.secretref import (  # NAME: the names references accept
+    KEY_ENV,
+    NAME,
+    env_var,
+    refuse_reserved,
+)
 from kiln.settings import Settings
 
 if TYPE_CHECKING:  # imported on use: ~50 ms
@@ -90,6 +95,15 @@ class SecretStore:
             return False
         path.unlink()
         return True
+
+
+def lookup(settings: Settings, name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of secret `name`, or None when it is not set anywhere. A reserved name raises
+    SecretError (whatever the store or the environment hold)."""
+    refuse_reserved(name)
+    env = os.environ if environ is None else environ
+    stored = SecretStore(settings, dict(env)).get(name)
+    return stored if stored is not None else env.get(env_var(name))
 
 
 def _refuse_loose(path: Path) -> None:

@@ -7,8 +7,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from kiln.errors import SecretError, SpecError
-from kiln.secretref import lookup, reserved, resolve
-from kiln.secretstore import SecretStore
+from kiln.secretref import reserved, resolve
+from kiln.secretstore import SecretStore, lookup
 from kiln.settings import Settings
 from kiln.spec.loader import parse_spec
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kiln.errors import SecretMissing
-from kiln.secretref import check, env_var, lookup, reference, resolve
-from kiln.secretstore import SecretStore
+from kiln.secretref import check, env_var, reference, resolve
+from kiln.secretstore import SecretStore, lookup
 from kiln.settings import Settings
 
 
