@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -83,7 +83,8 @@ class DockerApi:
     def image_id(self, ref: str) -> str | None:
         try:
             with engine_call(f"looking up image {ref}"):
-                return self.client.images.get(ref).id
+                found: str = self.client.images.get(ref).id
+                return found
         except ImageNotFound:
             return None
 
@@ -194,11 +195,11 @@ class DockerApi:
 
     # --- networks -------------------------------------------------------------------------
 
-    def _networks(self, name: str) -> list:
+    def _networks(self, name: str) -> list[Any]:
         """The network called exactly `name` (the engine's name filter matches parts of names)."""
         return [n for n in self.client.networks.list(names=[name]) if n.name == name]
 
-    def ensure_network(self, name: str, labels: dict[str, str], overlay: bool = False) -> dict | None:
+    def ensure_network(self, name: str, labels: dict[str, str], overlay: bool = False) -> dict[str, Any] | None:
         """Make the network `name` (a bridge, or with `overlay` an attachable Swarm overlay) unless
         it exists: then NameTaken if it is another environment's, else its attributes."""
         with engine_call(f"creating network {name}"):
@@ -210,7 +211,7 @@ class DockerApi:
                 else:
                     self.client.networks.create(name, driver="bridge", labels={**labels, **self.extra_labels})
                 return None
-        attrs: dict = found[0].attrs
+        attrs: dict[str, Any] = found[0].attrs
         check_owner("network", name, attrs.get("Labels") or {}, labels)
         return attrs
 
@@ -270,7 +271,8 @@ class DockerApi:
 
     def logs(self, name: str, tail: int = 20) -> str:
         try:
-            return self.api.logs(name, tail=tail).decode(errors="replace").strip()
+            said: bytes = self.api.logs(name, tail=tail)
+            return said.decode(errors="replace").strip()
         except (DockerException, RequestException):
             return ""
 
@@ -395,11 +397,11 @@ class DockerApi:
                 yield parse_event(raw)
 
 
-def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: dict[str, str]) -> dict:
+def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: dict[str, str]) -> dict[str, Any]:
     """The keyword arguments of `containers.create(spec.image, **…)` for `spec`: hardening, limits, health
     check, published ports, binds, restart policy, network aliases. Pure; `environment` is spec.environment with
     its secret references already resolved."""
-    kwargs: dict = {
+    kwargs: dict[str, Any] = {
         "name": spec.name,
         "labels": {**spec.labels, **extra_labels},
         "network": spec.network,
@@ -442,7 +444,7 @@ def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: 
     return kwargs
 
 
-def parse_event(raw: dict) -> EngineEvent:
+def parse_event(raw: dict[str, Any]) -> EngineEvent:
     """One decoded engine event (a JSON line of /events) -> EngineEvent: "health_status: healthy"
     splits into action and detail; the container's name leaves the attributes (the labels)."""
     action, _, detail = (raw.get("Action") or raw.get("status") or "").partition(":")
@@ -463,7 +465,7 @@ def _env(pairs: list[str] | None) -> dict[str, str]:
     return dict(p.partition("=")[::2] for p in pairs or ())
 
 
-def _facts(attrs: dict) -> ContainerFacts:
+def _facts(attrs: dict[str, Any]) -> ContainerFacts:
     state = attrs.get("State", {})
     config = attrs.get("Config", {})
     networks = attrs.get("NetworkSettings", {}).get("Networks", {}) or {}

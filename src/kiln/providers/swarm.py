@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from docker.errors import NotFound
 from docker.types import (
@@ -218,9 +218,9 @@ class SwarmProvider:
             nodes = self._node_names()
         return plain + [service_facts(s, tasks[s["ID"]], nodes) for s in services if s["ID"] in tasks]
 
-    def _tasks(self, services: list[str]) -> dict[str, list[dict]]:
+    def _tasks(self, services: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The tasks of each service still there (one that is removed meanwhile is left out)."""
-        out: dict[str, list[dict]] = {sid: [] for sid in services}
+        out: dict[str, list[dict[str, Any]]] = {sid: [] for sid in services}
         try:
             found = self.api.tasks(filters={"service": services})
         except NotFound:  # one of them went away between the two calls: ask for each
@@ -238,7 +238,7 @@ class SwarmProvider:
         facts, _ = self._inspect(name)
         return facts
 
-    def _inspect(self, name: str) -> tuple[ContainerFacts | None, dict | None]:
+    def _inspect(self, name: str) -> tuple[ContainerFacts | None, dict[str, Any] | None]:
         service = self._service(name)
         if service is None:
             return self.docker.container(name), None
@@ -250,10 +250,10 @@ class SwarmProvider:
         tasks = found[service["ID"]]
         return service_facts(service, tasks, nodes), current_task(tasks)
 
-    def _service(self, name: str) -> dict | None:
+    def _service(self, name: str) -> dict[str, Any] | None:
         try:
             with engine_call(f"inspecting service {name}"):
-                found: dict = self.api.inspect_service(name)
+                found: dict[str, Any] = self.api.inspect_service(name)
         except NotFound:
             return None
         return found if found.get("Spec", {}).get("Name") == name else None
@@ -425,7 +425,7 @@ class SwarmProvider:
 # --- pure: services, tasks and nodes as kiln sees them ------------------------------------------
 
 
-def service_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: dict[str, str]) -> dict:
+def service_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: dict[str, str]) -> dict[str, Any]:
     """The keyword arguments of `APIClient.create_service` for instance `spec`: one task, never
     restarted by Swarm (kiln replaces instances), dnsrr (kiln's router balances, not Swarm's
     mesh), the hardening and limits a service can carry. Pure; `environment` is resolved."""
@@ -460,13 +460,13 @@ def service_args(spec: ContainerSpec, extra_labels: dict[str, str], environment:
             "mode": ServiceMode("replicated", replicas=1), "endpoint_spec": EndpointSpec(mode="dnsrr")}
 
 
-def current_task(tasks: list[dict]) -> dict | None:
+def current_task(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The task Swarm wants running, else the newest."""
     wanted = [t for t in tasks if t.get("DesiredState") == "running"]
     return max(wanted or tasks, key=lambda t: ((t.get("Version") or {}).get("Index", 0)), default=None)
 
 
-def service_facts(service: dict, tasks: list[dict], nodes: dict[str, tuple[str, str]]) -> ContainerFacts:
+def service_facts(service: dict[str, Any], tasks: list[dict[str, Any]], nodes: dict[str, tuple[str, str]]) -> ContainerFacts:
     """One instance (a service of one task) as a container: its task's state, address and node.
     A task on a node the manager sees down is `lost`; one Swarm is shutting down has `exited`, or
     `shutdown` if it never ran (placed on a node that went down before it started)."""
@@ -503,7 +503,7 @@ def service_facts(service: dict, tasks: list[dict], nodes: dict[str, tuple[str, 
     )
 
 
-def node_facts(raw: dict) -> NodeFacts:
+def node_facts(raw: dict[str, Any]) -> NodeFacts:
     spec, desc, status = raw.get("Spec") or {}, raw.get("Description") or {}, raw.get("Status") or {}
     return NodeFacts(id=raw.get("ID", ""), hostname=desc.get("Hostname", ""), role=spec.get("Role", ""),
                      availability=spec.get("Availability", ""), state=status.get("State", ""),
@@ -539,7 +539,7 @@ def parse_http(raw: bytes) -> tuple[int, str]:
     return int(parts[1]), body.decode(errors="replace")
 
 
-def _task_error(task: dict | None) -> str:
+def _task_error(task: dict[str, Any] | None) -> str:
     status = (task or {}).get("Status") or {}
     return str(status.get("Err") or "").strip()
 

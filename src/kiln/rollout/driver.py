@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from kiln import faults
 from kiln.errors import LedgerError, RolloutError
@@ -44,7 +45,7 @@ class Progress:
         return {**self.extra, "phases": self.phases, "index": self.index, "policy": self.policy.model_dump(mode="json")}
 
     @classmethod
-    def from_data(cls, data: dict) -> Progress:
+    def from_data(cls, data: dict[str, Any]) -> Progress:
         """The progress a rollout row recorded; LedgerError when it is incomplete or unreadable."""
         extra = {k: v for k, v in data.items() if k not in ("phases", "index", "policy")}
         try:
