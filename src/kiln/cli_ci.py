@@ -95,8 +95,9 @@ def ci_run(
 
 def _exit_for(run) -> None:
     from kiln.errors import PipelineError
+    from kiln.views import RunState
 
-    if run.state != "succeeded":
+    if run.state != RunState.SUCCEEDED:
         raise PipelineError(f"run {run.id} {run.state}" + (f": {run.reason}" if run.reason else "."),
                             f"`kiln ci logs {run.id}` has the full log.")
 
@@ -181,10 +182,11 @@ def ci_cancel(run_id: RunArg) -> None:
     """Cancel a run: a queued one never starts; a running one stops after killing its current
     command (a deploy in progress finishes or aborts on its own first)."""
     from kiln.usecases import ci_runs
+    from kiln.views import RunState
 
     ctx = _ctx()
     run = ci_runs.cancel(ctx, run_id)
-    ctx.out.done(f"run {run_id} cancelled" if run.state == "cancelled" else f"run {run_id} asked to stop")
+    ctx.out.done(f"run {run_id} cancelled" if run.state == RunState.CANCELLED else f"run {run_id} asked to stop")
 
 
 @ci_app.command("prune")

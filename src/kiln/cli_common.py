@@ -52,12 +52,12 @@ def strategy_of(value: str | None) -> str | None:
 
 
 def report(ctx, outcome, app_name: str, env: str, took: float, json: bool) -> None:
-    from kiln.views import Report
+    from kiln.views import Report, RolloutState
 
     shown = Report(**Report.fields_of(outcome), app=app_name, env=env, seconds=round(took, 3))
     if json:
         ctx.out.json(shown)
-    elif shown.state == "paused":
+    elif shown.state == RolloutState.PAUSED:
         pass  # the rollout said where the release waits and how to promote it
     elif shown.changed:
         ctx.out.done(f"v{shown.release.number} of {app_name}/{env} is serving at {shown.url} ({took:.1f}s)")

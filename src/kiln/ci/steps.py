@@ -20,6 +20,7 @@ from kiln.ci.plan import check_problem, command_argv
 from kiln.context import Context
 from kiln.errors import PipelineError
 from kiln.ledger.ci_store import CiRun, CiStore
+from kiln.ledger.kinds import PAUSED, RunState, StepState
 from kiln.providers.base import (
     CI,
     SIDECAR_LIMITS,
@@ -147,7 +148,7 @@ def deploy(sc: StepContext, env: str) -> str:
                                 f"not of the tested {sc.image.commit}.")
     elif got != sc.image.id and engine.image_id(got) != sc.image.id:  # the same inputs must give the tested image
         raise PipelineError(f"{env} got image {short_image(got)}, not the tested {sc.image.id[:19]}.")
-    what = "already serving" if not outcome.changed else "waits for `kiln promote`" if outcome.state == "paused" \
+    what = "already serving" if not outcome.changed else "waits for `kiln promote`" if outcome.state == PAUSED \
         else "serving"
     return f"{env} v{outcome.release.number} {what} ({sc.image.id[:19]})"
 
@@ -166,19 +167,19 @@ def promote(sc: StepContext, step: Step) -> str:
 
 def wait_for_approval(sc: StepContext, what: str) -> None:
     """Wait until `kiln ci approve RUN` marks this step approved (or the run is cancelled)."""
-    sc.store.set_step(sc.step_id, "waiting", "waits for `kiln ci approve`")
-    sc.store.set_state(sc.run.id, "waiting", f"{what} waits for `kiln ci approve {sc.run.id}`")
+    sc.store.set_step(sc.step_id, StepState.WAITING, "waits for `kiln ci approve`")
+    sc.store.set_state(sc.run.id, RunState.WAITING, f"{what} waits for `kiln ci approve {sc.run.id}`")
     sc.log.write(f"… {what} waits for approval: kiln ci approve {sc.run.id}")
     sc.log.flush()
     while True:
         _check_cancel(sc)
         row = sc.store.step(sc.step_id)
-        if row is not None and row.state == "approved":
+        if row is not None and row.state == StepState.APPROVED:
             break
         time.sleep(POLL)
     sc.log.write(f"✓ approved: {row.detail}")
-    sc.store.set_state(sc.run.id, "running", only_from=("waiting",))
-    sc.store.set_step(sc.step_id, "running")
+    sc.store.set_state(sc.run.id, RunState.RUNNING, only_from=(RunState.WAITING,))
+    sc.store.set_step(sc.step_id, StepState.RUNNING)
 
 
 def _check_cancel(sc: StepContext) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from kiln import faults
 from kiln.errors import LedgerError, RolloutError
-from kiln.ledger.kinds import PAUSED, STEP_PHASE, SUCCEEDED
+from kiln.ledger.kinds import PAUSED, PHASES_DONE, STEP_PHASE, SUCCEEDED, ActionState, RolloutState
 from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.base import ContainerFacts, Engine
@@ -67,8 +67,8 @@ class Driver:
 
     # --- the phase loop -------------------------------------------------------------------
 
-    def run(self, progress: Progress) -> str:
-        """Run phases from progress.index on; returns "succeeded" or "paused" (awaiting promotion)."""
+    def run(self, progress: Progress) -> RolloutState:
+        """Run phases from progress.index on; returns SUCCEEDED or PAUSED (awaiting promotion)."""
         while progress.index < len(progress.phases):
             phase = progress.phases[progress.index]
             self.ledger.rollouts.set_phase(self.rollout_id, phase, progress.data())
@@ -77,11 +77,11 @@ class Driver:
                               "`kiln promote` switches traffic to it, `kiln rollback` drops it")
                 return PAUSED
             self._check_abort()
-            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "started")
+            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, ActionState.STARTED)
             detail = self._phase(phase, progress)
-            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "done", detail)
+            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, ActionState.DONE, detail)
             progress.index += 1
-        self.ledger.rollouts.set_phase(self.rollout_id, "done", progress.data())
+        self.ledger.rollouts.set_phase(self.rollout_id, PHASES_DONE, progress.data())
         return SUCCEEDED
 
     def _phase(self, phase: str, progress: Progress) -> str:

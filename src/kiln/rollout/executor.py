@@ -61,14 +61,14 @@ class Target:
                        svc.name if svc else None, **shape)  # type: ignore[arg-type]
 
 
-# (action, instance, state, detail): action is one of kinds.STEP_*; state is started, done or failed
-Journal = Callable[[str, str, str, str], None]
+# (action, instance, state, detail): action is one of kinds.STEP_*
+Journal = Callable[[str, str, kinds.ActionState, str], None]
 
 def events_journal(ledger: Ledger, app: str, env: str) -> Journal:
     """The journal of work outside a rollout (the agent's healing, a node drain): each action's
     end as an event of the environment."""
-    def journal(action: str, target: str, state: str, detail: str) -> None:
-        if state != "started":
+    def journal(action: str, target: str, state: kinds.ActionState, detail: str) -> None:
+        if state != kinds.ActionState.STARTED:
             ledger.events.record(app, env, kinds.AGENT_ACTION_EVENTS[action],
                                  f"{target}: {state}" + (f" ({detail})" if detail else ""))
     return journal
@@ -184,23 +184,23 @@ class Executor:
             self._start(action)
             return
         kind, target = STEP_OF[type(action)], action.name
-        self.journal(kind, target, "started", "")
+        self.journal(kind, target, kinds.ActionState.STARTED, "")
         try:
             detail = self._do(action)
         except Exception as exc:
-            self.journal(kind, target, "failed", str(exc))
+            self.journal(kind, target, kinds.ActionState.FAILED, str(exc))
             raise
-        self.journal(kind, target, "done", detail)
+        self.journal(kind, target, kinds.ActionState.DONE, detail)
 
     def _start(self, action: Start) -> None:
         t = self.targets[action.release]
         svc = t.cfg.service(action.service)
         name = new_instance_name(t.cfg, svc.name, action.release)
         # Recorded before it exists, so an interrupted rollout knows what it may have made.
-        self.journal(STEP_OF[Start], name, "started", "")
+        self.journal(STEP_OF[Start], name, kinds.ActionState.STARTED, "")
         self.started.add(name)
         self.runtime.start(instance_spec(t.cfg, svc, action.release, t.release.image, name))
-        self.journal(STEP_OF[Start], name, "done", "")
+        self.journal(STEP_OF[Start], name, kinds.ActionState.DONE, "")
         self.out.step(f"started {name}")
         faults.point("started")
 

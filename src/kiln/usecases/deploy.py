@@ -20,6 +20,7 @@ from kiln.bake.vm import VmStore, bake_vm
 from kiln.context import Context
 from kiln.errors import KilnError, LedgerError, LockLost, PortInUse, RolloutError, UsageError
 from kiln.ledger import kinds
+from kiln.ledger.kinds import RolloutState
 from kiln.ledger.releases import Release
 from kiln.ledger.rollouts import Rollout
 from kiln.providers.base import HOOK, network_name, selector, short_image
@@ -38,7 +39,7 @@ from kiln.spec.resolve import EnvConfig, resolve, url_host
 class Outcome:
     release: Release
     changed: bool  # False when the environment already ran this release, as desired
-    state: str = "succeeded"  # or "paused": a blue-green release waits for `kiln promote`
+    state: RolloutState = kinds.SUCCEEDED  # or PAUSED: a blue-green release waits for `kiln promote`
 
 
 def policy_for(spec: Spec, strategy: str | None) -> Policy:
