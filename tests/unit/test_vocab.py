@@ -6,6 +6,7 @@ refactoring's side effect (a changed value would be a data migration)."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from kiln.ledger import kinds
@@ -55,3 +56,62 @@ def test_rows_written_as_text_read_back_as_members(tmp_path):
     store.set_state(run.id, kinds.RunState.CANCELLED)
     with ledger.db.session() as s:
         assert s.execute(text("SELECT state, typeof(state) FROM ci_runs")).one() == ("cancelled", "text")
+
+
+def test_container_roles_are_the_labels_containers_carry():
+    from kiln.providers.base import ROLE_LABEL, Role, selector
+
+    assert values(Role) == ["instance", "router", "hook", "ci"]
+    assert ROLE_LABEL == "kiln.role"
+    labels = selector("shop", "prod", Role.HOOK)
+    assert labels == {"kiln.app": "shop", "kiln.env": "prod", "kiln.role": "hook"}
+    assert type(labels["kiln.role"]) is str  # plain text at the engine boundary
+
+
+def test_phase_kinds_are_the_stored_names():
+    from kiln.rollout.strategy import PhaseKind
+
+    assert values(PhaseKind) == ["before_traffic", "roll", "start", "smoke", "promotion", "shift", "switch",
+                                 "after_traffic"]
+    assert [k.value for k in PhaseKind if k.moves_traffic] == ["roll", "switch", "after_traffic"]
+
+
+STORED_PHASES = ["before_traffic", "roll", "start", "smoke", "promotion", "shift:0", "shift:1", "shift:12",
+                 "switch", "after_traffic"]
+
+
+@pytest.mark.parametrize("stored", STORED_PHASES)
+def test_a_phase_round_trips_its_stored_text(stored):
+    from kiln.rollout.strategy import Phase
+
+    phase = Phase.parse(stored)
+    assert str(phase) == stored and f"{phase}" == stored
+    assert Phase.parse(str(phase)) == phase
+
+
+def test_a_shift_carries_its_step_and_nothing_else_does():
+    from kiln.rollout.strategy import Phase, PhaseKind
+
+    assert Phase.parse("shift:3") == Phase(PhaseKind.SHIFT, 3)
+    assert Phase.parse("switch") == Phase(PhaseKind.SWITCH)
+
+
+@pytest.mark.parametrize("text", ["", "shift", "shift:", "shift:x", "shift:-1", "shift:01", "switch:0", "roll:1",
+                                  "Roll", "sideways", "shift:1:2"])
+def test_text_that_names_no_phase_is_refused(text):
+    from kiln.rollout.strategy import Phase
+
+    with pytest.raises(ValueError):
+        Phase.parse(text)
+
+
+def test_progress_stores_phases_as_text_and_reads_them_back():
+    from kiln.rollout.driver import Progress
+    from kiln.rollout.strategy import phases
+    from kiln.spec.models import RolloutPolicy
+
+    policy = RolloutPolicy(strategy="canary", steps=({"weight": 10}, {"weight": 50}, {"weight": 100}))
+    progress = Progress(phases(policy, True, False), 2, policy)
+    data = progress.data()
+    assert data["phases"] == ["start", "before_traffic", "shift:0", "shift:1", "switch"]
+    assert Progress.from_data(data) == progress

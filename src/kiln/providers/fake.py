@@ -20,6 +20,9 @@ from typing import BinaryIO
 from kiln import faults
 from kiln.errors import BuildError, EngineError, PortInUse, RouterError
 from kiln.providers.base import (
+    INSTANCE,
+    ROLE_LABEL,
+    ROUTER,
     ContainerDetails,
     ContainerFacts,
     ContainerSpec,
@@ -166,7 +169,7 @@ class FakeEngine:
         taken = {hp for s in self.specs.values() for hp in s.publish.values()}
         if any(hp in taken for hp in spec.publish.values()):
             raise PortInUse(f"creating container {spec.name}: the port is already taken.")
-        if self.node_list and spec.labels.get("kiln.role") == "instance":
+        if self.node_list and spec.labels.get(ROLE_LABEL) == INSTANCE:
             self.placed[spec.name] = self._place(spec.name)
         self.specs[spec.name] = spec
         release = int(spec.labels.get("kiln.release", "0"))
@@ -357,7 +360,7 @@ class FakeRouter:
     def facts(self) -> ContainerFacts | None:
         found = self.runtime.container(self.name)
         if found is not None:
-            check_owner("router", self.name, found.labels, selector(self.cfg.app, self.cfg.env, "router"))
+            check_owner("router", self.name, found.labels, selector(self.cfg.app, self.cfg.env, ROUTER))
         return found
 
     def _digest(self) -> str:
@@ -383,7 +386,7 @@ class FakeRouter:
         self._forget_servers()  # a new HAProxy process knows none of the servers added at run time
         image = self.runtime.image_id("kiln/router") or self.runtime.add_image("kiln/router")
         self.runtime.start(ContainerSpec(name=self.name, image=image, network=network_name(self.cfg.app, self.cfg.env),
-                                         labels={**selector(self.cfg.app, self.cfg.env, "router"),
+                                         labels={**selector(self.cfg.app, self.cfg.env, ROUTER),
                                                  "kiln.router.config": digest},
                                          publish=self._publish(), restart=True))
         self.removed = False

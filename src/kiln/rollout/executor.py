@@ -18,7 +18,7 @@ from kiln.ledger import kinds
 from kiln.ledger.releases import Release
 from kiln.ledger.store import Ledger
 from kiln.output import Output
-from kiln.providers.base import ContainerFacts, Engine
+from kiln.providers.base import ContainerFacts, Engine, Role, selector
 from kiln.rollout.instances import instance_spec, new_instance_name
 from kiln.rollout.plan import (
     Action,
@@ -103,7 +103,7 @@ class Executor:
         self.failed: set[str] = set()  # running but judged failed (unhealthy): retired like dead ones
         self.tainted: set[str] = set()  # drifted from their release: replaced, then retired
         cfg = router.cfg
-        self.selector = {"kiln.app": cfg.app, "kiln.env": cfg.env, "kiln.role": "instance"}
+        self.selector = selector(cfg.app, cfg.env, Role.INSTANCE)
         self.routed = cfg.public_service.name if cfg.public_service else None
 
     # --- observe ------------------------------------------------------------------------

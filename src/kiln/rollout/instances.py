@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from kiln.providers.base import ContainerSpec, Limits, network_name
+from kiln.providers.base import ROLE_LABEL, ContainerSpec, Limits, Role, network_name
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
 
@@ -16,7 +16,7 @@ def instance_labels(cfg: EnvConfig, service: str, release: int, instance: str) -
     return {
         "kiln.app": cfg.app,
         "kiln.env": cfg.env,
-        "kiln.role": "instance",
+        ROLE_LABEL: Role.INSTANCE.value,
         "kiln.service": service,
         "kiln.release": str(release),
         "kiln.instance": instance,

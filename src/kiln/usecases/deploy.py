@@ -301,7 +301,7 @@ def roll_out(ctx: Context, router: Router, release: Release, previous: Release |
                                        release.number, policy.strategy, progress.data())
     ctx.ledger.events.record(cfg.app, cfg.env, kinds.ROLLOUT_STARTED,
                      f"rollout {rollout.id} to v{release.number} ({policy.strategy})")
-    ctx.out.step(f"Rolling out v{release.number} ({policy.strategy}: {', '.join(progress.phases)})")
+    ctx.out.step(f"Rolling out v{release.number} ({policy.strategy}: {', '.join(map(str, progress.phases))})")
     outcome = _continue(ctx, router, rollout, progress)
     return Outcome(outcome.release, changed=previous is None or previous.number != release.number, state=outcome.state)
 
