@@ -19,10 +19,22 @@ StrategyOpt = Annotated[Optional[str], typer.Option(
 DEFAULT_SPEC = Path("kiln.yaml")
 
 
-def ctx_of(quiet: bool = False):
+def ctx_of(quiet: bool = False, settings: Settings | None = None):
+    """A Context with `settings` (default: the environment's), made once per command."""
     from kiln.context import Context
 
-    return Context(Settings.from_env(), Output(quiet=quiet))
+    return Context(settings or Settings.from_env(), Output(quiet=quiet))
+
+
+def ctx_with_policy(policy: Path | None, quiet: bool = False):
+    """A Context whose settings name --policy FILE as the pipeline policy (runners it starts get
+    it too): the settings are made so before the Context is, never changed on it."""
+    settings = Settings.from_env()
+    if policy is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, ci_policy=policy.expanduser().resolve())
+    return ctx_of(quiet, settings)
 
 
 def load(path: Path):
