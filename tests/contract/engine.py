@@ -18,6 +18,7 @@ import pytest
 from kiln.agent.drift import changed_files
 from kiln.errors import EngineError
 from kiln.providers.base import ContainerSpec, Engine, Limits
+from kiln.spec.hardening import Hardening
 from kiln.spec.models import HealthCheck
 
 PORT = 8000
@@ -103,7 +104,7 @@ class EngineContract:
 
     def test_hardening_is_what_the_spec_says(self, engine, image, net, names):
         name = names("hard")
-        engine.start(self.spec(name, image, net, self.serve_argv, writable=("/tmp", "/var/cache"),
+        engine.start(self.spec(name, image, net, self.serve_argv, hardening=Hardening(writable=("/tmp", "/var/cache")),
                                environment={"GREETING": "hi"}))
         d = engine.details(name)
         assert d is not None

@@ -90,8 +90,8 @@ def run_command(sc: StepContext, step: Step) -> str:
         started.append(name)
         # Hardened as instances are (the provider drops every capability and adds an init).
         spec = ContainerSpec(name=name, image=sc.image.id, network=network, labels=sc.labels(),
-                             command=command_argv(step.run or ()), environment=env, writable=step.writable,
-                             read_only=step.read_only, limits=STEP_LIMITS)
+                             command=command_argv(step.run or ()), environment=env, hardening=step.hardening,
+                             limits=STEP_LIMITS)
         finished = engine.run_streamed(spec, sc.log.write, step.timeout, sc.cancelled.is_set)
     finally:
         for name in reversed(started):
@@ -115,8 +115,7 @@ def _start_sidecar(sc: StepContext, engine: Engine, network: str, name: str, ali
     sc.log.write(f"› starting service {alias} ({image[:19]})")
     engine.start(ContainerSpec(name=name, image=image, network=network, labels=sc.labels(), aliases=(alias,),
                                command=command_argv(sidecar.command) if sidecar.command else None,
-                               environment=env, writable=sidecar.writable, read_only=sidecar.read_only,
-                               limits=SIDECAR_LIMITS))
+                               environment=env, hardening=sidecar.hardening, limits=SIDECAR_LIMITS))
     if sidecar.port is None:
         return
     deadline = time.monotonic() + sidecar.ready_timeout

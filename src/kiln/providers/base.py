@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from kiln.errors import NameTaken
+from kiln.spec.hardening import Hardening
 from kiln.spec.models import DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_PIDS, HealthCheck
 
 LABEL_PREFIX = "kiln."
@@ -99,11 +100,7 @@ class ContainerSpec:
     labels: dict[str, str]
     command: tuple[str, ...] | None = None
     environment: dict[str, str] = field(default_factory=dict)
-    writable: tuple[str, ...] = ()  # tmpfs mounts
-    user: str | None = None
-    read_only: bool = True
-    cap_add: tuple[str, ...] = ()
-    no_new_privileges: bool = True
+    hardening: Hardening = Hardening()  # user, read-only root, tmpfs mounts, capabilities kept, no-new-privileges
     stop_grace_period: float = 10.0
     health_command: tuple[str, ...] | None = None  # run by the engine for command healthchecks
     health_interval: float = 1.0

@@ -279,9 +279,9 @@ class FakeEngine:
             return None
         image_env = self.image_store.get(spec.image, (set(), {}, {}))[2]
         return ContainerDetails(
-            env={**image_env, **spec.environment}, read_only=spec.read_only, cap_drop=("ALL",),
-            cap_add=spec.cap_add, security_opt=("no-new-privileges:true",) if spec.no_new_privileges else (),
-            user=spec.user or "", privileged=False, tmpfs=tuple(sorted(spec.writable)),
+            env={**image_env, **spec.environment}, read_only=spec.hardening.read_only, cap_drop=("ALL",),
+            cap_add=spec.hardening.cap_add, security_opt=("no-new-privileges:true",) if spec.hardening.no_new_privileges else (),
+            user=spec.hardening.user or "", privileged=False, tmpfs=tuple(sorted(spec.hardening.writable)),
             mounts=tuple(f"{host}:{inner}" for host, inner in spec.binds.items()), limits=spec.limits)
 
     def changes(self, name: str) -> list[str]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from kiln.errors import UsageError
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
+from kiln.spec.hardening import DEFAULT_WRITABLE
 from kiln.spec.pipeline import Pipeline
 from kiln.spec.sizes import DiskSize, Memory
 from kiln.spec.smoke import SmokeCheck, path_problem
@@ -280,7 +281,6 @@ def _ip_literal(value: object) -> str:
 
 
 IpLiteral = Annotated[str, BeforeValidator(_ip_literal)]
-DEFAULT_WRITABLE = ("/tmp",)  # services.NAME.writable's default: a tmpfs there relaxes nothing
 
 
 class Service(Model):

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
+from kiln.spec.hardening import Hardening
 from kiln.spec.smoke import Check
 
 KINDS = ("run", "deploy", "promote", "smoke", "parallel")
@@ -41,6 +42,10 @@ class Sidecar(_Model):
     ready_timeout: Duration = Field(60.0, description="how long the port may take to open")
     read_only: bool = Field(True, description="read-only root filesystem, as for instances; list the paths it writes in `writable`, or set false")
     writable: tuple[str, ...] = Field(("/tmp",), description="paths mounted writable (tmpfs) on a read-only root")
+
+    @property
+    def hardening(self) -> Hardening:
+        return Hardening(read_only=self.read_only, writable=self.writable)
 
 
 class Step(_Model):
@@ -76,6 +81,11 @@ class Step(_Model):
         if self.run is not None and not self.run:
             raise ValueError("run needs a command")
         return self
+
+    @property
+    def hardening(self) -> Hardening:
+        """A run step's container: as an instance's, with its own read-only root and writable paths."""
+        return Hardening(read_only=self.read_only, writable=self.writable)
 
     @property
     def kind(self) -> str:
