@@ -21,6 +21,7 @@ from kiln.ledger.kinds import ActionState as ActionState
 from kiln.ledger.kinds import RolloutState as RolloutState
 from kiln.ledger.kinds import RunState as RunState
 from kiln.ledger.kinds import StepState as StepState
+from kiln.spec.pipeline import StepKind as StepKind
 
 if TYPE_CHECKING:
     from kiln.access import Token as StoredToken
@@ -510,7 +511,7 @@ class CiStep(View):
     position: int
     stage: int
     name: str
-    kind: str
+    kind: StepKind
     state: StepState
     detail: str
     seconds: float | None

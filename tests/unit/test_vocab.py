@@ -115,3 +115,11 @@ def test_progress_stores_phases_as_text_and_reads_them_back():
     data = progress.data()
     assert data["phases"] == ["start", "before_traffic", "shift:0", "shift:1", "switch"]
     assert Progress.from_data(data) == progress
+
+
+def test_ci_step_kinds_are_the_stored_text():
+    from kiln.spec.pipeline import KINDS, Step, StepKind
+
+    assert values(StepKind) == ["bake", "run", "deploy", "promote", "smoke", "parallel"]
+    assert set(KINDS) <= set(values(StepKind))
+    assert Step.model_validate({"deploy": "staging"}).kind is StepKind.DEPLOY

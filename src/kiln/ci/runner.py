@@ -29,7 +29,7 @@ from kiln.ledger.db import now
 from kiln.ledger.kinds import RunState, StepState
 from kiln.secretstore import Masker, masker_for
 from kiln.spec.loader import LoadedSpec, find_spec, load_spec
-from kiln.spec.pipeline import Pipeline
+from kiln.spec.pipeline import Pipeline, StepKind
 
 POLL = 0.5
 
@@ -76,7 +76,7 @@ def execute_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
     cancelled = threading.Event()
     watching = threading.Event()
     threading.Thread(target=_watch_cancel, args=(store, run_id, cancelled, watching), daemon=True).start()
-    first = store.add_steps(run_id, [(0, 0, "checkout and bake", "bake", StepState.PENDING, "")])[0]
+    first = store.add_steps(run_id, [(0, 0, "checkout and bake", StepKind.BAKE, StepState.PENDING, "")])[0]
     store.set_step(first.id, StepState.RUNNING)
     log = StepLog(store, run_id, first.id, lambda s: s, ctx.out, "bake")
     work = ctx.settings.home / "ci" / "work" / f"run-{run_id}"

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.client import HTTPException
+from typing import assert_never
 from urllib.parse import urlsplit
 
 from kiln import probe, secretref
@@ -32,7 +33,7 @@ from kiln.providers.base import (
 )
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Base
-from kiln.spec.pipeline import Check, Sidecar, Step
+from kiln.spec.pipeline import Check, Sidecar, Step, StepKind
 
 POLL = 0.5
 
@@ -60,15 +61,19 @@ class StepContext:
 
 def execute(sc: StepContext, step: Step) -> str:
     kind = step.kind
-    if kind == "run":
-        return run_command(sc, step)
-    if kind == "deploy":
-        return deploy(sc, step.deploy or "")
-    if kind == "promote":
-        return promote(sc, step)
-    if kind == "smoke":
-        return smoke(sc, step.smoke or "", step.checks)
-    raise PipelineError(f"a {kind} step cannot run on its own")
+    match kind:
+        case StepKind.RUN:
+            return run_command(sc, step)
+        case StepKind.DEPLOY:
+            return deploy(sc, step.deploy or "")
+        case StepKind.PROMOTE:
+            return promote(sc, step)
+        case StepKind.SMOKE:
+            return smoke(sc, step.smoke or "", step.checks)
+        case StepKind.BAKE | StepKind.PARALLEL:
+            raise PipelineError(f"a {kind} step cannot run on its own")
+        case _:
+            assert_never(kind)
 
 
 # --- run: a command in a throwaway container of the baked image --------------------------------

@@ -19,6 +19,7 @@ from kiln.ledger.ci_schema import CiDeliveryRow, CiLogRow, CiRunRow, CiStepRow
 from kiln.ledger.db import changed, now
 from kiln.ledger.kinds import RunState, StepState
 from kiln.ledger.store import Ledger
+from kiln.spec.pipeline import StepKind
 
 ACTIVE = tuple(s for s in RunState if s.active)  # a run that holds its queue
 FINISHED = tuple(s for s in RunState if s.final)
@@ -51,7 +52,7 @@ class CiStep:
     position: int
     stage: int
     name: str
-    kind: str
+    kind: StepKind
     state: StepState
     detail: str
     started_at: datetime | None
@@ -70,7 +71,7 @@ def _run(row: CiRunRow) -> CiRun:
 
 
 def _step(row: CiStepRow) -> CiStep:
-    return CiStep(row.id, row.run_id, row.position, row.stage, row.name, row.kind, StepState(row.state), row.detail,
+    return CiStep(row.id, row.run_id, row.position, row.stage, row.name, StepKind(row.kind), StepState(row.state), row.detail,
                   row.started_at, row.finished_at)
 
 
@@ -174,10 +175,10 @@ class CiStore:
 
     # --- steps ----------------------------------------------------------------------------
 
-    def add_steps(self, run_id: int, steps: Iterable[tuple[int, int, str, str, StepState, str]]) -> list[CiStep]:
+    def add_steps(self, run_id: int, steps: Iterable[tuple[int, int, str, StepKind, StepState, str]]) -> list[CiStep]:
         """(position, stage, name, kind, state, detail) rows, in order."""
         with self.ledger.db.session() as s, s.begin():
-            rows = [CiStepRow(run_id=run_id, position=p, stage=st, name=n, kind=k, state=StepState(state), detail=d)
+            rows = [CiStepRow(run_id=run_id, position=p, stage=st, name=n, kind=StepKind(k), state=StepState(state), detail=d)
                     for p, st, n, k, state, d in steps]
             s.add_all(rows)
         return [_step(r) for r in rows]

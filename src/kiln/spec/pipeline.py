@@ -6,6 +6,7 @@ step's `Check` is spec/smoke.py's, shared with the rollout's smoke checks."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,7 +16,20 @@ from kiln.spec.durations import Duration
 from kiln.spec.hardening import Hardening
 from kiln.spec.smoke import Check
 
-KINDS = ("run", "deploy", "promote", "smoke", "parallel")
+
+class StepKind(StrEnum):
+    """What a pipeline step does. The value is its key in kiln.yaml, and what a run's step row
+    records (ci_steps.kind), with `bake` for the checkout-and-bake step every run starts with."""
+
+    BAKE = "bake"
+    RUN = "run"
+    DEPLOY = "deploy"
+    PROMOTE = "promote"
+    SMOKE = "smoke"
+    PARALLEL = "parallel"  # a group; its steps are recorded, never itself
+
+
+KINDS = ("run", "deploy", "promote", "smoke", "parallel")  # a step's keys, exactly one of which it gives
 RUN_ONLY = ("environment", "services", "timeout")
 
 
@@ -88,8 +102,8 @@ class Step(_Model):
         return Hardening(read_only=self.read_only, writable=self.writable)
 
     @property
-    def kind(self) -> str:
-        return next(k for k in KINDS if getattr(self, k) is not None)
+    def kind(self) -> StepKind:
+        return StepKind(next(k for k in KINDS if getattr(self, k) is not None))
 
     @property
     def title(self) -> str:
