@@ -10,10 +10,11 @@ import pytest
 
 from kiln import faults
 from kiln.errors import RolloutError
+from kiln.ledger.kinds import PAUSED, SUCCEEDED
 from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.fake import FakeEngine, FakeRouter
-from kiln.rollout.driver import PAUSED, SUCCEEDED, Driver, Progress
+from kiln.rollout.driver import Driver, Progress
 from kiln.rollout.executor import Executor, ExecutorOptions, Target
 from kiln.rollout.lock import Lease
 from kiln.rollout.strategy import phases

@@ -18,9 +18,9 @@ from kiln.context import Context
 from kiln.errors import FactsChanged, KilnError, LockHeld
 from kiln.ledger import kinds
 from kiln.ledger.db import now
+from kiln.ledger.kinds import PAUSED
 from kiln.ledger.releases import Release
 from kiln.providers.base import ContainerFacts, EngineEvent
-from kiln.rollout.driver import PAUSED
 from kiln.rollout.executor import Executor, ExecutorOptions, Target, events_journal
 from kiln.rollout.lock import AGENT, Held, hold
 from kiln.rollout.plan import Desired, Instance, plan

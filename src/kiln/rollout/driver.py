@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import assert_never
+from typing import Literal, assert_never
 
 from kiln import faults
 from kiln.errors import LedgerError, RolloutError
-from kiln.ledger.kinds import PAUSED, PHASES_DONE, STEP_PHASE, SUCCEEDED, ActionState, RolloutState
+from kiln.ledger.kinds import PHASES_DONE, STEP_PHASE, ActionState, RolloutState
 from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.base import ROLE_LABEL, ContainerFacts, Engine, Role
@@ -70,7 +70,7 @@ class Driver:
 
     # --- the phase loop -------------------------------------------------------------------
 
-    def run(self, progress: Progress) -> RolloutState:
+    def run(self, progress: Progress) -> Literal[RolloutState.SUCCEEDED, RolloutState.PAUSED]:
         """Run phases from progress.index on; returns SUCCEEDED or PAUSED (awaiting promotion)."""
         while progress.index < len(progress.phases):
             phase = progress.phases[progress.index]
@@ -78,14 +78,14 @@ class Driver:
             if phase.kind is PhaseKind.PROMOTION:
                 self.out.done(f"v{self.target.release.number} is healthy and waits on {self.target.cfg.preview_url}; "
                               "`kiln promote` switches traffic to it, `kiln rollback` drops it")
-                return PAUSED
+                return RolloutState.PAUSED
             self._check_abort()
             self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, str(phase), ActionState.STARTED)
             detail = self._phase(phase, progress)
             self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, str(phase), ActionState.DONE, detail)
             progress.index += 1
         self.ledger.rollouts.set_phase(self.rollout_id, PHASES_DONE, progress.data())
-        return SUCCEEDED
+        return RolloutState.SUCCEEDED
 
     def _phase(self, phase: Phase, progress: Progress) -> str:
         policy = progress.policy

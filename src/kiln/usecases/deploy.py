@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import assert_never
 
 from kiln import secretref
 from kiln.bake.baker import bake
@@ -21,11 +22,11 @@ from kiln.bake.vm import VmStore, bake_vm
 from kiln.context import Context
 from kiln.errors import KilnError, LedgerError, LockLost, PortInUse, RolloutError, UsageError
 from kiln.ledger import kinds
-from kiln.ledger.kinds import RolloutState
+from kiln.ledger.kinds import PAUSED, RolloutState
 from kiln.ledger.releases import Release
 from kiln.ledger.rollouts import Rollout
 from kiln.providers.base import HOOK, network_name, selector, short_image
-from kiln.rollout.driver import PAUSED, Driver, Progress
+from kiln.rollout.driver import Driver, Progress
 from kiln.rollout.executor import Executor, ExecutorOptions, Target
 from kiln.rollout.lock import Lease, hold
 from kiln.rollout.strategy import phases, resume_forward
@@ -327,13 +328,18 @@ def _continue(ctx: Context, lease: Lease, router: Router, rollout: Rollout, prog
             raise
         kept_msg = f"v{previous.number} keeps serving" if previous else "nothing was serving before"
         raise RolloutError(f"the rollout to v{release.number} was aborted: {reason}", f"{kept_msg}.") from None
-    if state == PAUSED:
-        ctx.ledger.rollouts.finish(rollout.id, PAUSED)
-        ctx.ledger.events.record(app, env, kinds.ROLLOUT_PAUSED, f"rollout {rollout.id}: v{release.number} waits for promotion")
-        return Outcome(release, changed=True, state=PAUSED)
-    ctx.ledger.rollouts.finish(rollout.id, kinds.SUCCEEDED)
-    ctx.ledger.events.record(app, env, kinds.ROLLOUT_SUCCEEDED, f"rollout {rollout.id}: v{release.number} serving")
-    return Outcome(release, changed=True)
+    match state:
+        case RolloutState.PAUSED:
+            ctx.ledger.rollouts.finish(rollout.id, state)
+            ctx.ledger.events.record(app, env, kinds.ROLLOUT_PAUSED,
+                                     f"rollout {rollout.id}: v{release.number} waits for promotion")
+            return Outcome(release, changed=True, state=state)
+        case RolloutState.SUCCEEDED:
+            ctx.ledger.rollouts.finish(rollout.id, state)
+            ctx.ledger.events.record(app, env, kinds.ROLLOUT_SUCCEEDED, f"rollout {rollout.id}: v{release.number} serving")
+            return Outcome(release, changed=True)
+        case _:
+            assert_never(state)
 
 
 def kept(ctx: Context, app: str, env: str) -> frozenset[str]:
