@@ -247,7 +247,7 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
     from kiln.providers.base import short_image
     from kiln.spec.sizes import format_size
     from kiln.usecases.observe import status as do_status
-    from kiln.views import utc
+    from kiln.views import RolloutState, utc
 
     _, cfg = _env_config(file, env)
     ctx = _ctx()
@@ -267,7 +267,7 @@ def status(file: SpecFile = DEFAULT_SPEC, env: EnvOpt = None, json: JsonOpt = Fa
                       *((i.node or "-",) if on_nodes else ()))
     ctx.out.print(table)
     for w in st.waiting:
-        hint = "`kiln promote` switches to it" if w.state == "paused" else "`kiln rollout resume` settles it"
+        hint = "`kiln promote` switches to it" if w.state == RolloutState.PAUSED else "`kiln rollout resume` settles it"
         ctx.out.print(f"[yellow]rollout {w.rollout} to v{w.release} is {w.state} ({w.phase}):[/] {hint}")
     for svc, lim in st.limits.items():
         ctx.out.print(f"limits of {svc}: memory {format_size(lim.memory)}, cpus {lim.cpus:g}, pids {lim.pids}")

@@ -13,6 +13,7 @@ import typer
 
 from kiln.cli_common import JsonOpt
 from kiln.cli_common import ctx_of as _ctx
+from kiln.cli_common import ctx_with_policy as _ctx_with_policy
 from kiln.errors import UsageError
 from kiln.output import Output
 from kiln.settings import Settings
@@ -43,15 +44,6 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
-def _with_policy(ctx, policy: Path | None):
-    """`ctx` with --policy FILE as its pipeline policy (runners it starts get it too)."""
-    if policy is not None:
-        from dataclasses import replace
-
-        ctx.settings = replace(ctx.settings, ci_policy=policy.expanduser().resolve())
-    return ctx
-
-
 # --- kiln ci ------------------------------------------------------------------------------------
 
 
@@ -71,7 +63,7 @@ def ci_run(
     from kiln import git
     from kiln.usecases import ci_runs
 
-    ctx = _with_policy(_ctx(quiet=json), policy)
+    ctx = _ctx_with_policy(policy, quiet=json)
     spec_path = file.resolve()
     root = git.repo_root(repo.resolve() if repo else spec_path.parent)
     try:
@@ -95,8 +87,9 @@ def ci_run(
 
 def _exit_for(run) -> None:
     from kiln.errors import PipelineError
+    from kiln.views import RunState
 
-    if run.state != "succeeded":
+    if run.state != RunState.SUCCEEDED:
         raise PipelineError(f"run {run.id} {run.state}" + (f": {run.reason}" if run.reason else "."),
                             f"`kiln ci logs {run.id}` has the full log.")
 
@@ -106,7 +99,7 @@ def ci_work(run_id: RunArg, policy: PolicyOpt = None) -> None:
     """Be the runner of a queued run (started detached by hooks, webhooks and --detach)."""
     from kiln.usecases import ci_runs
 
-    _exit_for(ci_runs.work(_with_policy(_ctx(), policy), run_id))
+    _exit_for(ci_runs.work(_ctx_with_policy(policy), run_id))
 
 
 @ci_app.command("list")
@@ -181,10 +174,11 @@ def ci_cancel(run_id: RunArg) -> None:
     """Cancel a run: a queued one never starts; a running one stops after killing its current
     command (a deploy in progress finishes or aborts on its own first)."""
     from kiln.usecases import ci_runs
+    from kiln.views import RunState
 
     ctx = _ctx()
     run = ci_runs.cancel(ctx, run_id)
-    ctx.out.done(f"run {run_id} cancelled" if run.state == "cancelled" else f"run {run_id} asked to stop")
+    ctx.out.done(f"run {run_id} cancelled" if run.state == RunState.CANCELLED else f"run {run_id} asked to stop")
 
 
 @ci_app.command("prune")
@@ -214,7 +208,7 @@ def policy_show(
     from kiln import git
     from kiln.ci.policy import trust_for
 
-    ctx = _with_policy(_ctx(quiet=json), policy)
+    ctx = _ctx_with_policy(policy, quiet=json)
     root = git.repo_root(repo.resolve() if repo else file.resolve().parent)
     try:
         spec = str(file.resolve().relative_to(root))

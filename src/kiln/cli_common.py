@@ -25,10 +25,22 @@ StrategyOpt = Annotated[Optional[str], typer.Option(
 DEFAULT_SPEC = Path("kiln.yaml")
 
 
-def ctx_of(quiet: bool = False) -> Context:
+def ctx_of(quiet: bool = False, settings: Settings | None = None) -> Context:
+    """A Context with `settings` (default: the environment's), made once per command."""
     from kiln.context import Context
 
-    return Context(Settings.from_env(), Output(quiet=quiet))
+    return Context(settings or Settings.from_env(), Output(quiet=quiet))
+
+
+def ctx_with_policy(policy: Path | None, quiet: bool = False):
+    """A Context whose settings name --policy FILE as the pipeline policy (runners it starts get
+    it too): the settings are made so before the Context is, never changed on it."""
+    settings = Settings.from_env()
+    if policy is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, ci_policy=policy.expanduser().resolve())
+    return ctx_of(quiet, settings)
 
 
 def load(path: Path) -> LoadedSpec:
@@ -58,12 +70,12 @@ def strategy_of(value: str | None) -> str | None:
 
 
 def report(ctx: Context, outcome: Outcome, app_name: str, env: str, took: float, json: bool) -> None:
-    from kiln.views import Report
+    from kiln.views import Report, RolloutState
 
     shown = Report(**Report.fields_of(outcome), app=app_name, env=env, seconds=round(took, 3))
     if json:
         ctx.out.json(shown)
-    elif shown.state == "paused":
+    elif shown.state == RolloutState.PAUSED:
         pass  # the rollout said where the release waits and how to promote it
     elif shown.changed:
         ctx.out.done(f"v{shown.release.number} of {app_name}/{env} is serving at {shown.url} ({took:.1f}s)")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from kiln.cli_common import JsonOpt
+from kiln.cli_common import JsonOpt, ctx_with_policy
 from kiln.cli_common import ctx_of as _ctx
 from kiln.errors import UsageError
 
@@ -95,12 +95,11 @@ def serve(
     pushed ref (401 and nothing runs when the check fails)."""
     import uvicorn
 
-    from kiln.cli_ci import _with_policy
     from kiln.server.app import make_app
     from kiln.server.plane import Plane
     from kiln.spec.loader import find_spec
 
-    ctx = _with_policy(_ctx(), policy)
+    ctx = ctx_with_policy(policy)
     files = [find_spec(f) for f in file] if file else ([Path("kiln.yaml")] if Path("kiln.yaml").is_file() else [])
     plane = Plane(ctx, files)
     config = _webhooks(ctx, repo, spec, github_secret, gitlab_secret) if repo else None

@@ -5,7 +5,6 @@ nor a database."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -34,7 +33,6 @@ class Context:
     out: Output
     engines: Callable[[str], Engine] | None = None  # engine by name; default: open_engine
     routers: RouterFactory | None = None  # default: an HAProxy router per environment
-    lost_lock: threading.Event | None = None  # set when the environment lock this command holds is lost
     _ledger: Ledger | None = field(default=None, repr=False)
     _open: dict[str, Engine] = field(default_factory=dict, repr=False)
 

@@ -16,6 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+# The stored vocabularies a view carries, for the front ends (which import nothing of the ledger).
+from kiln.ledger.kinds import ActionState as ActionState
+from kiln.ledger.kinds import RolloutState as RolloutState
+from kiln.ledger.kinds import RunState as RunState
+from kiln.ledger.kinds import StepState as StepState
+from kiln.spec.pipeline import StepKind as StepKind
+
 if TYPE_CHECKING:
     from kiln.access import Token as StoredToken
     from kiln.bake.vm import VmImage as StoredVmImage
@@ -112,7 +119,7 @@ class Rollout(View):
     from_release: int | None = Field(alias="from")
     to_release: int = Field(alias="to")
     strategy: str
-    state: str
+    state: RolloutState
     phase: str
     reason: str
     started_at: Time
@@ -134,7 +141,7 @@ class Step(View):
 
     action: str
     target: str
-    state: str
+    state: ActionState
     detail: str
     at: Time
     seconds: float | None = None
@@ -210,7 +217,7 @@ class Waiting(View):
 
     rollout: int
     release: int
-    state: str
+    state: RolloutState
     phase: str
 
 
@@ -360,7 +367,7 @@ class Outcome(View):
 
     release: Release
     changed: bool
-    state: str  # succeeded, or paused (a blue-green release waits for promotion)
+    state: RolloutState  # succeeded, or paused (a blue-green release waits for promotion)
     url: str
     preview_url: str | None
 
@@ -484,7 +491,7 @@ class CiRun(View):
     ref: str
     commit: str
     trigger: str
-    state: str
+    state: RunState
     reason: str
     image: str | None
     repo: str
@@ -504,8 +511,8 @@ class CiStep(View):
     position: int
     stage: int
     name: str
-    kind: str
-    state: str
+    kind: StepKind
+    state: StepState
     detail: str
     seconds: float | None
 

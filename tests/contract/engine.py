@@ -32,6 +32,7 @@ from kiln.agent.drift import changed_files
 from kiln.errors import EngineError
 from kiln.providers.base import HOOK, INSTANCE, ROUTER, ContainerSpec, Engine, Limits, router_name
 from kiln.providers.kind import CONTAINER_IMAGE, EngineKind
+from kiln.spec.hardening import Hardening
 from kiln.spec.models import HealthCheck
 
 PORT = 8000
@@ -156,18 +157,18 @@ class EngineContract(EngineFixtures):
 
     def test_hardening_is_what_the_spec_says_as_the_engine_enforces_it(self, engine, released, net, names):
         name = names("hard")
-        spec = self.spec(name, released, net, self.serve_argv, writable=("/tmp", "/var/cache"),
+        spec = self.spec(name, released, net, self.serve_argv, hardening=Hardening(writable=("/tmp", "/var/cache")),
                          environment={"GREETING": "hi"})
         engine.start(spec)
         want = engine.enforceable(spec)
         d = engine.details(name)
         assert d is not None
-        assert d.read_only and want.read_only and d.cap_drop == ("ALL",) and d.cap_add == () and not d.privileged
-        assert d.security_opt == (("no-new-privileges:true",) if want.no_new_privileges else ())
-        assert d.tmpfs == tuple(sorted(want.writable)) and d.mounts == ()
+        assert d.read_only and want.hardening.read_only and d.cap_drop == ("ALL",) and d.cap_add == () and not d.privileged
+        assert d.security_opt == (("no-new-privileges:true",) if want.hardening.no_new_privileges else ())
+        assert d.tmpfs == tuple(sorted(want.hardening.writable)) and d.mounts == ()
         assert d.env["GREETING"] == "hi"
         changes = engine.changes(name)  # the engine's own init binary may show; nothing else can write
-        assert changed_files(changes, want.writable) == [], changes
+        assert changed_files(changes, want.hardening.writable) == [], changes
         assert engine.details(names("none")) is None
 
     def test_details_report_the_limits_the_container_started_with(self, engine, released, net, names):

@@ -32,6 +32,7 @@ from kiln.providers.base import ContainerFacts, ContainerSpec, Engine, network_n
 from kiln.router.base import Router
 from kiln.router.config import backend_name
 from kiln.router.haproxy_api import FULL_WEIGHT, ServerStat
+from kiln.spec.hardening import Hardening
 from kiln.spec.loader import parse_spec
 from kiln.spec.resolve import EnvConfig, resolve
 
@@ -65,7 +66,7 @@ def instance_spec(cfg: EnvConfig, name: str, image: str, command: tuple[str, ...
                   labels: dict[str, str] | None = None) -> ContainerSpec:
     return ContainerSpec(name=name, image=image, network=network_name(cfg.app, cfg.env),
                          labels=labels or selector(cfg.app, cfg.env, "instance"), command=command,
-                         writable=("/tmp",), stop_grace_period=1)
+                         hardening=Hardening(writable=("/tmp",)), stop_grace_period=1)
 
 
 class Killed(BaseException):

@@ -8,6 +8,7 @@ from kiln.agent.drift import changed_files, exec_detail, taints
 from kiln.agent.guard import GONE, UNROUTED, halted, judge, limit
 from kiln.providers.base import ContainerDetails, ContainerFacts, ContainerSpec, Limits
 from kiln.rollout.plan import FULL, Instance
+from kiln.spec.hardening import Hardening
 from kiln.spec.models import Meltdown
 
 WEB = "web"
@@ -63,7 +64,7 @@ def test_halted_once_failures_exceed_the_limit():
 
 
 SPEC = ContainerSpec(name="i", image="sha256:aaa", network="n", labels={"kiln.release": "1", "kiln.config": "c"},
-                     environment={"PORT": "8000", "TOKEN": "s3cret"}, writable=("/tmp",), user="65534")
+                     environment={"PORT": "8000", "TOKEN": "s3cret"}, hardening=Hardening(user="65534", writable=("/tmp",)))
 FACTS = ContainerFacts(id="x", name="i", image="sha256:aaa", labels={"kiln.release": "1", "kiln.config": "c",
                                                                       "kiln.test": "extra"},
                        state="running", health=None, ip="10.0.0.2", exit_code=None)

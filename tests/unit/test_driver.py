@@ -10,11 +10,13 @@ import pytest
 
 from kiln import faults
 from kiln.errors import RolloutError
+from kiln.ledger.kinds import PAUSED, SUCCEEDED
 from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.fake import FakeEngine, FakeRouter
-from kiln.rollout.driver import PAUSED, SUCCEEDED, Driver, Progress
-from kiln.rollout.executor import Executor, Target
+from kiln.rollout.driver import Driver, Progress
+from kiln.rollout.executor import Executor, ExecutorOptions, Target
+from kiln.rollout.lock import Lease
 from kiln.rollout.strategy import phases
 from kiln.spec.loader import parse_spec
 from kiln.spec.models import RolloutPolicy
@@ -54,7 +56,8 @@ def world(tmp_path):
                             0, policy)
         rollout = ledger.rollouts.start("shop", "prod", previous, target.release.number, policy.strategy,
                                        progress.data())
-        ex = Executor(runtime, router, ledger, Output(quiet=True), rollout.id, probe=lambda svc, c: runtime.healthy(c.name))
+        ex = Executor(runtime, router, ledger, Output(quiet=True),
+                      ExecutorOptions(rollout_id=rollout.id, probe=lambda svc, c: runtime.healthy(c.name)))
         driver = Driver(runtime, router, ledger, Output(quiet=True), rollout.id, target, ex)
         state = driver.run(progress)  # a kill inside leaves the rollout `running`, as a real one would
         ledger.rollouts.finish(rollout.id, state)
@@ -147,9 +150,9 @@ def kill_at(point: str):
 
 def settle_now(runtime, router, ledger) -> None:
     """What the next kiln does first: settle the rollouts a killed one left running."""
-    ctx = SimpleNamespace(engine_for=lambda cfg: runtime, ledger=ledger, out=Output(quiet=True), lost_lock=None,
+    ctx = SimpleNamespace(engine_for=lambda cfg: runtime, ledger=ledger, out=Output(quiet=True),
                           secret=lambda name: None)
-    settle(ctx, router)
+    settle(ctx, Lease(), router)
 
 
 def by_instance(log: list[tuple[str, str]], name: str) -> list[str]:

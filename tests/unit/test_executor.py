@@ -9,7 +9,8 @@ from kiln.ledger.releases import Release
 from kiln.ledger.store import Ledger
 from kiln.output import Output
 from kiln.providers.fake import FakeEngine, FakeRouter
-from kiln.rollout.executor import Executor, Target
+from kiln.rollout.executor import Executor, ExecutorOptions, Target
+from kiln.rollout.lock import Lease
 from kiln.spec.loader import parse_spec
 from kiln.spec.resolve import resolve
 
@@ -44,10 +45,10 @@ def world(tmp_path):
                                      config=cfg.model_dump(mode="json"), config_digest=cfg.digest(),
                                      spec_digest="s", commit=None, dirty=False)
 
-    def executor() -> Executor:
+    def executor(known: tuple[Target, ...] = ()) -> Executor:
         rollout = ledger.rollouts.start("shop", "prod", None, 1, "rolling")
-        return Executor(runtime, router, ledger, Output(quiet=True), rollout.id,
-                        probe=lambda svc, c: runtime.healthy(c.name))
+        return Executor(runtime, router, ledger, Output(quiet=True),
+                        ExecutorOptions(rollout_id=rollout.id, known=known, probe=lambda svc, c: runtime.healthy(c.name)))
 
     return runtime, router, ledger, release, executor
 
@@ -103,8 +104,7 @@ def test_a_release_that_exits_aborts_and_the_previous_one_keeps_serving(world):
     v1_instances = names(runtime, 1)
     v2 = release("sha256:2")
     runtime.crash_on_start.add(2)
-    ex = executor()
-    ex.targets[1] = Target.of(v1)
+    ex = executor(known=(Target.of(v1),))
     with pytest.raises(RolloutError, match="exited"):
         ex.converge(Target.of(v2))
     assert set(router.added) == serving  # the router was never touched
@@ -152,7 +152,7 @@ def test_a_lost_lock_stops_the_executor_before_it_acts(world):
     lost = threading.Event()
     lost.set()
     rollout = ledger.rollouts.start("shop", "prod", None, 1, "rolling")
-    ex = Executor(runtime, router, ledger, Output(quiet=True), rollout.id, lost_lock=lost)
+    ex = Executor(runtime, router, ledger, Output(quiet=True), ExecutorOptions(rollout_id=rollout.id, lease=Lease(lost)))
     with pytest.raises(LockLost, match="lost the environment's lock"):
         ex.converge(Target.of(release("sha256:1")))
     assert not runtime.specs and not router.added  # nothing was started or routed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kiln.rollout.instances import instance_labels, instance_spec, new_instance_name
+from kiln.spec.hardening import Hardening
 from kiln.spec.loader import parse_spec
 from kiln.spec.resolve import resolve
 
@@ -42,11 +43,7 @@ def cfg():
 
 def test_hardened_defaults(cfg):
     spec = instance_spec(cfg, cfg.service("web"), 7, "sha256:img", NAME)
-    assert spec.read_only is True
-    assert spec.no_new_privileges is True
-    assert spec.cap_add == ()
-    assert spec.writable == ("/tmp",)
-    assert spec.user is None
+    assert spec.hardening == Hardening(user=None, read_only=True, writable=("/tmp",), cap_add=(), no_new_privileges=True)
     assert spec.publish == {}  # only the router publishes a port
     assert spec.binds == {}  # no host paths, no Docker socket
     assert spec.restart is False
@@ -111,12 +108,24 @@ def test_default_tcp_healthcheck_runs_no_command():
 
 def test_relaxations_flow_through(cfg):
     spec = instance_spec(cfg, cfg.service("worker"), 1, "sha256:img", "n")
-    assert spec.read_only is False
-    assert spec.no_new_privileges is False
-    assert spec.cap_add == ("NET_RAW",)
-    assert spec.writable == ("/tmp", "/var/cache/app")
-    assert spec.user == "65534"
+    assert spec.hardening == Hardening(user="65534", read_only=False, writable=("/tmp", "/var/cache/app"),
+                                       cap_add=("NET_RAW",), no_new_privileges=False)
     assert spec.stop_grace_period == 30.0
+
+
+def test_hardening_is_one_value_from_the_record_to_the_container(cfg):
+    """The release records the flat fields (its JSON form and digest are as before); the one
+    Hardening value is derived from them, and the container spec carries it whole."""
+    worker = cfg.service("worker")
+    recorded = cfg.model_dump(mode="json")["services"][1]
+    assert "hardening" not in recorded
+    assert {k: recorded[k] for k in ("user", "read_only", "writable", "cap_add", "no_new_privileges")} == {
+        "user": "65534", "read_only": False, "writable": ["/tmp", "/var/cache/app"], "cap_add": ["NET_RAW"],
+        "no_new_privileges": False}
+    assert instance_spec(cfg, worker, 1, "sha256:img", "n").hardening == worker.hardening
+    assert worker.relaxed() == worker.hardening.relaxed() == [
+        ("read_only", "read_only: false"), ("no_new_privileges", "no_new_privileges: false"),
+        ("cap_add", "cap_add: NET_RAW"), ("writable", "writable: /var/cache/app")]
 
 
 def test_new_instance_names_are_unique_and_descriptive(cfg):

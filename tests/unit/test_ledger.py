@@ -296,7 +296,7 @@ def test_stored_names_keep_their_values():
     assert {k: v for k, v in vars(kinds).items() if k.isupper() and isinstance(v, str)} == {
         "RUNNING": "running", "PAUSED": "paused", "SUCCEEDED": "succeeded", "ABORTED": "aborted",
         "STEP_START": "Start", "STEP_AWAIT_HEALTHY": "AwaitHealthy", "STEP_ROUTE": "Route",
-        "STEP_UNROUTE": "Unroute", "STEP_REMOVE": "Remove", "STEP_PHASE": "Phase",
+        "STEP_UNROUTE": "Unroute", "STEP_REMOVE": "Remove", "STEP_PHASE": "Phase", "PHASES_DONE": "done",
         "ROLLOUT_STARTED": "rollout.started", "ROLLOUT_RESUMED": "rollout.resumed",
         "ROLLOUT_PAUSED": "rollout.paused", "ROLLOUT_SUCCEEDED": "rollout.succeeded",
         "ROLLOUT_ABORTED": "rollout.aborted", "API_ACTION": "api.action", "API_ACTION_FAILED": "api.action.failed",

@@ -476,7 +476,7 @@ def test_what_the_protected_branch_gives_an_environment_a_branch_may_give_it_too
     assert ok.state == "succeeded", ok.reason
     staging_web = [s for s in w.engine.specs.values() if s.labels.get("kiln.env") == "staging"
                    and s.labels.get("kiln.service") == "web" and s.labels.get("kiln.role") == "instance"]
-    assert staging_web and all(s.cap_add == ("NET_BIND_SERVICE",) and s.user == "0" for s in staging_web)
+    assert staging_web and all(s.hardening.cap_add == ("NET_BIND_SERVICE",) and s.hardening.user == "0" for s in staging_web)
     path.write_text(path.read_text().replace("cap_add: [NET_BIND_SERVICE]", "cap_add: [NET_BIND_SERVICE, CHOWN]"))
     more = repo.run("refs/heads/feature/more", repo.push("feature/more"))
     path.write_text(original)

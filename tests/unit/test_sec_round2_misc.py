@@ -25,6 +25,7 @@ from kiln.errors import UsageError
 from kiln.ledger.ci_store import CiStore
 from kiln.providers.base import SIDECAR_LIMITS, STEP_LIMITS, ContainerSpec
 from kiln.providers.docker_api import create_args
+from kiln.spec.hardening import Hardening
 from kiln.spec.pipeline import Step
 from unit.world import World
 
@@ -92,8 +93,8 @@ def run_step(w: World, step: dict[str, object]) -> dict[str, ContainerSpec]:
 
 
 def assert_hardened(spec: ContainerSpec, read_only: bool, writable: tuple[str, ...], limits: object) -> None:
-    assert (spec.read_only, spec.writable, spec.limits) == (read_only, writable, limits), spec.name
-    assert spec.cap_add == () and spec.no_new_privileges and spec.user is None, spec.name
+    assert spec.hardening == Hardening(read_only=read_only, writable=writable), spec.name  # no cap, no-new-privs, no user
+    assert spec.limits == limits, spec.name
     assert not (spec.publish or spec.binds or spec.ro_binds or spec.devices), spec.name
     args = create_args(spec, {}, spec.environment)  # what dockerd is asked for
     assert args["read_only"] is read_only and set(args["tmpfs"]) == set(writable), spec.name

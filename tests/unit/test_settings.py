@@ -69,3 +69,16 @@ def test_bad_extra_labels(text):
     assert info.value.exit_code == 2
     assert "KILN_EXTRA_LABELS" in info.value.message
     assert info.value.hint
+
+
+def test_a_policy_option_makes_the_context_with_it_from_the_start(monkeypatch, tmp_path):
+    """`kiln ci run/work/policy show --policy FILE` and `kiln serve --policy FILE`: the settings
+    name the file before the Context is made (no Context is changed per command)."""
+    from kiln.cli_common import ctx_with_policy
+
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "k"))
+    monkeypatch.setenv("KILN_CI_POLICY", str(tmp_path / "from-env.yaml"))
+    monkeypatch.chdir(tmp_path)
+    assert ctx_with_policy(None).settings.ci_policy == tmp_path / "from-env.yaml"
+    ctx = ctx_with_policy(tmp_path.joinpath("p.yaml").relative_to(tmp_path), quiet=True)
+    assert ctx.settings.ci_policy == tmp_path / "p.yaml" and ctx.out.quiet

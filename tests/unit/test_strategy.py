@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from kiln.rollout.plan import FULL, AwaitHealthy, Desired, Instance, Route, Start, plan
-from kiln.rollout.strategy import Sample, canary_weights, count, judge, phases, resume_forward
+from kiln.rollout.strategy import (
+    Phase,
+    Sample,
+    canary_weights,
+    count,
+    judge,
+    phases,
+    resume_forward,
+)
 from kiln.spec.models import Analysis, RolloutPolicy
 
 WEB = "web"
@@ -16,24 +24,29 @@ def serving(name: str, release: int, weight: int = FULL) -> Instance:
     return Instance(name, WEB, release, running=True, ready=True, in_router=True, weight=weight)
 
 
+def names(phase_list: list[Phase]) -> list[str]:
+    """The phases as the ledger stores them."""
+    return [str(p) for p in phase_list]
+
+
 # --- phases ---------------------------------------------------------------------------------------
 
 
 def test_rolling_phases():
-    assert phases(RolloutPolicy(), False, False) == ["roll"]
-    assert phases(RolloutPolicy(), True, True) == ["before_traffic", "roll", "after_traffic"]
+    assert names(phases(RolloutPolicy(), False, False)) == ["roll"]
+    assert names(phases(RolloutPolicy(), True, True)) == ["before_traffic", "roll", "after_traffic"]
 
 
 def test_blue_green_phases():
     policy = RolloutPolicy(strategy="blue-green", smoke=({"path": "/health"},))
-    assert phases(policy, False, False) == ["start", "smoke", "switch"]
+    assert names(phases(policy, False, False)) == ["start", "smoke", "switch"]
     manual = policy.model_copy(update={"promote": "manual"})
-    assert phases(manual, True, False) == ["start", "before_traffic", "smoke", "promotion", "switch"]
+    assert names(phases(manual, True, False)) == ["start", "before_traffic", "smoke", "promotion", "switch"]
 
 
 def test_canary_phases_one_shift_per_step_below_100():
     policy = RolloutPolicy(strategy="canary", steps=({"weight": 10}, {"weight": 50}, {"weight": 100}))
-    assert phases(policy, False, True) == ["start", "shift:0", "shift:1", "switch", "after_traffic"]
+    assert names(phases(policy, False, True)) == ["start", "shift:0", "shift:1", "switch", "after_traffic"]
 
 
 @pytest.mark.parametrize(("phase_list", "reached", "forward"), [
@@ -46,7 +59,7 @@ def test_canary_phases_one_shift_per_step_below_100():
     (["start", "switch"], 2, True),  # all phases ran; only the bookkeeping is missing
 ])
 def test_interrupted_rollouts_are_completed_after_the_switch_and_undone_before(phase_list, reached, forward):
-    assert resume_forward(phase_list, reached) is forward
+    assert resume_forward([Phase.parse(p) for p in phase_list], reached) is forward
 
 
 # --- surge and unavailable counts ------------------------------------------------------------------

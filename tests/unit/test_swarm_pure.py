@@ -17,13 +17,15 @@ from kiln.providers.swarm import (
     service_facts,
     tcp_argv,
 )
+from kiln.spec.hardening import Hardening
 from kiln.spec.loader import parse_spec
 from kiln.spec.resolve import resolve
 
 SPEC = ContainerSpec(
     name="kiln-shop-prod-web-v3-abc123", image="10.77.0.1:5000/kiln/shop@sha256:" + "a" * 64,
     network="kiln-shop-prod", labels={"kiln.app": "shop", "kiln.env": "prod", "kiln.role": "instance"},
-    command=("python3", "app.py"), environment={"PORT": "8000"}, writable=("/tmp",), user="65534",
+    command=("python3", "app.py"), environment={"PORT": "8000"},
+    hardening=Hardening(user="65534", writable=("/tmp",)),
     stop_grace_period=7.5, limits=Limits(memory=256 * 1024**2, cpus=0.5, pids=128),
     constraints=("node.labels.pool == web",))
 

@@ -31,6 +31,7 @@ from kiln.providers.qemu import (
     qemu_argv,
 )
 from kiln.spec.checks import spec_problems
+from kiln.spec.hardening import Hardening
 from kiln.spec.models import Base, Service, Spec, VmBuild
 from kiln.spec.resolve import resolve
 
@@ -132,14 +133,14 @@ def test_qemu_argv_forwards_the_service_port_and_sizes_the_guest() -> None:
 def test_launcher_spec_hardens_the_launcher_and_moves_the_environment_into_the_seed() -> None:
     spec_ = ContainerSpec(name="kiln-hello-vmtest-web-v1-abc", image="kiln-vm/hello@sha256:" + "1" * 64,
                           network="kiln-hello-vmtest", labels={"kiln.service": "web", "kiln.role": "instance"},
-                          environment={"PORT": "8000", "SECRET": "secret:TOKEN"}, user="65534", cap_add=("NET_ADMIN",),
+                          environment={"PORT": "8000", "SECRET": "secret:TOKEN"},
+                          hardening=Hardening(user="65534", cap_add=("NET_ADMIN",)),
                           limits=Limits(memory=512 * 1024**2, cpus=1.0, pids=512))
     got = launcher_spec(spec_, Path("/home/vm/abc"), "sha256:launcher", 'PORT="8000"\n', "tcg")
     assert got.image == "sha256:launcher" and got.labels[IMAGE_LABEL] == spec_.image
-    assert got.read_only and got.no_new_privileges and got.cap_add == () and got.user is None
+    assert got.hardening == Hardening(writable=(VM_RUN,))  # read-only, no-new-privileges, no capability, no user
     assert got.environment == {"KILN_VM_SERVICE": "web", "KILN_VM_ENV": 'PORT="8000"\n'}
     assert got.ro_binds == {"/home/vm/abc": IMAGE_DIR} and got.binds == {}
-    assert got.writable == (VM_RUN,)
     assert got.limits.memory == 512 * 1024**2 + QEMU_OVERHEAD
     assert got.command[:2] == ("/bin/sh", "-c") and got.command[3:5] == ("kiln-launch", "qemu-system-x86_64")
     assert "hostfwd=tcp::8000-:8000" in " ".join(got.command)

@@ -29,7 +29,7 @@ def taints(expected: ContainerSpec, image_env: dict[str, str], facts: ContainerF
     if changed:
         reasons.append("environment differs from its release: " + ", ".join(changed))
     reasons += _hardening(expected, details)
-    files = changed_files(changes, expected.writable)
+    files = changed_files(changes, expected.hardening.writable)
     if files:
         more = f" (+{len(files) - SHOWN} more)" if len(files) > SHOWN else ""
         reasons.append(f"filesystem changed: {', '.join(files[:SHOWN])}{more}")
@@ -38,25 +38,28 @@ def taints(expected: ContainerSpec, image_env: dict[str, str], facts: ContainerF
 
 
 def _hardening(expected: ContainerSpec, d: ContainerDetails) -> list[str]:
+    """The container's confinement against its release's `Hardening` (and what every kiln
+    container gets: all capabilities dropped, not privileged, no mounts), and its limits."""
+    h = expected.hardening
     out = []
-    if d.read_only != expected.read_only:
-        out.append(f"read-only root filesystem is {d.read_only}, its release says {expected.read_only}")
+    if d.read_only != h.read_only:
+        out.append(f"read-only root filesystem is {d.read_only}, its release says {h.read_only}")
     if "ALL" not in d.cap_drop:
         out.append("capabilities are not all dropped")
-    if sorted(d.cap_add) != sorted(expected.cap_add):
-        out.append(f"capabilities added: {', '.join(d.cap_add) or 'none'}, its release adds {', '.join(expected.cap_add) or 'none'}")
+    if sorted(d.cap_add) != sorted(h.cap_add):
+        out.append(f"capabilities added: {', '.join(d.cap_add) or 'none'}, its release adds {', '.join(h.cap_add) or 'none'}")
     nnp = any(o.startswith("no-new-privileges") and not o.endswith("false") for o in d.security_opt)
-    if nnp != expected.no_new_privileges:
-        out.append(f"no-new-privileges is {nnp}, its release says {expected.no_new_privileges}")
+    if nnp != h.no_new_privileges:
+        out.append(f"no-new-privileges is {nnp}, its release says {h.no_new_privileges}")
     if d.privileged:
         out.append("runs privileged")
-    if sorted(d.tmpfs) != sorted(expected.writable):
-        out.append(f"tmpfs mounts {', '.join(d.tmpfs) or 'none'}, its release declares {', '.join(expected.writable) or 'none'}")
+    if sorted(d.tmpfs) != sorted(h.writable):
+        out.append(f"tmpfs mounts {', '.join(d.tmpfs) or 'none'}, its release declares {', '.join(h.writable) or 'none'}")
     if d.mounts:
         out.append(f"mounts {', '.join(d.mounts)}, its release mounts nothing")
     out += _limits(expected, d)
-    if expected.user is not None and d.user != expected.user:  # without one, the image's USER applies
-        out.append(f"runs as user {d.user or 'root'}, its release says {expected.user}")
+    if h.user is not None and d.user != h.user:  # without one, the image's USER applies
+        out.append(f"runs as user {d.user or 'root'}, its release says {h.user}")
     return out
 
 

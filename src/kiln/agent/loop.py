@@ -27,7 +27,7 @@ from kiln.context import DEFAULT_ENGINE, Context
 from kiln.errors import EngineError, KilnError, LockHeld
 from kiln.ledger import kinds
 from kiln.ledger.db import now
-from kiln.providers.base import EngineEvent, selector
+from kiln.providers.base import EngineEvent, Role, selector
 from kiln.rollout.lock import Held, hold, lease_name
 from kiln.router.haproxy_api import ServerStat
 from kiln.spec.models import AgentPolicy
@@ -196,9 +196,9 @@ class Agent:
             watching = self.reconcilers.get(env)
             if watching is None:
                 continue
-            if item.label("role") == "instance" and watching.note(item):
+            if item.label("role") == Role.INSTANCE and watching.note(item):
                 due[env] = 0.0
-            elif item.label("role") == "router" and item.action in ("die", "destroy"):
+            elif item.label("role") == Role.ROUTER and item.action in ("die", "destroy"):
                 due[env] = 0.0
 
     def _watch(self, stop: threading.Event, engine: str) -> None:

@@ -18,10 +18,10 @@ from kiln.context import Context
 from kiln.errors import FactsChanged, KilnError, LockHeld
 from kiln.ledger import kinds
 from kiln.ledger.db import now
+from kiln.ledger.kinds import PAUSED
 from kiln.ledger.releases import Release
 from kiln.providers.base import ContainerFacts, EngineEvent
-from kiln.rollout.driver import PAUSED
-from kiln.rollout.executor import Executor, Target, events_journal
+from kiln.rollout.executor import Executor, ExecutorOptions, Target, events_journal
 from kiln.rollout.lock import AGENT, Held, hold
 from kiln.rollout.plan import Desired, Instance, plan
 from kiln.spec.models import AgentPolicy
@@ -81,11 +81,7 @@ class Reconciler:
             return ""
         try:
             with hold(ctx.ledger, self.app, self.env, AGENT) as held:
-                ctx.lost_lock = held.lost
-                try:
-                    return self._pass(release, held)
-                finally:
-                    ctx.lost_lock = None
+                return self._pass(release, held)
         except LockHeld as exc:
             return "" if exc.lock.reason == AGENT else f"left alone: {exc.lock.holder} is changing it ({exc.lock.reason})"
 
@@ -102,28 +98,25 @@ class Reconciler:
             self._event(kinds.AGENT_ROUTER, f"router {router.name} was {facts.state if facts else 'missing'}; restarted it")
             said.append("restarted the router")
         if any(r.state != PAUSED for r in ctx.ledger.rollouts.unfinished(app, env)):
-            settle(ctx, router, drop_paused=False)
+            settle(ctx, held.lease, router, drop_paused=False)
             return "settled a rollout a killed kiln left unfinished"
         if mem.fresh:
             mem.execs = {**recent_execs(engine, app, env), **mem.execs}
 
         target = Target.of(release)
-        # A suspect (failing its check for the first time) is judged on the next pass; until then
-        # it counts as ready, so that this pass neither waits for its health nor replaces it.
-        doubted: set[str] = set()
-        executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=held.lost, journal=events_journal(ctx.ledger, app, env),
-                            probe=lambda svc, c: c.name in doubted or engine.probe(c, svc.healthcheck, svc.port),
-                            secrets=ctx.secret)
-        executor.watch = lambda seen: self._unchanged(executor, seen)
-        executor.goal = target  # instances of an equal release (a rollback onto them) count as current
-        executor.targets[release.number] = target
-        listed = executor.containers()
+        # Instances of an equal release (a rollback onto them) count as current: the goal from the start.
+        options = ExecutorOptions(known=(target,), goal=target, lease=held.lease,
+                                  journal=events_journal(ctx.ledger, app, env), secrets=ctx.secret)
+        looking = Executor(engine, router, ctx.ledger, ctx.out, options)  # observes only, before any judgement
+        listed = looking.containers()
         keep = kept(ctx, app, env) | self._paused_instances(listed)
         containers = {c.name: c for c in listed if c.name not in keep}
-        facts_now = [i for i in executor.observe() if i.name not in keep]
+        facts_now = [i for i in looking.observe() if i.name not in keep]
 
         health = judge(facts_now, cfg.public_service.name if cfg.public_service else None, mem.suspects)
-        doubted |= health.suspects
+        # A suspect (failing its check for the first time) is judged on the next pass; until then
+        # it counts as ready, so that this pass neither waits for its health nor replaces it.
+        doubted = health.suspects
         self._record_failures(health)
         tainted = inspect(ctx, engine, app, env, [c for n, c in containers.items() if n not in health.failed], mem.execs)
         self._record_taints(tainted)
@@ -131,8 +124,13 @@ class Reconciler:
         if self._halted(cfg):
             return ""  # said once, when the guard tripped; `kiln status` keeps saying it
 
-        executor.failed = set(health.failed)
-        executor.tainted = set(tainted) if self.policy.drift == "replace" else set()
+        # The judgement goes into the executor that acts on it; its watch stops it at a failure
+        # it was not told of (it reads the executor's own started instances as it goes).
+        executor: Executor = Executor(engine, router, ctx.ledger, ctx.out, replace(
+            options, failed=frozenset(health.failed),
+            tainted=frozenset(tainted) if self.policy.drift == "replace" else frozenset(),
+            probe=lambda svc, c: c.name in doubted or engine.probe(c, svc.healthcheck, svc.port),
+            watch=lambda seen: self._unchanged(executor, seen)))
         desired = target.desired(keep=keep)
         # Planned from the facts judged above: an instance that died since is left to the next pass.
         marked = [replace(i, running=i.running and i.name not in executor.failed, tainted=i.name in executor.tainted,

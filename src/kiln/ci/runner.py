@@ -24,11 +24,12 @@ from kiln.ci.steps import Cancelled, StepContext, execute
 from kiln.ci.trust import asks
 from kiln.context import Context
 from kiln.errors import KilnError, PipelineError, PolicyRefused, UsageError
-from kiln.ledger.ci_store import CiRun, CiStore
+from kiln.ledger.ci_store import ACTIVE, CiRun, CiStore
 from kiln.ledger.db import now
+from kiln.ledger.kinds import RunState, StepState
 from kiln.secretstore import Masker, masker_for
 from kiln.spec.loader import LoadedSpec, find_spec, load_spec
-from kiln.spec.pipeline import Pipeline
+from kiln.spec.pipeline import Pipeline, StepKind
 
 POLL = 0.5
 
@@ -45,14 +46,14 @@ def wait_and_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
         run = store.run(run_id)
         if run is None:
             raise PipelineError(f"there is no run {run_id}.", "`kiln ci list` shows the runs.")
-        if run.state != "queued":
+        if run.state != RunState.QUEUED:
             return run
         if store.claim(run_id, worker_id(), ctx.settings.ci_max_runs):
             return execute_run(ctx, store, run_id)
         active = store.active_in_queue(run.queue)
         for other in active:
             if _dead(other.worker):
-                store.set_state(other.id, "failed", f"its runner ({other.worker}) is gone", only_from=("running", "waiting"))
+                store.set_state(other.id, RunState.FAILED, f"its runner ({other.worker}) is gone", only_from=ACTIVE)
             elif not said:
                 ctx.out.step(f"run {run_id} waits for run {other.id} of {run.ref} to finish")
                 said = True
@@ -75,25 +76,25 @@ def execute_run(ctx: Context, store: CiStore, run_id: int) -> CiRun:
     cancelled = threading.Event()
     watching = threading.Event()
     threading.Thread(target=_watch_cancel, args=(store, run_id, cancelled, watching), daemon=True).start()
-    first = store.add_steps(run_id, [(0, 0, "checkout and bake", "bake", "pending", "")])[0]
-    store.set_step(first.id, "running")
+    first = store.add_steps(run_id, [(0, 0, "checkout and bake", StepKind.BAKE, StepState.PENDING, "")])[0]
+    store.set_step(first.id, StepState.RUNNING)
     log = StepLog(store, run_id, first.id, lambda s: s, ctx.out, "bake")
     work = ctx.settings.home / "ci" / "work" / f"run-{run_id}"
     git.remove(work)
     ctx.out.step(f"run {run_id}: {run.ref} at {run.commit[:12]}")
-    state, reason = "failed", "the runner stopped unexpectedly"
+    state, reason = RunState.FAILED, "the runner stopped unexpectedly"
     try:
         state, reason = _execute(ctx, store, run, first.id, log, work, cancelled)
     except KeyboardInterrupt:
-        state, reason = "cancelled", "interrupted"
+        state, reason = RunState.CANCELLED, "interrupted"
         raise
     finally:
         watching.set()
         log.flush()
         git.remove(work)
         for step in store.steps(run_id):  # whatever did not get to run
-            if step.state in ("pending", "running", "waiting", "approved"):
-                store.set_step(step.id, "skipped" if step.state == "pending" else "cancelled",
+            if not step.state.final:
+                store.set_step(step.id, StepState.SKIPPED if step.state == StepState.PENDING else StepState.CANCELLED,
                                step.detail or "not run: an earlier step did not succeed")
         store.set_state(run_id, state, reason)
     prune(ctx, store)
@@ -128,7 +129,7 @@ def _watch_cancel(store: CiStore, run_id: int, cancelled: threading.Event, done:
 
 
 def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: StepLog, work,
-             cancelled: threading.Event) -> tuple[str, str]:
+             cancelled: threading.Event) -> tuple[RunState, str]:
     """(final state, reason)."""
     try:
         log.write(f"› cloning {run.repo} at {run.commit[:12]}")
@@ -138,7 +139,7 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
         store.update_run(run.id, app=loaded.spec.app)
         stages = plan(pipeline, run.ref)
         rows = store.add_steps(run.id, [(p.position, p.stage, p.name, p.step.kind,
-                                         "skipped" if p.skip else "pending", p.skip or "")
+                                         StepState.SKIPPED if p.skip else StepState.PENDING, p.skip or "")
                                         for stage in stages for p in stage])
         ids = {row.position: row.id for row in rows}
         # Before anything runs: what this commit's pipeline asks for against what its ref may do,
@@ -157,65 +158,66 @@ def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: Step
         log.mask = masker
         image = bake(ctx.engine(), loaded, StepOutput(log), ctx.settings.home / "tmp")
         store.update_run(run.id, image=image.id)
-        store.set_step(bake_step, "succeeded", f"{image.tag} ({image.id[:19]})" + ("" if image.built else ", reused"))
+        store.set_step(bake_step, StepState.SUCCEEDED, f"{image.tag} ({image.id[:19]})" + ("" if image.built else ", reused"))
         ctx.out.done(f"baked {image.tag} ({image.id[:19]})")
     except PolicyRefused as exc:
         for line in exc.refusals:
             log.write(f"refused: {line}")
         log.write(f"  {exc.hint}")
-        store.set_step(bake_step, "failed", f"refused: {exc.message}")
+        store.set_step(bake_step, StepState.FAILED, f"refused: {exc.message}")
         ctx.out.warn(f"run {run.id} refused: {exc.message}")
-        return "failed", f"refused: {exc.message}"
+        return RunState.FAILED, f"refused: {exc.message}"
     except KilnError as exc:
-        store.set_step(bake_step, "failed", str(exc))
+        store.set_step(bake_step, StepState.FAILED, str(exc))
         log.write(f"error: {exc}")
         ctx.out.warn(f"run {run.id} failed before its steps: {exc}")
-        return "failed", f"checkout and bake: {exc.message}"
+        return RunState.FAILED, f"checkout and bake: {exc.message}"
     log.flush()
     for stage in stages:
         todo = [p for p in stage if not p.skip]
         if not todo:
             continue
         if cancelled.is_set():
-            return "cancelled", "cancelled by `kiln ci cancel`"
+            return RunState.CANCELLED, "cancelled by `kiln ci cancel`"
         results = _run_stage(ctx, store, run, todo, ids, loaded, image, masker, _granted(ctx, readable), cancelled)
-        failed = [(p, r) for p, r in results if r is not None]
+        failed = [(p, state, why) for p, state, why in results if state != StepState.SUCCEEDED]
         if failed:
-            p, why = failed[0]
-            if why == "cancelled":
-                return "cancelled", "cancelled by `kiln ci cancel`"
-            return "failed", f"step {p.position} ({p.name}) failed: {why}"
+            p, state, why = failed[0]
+            if state == StepState.CANCELLED:
+                return RunState.CANCELLED, "cancelled by `kiln ci cancel`"
+            return RunState.FAILED, f"step {p.position} ({p.name}) failed: {why}"
     ctx.out.done(f"run {run.id} succeeded")
-    return "succeeded", ""
+    return RunState.SUCCEEDED, ""
 
 
 def _run_stage(ctx: Context, store: CiStore, run: CiRun, stage: list[Planned], ids: dict[int, int],
                loaded: LoadedSpec, image: BakedImage, masker: Masker, secret: Callable[[str], str | None],
-               cancelled: threading.Event) -> list[tuple[Planned, str | None]]:
-    def one(p: Planned) -> tuple[Planned, str | None]:
+               cancelled: threading.Event) -> list[tuple[Planned, StepState, str]]:
+    """Each step's (planned step, final state, why it did not succeed)."""
+    def one(p: Planned) -> tuple[Planned, StepState, str]:
         # Each thread gets its own engine client; the ledger's engine is shared (thread-safe).
         log = StepLog(store, run.id, ids[p.position], masker, ctx.out, p.name)
         sc = StepContext(ctx.derive(StepOutput(log), own_engines=len(stage) > 1),
                          store, run, ids[p.position], p.position, loaded, image, log, secret, cancelled)
-        store.set_step(sc.step_id, "running")
+        store.set_step(sc.step_id, StepState.RUNNING)
         ctx.out.step(f"step {p.position}: {p.name}")
         started = time.monotonic()
         try:
-            detail, state, why = masker(execute(sc, p.step)), "succeeded", None
+            detail, state, why = masker(execute(sc, p.step)), StepState.SUCCEEDED, ""
         except Cancelled:
-            detail, state, why = "cancelled", "cancelled", "cancelled"
+            detail, state, why = "cancelled", StepState.CANCELLED, "cancelled"
         except KilnError as exc:
-            detail, state = masker(str(exc)), "failed"
+            detail, state = masker(str(exc)), StepState.FAILED
             why = detail
             log.write(f"error: {detail}")
         except Exception as exc:  # a bug: keep the traceback in the log, fail the step, not the runner
             log.write(masker(traceback.format_exc()))
-            detail, state, why = f"internal error: {type(exc).__name__}: {masker(str(exc))}", "failed", "internal error"
+            detail, state, why = f"internal error: {type(exc).__name__}: {masker(str(exc))}", StepState.FAILED, "internal error"
         log.flush()
         store.set_step(sc.step_id, state, detail)
         took = time.monotonic() - started
-        (ctx.out.done if state == "succeeded" else ctx.out.warn)(f"step {p.position}: {p.name}: {state} in {took:.1f}s — {detail}")
-        return p, why
+        (ctx.out.done if state == StepState.SUCCEEDED else ctx.out.warn)(f"step {p.position}: {p.name}: {state} in {took:.1f}s — {detail}")
+        return p, state, why
 
     if len(stage) == 1:
         return [one(stage[0])]

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.client import HTTPException
+from typing import assert_never
 from urllib.parse import urlsplit
 
 from kiln import probe, secretref
@@ -20,6 +21,7 @@ from kiln.ci.plan import check_problem, command_argv
 from kiln.context import Context
 from kiln.errors import PipelineError
 from kiln.ledger.ci_store import CiRun, CiStore
+from kiln.ledger.kinds import PAUSED, RunState, StepState
 from kiln.providers.base import (
     CI,
     SIDECAR_LIMITS,
@@ -31,7 +33,7 @@ from kiln.providers.base import (
 )
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Base
-from kiln.spec.pipeline import Check, Sidecar, Step
+from kiln.spec.pipeline import Check, Sidecar, Step, StepKind
 
 POLL = 0.5
 
@@ -59,15 +61,19 @@ class StepContext:
 
 def execute(sc: StepContext, step: Step) -> str:
     kind = step.kind
-    if kind == "run":
-        return run_command(sc, step)
-    if kind == "deploy":
-        return deploy(sc, step.deploy or "")
-    if kind == "promote":
-        return promote(sc, step)
-    if kind == "smoke":
-        return smoke(sc, step.smoke or "", step.checks)
-    raise PipelineError(f"a {kind} step cannot run on its own")
+    match kind:
+        case StepKind.RUN:
+            return run_command(sc, step)
+        case StepKind.DEPLOY:
+            return deploy(sc, step.deploy or "")
+        case StepKind.PROMOTE:
+            return promote(sc, step)
+        case StepKind.SMOKE:
+            return smoke(sc, step.smoke or "", step.checks)
+        case StepKind.BAKE | StepKind.PARALLEL:
+            raise PipelineError(f"a {kind} step cannot run on its own")
+        case _:
+            assert_never(kind)
 
 
 # --- run: a command in a throwaway container of the baked image --------------------------------
@@ -89,8 +95,8 @@ def run_command(sc: StepContext, step: Step) -> str:
         started.append(name)
         # Hardened as instances are (the provider drops every capability and adds an init).
         spec = ContainerSpec(name=name, image=sc.image.id, network=network, labels=sc.labels(),
-                             command=command_argv(step.run or ()), environment=env, writable=step.writable,
-                             read_only=step.read_only, limits=STEP_LIMITS)
+                             command=command_argv(step.run or ()), environment=env, hardening=step.hardening,
+                             limits=STEP_LIMITS)
         finished = engine.run_streamed(spec, sc.log.write, step.timeout, sc.cancelled.is_set)
     finally:
         for name in reversed(started):
@@ -114,8 +120,7 @@ def _start_sidecar(sc: StepContext, engine: Engine, network: str, name: str, ali
     sc.log.write(f"› starting service {alias} ({image[:19]})")
     engine.start(ContainerSpec(name=name, image=image, network=network, labels=sc.labels(), aliases=(alias,),
                                command=command_argv(sidecar.command) if sidecar.command else None,
-                               environment=env, writable=sidecar.writable, read_only=sidecar.read_only,
-                               limits=SIDECAR_LIMITS))
+                               environment=env, hardening=sidecar.hardening, limits=SIDECAR_LIMITS))
     if sidecar.port is None:
         return
     deadline = time.monotonic() + sidecar.ready_timeout
@@ -147,7 +152,7 @@ def deploy(sc: StepContext, env: str) -> str:
                                 f"not of the tested {sc.image.commit}.")
     elif got != sc.image.id and engine.image_id(got) != sc.image.id:  # the same inputs must give the tested image
         raise PipelineError(f"{env} got image {short_image(got)}, not the tested {sc.image.id[:19]}.")
-    what = "already serving" if not outcome.changed else "waits for `kiln promote`" if outcome.state == "paused" \
+    what = "already serving" if not outcome.changed else "waits for `kiln promote`" if outcome.state == PAUSED \
         else "serving"
     return f"{env} v{outcome.release.number} {what} ({sc.image.id[:19]})"
 
@@ -166,19 +171,19 @@ def promote(sc: StepContext, step: Step) -> str:
 
 def wait_for_approval(sc: StepContext, what: str) -> None:
     """Wait until `kiln ci approve RUN` marks this step approved (or the run is cancelled)."""
-    sc.store.set_step(sc.step_id, "waiting", "waits for `kiln ci approve`")
-    sc.store.set_state(sc.run.id, "waiting", f"{what} waits for `kiln ci approve {sc.run.id}`")
+    sc.store.set_step(sc.step_id, StepState.WAITING, "waits for `kiln ci approve`")
+    sc.store.set_state(sc.run.id, RunState.WAITING, f"{what} waits for `kiln ci approve {sc.run.id}`")
     sc.log.write(f"… {what} waits for approval: kiln ci approve {sc.run.id}")
     sc.log.flush()
     while True:
         _check_cancel(sc)
         row = sc.store.step(sc.step_id)
-        if row is not None and row.state == "approved":
+        if row is not None and row.state == StepState.APPROVED:
             break
         time.sleep(POLL)
     sc.log.write(f"✓ approved: {row.detail}")
-    sc.store.set_state(sc.run.id, "running", only_from=("waiting",))
-    sc.store.set_step(sc.step_id, "running")
+    sc.store.set_state(sc.run.id, RunState.RUNNING, only_from=(RunState.WAITING,))
+    sc.store.set_step(sc.step_id, StepState.RUNNING)
 
 
 def _check_cancel(sc: StepContext) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -17,10 +17,12 @@ from sqlalchemy.orm import aliased
 
 from kiln.ledger.ci_schema import CiDeliveryRow, CiLogRow, CiRunRow, CiStepRow
 from kiln.ledger.db import changed, now
+from kiln.ledger.kinds import RunState, StepState
 from kiln.ledger.store import Ledger
+from kiln.spec.pipeline import StepKind
 
-ACTIVE = ("running", "waiting")  # a run that holds its queue
-FINISHED = ("succeeded", "failed", "cancelled", "superseded")
+ACTIVE = tuple(s for s in RunState if s.active)  # a run that holds its queue
+FINISHED = tuple(s for s in RunState if s.final)
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class CiRun:
     queue: str
     commit: str
     trigger: str
-    state: str
+    state: RunState
     reason: str
     image: str
     worker: str
@@ -50,8 +52,8 @@ class CiStep:
     position: int
     stage: int
     name: str
-    kind: str
-    state: str
+    kind: StepKind
+    state: StepState
     detail: str
     started_at: datetime | None
     finished_at: datetime | None
@@ -64,12 +66,12 @@ class CiStep:
 
 
 def _run(row: CiRunRow) -> CiRun:
-    return CiRun(row.id, row.app, row.repo, row.spec, row.ref, row.queue, row.commit, row.trigger, row.state,
-                 row.reason, row.image, row.worker, bool(row.cancel), row.created_at, row.started_at, row.finished_at)
+    return CiRun(row.id, row.app, row.repo, row.spec, row.ref, row.queue, row.commit, row.trigger,
+                 RunState(row.state), row.reason, row.image, row.worker, bool(row.cancel), row.created_at, row.started_at, row.finished_at)
 
 
 def _step(row: CiStepRow) -> CiStep:
-    return CiStep(row.id, row.run_id, row.position, row.stage, row.name, row.kind, row.state, row.detail,
+    return CiStep(row.id, row.run_id, row.position, row.stage, row.name, StepKind(row.kind), StepState(row.state), row.detail,
                   row.started_at, row.finished_at)
 
 
@@ -83,14 +85,14 @@ class CiStore:
                 app: str = "") -> tuple[CiRun, list[int]]:
         """A new queued run; returns it and the ids of the older queued runs it superseded."""
         with self.ledger.db.session() as s, s.begin():
-            older = list(s.scalars(select(CiRunRow.id).where(CiRunRow.queue == queue, CiRunRow.state == "queued")))
+            older = list(s.scalars(select(CiRunRow.id).where(CiRunRow.queue == queue, CiRunRow.state == RunState.QUEUED)))
             row = CiRunRow(app=app, repo=repo, spec=spec, ref=ref, queue=queue, commit=commit, trigger=trigger,
-                           state="queued", reason="", image="", worker="", cancel=False, created_at=now())
+                           state=RunState.QUEUED, reason="", image="", worker="", cancel=False, created_at=now())
             s.add(row)
             s.flush()
             if older:
-                s.execute(update(CiRunRow).where(CiRunRow.id.in_(older), CiRunRow.state == "queued")
-                          .values(state="superseded", reason=f"superseded by run {row.id}", finished_at=now()))
+                s.execute(update(CiRunRow).where(CiRunRow.id.in_(older), CiRunRow.state == RunState.QUEUED)
+                          .values(state=RunState.SUPERSEDED, reason=f"superseded by run {row.id}", finished_at=now()))
         return _run(row), older
 
     def claim(self, run_id: int, worker: str, limit: int | None = None) -> bool:
@@ -101,16 +103,16 @@ class CiStore:
         with self.ledger.db.session() as s, s.begin():
             queue = s.scalar(select(CiRunRow.queue).where(CiRunRow.id == run_id))
             busy = exists().where(and_(other.queue == queue, other.state.in_(ACTIVE), other.id != run_id))
-            cond = [CiRunRow.id == run_id, CiRunRow.state == "queued", ~busy]
+            cond = [CiRunRow.id == run_id, CiRunRow.state == RunState.QUEUED, ~busy]
             if limit is not None:
-                running = select(func.count()).select_from(anyone).where(anyone.state == "running").scalar_subquery()
+                running = select(func.count()).select_from(anyone).where(anyone.state == RunState.RUNNING).scalar_subquery()
                 cond.append(running < limit)
             return changed(s.execute(update(CiRunRow).where(*cond)
-                             .values(state="running", worker=worker, started_at=now()))) == 1
+                             .values(state=RunState.RUNNING, worker=worker, started_at=now()))) == 1
 
     def running_count(self) -> int:
         with self.ledger.db.session() as s:
-            return s.scalar(select(func.count()).select_from(CiRunRow).where(CiRunRow.state == "running")) or 0
+            return s.scalar(select(func.count()).select_from(CiRunRow).where(CiRunRow.state == RunState.RUNNING)) or 0
 
     def active_in_queue(self, queue: str) -> list[CiRun]:
         with self.ledger.db.session() as s:
@@ -121,11 +123,13 @@ class CiStore:
         with self.ledger.db.session() as s, s.begin():
             s.execute(update(CiRunRow).where(CiRunRow.id == run_id).values(**values))
 
-    def set_state(self, run_id: int, state: str, reason: str = "", *, only_from: Iterable[str] | None = None) -> bool:
+    def set_state(self, run_id: int, state: RunState, reason: str = "", *,
+                  only_from: Iterable[RunState] | None = None) -> bool:
         """Set a run's state (finishing it when the state is final); with `only_from`, only when it
-        is in one of those states now."""
+        is in one of those states now. A state's text is checked: the ledger holds no other."""
+        state = RunState(state)
         values: dict[str, Any] = {"state": state, "reason": reason}
-        if state in FINISHED:
+        if state.final:
             values["finished_at"] = now()
         q = update(CiRunRow).where(CiRunRow.id == run_id)
         if only_from is not None:
@@ -135,7 +139,7 @@ class CiStore:
 
     def request_cancel(self, run_id: int) -> CiRun | None:
         """Cancel a queued run at once; ask the worker of an active one to stop."""
-        self.set_state(run_id, "cancelled", "cancelled by `kiln ci cancel`", only_from=("queued",))
+        self.set_state(run_id, RunState.CANCELLED, "cancelled by `kiln ci cancel`", only_from=(RunState.QUEUED,))
         self.update_run(run_id, cancel=True)
         return self.run(run_id)
 
@@ -171,22 +175,31 @@ class CiStore:
 
     # --- steps ----------------------------------------------------------------------------
 
-    def add_steps(self, run_id: int, steps: Iterable[tuple[int, int, str, str, str, str]]) -> list[CiStep]:
+    def add_steps(self, run_id: int, steps: Iterable[tuple[int, int, str, StepKind, StepState, str]]) -> list[CiStep]:
         """(position, stage, name, kind, state, detail) rows, in order."""
         with self.ledger.db.session() as s, s.begin():
-            rows = [CiStepRow(run_id=run_id, position=p, stage=st, name=n, kind=k, state=state, detail=d)
+            rows = [CiStepRow(run_id=run_id, position=p, stage=st, name=n, kind=StepKind(k), state=StepState(state), detail=d)
                     for p, st, n, k, state, d in steps]
             s.add_all(rows)
         return [_step(r) for r in rows]
 
-    def set_step(self, step_id: int, state: str, detail: str | None = None, *, only_from: Iterable[str] | None = None) -> bool:
+    def set_step(self, step_id: int, state: StepState, detail: str | None = None, *,
+                 only_from: Iterable[StepState] | None = None) -> bool:
+        """Set a step's state: running records when it started; succeeded, failed and cancelled
+        when it ended (a skipped step never ran)."""
+        state = StepState(state)
         values: dict[str, Any] = {"state": state}
         if detail is not None:
             values["detail"] = detail
-        if state == "running":
-            values["started_at"] = now()
-        elif state in ("succeeded", "failed", "cancelled"):
-            values["finished_at"] = now()
+        match state:
+            case StepState.RUNNING:
+                values["started_at"] = now()
+            case StepState.SUCCEEDED | StepState.FAILED | StepState.CANCELLED:
+                values["finished_at"] = now()
+            case StepState.PENDING | StepState.WAITING | StepState.APPROVED | StepState.SKIPPED:
+                pass
+            case _:
+                assert_never(state)
         q = update(CiStepRow).where(CiStepRow.id == step_id)
         if only_from is not None:
             q = q.where(CiStepRow.state.in_(tuple(only_from)))
@@ -248,7 +261,7 @@ class CiStore:
             newest = select(CiRunRow.id).order_by(CiRunRow.id.desc()).limit(keep)
             latest = select(func.max(CiRunRow.id)).group_by(CiRunRow.queue)
             doomed = list(s.scalars(select(CiRunRow.id).where(
-                CiRunRow.state.not_in((*ACTIVE, "queued")),
+                CiRunRow.state.in_(FINISHED),
                 CiRunRow.id.not_in(latest),
                 (CiRunRow.created_at < before) | CiRunRow.id.not_in(newest))))
             lines = 0

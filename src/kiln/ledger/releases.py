@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from sqlalchemy import func, select
 
 from kiln.errors import LedgerError, NotFound
 from kiln.ledger.db import Database, now
-from kiln.ledger.kinds import ABORTED, SUCCEEDED, UNFINISHED
+from kiln.ledger.kinds import SUCCEEDED, RolloutState
 from kiln.ledger.schema import ReleaseRow, RolloutRow
 
 if TYPE_CHECKING:  # pydantic models: imported on first use
@@ -124,14 +124,20 @@ class Releases:
                              .where(RolloutRow.app == app, RolloutRow.env == env).order_by(RolloutRow.id)).all()
         states: dict[int, str] = {}
         current = None  # the last successful rollout's release, as in current()
-        for number, state in rows:
-            if state == SUCCEEDED:
-                states[number] = "served"
-                current = number
-            elif state in UNFINISHED and states.get(number) != "served":
-                states[number] = "rolling out"
-            elif state == ABORTED and number not in states:
-                states[number] = "aborted"
+        for number, text in rows:
+            state = RolloutState(text)
+            match state:
+                case RolloutState.SUCCEEDED:
+                    states[number] = "served"
+                    current = number
+                case RolloutState.RUNNING | RolloutState.PAUSED:
+                    if states.get(number) != "served":
+                        states[number] = "rolling out"
+                case RolloutState.ABORTED:
+                    if number not in states:
+                        states[number] = "aborted"
+                case _:
+                    assert_never(state)
         if current is not None:
             states[current] = "serving"
         return states

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 
 from kiln.errors import LedgerError
 from kiln.ledger.db import Database, changed, now
-from kiln.ledger.kinds import ROLLOUT_STATES, RUNNING, STEP_ACTIONS, UNFINISHED
+from kiln.ledger.kinds import RUNNING, STEP_ACTIONS, UNFINISHED, ActionState, RolloutState
 from kiln.ledger.schema import RolloutRow, StepRow
 
 
@@ -23,7 +23,7 @@ class Rollout:
     from_release: int | None
     to_release: int
     strategy: str
-    state: str
+    state: RolloutState
     reason: str
     started_at: datetime
     finished_at: datetime | None
@@ -37,7 +37,7 @@ class Step:
 
     action: str
     target: str
-    state: str
+    state: ActionState
     detail: str
     at: datetime  # naive UTC
 
@@ -48,8 +48,8 @@ def _rollout(row: RolloutRow) -> Rollout:
     except ValueError:
         raise LedgerError(f"rollout {row.id} of {row.app}/{row.env} has corrupt phase data in the ledger "
                           "(not JSON).", "Settle it by hand: `kiln rollout show` lists its steps.") from None
-    return Rollout(row.id, row.app, row.env, row.from_release, row.to_release, row.strategy, row.state,
-                   row.reason, row.started_at, row.finished_at, row.phase, data)
+    return Rollout(row.id, row.app, row.env, row.from_release, row.to_release, row.strategy,
+                   RolloutState(row.state), row.reason, row.started_at, row.finished_at, row.phase, data)
 
 
 class Rollouts:
@@ -73,10 +73,11 @@ class Rollouts:
             if data is not None:
                 row.data = json.dumps(data, sort_keys=True)
 
-    def finish(self, rollout_id: int, state: str, reason: str = "") -> None:
+    def finish(self, rollout_id: int, state: RolloutState, reason: str = "") -> None:
         """Set the state: succeeded or aborted end it; running and paused (re)open it."""
-        if state not in ROLLOUT_STATES:
-            raise LedgerError(f"rollout state {state!r} is not one of {', '.join(ROLLOUT_STATES)}.")
+        if state not in tuple(RolloutState):
+            raise LedgerError(f"rollout state {state!r} is not one of {', '.join(RolloutState)}.")
+        state = RolloutState(state)
         with self.db.session() as s, s.begin():
             row = _existing(s.get(RolloutRow, rollout_id), rollout_id)
             row.state, row.reason = state, reason
@@ -127,17 +128,18 @@ class Rollouts:
 
     # --- steps: the journal of a rollout's actions -----------------------------------------------
 
-    def record_step(self, rollout_id: int, action: str, target: str, state: str, detail: str = "") -> None:
-        """`action` is one of kinds.STEP_ACTIONS; `state` is started, done or failed."""
+    def record_step(self, rollout_id: int, action: str, target: str, state: ActionState, detail: str = "") -> None:
+        """`action` is one of kinds.STEP_ACTIONS."""
         if action not in STEP_ACTIONS:
             raise LedgerError(f"step action {action!r} is not one of {', '.join(STEP_ACTIONS)}.")
+        state = ActionState(state)
         with self.db.session() as s, s.begin():
             s.add(StepRow(rollout_id=rollout_id, action=action, target=target, state=state, detail=detail, at=now()))
 
     def steps(self, rollout_id: int) -> list[Step]:
         with self.db.session() as s:
             q = select(StepRow).where(StepRow.rollout_id == rollout_id).order_by(StepRow.id)
-            return [Step(r.action, r.target, r.state, r.detail, r.at) for r in s.scalars(q)]
+            return [Step(r.action, r.target, ActionState(r.state), r.detail, r.at) for r in s.scalars(q)]
 
 
 def _existing(row: RolloutRow | None, rollout_id: int) -> RolloutRow:

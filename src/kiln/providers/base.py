@@ -10,16 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from kiln.errors import NameTaken
+from kiln.spec.hardening import Hardening
 from kiln.spec.models import DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_PIDS, HealthCheck
 
 LABEL_PREFIX = "kiln."
+ROLE_LABEL = "kiln.role"
 
-# Roles a container plays, in its kiln.role label.
-INSTANCE, ROUTER, HOOK, CI = "instance", "router", "hook", "ci"
+
+class Role(StrEnum):
+    """The part a container plays, in its `kiln.role` label. Stored on the engine (and selected
+    by): the values are what running containers carry, and never change (tests/unit/test_vocab.py)."""
+
+    INSTANCE = "instance"  # one instance of a release
+    ROUTER = "router"  # an environment's HAProxy
+    HOOK = "hook"  # a rollout's before_traffic / after_traffic hook, run once
+    CI = "ci"  # a pipeline step, its sidecars and its network
+
+
+INSTANCE, ROUTER, HOOK, CI = Role.INSTANCE, Role.ROUTER, Role.HOOK, Role.CI  # the members by their short names
 
 
 def network_name(app: str, env: str) -> str:
@@ -49,13 +62,13 @@ def check_owner(what: str, name: str, have: dict[str, str], want: dict[str, str]
                         f"Rename the app or the environment {mine[1]!r} in kiln.yaml (kiln leaves the other one alone).")
 
 
-def selector(app: str, env: str | None = None, role: str | None = None) -> dict[str, str]:
+def selector(app: str, env: str | None = None, role: Role | None = None) -> dict[str, str]:
     """The labels that select an app's containers (of one environment, of one role)."""
     labels = {"kiln.app": app}
     if env is not None:
         labels["kiln.env"] = env
     if role is not None:
-        labels["kiln.role"] = role
+        labels[ROLE_LABEL] = Role(role).value  # checked: "instance" is Role.INSTANCE, a typo is an error
     return labels
 
 
@@ -87,11 +100,7 @@ class ContainerSpec:
     labels: dict[str, str]
     command: tuple[str, ...] | None = None
     environment: dict[str, str] = field(default_factory=dict)
-    writable: tuple[str, ...] = ()  # tmpfs mounts
-    user: str | None = None
-    read_only: bool = True
-    cap_add: tuple[str, ...] = ()
-    no_new_privileges: bool = True
+    hardening: Hardening = Hardening()  # user, read-only root, tmpfs mounts, capabilities kept, no-new-privileges
     stop_grace_period: float = 10.0
     health_command: tuple[str, ...] | None = None  # run by the engine for command healthchecks
     health_interval: float = 1.0

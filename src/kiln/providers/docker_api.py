@@ -406,11 +406,11 @@ def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: 
         "labels": {**spec.labels, **extra_labels},
         "network": spec.network,
         "environment": environment,
-        "read_only": spec.read_only,
-        "tmpfs": {path: "rw,nosuid,nodev,size=64m" for path in spec.writable},
+        "read_only": spec.hardening.read_only,
+        "tmpfs": {path: "rw,nosuid,nodev,size=64m" for path in spec.hardening.writable},
         "cap_drop": ["ALL"],
-        "cap_add": list(spec.cap_add) or None,
-        "security_opt": ["no-new-privileges:true"] if spec.no_new_privileges else None,
+        "cap_add": list(spec.hardening.cap_add) or None,
+        "security_opt": ["no-new-privileges:true"] if spec.hardening.no_new_privileges else None,
         "init": True,
         "stop_signal": "SIGTERM",
         "detach": True,
@@ -421,8 +421,8 @@ def create_args(spec: ContainerSpec, extra_labels: dict[str, str], environment: 
     }
     if spec.command:
         kwargs["command"] = list(spec.command)
-    if spec.user:
-        kwargs["user"] = spec.user
+    if spec.hardening.user:
+        kwargs["user"] = spec.hardening.user
     if spec.health_command:
         kwargs["healthcheck"] = {
             "test": ["CMD", *spec.health_command],

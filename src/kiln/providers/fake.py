@@ -21,6 +21,9 @@ from kiln import faults
 from kiln.errors import BuildError, EngineError, PortInUse, RouterError, UsageError
 from kiln.providers.base import (
     AVAILABILITY,
+    INSTANCE,
+    ROLE_LABEL,
+    ROUTER,
     ContainerDetails,
     ContainerFacts,
     ContainerSpec,
@@ -184,7 +187,7 @@ class FakeEngine:
         taken = {hp for s in self.specs.values() for hp in s.publish.values()}
         if any(hp in taken for hp in spec.publish.values()):
             raise PortInUse(f"creating container {spec.name}: the port is already taken.")
-        if self.node_list and spec.labels.get("kiln.role") == "instance":
+        if self.node_list and spec.labels.get(ROLE_LABEL) == INSTANCE:
             self.placed[spec.name] = self._place(spec.name)
         self.specs[spec.name] = spec
         release = int(spec.labels.get("kiln.release", "0"))
@@ -298,9 +301,9 @@ class FakeEngine:
             return None
         image_env = self.image_store.get(spec.image, (set(), {}, {}))[2]
         return ContainerDetails(
-            env={**image_env, **spec.environment}, read_only=spec.read_only, cap_drop=("ALL",),
-            cap_add=spec.cap_add, security_opt=("no-new-privileges:true",) if spec.no_new_privileges else (),
-            user=spec.user or "", privileged=False, tmpfs=tuple(sorted(spec.writable)),
+            env={**image_env, **spec.environment}, read_only=spec.hardening.read_only, cap_drop=("ALL",),
+            cap_add=spec.hardening.cap_add, security_opt=("no-new-privileges:true",) if spec.hardening.no_new_privileges else (),
+            user=spec.hardening.user or "", privileged=False, tmpfs=tuple(sorted(spec.hardening.writable)),
             mounts=tuple(f"{host}:{inner}" for host, inner in spec.binds.items()), limits=spec.limits)
 
     def changes(self, name: str) -> list[str]:
@@ -379,7 +382,7 @@ class FakeRouter:
     def facts(self) -> ContainerFacts | None:
         found = self.runtime.container(self.name)
         if found is not None:
-            check_owner("router", self.name, found.labels, selector(self.cfg.app, self.cfg.env, "router"))
+            check_owner("router", self.name, found.labels, selector(self.cfg.app, self.cfg.env, ROUTER))
         return found
 
     def _digest(self) -> str:
@@ -405,7 +408,7 @@ class FakeRouter:
         self._forget_servers()  # a new HAProxy process knows none of the servers added at run time
         image = self.runtime.image_id("kiln/router") or self.runtime.add_image("kiln/router")
         self.runtime.start(ContainerSpec(name=self.name, image=image, network=network_name(self.cfg.app, self.cfg.env),
-                                         labels={**selector(self.cfg.app, self.cfg.env, "router"),
+                                         labels={**selector(self.cfg.app, self.cfg.env, ROUTER),
                                                  "kiln.router.config": digest},
                                          publish=self._publish(), restart=True))
         self.removed = False

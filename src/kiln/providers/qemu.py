@@ -43,9 +43,12 @@ from kiln.providers.docker_api import DockerApi
 from kiln.providers.qemu_kind import QEMU
 from kiln.secretref import Lookup, resolve
 from kiln.settings import Settings
+from kiln.spec.hardening import Hardening
 from kiln.spec.models import HealthCheck
 
 VM_RUN = "/run/vm"  # the launcher's tmpfs: the VM's overlay and seed
+# The launcher container's own confinement (the service's lives in the guest's systemd unit).
+LAUNCHER_HARDENING = Hardening(writable=(VM_RUN,))
 IMAGE_DIR = "/vm"  # where the release's disk, kernel and initrd are mounted (read-only)
 QEMU_OVERHEAD = 256 * 1024**2  # QEMU's own memory beside the guest's (TCG's translation cache is capped at 64 MiB)
 IMAGE_LABEL = "kiln.vm.image"
@@ -126,8 +129,7 @@ def launcher_spec(spec: ContainerSpec, image_dir: Path, launcher: str, env_text:
         labels={**spec.labels, IMAGE_LABEL: spec.image},
         command=("/bin/sh", "-c", LAUNCH, "kiln-launch", *argv),
         environment={"KILN_VM_SERVICE": spec.labels.get("kiln.service", "app"), "KILN_VM_ENV": env_text},
-        writable=(VM_RUN,), read_only=True, cap_add=(), no_new_privileges=True,
-        stop_grace_period=spec.stop_grace_period, limits=launcher_limits(spec.limits),
+        hardening=LAUNCHER_HARDENING, stop_grace_period=spec.stop_grace_period, limits=launcher_limits(spec.limits),
         binds={}, ro_binds={str(image_dir): IMAGE_DIR}, devices=(KVM,) if accel == "kvm" else ())
 
 
@@ -272,8 +274,7 @@ class QemuProvider:
         if not is_vm_ref(spec.image):
             return spec
         # The service's own hardening lives in the guest's systemd unit; the engine shows the launcher's.
-        return replace(spec, writable=(VM_RUN,), read_only=True, cap_add=(), no_new_privileges=True, user=None,
-                       limits=launcher_limits(spec.limits), health_command=None)
+        return replace(spec, hardening=LAUNCHER_HARDENING, limits=launcher_limits(spec.limits), health_command=None)
 
     def changes(self, name: str) -> list[str]:
         """Writes to the VM's root disk, which its guest mounts read-only: none, unless someone

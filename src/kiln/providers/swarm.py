@@ -362,7 +362,8 @@ class SwarmProvider:
         containers (`"no-new-privileges": true` in daemon.json, docs/fleet.md)."""
         if spec.labels.get("kiln.role") != INSTANCE:
             return spec
-        return dataclasses.replace(spec, limits=dataclasses.replace(spec.limits, pids=0), no_new_privileges=False)
+        return dataclasses.replace(spec, limits=dataclasses.replace(spec.limits, pids=0),
+                                   hardening=dataclasses.replace(spec.hardening, no_new_privileges=False))
 
     def details(self, name: str) -> ContainerDetails | None:
         container = self._here(name)
@@ -438,16 +439,16 @@ def service_args(spec: ContainerSpec, extra_labels: dict[str, str], environment:
         image=spec.image,
         command=list(spec.command) if spec.command else None,
         env=environment,
-        user=spec.user,
+        user=spec.hardening.user,
         labels=labels,
-        mounts=[Mount(target=path, source="", type="tmpfs", tmpfs_size=TMPFS_SIZE) for path in spec.writable],
+        mounts=[Mount(target=path, source="", type="tmpfs", tmpfs_size=TMPFS_SIZE) for path in spec.hardening.writable],
         stop_grace_period=int(spec.stop_grace_period * _NS),
         stop_signal="SIGTERM",
-        read_only=spec.read_only,
+        read_only=spec.hardening.read_only,
         healthcheck=health,
         init=True,
         cap_drop=["ALL"],
-        cap_add=list(spec.cap_add) or None,
+        cap_add=list(spec.hardening.cap_add) or None,
     )
     task = TaskTemplate(
         container,

@@ -13,17 +13,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, assert_never
 
 from kiln import faults
 from kiln.errors import LedgerError, RolloutError
-from kiln.ledger.kinds import PAUSED, STEP_PHASE, SUCCEEDED
+from kiln.ledger.kinds import PHASES_DONE, STEP_PHASE, ActionState, RolloutState
 from kiln.ledger.store import Ledger
 from kiln.output import Output
-from kiln.providers.base import ContainerFacts, Engine
+from kiln.providers.base import ROLE_LABEL, ContainerFacts, Engine, Role
 from kiln.rollout.executor import Executor, Target
 from kiln.rollout.instances import instance_spec
-from kiln.rollout.strategy import Sample, canary_weights, count, judge
+from kiln.rollout.strategy import Phase, PhaseKind, Sample, canary_weights, count, judge
 from kiln.router.base import Router
 from kiln.router.haproxy_api import ServerStat
 from kiln.spec.models import RolloutPolicy as Policy
@@ -36,20 +36,22 @@ ANALYSIS_INTERVAL = 0.5  # seconds between two reads of HAProxy's statistics dur
 class Progress:
     """What the ledger keeps of a rollout so that any kiln process can carry it on."""
 
-    phases: list[str]
+    phases: list[Phase]
     index: int
     policy: Policy
     extra: dict[str, object] = field(default_factory=dict)  # e.g. the idle old set blue-green keeps
 
     def data(self) -> dict[str, object]:
-        return {**self.extra, "phases": self.phases, "index": self.index, "policy": self.policy.model_dump(mode="json")}
+        return {**self.extra, "phases": [str(p) for p in self.phases], "index": self.index,
+                "policy": self.policy.model_dump(mode="json")}
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Progress:
         """The progress a rollout row recorded; LedgerError when it is incomplete or unreadable."""
         extra = {k: v for k, v in data.items() if k not in ("phases", "index", "policy")}
         try:
-            return cls(list(data["phases"]), int(data["index"]), Policy.model_validate(data["policy"]), extra)
+            return cls([Phase.parse(p) for p in data["phases"]], int(data["index"]),
+                       Policy.model_validate(data["policy"]), extra)
         except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             raise LedgerError(f"a rollout's recorded progress cannot be read ({type(exc).__name__}: {exc}).",
                               "It was probably recorded by another kiln version; `kiln rollout show` lists "
@@ -68,61 +70,67 @@ class Driver:
 
     # --- the phase loop -------------------------------------------------------------------
 
-    def run(self, progress: Progress) -> str:
-        """Run phases from progress.index on; returns "succeeded" or "paused" (awaiting promotion)."""
+    def run(self, progress: Progress) -> Literal[RolloutState.SUCCEEDED, RolloutState.PAUSED]:
+        """Run phases from progress.index on; returns SUCCEEDED or PAUSED (awaiting promotion)."""
         while progress.index < len(progress.phases):
             phase = progress.phases[progress.index]
-            self.ledger.rollouts.set_phase(self.rollout_id, phase, progress.data())
-            if phase == "promotion":
+            self.ledger.rollouts.set_phase(self.rollout_id, str(phase), progress.data())
+            if phase.kind is PhaseKind.PROMOTION:
                 self.out.done(f"v{self.target.release.number} is healthy and waits on {self.target.cfg.preview_url}; "
                               "`kiln promote` switches traffic to it, `kiln rollback` drops it")
-                return PAUSED
+                return RolloutState.PAUSED
             self._check_abort()
-            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "started")
+            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, str(phase), ActionState.STARTED)
             detail = self._phase(phase, progress)
-            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, phase, "done", detail)
+            self.ledger.rollouts.record_step(self.rollout_id, STEP_PHASE, str(phase), ActionState.DONE, detail)
             progress.index += 1
-        self.ledger.rollouts.set_phase(self.rollout_id, "done", progress.data())
-        return SUCCEEDED
+        self.ledger.rollouts.set_phase(self.rollout_id, PHASES_DONE, progress.data())
+        return RolloutState.SUCCEEDED
 
-    def _phase(self, phase: str, progress: Progress) -> str:
+    def _phase(self, phase: Phase, progress: Progress) -> str:
         policy = progress.policy
-        if phase in ("before_traffic", "after_traffic"):
-            argv = policy.before_traffic if phase == "before_traffic" else policy.after_traffic
-            if argv is None:
-                raise RolloutError(f"the rollout has a {phase} phase but its policy no {phase} hook.")
-            return self._hook(phase, argv, policy.hook_timeout)
-        if phase == "roll":
-            replicas = self.target.cfg.lead_service.replicas
-            self.ex.converge(self.target, self.target.desired(
-                surge=count(policy.max_surge, replicas, round_up=True),
-                unavailable=count(policy.max_unavailable, replicas, round_up=False)))
-            return ""
-        if phase == "start":
-            # The whole new set beside the old one, at weight 0: no public traffic yet. The preview
-            # port shows this release only.
-            self._clear_preview(keep=set(self._sets()[0]))
-            self.ex.converge(self.target, self.target.desired(
-                weight=0, hold=True, preview=bool(self.target.cfg.preview_port and self.routed)))
-            return ""
-        if phase == "smoke":
-            return self._smoke(policy.smoke)
-        if phase.startswith("shift:"):
-            step = policy.steps[int(phase.split(":")[1])]
-            return self._canary_step(step.weight, step.pause, policy)
-        if phase == "switch":
-            return self._switch(progress)
-        raise AssertionError(phase)
+        match phase.kind:
+            case PhaseKind.BEFORE_TRAFFIC | PhaseKind.AFTER_TRAFFIC:
+                argv = policy.before_traffic if phase.kind is PhaseKind.BEFORE_TRAFFIC else policy.after_traffic
+                if argv is None:
+                    raise RolloutError(f"the rollout has a {phase} phase but its policy no {phase} hook.")
+                return self._hook(phase.kind, argv, policy.hook_timeout)
+            case PhaseKind.ROLL:
+                replicas = self.target.cfg.lead_service.replicas
+                self.ex.converge(self.target, self.target.desired(
+                    surge=count(policy.max_surge, replicas, round_up=True),
+                    unavailable=count(policy.max_unavailable, replicas, round_up=False)))
+                return ""
+            case PhaseKind.START:
+                # The whole new set beside the old one, at weight 0: no public traffic yet. The
+                # preview port shows this release only.
+                self._clear_preview(keep=set(self._sets()[0]))
+                self.ex.converge(self.target, self.target.desired(
+                    weight=0, hold=True, preview=bool(self.target.cfg.preview_port and self.routed)))
+                return ""
+            case PhaseKind.SMOKE:
+                return self._smoke(policy.smoke)
+            case PhaseKind.SHIFT:
+                if phase.index is None or phase.index >= len(policy.steps):
+                    raise RolloutError(f"the rollout has a {phase} phase but its policy no such canary step.")
+                step = policy.steps[phase.index]
+                return self._canary_step(step.weight, step.pause, policy)
+            case PhaseKind.SWITCH:
+                return self._switch(progress)
+            case PhaseKind.PROMOTION:
+                raise AssertionError("promotion pauses the rollout in run(); it is never run as a phase")
+            case _:
+                assert_never(phase.kind)
 
     # --- phases -------------------------------------------------------------------------------
 
-    def _hook(self, phase: str, argv: tuple[str, ...], timeout: float) -> str:
+    def _hook(self, phase: PhaseKind, argv: tuple[str, ...], timeout: float) -> str:
         svc = self.target.cfg.lead_service
         number = self.target.release.number
         name = f"kiln-{self.target.cfg.app}-{self.target.cfg.env}-{phase.replace('_', '-')}-v{number}-{secrets.token_hex(3)}"
         spec = instance_spec(self.target.cfg, svc.model_copy(update={"command": argv}), number,
                              self.target.release.image, name)
-        spec = replace(spec, labels={**spec.labels, "kiln.role": "hook"}, health_command=None)
+        spec = replace(spec, labels={**spec.labels, ROLE_LABEL: Role.HOOK.value}, health_command=None)
         self.out.step(f"running the {phase} hook: {' '.join(argv)}")
         start = time.monotonic()
         code, output = self.runtime.run_once(spec, timeout)
@@ -190,7 +198,7 @@ class Driver:
         if policy.strategy == "blue-green" and policy.keep_old > 0 and old:
             keep = frozenset(old)
             progress.extra.update(kept=sorted(keep), keep_until=datetime.now(UTC).timestamp() + policy.keep_old)
-            self.ledger.rollouts.set_phase(self.rollout_id, "switch", progress.data())
+            self.ledger.rollouts.set_phase(self.rollout_id, str(Phase(PhaseKind.SWITCH)), progress.data())
             self.out.step(f"the old set stays running, idle, for {policy.keep_old:g}s so that `kiln rollback` is instant")
         # Old instances now take no traffic: retiring them only waits for their in-flight requests.
         self.ex.converge(self.target, self.target.desired(keep=keep))

@@ -2,24 +2,29 @@
 
 The only rollout code with side effects. Every action is written to a journal before it
 starts and again when it ends: a rollout's steps in the ledger (so it can be read back and
-resumed), or, for the agent, the environment's events."""
+resumed), or, for the agent, the environment's events.
+
+An executor is given everything it works with as one `ExecutorOptions` value when it is made
+(the releases it may meet, the instances judged failed or tainted, the lease of the lock it works
+under, its journal, hooks and probe); nothing is set on it afterwards. What it keeps of its own is
+what it did: the goal converge() works toward, the releases it met, the instances it started."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kiln import faults
-from kiln.errors import LockLost, RolloutError, UsageError
+from kiln.errors import RolloutError, UsageError
 from kiln.ledger import kinds
 from kiln.ledger.releases import Release
 from kiln.ledger.store import Ledger
 from kiln.output import Output
-from kiln.providers.base import ContainerFacts, Engine
+from kiln.providers.base import ContainerFacts, Engine, Role, selector
 from kiln.rollout.instances import instance_spec, new_instance_name
+from kiln.rollout.lock import Lease
 from kiln.rollout.plan import (
     Action,
     AwaitHealthy,
@@ -61,14 +66,14 @@ class Target:
                        svc.name if svc else None, **shape)  # type: ignore[arg-type]
 
 
-# (action, instance, state, detail): action is one of kinds.STEP_*; state is started, done or failed
-Journal = Callable[[str, str, str, str], None]
+# (action, instance, state, detail): action is one of kinds.STEP_*
+Journal = Callable[[str, str, kinds.ActionState, str], None]
 
 def events_journal(ledger: Ledger, app: str, env: str) -> Journal:
     """The journal of work outside a rollout (the agent's healing, a node drain): each action's
     end as an event of the environment."""
-    def journal(action: str, target: str, state: str, detail: str) -> None:
-        if state != "started":
+    def journal(action: str, target: str, state: kinds.ActionState, detail: str) -> None:
+        if state != kinds.ActionState.STARTED:
             ledger.events.record(app, env, kinds.AGENT_ACTION_EVENTS[action],
                                  f"{target}: {state}" + (f" ({detail})" if detail else ""))
     return journal
@@ -84,27 +89,46 @@ STEP_OF: dict[type, str] = {
 }
 
 
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """What an executor works with, given whole when it is made."""
+
+    rollout_id: int = 0  # the rollout whose steps journal the actions (unless `journal` says otherwise)
+    known: tuple[Target, ...] = ()  # releases whose instances it may meet: a rollout's from and to
+    goal: Target | None = None  # counted as current by observe() until converge() is given a goal
+    failed: frozenset[str] = frozenset()  # running but judged failed (unhealthy): retired like dead ones
+    tainted: frozenset[str] = frozenset()  # drifted from their release: replaced, then retired
+    lease: Lease | None = None  # of the lock it works under: once lost, it stops before its next step
+    journal: Journal | None = None  # default: the rollout's steps in the ledger
+    watch: Callable[[list[Instance]], None] | None = None  # sees every observation of converge(); may raise to stop it
+    probe: Callable[[ServiceConfig, ContainerFacts], bool] | None = None  # default: the engine's probe
+    secrets: Callable[[str], str | None] | None = None  # secret name -> value, to mask output kept in reasons
+
+
 class Executor:
-    def __init__(self, runtime: Engine, router: Traffic, ledger: Ledger, out: Output, rollout_id: int,
-                 probe: Callable[[ServiceConfig, ContainerFacts], bool] | None = None,
-                 lost_lock: threading.Event | None = None, journal: Journal | None = None,
-                 watch: Callable[[list[Instance]], None] | None = None,
-                 secrets: Callable[[str], str | None] | None = None) -> None:
+    def __init__(self, runtime: Engine, router: Traffic, ledger: Ledger, out: Output,
+                 options: ExecutorOptions = ExecutorOptions()) -> None:
         self.runtime, self.router, self.ledger, self.out = runtime, router, ledger, out
-        self.secrets = secrets  # secret name -> value, to mask instance output kept in reasons
-        self.probe = probe or (lambda svc, c: runtime.probe(c, svc.healthcheck, svc.port))
-        self.rollout_id = rollout_id
-        self.journal: Journal = journal or (lambda *entry: ledger.rollouts.record_step(rollout_id, *entry))
-        self.watch = watch  # sees every observation of converge(); may raise to stop it
-        self.lost_lock = lost_lock
-        self.targets: dict[int, Target] = {}
+        self.options = options
+        self.rollout_id = options.rollout_id
+        self.secrets = options.secrets
+        self.probe = options.probe or (lambda svc, c: runtime.probe(c, svc.healthcheck, svc.port))
+        rollout_id = options.rollout_id
+        self.journal: Journal = options.journal or (lambda *entry: ledger.rollouts.record_step(rollout_id, *entry))
+        self._targets: dict[int, Target] = {t.release.number: t for t in options.known}  # and those converged to
         self.started: set[str] = set()  # instances this executor created
-        self.goal: Target | None = None  # what converge() is working toward
-        self.failed: set[str] = set()  # running but judged failed (unhealthy): retired like dead ones
-        self.tainted: set[str] = set()  # drifted from their release: replaced, then retired
+        self._goal: Target | None = options.goal  # what converge() is working toward
         cfg = router.cfg
-        self.selector = {"kiln.app": cfg.app, "kiln.env": cfg.env, "kiln.role": "instance"}
+        self.selector = selector(cfg.app, cfg.env, Role.INSTANCE)
         self.routed = cfg.public_service.name if cfg.public_service else None
+
+    @property
+    def failed(self) -> frozenset[str]:
+        return self.options.failed
+
+    @property
+    def tainted(self) -> frozenset[str]:
+        return self.options.tainted
 
     # --- observe ------------------------------------------------------------------------
 
@@ -118,8 +142,8 @@ class Executor:
         containers = self.containers()
         for c in containers:
             service, release = c.label("service") or "?", int(c.label("release") or 0)
-            if self.goal and self.goal.same_as(c):
-                release = self.goal.release.number  # a rollback onto instances that still run
+            if self._goal and self._goal.same_as(c):
+                release = self._goal.release.number  # a rollback onto instances that still run
             server = servers.get(c.name)
             if service == self.routed:
                 ready = server is not None and server.serving
@@ -143,18 +167,16 @@ class Executor:
         """Bring the environment to `target` (shaped by `desired`, if given). With `strict`, an
         instance this rollout started that dies aborts it; instances that died before (say, in an
         engine restart) are replaced."""
-        self.targets[target.release.number] = target
-        self.goal = target
+        self._targets[target.release.number] = target
+        self._goal = target
         desired = desired or target.desired()
         budget = 4 * (sum(desired.replicas.values()) + len(self.containers())) + 8
         for _ in range(budget):
-            if self.lost_lock is not None and self.lost_lock.is_set():
-                raise LockLost("this kiln lost the environment's lock mid-rollout (its lease ran out or it was "
-                               "force-released) and stopped without touching anything more.",
-                               "The new holder completes or undoes the rollout; `kiln lock status` shows who.")
+            if self.options.lease is not None:
+                self.options.lease.check()
             facts = self.observe()
-            if self.watch is not None:
-                self.watch(facts)
+            if self.options.watch is not None:
+                self.options.watch(facts)
             if strict:
                 for i in facts:
                     if i.name in self.started and not i.running:
@@ -184,23 +206,23 @@ class Executor:
             self._start(action)
             return
         kind, target = STEP_OF[type(action)], action.name
-        self.journal(kind, target, "started", "")
+        self.journal(kind, target, kinds.ActionState.STARTED, "")
         try:
             detail = self._do(action)
         except Exception as exc:
-            self.journal(kind, target, "failed", str(exc))
+            self.journal(kind, target, kinds.ActionState.FAILED, str(exc))
             raise
-        self.journal(kind, target, "done", detail)
+        self.journal(kind, target, kinds.ActionState.DONE, detail)
 
     def _start(self, action: Start) -> None:
-        t = self.targets[action.release]
+        t = self._targets[action.release]
         svc = t.cfg.service(action.service)
         name = new_instance_name(t.cfg, svc.name, action.release)
         # Recorded before it exists, so an interrupted rollout knows what it may have made.
-        self.journal(STEP_OF[Start], name, "started", "")
+        self.journal(STEP_OF[Start], name, kinds.ActionState.STARTED, "")
         self.started.add(name)
         self.runtime.start(instance_spec(t.cfg, svc, action.release, t.release.image, name))
-        self.journal(STEP_OF[Start], name, "done", "")
+        self.journal(STEP_OF[Start], name, kinds.ActionState.DONE, "")
         self.out.step(f"started {name}")
         faults.point("started")
 
@@ -251,7 +273,7 @@ class Executor:
         if facts is None:
             raise RolloutError(f"instance {name} disappeared during the rollout.")
         release = int(facts.label("release") or 0)
-        target = self.targets.get(release)
+        target = self._targets.get(release)
         cfg = target.cfg if target else self.router.cfg
         return facts, cfg.service(facts.label("service") or "")
 
@@ -308,7 +330,7 @@ class Executor:
         the releases in play masked (secretstore.Masker)."""
         if not text or self.secrets is None:
             return text
-        cfgs = [t.cfg for t in self.targets.values()] + [self.router.cfg]
+        cfgs = [t.cfg for t in self._targets.values()] + [self.router.cfg]
         names = {n for cfg in cfgs for svc in cfg.services for v in svc.environment.values() if (n := reference(v))}
         return masker_for(names, self.secrets)(text)
 

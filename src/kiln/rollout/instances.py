@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from kiln.providers.base import ContainerSpec, Limits, network_name
+from kiln.providers.base import ROLE_LABEL, ContainerSpec, Limits, Role, network_name
 from kiln.spec.resolve import EnvConfig, ServiceConfig
 
 
@@ -16,7 +16,7 @@ def instance_labels(cfg: EnvConfig, service: str, release: int, instance: str) -
     return {
         "kiln.app": cfg.app,
         "kiln.env": cfg.env,
-        "kiln.role": "instance",
+        ROLE_LABEL: Role.INSTANCE.value,
         "kiln.service": service,
         "kiln.release": str(release),
         "kiln.instance": instance,
@@ -41,11 +41,7 @@ def instance_spec(cfg: EnvConfig, svc: ServiceConfig, release: int, image: str, 
         labels=instance_labels(cfg, svc.name, release, name),
         command=svc.command,
         environment=env,
-        writable=svc.writable,
-        user=svc.user,
-        read_only=svc.read_only,
-        cap_add=svc.cap_add,
-        no_new_privileges=svc.no_new_privileges,
+        hardening=svc.hardening,
         stop_grace_period=svc.stop_grace_period,
         health_command=hc.command if hc and hc.kind == "command" else None,
         health_interval=hc.interval if hc else 1.0,

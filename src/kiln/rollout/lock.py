@@ -5,7 +5,10 @@ other is starting or removing. So a change runs inside `hold()`: the ledger's lo
 this process, a background thread renews its lease, and the lock is released on the way out,
 also when the body raises. A kiln that dies without releasing leaves a lock that the next kiln
 takes over: at once when the holder ran on this host and its pid is gone, else once the lease
-expired (a process on another host cannot be checked; only its silence can be seen)."""
+expired (a process on another host cannot be checked; only its silence can be seen).
+
+What works under the lock gets its `Lease` as a value (the executor checks it before every step),
+never through shared state."""
 
 from __future__ import annotations
 
@@ -20,20 +23,40 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kiln import process
+from kiln.errors import LockLost
 
 if TYPE_CHECKING:  # SQLAlchemy costs ~0.3 s to import; callers already hold a Ledger
     from kiln.ledger.locks import Lock
     from kiln.ledger.store import Ledger
 
 
-@dataclass
+@dataclass(frozen=True)
+class Lease:
+    """Whether the lock some work runs under is still this process's. `lost` is set when a
+    heartbeat found the lock gone (taken over or force-released) or could not renew it for a whole
+    lease; the work should then stop changing the environment, since someone else may be changing
+    it. A Lease nobody sets (`Lease()`) is never lost."""
+
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        """LockLost once the lock is lost: call before each change."""
+        if self.lost.is_set():
+            raise LockLost("this kiln lost the environment's lock mid-rollout (its lease ran out or it was "
+                           "force-released) and stopped without touching anything more.",
+                           "The new holder completes or undoes the rollout; `kiln lock status` shows who.")
+
+
+@dataclass(frozen=True)
 class Held:
-    """What `hold()` yields. `lost` is set when a heartbeat found the lock gone (taken over or
-    force-released) or could not renew it for a whole lease; the body should then stop changing
-    the environment, since someone else may be changing it."""
+    """What `hold()` yields: the lock row, and the lease to hand to the work done under it."""
 
     lock: Lock
-    lost: threading.Event = field(default_factory=threading.Event)
+    lease: Lease = field(default_factory=Lease)
+
+    @property
+    def lost(self) -> threading.Event:
+        return self.lease.lost
 
 
 def _user() -> str:

@@ -11,41 +11,97 @@ A rollout is a list of phases, persisted by index in the ledger as it goes:
 `start` brings the whole new set up beside the old one at weight 0 (blue-green: reachable on
 the preview port); `roll` replaces instances in batches (max_surge / max_unavailable);
 `switch` gives the new set all the traffic and retires (or, blue-green with keep_old, idles)
-the old one."""
+the old one.
+
+A phase is a `Phase` value: its kind, and for a canary's `shift` the index of its step in the
+policy's `steps`. The ledger stores its text (`shift:1`); `Phase.parse` reads that text back and
+`str()` writes it, the one place either happens."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import assert_never
 
 from kiln.router.haproxy_api import FULL_WEIGHT
 from kiln.spec.models import Analysis, RolloutPolicy
 
 MAX_WEIGHT = 256  # HAProxy's largest server weight
-TRAFFIC_MOVED = "switch"  # from this phase on, an interrupted rollout is completed, not undone
 
 
-def phases(policy: RolloutPolicy, has_before: bool, has_after: bool) -> list[str]:
-    before = ["before_traffic"] if has_before else []
-    after = ["after_traffic"] if has_after else []
+class PhaseKind(StrEnum):
+    """What a phase does; the value is the stored name (the prefix before `:` of a shift)."""
+
+    BEFORE_TRAFFIC = "before_traffic"
+    ROLL = "roll"
+    START = "start"
+    SMOKE = "smoke"
+    PROMOTION = "promotion"
+    SHIFT = "shift"
+    SWITCH = "switch"
+    AFTER_TRAFFIC = "after_traffic"
+
+    @property
+    def moves_traffic(self) -> bool:
+        """Whether traffic has started to move for good once this phase was reached: an
+        interrupted rollout is then completed, not undone."""
+        match self:
+            case PhaseKind.ROLL | PhaseKind.SWITCH | PhaseKind.AFTER_TRAFFIC:
+                return True
+            case PhaseKind.BEFORE_TRAFFIC | PhaseKind.START | PhaseKind.SMOKE | PhaseKind.PROMOTION | PhaseKind.SHIFT:
+                return False
+            case _:
+                assert_never(self)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a rollout. `index` is a shift's canary step (policy.steps[index]), and only a
+    shift's: `Phase.parse(str(p)) == p` for every phase, and `str(Phase.parse(t)) == t` for every
+    text a ledger holds."""
+
+    kind: PhaseKind
+    index: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kind is PhaseKind.SHIFT) != (self.index is not None) or (self.index or 0) < 0:
+            raise ValueError(f"a {self.kind} phase {'needs' if self.kind is PhaseKind.SHIFT else 'has no'} "
+                             f"step index (got {self.index!r})")
+
+    @classmethod
+    def parse(cls, text: str) -> Phase:
+        """The phase a ledger recorded as `text`; ValueError when it names none."""
+        name, colon, index = text.partition(":")
+        if colon and not (index.isdigit() and str(int(index)) == index):
+            raise ValueError(f"{text!r} is not a phase: its step index is not a number")
+        return cls(PhaseKind(name), int(index) if colon else None)
+
+    def __str__(self) -> str:
+        return str(self.kind) if self.index is None else f"{self.kind}:{self.index}"
+
+
+def phases(policy: RolloutPolicy, has_before: bool, has_after: bool) -> list[Phase]:
+    before = [Phase(PhaseKind.BEFORE_TRAFFIC)] if has_before else []
+    after = [Phase(PhaseKind.AFTER_TRAFFIC)] if has_after else []
     if policy.strategy == "rolling":
-        return [*before, "roll", *after]
-    out = ["start", *before]
+        return [*before, Phase(PhaseKind.ROLL), *after]
+    out = [Phase(PhaseKind.START), *before]
     if policy.smoke:
-        out.append("smoke")
+        out.append(Phase(PhaseKind.SMOKE))
     if policy.strategy == "blue-green":
         if policy.promote == "manual":
-            out.append("promotion")
+            out.append(Phase(PhaseKind.PROMOTION))
     else:
-        out += [f"shift:{i}" for i, step in enumerate(policy.steps) if step.weight < 100]
-    return [*out, "switch", *after]
+        out += [Phase(PhaseKind.SHIFT, i) for i, step in enumerate(policy.steps) if step.weight < 100]
+    return [*out, Phase(PhaseKind.SWITCH), *after]
 
 
-def resume_forward(phase_list: list[str], reached: int) -> bool:
+def resume_forward(phase_list: list[Phase], reached: int) -> bool:
     """An interrupted rollout is completed once traffic has started to move for good (the switch,
     or any phase of a rolling rollout past its hook), and undone before: a canary whose analysis
     or a blue-green set whose smoke checks did not finish has not earned the traffic."""
-    return reached >= len(phase_list) or phase_list[reached] in ("roll", TRAFFIC_MOVED, "after_traffic")
+    return reached >= len(phase_list) or phase_list[reached].kind.moves_traffic
 
 
 def count(value: int | str, replicas: int, round_up: bool) -> int:

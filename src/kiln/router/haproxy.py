@@ -44,6 +44,7 @@ from kiln.router.haproxy_api import (
     set_weights,
     stop_server,
 )
+from kiln.spec.hardening import Hardening
 from kiln.spec.models import Base
 from kiln.spec.resolve import EnvConfig, url_host
 
@@ -135,10 +136,10 @@ class HaproxyRouter:
             network="host" if self.on_host else network_name(self.cfg.app, self.cfg.env),
             labels={**self.labels(), "kiln.router.config": digest},
             command=("haproxy", "-W", "-db", "-f", f"{SOCKET_DIR}/haproxy.cfg"),
-            writable=("/tmp", "/run/haproxy"),
-            publish=self._publish(),
             # On the host's network a port below 1024 is the host's own: binding it takes this capability.
-            cap_add=("NET_BIND_SERVICE",) if self.on_host and min(self._ports()) < 1024 else (),
+            hardening=Hardening(writable=("/tmp", "/run/haproxy"),
+                                cap_add=("NET_BIND_SERVICE",) if self.on_host and min(self._ports()) < 1024 else ()),
+            publish=self._publish(),
             binds={str(self.dir): SOCKET_DIR},
             stop_grace_period=5,
             restart=True,

@@ -14,6 +14,7 @@ from kiln.errors import UsageError
 from kiln.providers.qemu_kind import VM_BOOT_TIMEOUT
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
+from kiln.spec.hardening import DEFAULT_WRITABLE
 from kiln.spec.pipeline import Pipeline
 from kiln.spec.sizes import DiskSize, Memory
 from kiln.spec.smoke import SmokeCheck, path_problem
@@ -282,7 +283,6 @@ def _ip_literal(value: object) -> str:
 
 
 IpLiteral = Annotated[str, BeforeValidator(_ip_literal)]
-DEFAULT_WRITABLE = ("/tmp",)  # services.NAME.writable's default: a tmpfs there relaxes nothing
 
 
 class Service(Model):

@@ -6,15 +6,30 @@ step's `Check` is spec/smoke.py's, shared with the rollout's smoke checks."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kiln.secretref import Environ
 from kiln.spec.durations import Duration
+from kiln.spec.hardening import Hardening
 from kiln.spec.smoke import Check
 
-KINDS = ("run", "deploy", "promote", "smoke", "parallel")
+
+class StepKind(StrEnum):
+    """What a pipeline step does. The value is its key in kiln.yaml, and what a run's step row
+    records (ci_steps.kind), with `bake` for the checkout-and-bake step every run starts with."""
+
+    BAKE = "bake"
+    RUN = "run"
+    DEPLOY = "deploy"
+    PROMOTE = "promote"
+    SMOKE = "smoke"
+    PARALLEL = "parallel"  # a group; its steps are recorded, never itself
+
+
+KINDS = ("run", "deploy", "promote", "smoke", "parallel")  # a step's keys, exactly one of which it gives
 RUN_ONLY = ("environment", "services", "timeout")
 
 
@@ -41,6 +56,10 @@ class Sidecar(_Model):
     ready_timeout: Duration = Field(60.0, description="how long the port may take to open")
     read_only: bool = Field(True, description="read-only root filesystem, as for instances; list the paths it writes in `writable`, or set false")
     writable: tuple[str, ...] = Field(("/tmp",), description="paths mounted writable (tmpfs) on a read-only root")
+
+    @property
+    def hardening(self) -> Hardening:
+        return Hardening(read_only=self.read_only, writable=self.writable)
 
 
 class Step(_Model):
@@ -78,8 +97,13 @@ class Step(_Model):
         return self
 
     @property
-    def kind(self) -> str:
-        return next(k for k in KINDS if getattr(self, k) is not None)
+    def hardening(self) -> Hardening:
+        """A run step's container: as an instance's, with its own read-only root and writable paths."""
+        return Hardening(read_only=self.read_only, writable=self.writable)
+
+    @property
+    def kind(self) -> StepKind:
+        return StepKind(next(k for k in KINDS if getattr(self, k) is not None))
 
     @property
     def title(self) -> str:

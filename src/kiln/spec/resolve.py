@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict
 
 from kiln.engines import DEFAULT_ENGINE, kind
 from kiln.errors import UsageError
-from kiln.spec.models import DEFAULT_WRITABLE, HealthCheck, Resources, Spec
+from kiln.spec.hardening import Hardening
+from kiln.spec.models import HealthCheck, Resources, Spec
 from kiln.spec.sizes import format_size
 
 
@@ -23,11 +24,6 @@ def url_host(bind: str) -> str:
 def host_port(host: str, port: int) -> str:
     """host:port as URLs and HAProxy's `bind` write it: an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def runs_as_root(user: str | None) -> bool:
-    """Whether `user` (services.NAME.user: NAME, UID, NAME:GROUP or UID:GID) names root outright."""
-    return (user or "").partition(":")[0].strip() in ("0", "root")
 
 
 class Resolved(BaseModel):
@@ -59,15 +55,18 @@ class ServiceConfig(Resolved):
         r = self.resources
         return f"memory {format_size(r.memory)}, cpus {r.cpus:g}, pids {r.pids}"
 
+    @property
+    def hardening(self) -> Hardening:
+        """How its instances are confined, as one value (spec/hardening.py). The record keeps the
+        flat fields (its JSON form, and so the digests of recorded releases, stay as they were);
+        this is the one place they become the value."""
+        return Hardening(user=self.user, read_only=self.read_only, writable=self.writable, cap_add=self.cap_add,
+                         no_new_privileges=self.no_new_privileges)
+
     def relaxed(self) -> list[tuple[str, str]]:
         """Hardening defaults this service gives up, as the spec asked: (its key, what it says),
         e.g. ("cap_add", "cap_add: NET_RAW"). A pushed kiln.yaml needs a right for each (ci/trust.py)."""
-        out = [("read_only", "read_only: false")] * (not self.read_only)
-        out += [("no_new_privileges", "no_new_privileges: false")] * (not self.no_new_privileges)
-        out += [("user", "user: root")] * runs_as_root(self.user)
-        out += [("cap_add", f"cap_add: {cap}") for cap in self.cap_add]
-        out += [("writable", f"writable: {path}") for path in self.writable if path not in DEFAULT_WRITABLE]
-        return out
+        return self.hardening.relaxed()
 
     @property
     def relaxations(self) -> list[str]:

@@ -58,7 +58,7 @@ def act(base: Context, token: Token, app: str, env: str, what: str, do: Callable
 
 def outcome_said(outcome: Outcome) -> str:
     n = outcome.release.number
-    if outcome.state == "paused":
+    if outcome.state == kinds.PAUSED:
         return f"v{n} waits for promotion"
     return f"v{n} serving" if outcome.changed else f"v{n} already serving"
 

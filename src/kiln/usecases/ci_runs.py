@@ -11,7 +11,8 @@ from pathlib import Path
 from kiln import views
 from kiln.context import Context
 from kiln.errors import NotFound, UsageError
-from kiln.ledger.ci_store import FINISHED, CiRun, CiStore
+from kiln.ledger.ci_store import CiRun, CiStore
+from kiln.ledger.kinds import StepState
 
 FOLLOW_EVERY = 0.5  # seconds between two reads of a followed log
 
@@ -57,7 +58,7 @@ def logs(ctx: Context, run_id: int, follow: bool = False) -> Iterator[list[views
         yield [views.LogLine(step=names.get(step, "-") if step is not None else "-", line=line)
                for _, step, line in lines]
         after = lines[-1][0] if lines else after
-        if not follow or (current is not None and current.state in FINISHED and not lines):
+        if not follow or (current is not None and current.state.final and not lines):
             return
         time.sleep(FOLLOW_EVERY)
 
@@ -71,10 +72,10 @@ def approve(ctx: Context, run_id: int, by: str) -> views.CiStep:
     """Let the run's waiting manual promotion go ahead; returns that step."""
     runs_ = store(ctx)
     _stored(ctx, run_id)
-    waiting = [s for s in runs_.steps(run_id) if s.state == "waiting"]
+    waiting = [s for s in runs_.steps(run_id) if s.state == StepState.WAITING]
     if not waiting:
         raise UsageError(f"run {run_id} has no step waiting for approval.", f"`kiln ci show {run_id}` shows its steps.")
-    runs_.set_step(waiting[0].id, "approved", f"approved by {by}", only_from=("waiting",))
+    runs_.set_step(waiting[0].id, StepState.APPROVED, f"approved by {by}", only_from=(StepState.WAITING,))
     return views.CiStep.of(waiting[0])
 
 
@@ -82,7 +83,7 @@ def cancel(ctx: Context, run_id: int) -> views.CiRun:
     """Cancel a queued run at once, or ask the worker of an active one to stop; UsageError when
     the run has already ended. Returns the run as it is now."""
     found = _stored(ctx, run_id)
-    if found.state in FINISHED:
+    if found.state.final:
         raise UsageError(f"run {run_id} has already ended ({found.state}).")
     return views.CiRun.of(store(ctx).request_cancel(run_id) or found)
 

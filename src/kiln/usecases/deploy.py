@@ -1,7 +1,8 @@
 """kiln deploy, rollback, promote and rollout resume: change what an environment serves.
 
 Every change holds the environment's lock, first settles any rollout a killed kiln left
-unfinished, then records (or reuses) a release and runs a rollout by the chosen strategy.
+unfinished, then records (or reuses) a release and runs a rollout by the chosen strategy. The
+lock's `Lease` goes, as an argument, to everything that changes the environment under it.
 If the new release fails (an instance exits or misses its health deadline, a hook or smoke
 check fails, a canary is worse than its baseline) the rollout is aborted: the environment
 converges back to the release that was serving and the error says why. Nothing that serves
@@ -13,17 +14,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import assert_never
 
 from kiln import engines, secretref
 from kiln.context import Context
 from kiln.errors import KilnError, LedgerError, LockLost, PortInUse, RolloutError, UsageError
 from kiln.ledger import kinds
+from kiln.ledger.kinds import PAUSED, RolloutState
 from kiln.ledger.releases import Release
 from kiln.ledger.rollouts import Rollout
 from kiln.providers.base import HOOK, network_name, selector, short_image
-from kiln.rollout.driver import PAUSED, Driver, Progress
-from kiln.rollout.executor import Executor, Target
-from kiln.rollout.lock import hold
+from kiln.rollout.driver import Driver, Progress
+from kiln.rollout.executor import Executor, ExecutorOptions, Target
+from kiln.rollout.lock import Lease, hold
 from kiln.rollout.strategy import phases, resume_forward
 from kiln.router.base import Router
 from kiln.spec.loader import LoadedSpec
@@ -36,7 +39,7 @@ from kiln.spec.resolve import EnvConfig, resolve, url_host
 class Outcome:
     release: Release
     changed: bool  # False when the environment already ran this release, as desired
-    state: str = "succeeded"  # or "paused": a blue-green release waits for `kiln promote`
+    state: RolloutState = kinds.SUCCEEDED  # or PAUSED: a blue-green release waits for `kiln promote`
 
 
 def policy_for(spec: Spec, strategy: str | None) -> Policy:
@@ -66,10 +69,10 @@ def deploy(ctx: Context, loaded: LoadedSpec, env: str, strategy: str | None = No
     check_secrets(ctx, cfg)
     # Locked before the bake, so that a second deploy fails at once instead of after its build;
     # and the router's ports checked, so that a doomed deploy fails before it bakes.
-    with locked(ctx, cfg.app, env, "deploy"):
+    with locked(ctx, cfg.app, env, "deploy") as lease:
         with ports_named(ctx, cfg):
             ctx.router(cfg).check()
-        return ship(ctx, cfg, bake_artifact(ctx, loaded, cfg.engine), loaded.digest, policy)
+        return ship(ctx, lease, cfg, bake_artifact(ctx, loaded, cfg.engine), loaded.digest, policy)
 
 
 def bake_artifact(ctx: Context, loaded: LoadedSpec, engine: str) -> Artifact:
@@ -90,7 +93,7 @@ def deploy_image(ctx: Context, loaded: LoadedSpec, env: str, image: str, strateg
     if known is None:
         raise UsageError(f"no release of {cfg.app} recorded the image {image!r}.",
                          "Deploy an image a release used (`kiln releases` lists them), or bake with `kiln deploy`.")
-    with locked(ctx, cfg.app, env, "deploy"):
+    with locked(ctx, cfg.app, env, "deploy") as lease:
         with ports_named(ctx, cfg):
             ctx.router(cfg).check()
         if ctx.engine_for(cfg).image_id(known.image) is None:
@@ -98,11 +101,11 @@ def deploy_image(ctx: Context, loaded: LoadedSpec, env: str, image: str, strateg
                             f"Check out commit {(known.commit or '?')[:12]} and run `kiln deploy` to bake it again.")
         origin = "" if known.env == env else f"image of {known.env} v{known.number}"
         artifact = Artifact(known.image, known.image_tag, known.inputs_hash, known.commit, known.dirty, origin)
-        return ship(ctx, cfg, artifact, loaded.digest, policy)
+        return ship(ctx, lease, cfg, artifact, loaded.digest, policy)
 
 
-def ship(ctx: Context, cfg: EnvConfig, artifact: Artifact, spec_digest: str, policy: Policy) -> Outcome:
-    """Put `artifact` with config `cfg` in service (the caller holds the lock): the release in
+def ship(ctx: Context, lease: Lease, cfg: EnvConfig, artifact: Artifact, spec_digest: str, policy: Policy) -> Outcome:
+    """Put `artifact` with config `cfg` in service (the caller holds the lock, `lease`): the release in
     service when it is the same, a retry of the newest one when that never got in, else a new one.
     On a cluster engine the image is pushed first, and the release records `repository@sha256:…`."""
     published = ctx.engine_for(cfg).publish(artifact.image, cfg.repository)
@@ -110,7 +113,7 @@ def ship(ctx: Context, cfg: EnvConfig, artifact: Artifact, spec_digest: str, pol
         ctx.out.step(f"Pushed {published}")
         artifact = replace(artifact, image=published)
     router = prepare(ctx, cfg)
-    settle(ctx, router)
+    settle(ctx, lease, router)
     current = ctx.ledger.releases.current(cfg.app, cfg.env)
     config_digest = cfg.digest()
     newest = next(iter(ctx.ledger.releases.of(cfg.app, cfg.env, limit=1)), None)
@@ -126,17 +129,17 @@ def ship(ctx: Context, cfg: EnvConfig, artifact: Artifact, spec_digest: str, pol
             commit=artifact.commit, dirty=artifact.dirty, origin=artifact.origin)
         origin = f" ({artifact.origin})" if artifact.origin else ""
         ctx.out.step(f"Recorded release v{release.number} of {cfg.app}/{cfg.env}{origin}")
-    return roll_out(ctx, router, release, current, policy)
+    return roll_out(ctx, lease, router, release, current, policy)
 
 
 def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str | None = None) -> Outcome:
     app = spec.app
     # A rollback is urgent and goes onto a release that served: it rolls, unless told otherwise.
     policy = policy_for(spec, strategy or "rolling")
-    with locked(ctx, app, env, "rollback"):
+    with locked(ctx, app, env, "rollback") as lease:
         unfinished = ctx.ledger.rollouts.unfinished(app, env)
         if unfinished:
-            settle(ctx, ctx.router(_config_of(ctx, unfinished[-1])))
+            settle(ctx, lease, ctx.router(_config_of(ctx, unfinished[-1])))
         current = ctx.ledger.releases.current(app, env)
         if current and any(r.state == PAUSED for r in unfinished):
             # Rolling back while a blue-green release waits for promotion means: drop that release.
@@ -164,12 +167,12 @@ def rollback(ctx: Context, spec: Spec, env: str, to: int | None, strategy: str |
             config=target.config, config_digest=target.config_digest, spec_digest=target.spec_digest,
             commit=target.commit, dirty=target.dirty, note=f"rollback to v{to}")
         ctx.out.step(f"Recorded release v{release.number} (rollback to v{to})")
-        return roll_out(ctx, router, release, current, policy)
+        return roll_out(ctx, lease, router, release, current, policy)
 
 
 def promote(ctx: Context, app: str, env: str) -> Outcome:
     """Switch traffic to the blue-green release waiting on the preview port."""
-    with locked(ctx, app, env, "promote"):
+    with locked(ctx, app, env, "promote") as lease:
         paused = [r for r in ctx.ledger.rollouts.unfinished(app, env) if r.state == PAUSED]
         if not paused:
             raise UsageError(f"no release of {app}/{env} waits for promotion.",
@@ -178,15 +181,15 @@ def promote(ctx: Context, app: str, env: str) -> Outcome:
         ctx.ledger.rollouts.finish(rollout.id, kinds.RUNNING)
         progress = Progress.from_data(rollout.data)
         progress.index += 1  # past "promotion"
-        return _continue(ctx, ctx.router(_config_of(ctx, rollout)), rollout, progress)
+        return _continue(ctx, lease, ctx.router(_config_of(ctx, rollout)), rollout, progress)
 
 
 def resume(ctx: Context, app: str, env: str) -> list[Rollout]:
     """`kiln rollout resume`: settle what a killed kiln left unfinished."""
-    with locked(ctx, app, env, "resume"):
+    with locked(ctx, app, env, "resume") as lease:
         unfinished = [r for r in ctx.ledger.rollouts.unfinished(app, env) if r.state != PAUSED]
         if unfinished:
-            settle(ctx, ctx.router(_config_of(ctx, unfinished[-1])), drop_paused=False)
+            settle(ctx, lease, ctx.router(_config_of(ctx, unfinished[-1])), drop_paused=False)
         return [r for r in (ctx.ledger.rollouts.get(u.id) for u in unfinished) if r]
 
 
@@ -200,8 +203,8 @@ def abort(ctx: Context, app: str, env: str, by: str) -> Rollout:
         raise UsageError(f"no rollout of {app}/{env} is running or waiting for promotion.")
     last = unfinished[-1]
     if last.state == PAUSED:
-        with locked(ctx, app, env, "abort"):
-            settle(ctx, ctx.router(_config_of(ctx, last)))
+        with locked(ctx, app, env, "abort") as lease:
+            settle(ctx, lease, ctx.router(_config_of(ctx, last)))
     else:
         ctx.ledger.rollouts.request_abort(last.id, by)
         ctx.out.step(f"rollout {last.id} to v{last.to_release} was asked to abort; its kiln converges back")
@@ -209,13 +212,11 @@ def abort(ctx: Context, app: str, env: str, by: str) -> Rollout:
 
 
 @contextmanager
-def locked(ctx: Context, app: str, env: str, reason: str) -> Iterator[None]:
+def locked(ctx: Context, app: str, env: str, reason: str) -> Iterator[Lease]:
+    """Hold app/env's lock for the body, which gets its lease to hand to what changes the
+    environment (the executor stops once the lease is lost)."""
     with hold(ctx.ledger, app, env, reason) as held:
-        ctx.lost_lock = held.lost
-        try:
-            yield
-        finally:
-            ctx.lost_lock = None
+        yield held.lease
 
 
 def prepare(ctx: Context, cfg: EnvConfig) -> Router:
@@ -250,9 +251,9 @@ def ports_named(ctx: Context, cfg: EnvConfig) -> Iterator[None]:
         raise
 
 
-def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
-    """Finish or undo rollouts that a killed kiln left unfinished (the caller holds the lock, so
-    their kiln is gone). Past the traffic switch they are completed; before it, undone. A
+def settle(ctx: Context, lease: Lease, router: Router, drop_paused: bool = True) -> None:
+    """Finish or undo rollouts that a killed kiln left unfinished (the caller holds the lock,
+    `lease`, so their kiln is gone). Past the traffic switch they are completed; before it, undone. A
     blue-green release waiting for promotion is dropped when a new change comes."""
     app, env = router.cfg.app, router.cfg.env
     engine = ctx.engine_for(router.cfg)
@@ -269,21 +270,22 @@ def settle(ctx: Context, router: Router, drop_paused: bool = True) -> None:
             ctx.out.warn(f"rollout {rollout.id} to v{rollout.to_release} was interrupted in its "
                          f"{progress.phases[progress.index] if progress.index < len(progress.phases) else 'last'} phase; completing it")
             ctx.ledger.events.record(app, env, kinds.ROLLOUT_RESUMED, f"rollout {rollout.id} to v{rollout.to_release}")
-            _continue(ctx, router, rollout, progress)
+            _continue(ctx, lease, router, rollout, progress)
         else:
             why = "dropped: a new change came before its promotion" if rollout.state == PAUSED else \
                 "interrupted before its traffic switch; undone"
             ctx.out.warn(f"rollout {rollout.id} to v{rollout.to_release} was {why}")
-            executor = _executor(ctx, router, rollout.id, rollout)
+            executor = _executor(ctx, lease, router, rollout)
             _abort(ctx, executor, _release(ctx, rollout.from_release, app, env), _release(ctx, rollout.to_release, app, env))
             ctx.ledger.rollouts.finish(rollout.id, kinds.ABORTED, why)
             ctx.ledger.events.record(app, env, kinds.ROLLOUT_ABORTED, f"rollout {rollout.id} to v{rollout.to_release}: {why}")
 
 
-def roll_out(ctx: Context, router: Router, release: Release, previous: Release | None, policy: Policy) -> Outcome:
+def roll_out(ctx: Context, lease: Lease, router: Router, release: Release, previous: Release | None,
+             policy: Policy) -> Outcome:
     cfg = release.env_config()
     if previous and previous.number == release.number:
-        probe_only = Executor(ctx.engine_for(cfg), router, ctx.ledger, ctx.out, rollout_id=0, secrets=ctx.secret)
+        probe_only = Executor(ctx.engine_for(cfg), router, ctx.ledger, ctx.out, ExecutorOptions(secrets=ctx.secret))
         if probe_only.converged(Target.of(release), kept(ctx, cfg.app, cfg.env)):
             ctx.out.done(f"Nothing to do: v{release.number} is serving as desired")
             return Outcome(release, changed=False)
@@ -294,17 +296,17 @@ def roll_out(ctx: Context, router: Router, release: Release, previous: Release |
                                        release.number, policy.strategy, progress.data())
     ctx.ledger.events.record(cfg.app, cfg.env, kinds.ROLLOUT_STARTED,
                      f"rollout {rollout.id} to v{release.number} ({policy.strategy})")
-    ctx.out.step(f"Rolling out v{release.number} ({policy.strategy}: {', '.join(progress.phases)})")
-    outcome = _continue(ctx, router, rollout, progress)
+    ctx.out.step(f"Rolling out v{release.number} ({policy.strategy}: {', '.join(map(str, progress.phases))})")
+    outcome = _continue(ctx, lease, router, rollout, progress)
     return Outcome(outcome.release, changed=previous is None or previous.number != release.number, state=outcome.state)
 
 
-def _continue(ctx: Context, router: Router, rollout: Rollout, progress: Progress) -> Outcome:
+def _continue(ctx: Context, lease: Lease, router: Router, rollout: Rollout, progress: Progress) -> Outcome:
     """Run `rollout` from progress.index to its end; abort it (converging back) when it fails."""
     app, env = router.cfg.app, router.cfg.env
     release = ctx.ledger.releases.require(app, env, rollout.to_release)
     previous = _release(ctx, rollout.from_release, app, env) if rollout.from_release else None
-    executor = _executor(ctx, router, rollout.id, rollout)
+    executor = _executor(ctx, lease, router, rollout)
     driver = Driver(ctx.engine_for(router.cfg), router, ctx.ledger, ctx.out, rollout.id, Target.of(release), executor)
     try:
         state = driver.run(progress)
@@ -320,13 +322,18 @@ def _continue(ctx: Context, router: Router, rollout: Rollout, progress: Progress
             raise
         kept_msg = f"v{previous.number} keeps serving" if previous else "nothing was serving before"
         raise RolloutError(f"the rollout to v{release.number} was aborted: {reason}", f"{kept_msg}.") from None
-    if state == PAUSED:
-        ctx.ledger.rollouts.finish(rollout.id, PAUSED)
-        ctx.ledger.events.record(app, env, kinds.ROLLOUT_PAUSED, f"rollout {rollout.id}: v{release.number} waits for promotion")
-        return Outcome(release, changed=True, state=PAUSED)
-    ctx.ledger.rollouts.finish(rollout.id, kinds.SUCCEEDED)
-    ctx.ledger.events.record(app, env, kinds.ROLLOUT_SUCCEEDED, f"rollout {rollout.id}: v{release.number} serving")
-    return Outcome(release, changed=True)
+    match state:
+        case RolloutState.PAUSED:
+            ctx.ledger.rollouts.finish(rollout.id, state)
+            ctx.ledger.events.record(app, env, kinds.ROLLOUT_PAUSED,
+                                     f"rollout {rollout.id}: v{release.number} waits for promotion")
+            return Outcome(release, changed=True, state=state)
+        case RolloutState.SUCCEEDED:
+            ctx.ledger.rollouts.finish(rollout.id, state)
+            ctx.ledger.events.record(app, env, kinds.ROLLOUT_SUCCEEDED, f"rollout {rollout.id}: v{release.number} serving")
+            return Outcome(release, changed=True)
+        case _:
+            assert_never(state)
 
 
 def kept(ctx: Context, app: str, env: str) -> frozenset[str]:
@@ -339,14 +346,13 @@ def kept(ctx: Context, app: str, env: str) -> frozenset[str]:
     return frozenset(last.data["kept"])
 
 
-def _executor(ctx: Context, router: Router, rollout_id: int, rollout: Rollout) -> Executor:
-    executor = Executor(ctx.engine_for(router.cfg), router, ctx.ledger, ctx.out, rollout_id, lost_lock=ctx.lost_lock,
-                        secrets=ctx.secret)
-    for number in (rollout.from_release, rollout.to_release):
-        release = _release(ctx, number, router.cfg.app, router.cfg.env)
-        if release:
-            executor.targets[release.number] = Target.of(release)
-    return executor
+def _executor(ctx: Context, lease: Lease, router: Router, rollout: Rollout) -> Executor:
+    """The executor of `rollout`: it journals into its steps and knows its from and to releases."""
+    app, env = router.cfg.app, router.cfg.env
+    known = tuple(Target.of(r) for r in (_release(ctx, n, app, env) for n in (rollout.from_release, rollout.to_release))
+                  if r is not None)
+    return Executor(ctx.engine_for(router.cfg), router, ctx.ledger, ctx.out,
+                    ExecutorOptions(rollout_id=rollout.id, known=known, lease=lease, secrets=ctx.secret))
 
 
 def _release(ctx: Context, number: int | None, app: str, env: str) -> Release | None:

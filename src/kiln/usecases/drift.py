@@ -66,7 +66,7 @@ def inspect(ctx: Context, engine: Engine, app: str, env: str, containers: list[C
         # A read-only root filesystem cannot be written (not even by `docker cp`): no `docker diff`
         # needed. A VM's disk is another matter: its guest could remount it.
         vm = is_vm_ref(release.image)
-        changes = [] if details.read_only and expected.read_only and not vm else engine.changes(c.name)
+        changes = [] if details.read_only and expected.hardening.read_only and not vm else engine.changes(c.name)
         reasons = taints(expected, image_envs[release.image], c, details, changes, seen)
         if reasons:
             out[c.name] = reasons

@@ -135,11 +135,11 @@ def promote_artifact(ctx: Context, loaded: LoadedSpec, source: str, target: str,
                         "Re-create it first (`kiln recreate`), or deploy a fresh bake.")
     policy = policy_for(loaded.spec, strategy)
     check_secrets(ctx, cfg)
-    with locked(ctx, app, target, "promote"):
+    with locked(ctx, app, target, "promote") as lease:
         artifact = Artifact(serving.image, serving.image_tag, serving.inputs_hash, serving.commit, serving.dirty,
                             origin=f"promoted from {source} v{serving.number}")
         ctx.out.step(f"Promoting {source} v{serving.number} ({serving.image[:19]}) to {target}")
-        outcome = ship(ctx, cfg, artifact, loaded.digest, policy)
+        outcome = ship(ctx, lease, cfg, artifact, loaded.digest, policy)
     ctx.ledger.events.record(app, target, kinds.PROMOTED, f"{source} v{serving.number} → {target} v{outcome.release.number}")
     return outcome
 
@@ -159,14 +159,14 @@ def recreate(ctx: Context, loaded: LoadedSpec, number: int, source: str, new_env
     cfg = old.model_copy(update={"env": new_env, "port": port or free_port(old.bind), "preview_port": None})
     check_secrets(ctx, cfg)
     origin = f"{source} v{number}"
-    with locked(ctx, app, new_env, "recreate"):
+    with locked(ctx, app, new_env, "recreate") as lease:
         if ctx.engine_for(cfg).image_id(release.image) is not None:
             artifact = Artifact(release.image, release.image_tag, release.inputs_hash, release.commit, release.dirty)
         else:
             artifact = rebake(ctx, loaded, release)
         ctx.ledger.environments.record(app, new_env, "recreated", cfg.port, origin)
         # A plain rolling start: nothing serves in a new environment yet, so there is nothing to shield.
-        return ship(ctx, cfg, replace(artifact, origin=f"recreated from {origin}"), release.spec_digest, Policy())
+        return ship(ctx, lease, cfg, replace(artifact, origin=f"recreated from {origin}"), release.spec_digest, Policy())
 
 
 def rebake(ctx: Context, loaded: LoadedSpec, release: Release) -> Artifact:
@@ -224,7 +224,7 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
         raise UsageError(f"{loaded.path} is not in a git repository: a preview bakes a commit.")
     _, sha = git.resolve_ref(top, ref)
     env = f"preview-{sha[:8]}"
-    with locked(ctx, app, env, "preview"):
+    with locked(ctx, app, env, "preview") as lease:
         with git.checkout(top, sha, ctx.settings.home / "tmp") as tree:
             then = load_spec(tree / loaded.path.resolve().relative_to(top))
             if then.spec.app != app:
@@ -241,7 +241,7 @@ def preview(ctx: Context, loaded: LoadedSpec, ref: str, ttl: float, base: str | 
         made = ctx.ledger.environments.record(app, env, "preview", cfg.port, f"ref {ref} ({sha[:12]})",
                                              expires_at=now() + timedelta(seconds=ttl))
         artifact = replace(image, commit=sha, dirty=False, origin=f"preview of {ref}")
-        outcome = ship(ctx, cfg, artifact, then.digest, Policy())
+        outcome = ship(ctx, lease, cfg, artifact, then.digest, Policy())
         # Its time counts from when it serves (recorded before too, so that a failed start is pruned).
         made = ctx.ledger.environments.record(app, env, "preview", cfg.port, made.origin,
                                              expires_at=now() + timedelta(seconds=ttl))

@@ -13,6 +13,7 @@ from kiln import views
 from kiln.context import Context
 from kiln.errors import NotFound
 from kiln.ledger.db import now
+from kiln.ledger.kinds import ActionState
 from kiln.ledger.rollouts import Step
 
 FOLLOW_EVERY = 0.5  # seconds between two reads of new events
@@ -54,7 +55,7 @@ def with_durations(steps: list[Step]) -> list[views.Step]:
     for s in steps:
         key = (s.action, s.target)
         seconds = None
-        if s.state == "started":
+        if s.state == ActionState.STARTED:
             began[key] = s.at
         elif key in began:
             seconds = round((s.at - began.pop(key)).total_seconds(), 3)

@@ -15,7 +15,7 @@ from kiln.context import Context
 from kiln.errors import KilnError, UsageError
 from kiln.ledger import kinds
 from kiln.providers.base import INSTANCE, ContainerFacts, Engine, NodeFacts, Nodes
-from kiln.rollout.executor import Executor, Target, events_journal
+from kiln.rollout.executor import Executor, ExecutorOptions, Target, events_journal
 from kiln.usecases.deploy import kept, locked, settle
 
 
@@ -89,14 +89,15 @@ def _move(ctx: Context, engine: Engine, app: str, env: str, names: set[str], nod
     if release is None:
         return []  # not kiln's to move (its environment has no release in this ledger)
     cfg = release.env_config()
-    with locked(ctx, app, env, f"node drain {node}"):
+    with locked(ctx, app, env, f"node drain {node}") as lease:
         router = ctx.router(cfg)
-        settle(ctx, router, drop_paused=False)
-        executor = Executor(engine, router, ctx.ledger, ctx.out, 0, lost_lock=ctx.lost_lock,
-                            journal=events_journal(ctx.ledger, app, env), secrets=ctx.secret)
+        settle(ctx, lease, router, drop_paused=False)
         target = Target.of(release)
         keep = kept(ctx, app, env)
-        executor.tainted = names - keep  # replaced first, then retired: the agent's way
+        # The node's instances count as tainted: replaced first, then retired (the agent's way).
+        executor = Executor(engine, router, ctx.ledger, ctx.out, ExecutorOptions(
+            tainted=frozenset(names - keep), lease=lease, journal=events_journal(ctx.ledger, app, env),
+            secrets=ctx.secret))
         ctx.out.step(f"{app}/{env}: replacing {len(executor.tainted)} instance(s) on {node}")
         executor.converge(target, target.desired(keep=keep), strict=True)
         moved = sorted(executor.tainted)
