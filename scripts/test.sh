@@ -19,5 +19,6 @@ export KILN_TEST_POSTGRES_URL=postgresql+psycopg://kiln:kiln@127.0.0.1/postgres
 
 .venv/bin/kiln base build -f examples/hello/kiln.yaml   # cached after the first run
 .venv/bin/ruff check src tests
-.venv/bin/mypy   # the protocols between layers are checked, so fakes cannot drift
+.venv/bin/mypy   # strict (pyproject.toml): the protocols between layers are checked, so fakes cannot drift
+.venv/bin/lint-imports   # the layers and boundaries of ARCHITECTURE.md (pyproject.toml's contracts)
 exec .venv/bin/python -m pytest tests "$@"

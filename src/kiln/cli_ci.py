@@ -7,7 +7,7 @@ import getpass
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -17,6 +17,10 @@ from kiln.cli_common import ctx_with_policy as _ctx_with_policy
 from kiln.errors import UsageError
 from kiln.output import Output
 from kiln.settings import Settings
+
+if TYPE_CHECKING:  # imported on use
+    from kiln.secretstore import SecretStore
+    from kiln.views import CiRun
 
 ci_app = typer.Typer(help="Continuous delivery: run the spec's pipeline for a commit; list, inspect, approve, cancel runs.",
                      no_args_is_help=True)
@@ -85,7 +89,7 @@ def ci_run(
     _exit_for(ended)
 
 
-def _exit_for(run) -> None:
+def _exit_for(run: CiRun) -> None:
     from kiln.errors import PipelineError
     from kiln.views import RunState
 
@@ -286,7 +290,7 @@ def hook_receive(
         print(f"kiln: run {got.run} queued for {ref} ({commit[:12]}); kiln ci logs {got.run} --follow")
 
 
-def _secrets():
+def _secrets() -> SecretStore:
     from kiln.secretstore import SecretStore
 
     return SecretStore(Settings.from_env())

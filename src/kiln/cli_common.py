@@ -32,7 +32,7 @@ def ctx_of(quiet: bool = False, settings: Settings | None = None) -> Context:
     return Context(settings or Settings.from_env(), Output(quiet=quiet))
 
 
-def ctx_with_policy(policy: Path | None, quiet: bool = False):
+def ctx_with_policy(policy: Path | None, quiet: bool = False) -> Context:
     """A Context whose settings name --policy FILE as the pipeline policy (runners it starts get
     it too): the settings are made so before the Context is, never changed on it."""
     settings = Settings.from_env()

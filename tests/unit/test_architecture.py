@@ -32,3 +32,40 @@ def test_processes_are_started_only_by_process_py():
              if p.name != "process.py" and pattern.search(p.read_text())
              and not (p.name == "faults.py")]  # faults.py: kiln SIGKILLs itself at a named point (crash tests)
     assert leaks == []
+
+
+def test_no_module_imports_itself_round_a_cycle():
+    """Strongly connected components of the import graph (imports inside functions count; those
+    only for type checkers do not): every one must be a single module. Layers and forbidden
+    imports are import-linter's contracts (pyproject.toml, run by scripts/test.sh)."""
+    import grimp
+
+    graph = grimp.build_graph("kiln", exclude_type_checking_imports=True)
+    seen: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm
+        seen[module] = low[module] = len(seen)
+        stack.append(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in seen:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in stack:
+                low[module] = min(low[module], seen[imported])
+        if low[module] == seen[module]:
+            part = []
+            while True:
+                top = stack.pop()
+                part.append(top)
+                if top == module:
+                    break
+            if len(part) > 1:
+                cycles.append(sorted(part))
+
+    for module in sorted(graph.modules):
+        if module not in seen:
+            visit(module)
+    assert cycles == []

@@ -23,7 +23,8 @@ from datetime import timedelta
 
 from kiln.agent.reconcile import WATCHED, Reconciler
 from kiln.agent.sampling import RETENTION, SAMPLE_EVERY, per_release
-from kiln.context import DEFAULT_ENGINE, Context
+from kiln.context import Context
+from kiln.engines import DEFAULT_ENGINE
 from kiln.errors import EngineError, KilnError, LockHeld
 from kiln.ledger import kinds
 from kiln.ledger.db import now

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 from kiln import git, process
 from kiln.bake.baker import BakedImage, bake
@@ -128,7 +129,7 @@ def _watch_cancel(store: CiStore, run_id: int, cancelled: threading.Event, done:
             return
 
 
-def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: StepLog, work,
+def _execute(ctx: Context, store: CiStore, run: CiRun, bake_step: int, log: StepLog, work: Path,
              cancelled: threading.Event) -> tuple[RunState, str]:
     """(final state, reason)."""
     try:

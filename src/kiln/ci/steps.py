@@ -33,7 +33,8 @@ from kiln.providers.base import (
 )
 from kiln.spec.loader import LoadedSpec
 from kiln.spec.models import Base
-from kiln.spec.pipeline import Check, Sidecar, Step, StepKind
+from kiln.spec.pipeline import Sidecar, Step, StepKind
+from kiln.spec.smoke import Check
 
 POLL = 0.5
 

@@ -208,7 +208,8 @@ def _check_new_env(ctx: Context, loaded: LoadedSpec, env: str) -> None:
 def free_port(bind: str) -> int:
     with socket.socket() as sock:
         sock.bind((url_host(bind), 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 # --- previews ---------------------------------------------------------------------------------------
