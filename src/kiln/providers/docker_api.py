@@ -211,6 +211,11 @@ class DockerApi:
                 else:
                     self.client.networks.create(name, driver="bridge", labels={**labels, **self.extra_labels})
                 return None
+        if not found[0].attrs.get("Driver"):
+            # A Swarm manager lists an overlay created a moment ago without its driver; its
+            # inspection has it.
+            with engine_call(f"inspecting network {name}"):
+                found[0].reload()
         attrs: dict[str, Any] = found[0].attrs
         check_owner("network", name, attrs.get("Labels") or {}, labels)
         return attrs

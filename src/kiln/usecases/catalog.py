@@ -1,7 +1,7 @@
 """Which apps and environments there are, and an environment's resolved config, from the kiln.yaml
 files a front end was given (`kiln serve -f`, the CLI's -f) and the ledger: an app is one of those
-files' or one with releases; its environments are its kiln.yaml's in their order, then those kiln
-made (recreated, previews) or released to."""
+files' or one with releases; its environments are its kiln.yaml's in their order (without one,
+those it released to), then those kiln made (recreated, previews)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ def require_app(ctx: Context, specs: Specs, app: str) -> None:
 
 
 def envs(ctx: Context, app: str, loaded: LoadedSpec | None) -> list[str]:
-    """app's environments: kiln.yaml's in its order, then those kiln made or released to."""
-    declared = list(loaded.spec.environments) if loaded else []
-    others = {m.env for m in ctx.ledger.environments.of(app)} | set(ctx.ledger.releases.environments(app))
-    return declared + sorted(others - set(declared))
+    """app's environments: kiln.yaml's in its order, then those kiln made (recreated, previews).
+    Without its kiln.yaml (`kiln serve` given none for the app), those it released to stand in
+    for the declared ones. With it, releases alone list nothing: a pruned preview or a destroyed
+    copy keeps its releases in the ledger, and is gone all the same."""
+    declared = list(loaded.spec.environments) if loaded else sorted(ctx.ledger.releases.environments(app))
+    made = {m.env for m in ctx.ledger.environments.of(app)}
+    return declared + sorted(made - set(declared))
 
 
 def require_env(ctx: Context, app: str, loaded: LoadedSpec | None, env: str) -> None:
