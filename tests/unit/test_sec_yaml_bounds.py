@@ -49,21 +49,19 @@ DEADLINE = 10.0  # seconds a child may take: a bounded read takes well under one
 MEMORY = 512 * 1024**2  # the child's address space: the interpreter and kiln need under 64 MiB
 # Set first in each child (not by preexec_fn, which is unsafe in a process with threads).
 CAP = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({MEMORY}, {MEMORY}))\n"
-# Reads stdin as a kiln.yaml and prints its issues, how long the read took and its peak allocation.
+# Reads stdin as a kiln.yaml and prints its issues and its peak allocation.
 MEASURE = """
-import json, sys, time, tracemalloc
+import json, sys, tracemalloc
 from kiln.errors import SpecError
 from kiln.spec.loader import parse_spec
 text = sys.stdin.read()
 tracemalloc.start()
-started = time.monotonic()
 try:
     parse_spec(text, "kiln.yaml")
     issues = []
 except SpecError as exc:
     issues = [str(issue) for issue in exc.issues]
-took = time.monotonic() - started
-print(json.dumps({"issues": issues, "took": took, "peak": tracemalloc.get_traced_memory()[1]}))
+print(json.dumps({"issues": issues, "peak": tracemalloc.get_traced_memory()[1]}))
 """
 CLI = "import runpy; runpy.run_module('kiln', run_name='__main__', alter_sys=True)\n"  # as `python -m kiln`
 
@@ -84,7 +82,8 @@ def test_a_billion_laughs_is_refused_at_the_alias_quickly_and_with_little_memory
     assert child.returncode == 0, child.stderr[-2000:]  # a MemoryError: the expansion ran past MEMORY
     read = json.loads(child.stdout)
     assert read["issues"] == [f"kiln.yaml:7: the spec expands to more than {MAX_NODES} values (aliases counted as copies)"]
-    assert read["took"] < 1.0 and read["peak"] < 20 * 1024 * 1024
+    # refused at the alias: little memory; a missing bound is caught by the child's DEADLINE, not by a clock
+    assert read["peak"] < 20 * 1024 * 1024
 
 
 def test_the_cli_exits_2_with_file_and_line(tmp_path: Path):
